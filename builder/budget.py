@@ -1,0 +1,199 @@
+"""Where the parameters go: counted on the meta device, cross-checked by closed-form formulas.
+
+``parameter_budget(cfg.model)`` is what ``budget.json`` holds.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .model import build_model, resolve
+
+GROUPS = ("token_embedding", "positions", "attention", "mlp", "norms", "unembedding")
+ATTENTION_MATRICES = ("W_q", "W_k", "W_v", "W_o")
+
+
+def _zero() -> dict:
+    return {"total": 0, "weight": 0, "bias": 0}
+
+
+def _add(into: dict, weight: int, bias: int, times: int = 1) -> None:
+    into["weight"] += weight * times
+    into["bias"] += bias * times
+    into["total"] = into["weight"] + into["bias"]
+
+
+def _count_module(into: dict, module: nn.Module, seen: set) -> None:
+    """Add a module's parameters (each tensor once, across the whole model) split by weight / bias."""
+    for name, p in module.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        is_bias = name.rsplit(".", 1)[-1] == "bias"
+        _add(into, 0 if is_bias else p.numel(), p.numel() if is_bias else 0)
+
+
+def measured_groups(model: nn.Module) -> dict:
+    """Counts of a built model (meta or real) by group; tied unembedding counted once, under the embedding."""
+    groups = {g: _zero() for g in GROUPS}
+    seen: set = set()
+    _count_module(groups["token_embedding"], model.token_embedding, seen)
+    _count_module(groups["positions"], model.positions, seen)
+    for block in model.blocks:
+        _count_module(groups["attention"], block.attention, seen)
+        _count_module(groups["mlp"], block.mlp, seen)
+        _count_module(groups["norms"], block.norm_1, seen)
+        _count_module(groups["norms"], block.norm_2, seen)
+    _count_module(groups["norms"], model.final_norm, seen)
+    _count_module(groups["unembedding"], model.unembedding, seen)
+    groups["unembedding"]["tied"] = bool(model.tie_embeddings)
+    other = _zero()
+    _count_module(other, model, seen)  # anything a custom component put elsewhere
+    if other["total"]:
+        groups["other"] = other
+    return groups
+
+
+def _sum_formula(parts: dict | None) -> tuple[int, int]:
+    parts = parts or {}
+    return sum(p["weight"] for p in parts.values()), sum(p["bias"] for p in parts.values())
+
+
+def formula_groups(m: dict, specs: dict) -> dict | None:
+    """Closed-form counts by group; None when a component has no ``formula``."""
+    if any(getattr(s.cls, "formula", None) is None for s in specs.values() if s.kind != "mask"):
+        return None
+    d, vocab, layers = m["d_model"], m["vocab_size"], m["n_layers"]
+    groups = {g: _zero() for g in GROUPS}
+    _add(groups["token_embedding"], vocab * d, 0)
+    _add(groups["positions"], *_sum_formula(specs["embedding"].formula()))
+    _add(groups["attention"], *_sum_formula(specs["attention"].formula()), times=layers)
+    _add(groups["mlp"], *_sum_formula(specs["mlp"].formula()), times=layers)
+    n_norms = 2 * layers + (1 if m["norm_layout"] == "pre" else 0)
+    _add(groups["norms"], *_sum_formula(specs["norm"].formula()), times=n_norms)
+    _add(groups["unembedding"], 0 if m["tie_embeddings"] else vocab * d, 0)
+    groups["unembedding"]["tied"] = bool(m["tie_embeddings"])
+    return groups
+
+
+def _per_head(m: dict, attention: nn.Module) -> dict | None:
+    """The lecture's count: W_q, W_k, W_v, W_o per head, per layer and over all heads and layers."""
+    if not hasattr(attention, "breakdown"):
+        return None
+    layer = attention.breakdown()
+    n_heads = m["n_heads"]
+    n_kv = getattr(attention, "n_kv_heads", n_heads)
+    per_head = {}
+    for name in ATTENTION_MATRICES:
+        heads = n_kv if name in ("W_k", "W_v") else n_heads
+        per_head[name] = {
+            "weight": layer[name]["weight"] // heads,
+            # W_o's bias is added once after the heads are summed: it belongs to no head
+            "bias": 0 if name == "W_o" else layer[name]["bias"] // heads,
+            "shared_by_heads": n_heads // heads,
+        }
+    layers = m["n_layers"]
+    all_layers = {k: {"weight": v["weight"] * layers, "bias": v["bias"] * layers} for k, v in layer.items()}
+    return {
+        "n_layers": layers,
+        "n_heads": n_heads,
+        "n_kv_heads": n_kv,
+        "d_model": m["d_model"],
+        "d_head": m["d_head"],
+        "per_head": per_head,
+        "per_head_weights": sum(v["weight"] for v in per_head.values()),
+        "per_layer": layer,
+        "all_layers": all_layers,
+        "all_layers_weights": sum(v["weight"] for v in all_layers.values()),
+    }
+
+
+def flops_per_token(m: dict, groups: dict) -> dict:
+    """Forward FLOPs per token: 2 per matmul weight, plus attention over the whole context.
+
+    Matmul weights are attention's and the MLP's weights plus the unembedding (used even when
+    tied to the embedding). The context term is 2·2·n_layers·T·n_heads·d_head (q·k and the
+    weighted sum of v, at the full context T, not halved for the causal mask). Training ≈ 3×.
+    """
+    unembedding = m["vocab_size"] * m["d_model"]
+    matmul = groups["attention"]["weight"] + groups["mlp"]["weight"] + unembedding
+    context = 4 * m["n_layers"] * m["context_length"] * m["n_heads"] * m["d_head"]
+    forward = 2 * matmul + context
+    return {
+        "forward": forward,
+        "training": 3 * forward,
+        "matmul_weights": matmul,
+        "attention_context": context,
+        "context_length": m["context_length"],
+    }
+
+
+def memory_bytes(total: int) -> dict:
+    """Weights, gradients and AdamW state (two moments) in fp32 and in bf16 mixed precision.
+
+    bf16 mixed follows the usual accounting: bf16 weights and gradients plus fp32 master
+    weights and fp32 moments (2 + 2 + 4 + 8 = 16 bytes a parameter).
+    """
+    fp32 = {"weights": 4 * total, "gradients": 4 * total, "optimizer": 8 * total}
+    fp32["total"] = sum(fp32.values())
+    bf16 = {"weights": 2 * total, "gradients": 2 * total, "master_weights": 4 * total, "optimizer": 8 * total}
+    bf16["total"] = sum(bf16.values())
+    return {"fp32": fp32, "bf16_mixed": bf16, "bf16_weights_only": 2 * total}
+
+
+def _check(measured: dict, formula: dict | None) -> dict:
+    if formula is None:
+        return {"agree": None, "mismatches": [], "note": "a component has no formula; counted on the meta device only"}
+    mismatches = []
+    for g in sorted(set(measured) | set(formula)):
+        for part in ("weight", "bias"):
+            a, b = measured.get(g, _zero())[part], formula.get(g, _zero())[part]
+            if a != b:
+                mismatches.append({"group": g, "part": part, "meta": a, "formula": b})
+    return {"agree": not mismatches, "mismatches": mismatches}
+
+
+def parameter_budget(cfg_model, name: str | None = None) -> dict:
+    """Where the parameters of the model a ``model`` config describes go. No memory is used:
+    the model is built on the meta device."""
+    m, specs = resolve(cfg_model)
+    with torch.device("meta"):
+        model = build_model(cfg_model)
+    groups = measured_groups(model)
+    total = sum(p.numel() for p in model.parameters())
+    formula = formula_groups(m, specs)
+    check = _check(groups, formula)
+    check["meta_total"] = total
+    check["formula_total"] = None if formula is None else sum(g["total"] for g in formula.values())
+    if check["agree"] is not False and sum(g["total"] for g in groups.values()) != total:
+        check["agree"] = False
+        check["mismatches"].append({"group": "all", "part": "total", "meta": total,
+                                    "formula": sum(g["total"] for g in groups.values())})
+    return {
+        "model": name,
+        "config": {
+            **{k: m[k] for k in ("d_model", "n_layers", "n_heads", "d_head", "vocab_size", "context_length",
+                                 "bias", "tie_embeddings")},
+            "components": {kind: spec.name for kind, spec in specs.items()},
+            "norm_layout": m["norm_layout"],
+        },
+        "total_params": total,
+        "groups": groups,
+        "attention_share": groups["attention"]["total"] / total,
+        "per_head": _per_head(m, model.blocks[0].attention),
+        "flops_per_token": flops_per_token(m, groups),
+        "memory_bytes": memory_bytes(total),
+        "check": check,
+    }
+
+
+def formula_total(cfg_model) -> dict:
+    """Totals and attention share from the formulas alone (fast; no module built)."""
+    m, specs = resolve(cfg_model)
+    groups = formula_groups(m, specs)
+    if groups is None:
+        return parameter_budget(cfg_model)
+    total = sum(g["total"] for g in groups.values())
+    return {"total_params": total, "attention_share": groups["attention"]["total"] / total, "groups": groups,
+            "config": {k: m[k] for k in ("d_model", "n_layers", "n_heads", "d_head")}}

@@ -1,0 +1,12 @@
+"""The one error type for bad configs: its message names the key, the value and what is accepted."""
+
+
+class ConfigError(ValueError):
+    """A config the builder refuses; ``str(err)`` is the paragraph shown to the user."""
+
+    def __init__(self, key: str, value, accepted: str, detail: str = ""):
+        self.key, self.value, self.accepted = key, value, accepted
+        text = f"{key}={value!r} is not accepted: {accepted}"
+        if detail:
+            text += f" ({detail})"
+        super().__init__(text)

@@ -1,0 +1,172 @@
+"""From a composed ``model`` config to one ``nn.Module`` — validated before anything is built."""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+import components
+from components import Block, RegistryError, Transformer
+
+from .errors import ConfigError
+
+# model-level keys a component receives when its constructor asks for them
+SHARED_ARGS = ("d_model", "n_heads", "d_head", "context_length", "bias", "dropout")
+# keys of a component group that the builder itself consumes
+BUILDER_KEYS = {"name", "layout"}
+LAYOUTS = ("pre", "post")
+
+
+@dataclass
+class Spec:
+    """A resolved component choice: its class and the keyword arguments it is built with."""
+
+    kind: str
+    name: str
+    cls: type
+    kwargs: dict
+
+    def build(self):
+        try:
+            return self.cls(**self.kwargs)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"model.{self.kind}", self.name, str(err)) from None
+
+    def formula(self) -> dict | None:
+        fn = getattr(self.cls, "formula", None)
+        return None if fn is None else fn(**self.kwargs)
+
+
+def _as_dict(cfg) -> dict:
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg)
+
+
+def _positive_int(m: dict, key: str) -> int:
+    value = m.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"model.{key}", value, "a positive integer")
+    return value
+
+
+def _type_ok(value, annotation) -> bool:
+    """Loose check of a YAML value against a constructor annotation (int, float, bool, str, Optional)."""
+    if annotation is inspect.Parameter.empty:
+        return True
+    if isinstance(annotation, str):
+        try:
+            annotation = eval(annotation, {"typing": typing, "None": None})  # noqa: S307 - our own annotations
+        except Exception:
+            return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    return True
+
+
+def _type_name(annotation) -> str:
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+
+
+def resolve(cfg_model) -> tuple[dict, dict[str, Spec]]:
+    """Validate a model config; return its plain dict and one Spec per component kind.
+
+    Every check happens here, before any tensor exists.
+    """
+    m = _as_dict(cfg_model)
+    for key in ("d_model", "n_layers", "n_heads", "vocab_size", "context_length"):
+        _positive_int(m, key)
+    if m.get("d_head") is None:
+        if m["d_model"] % m["n_heads"]:
+            raise ConfigError(
+                "model.n_heads", m["n_heads"],
+                f"a divisor of model.d_model={m['d_model']}, or set model.d_head explicitly",
+            )
+        m["d_head"] = m["d_model"] // m["n_heads"]
+    else:
+        _positive_int(m, "d_head")
+    dropout = m.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ConfigError("model.dropout", dropout, "a number in [0, 1)")
+    for key in ("bias", "tie_embeddings"):
+        if not isinstance(m.get(key, True), bool):
+            raise ConfigError(f"model.{key}", m.get(key), "true or false")
+
+    specs = {}
+    for kind in components.KINDS:
+        group = m.get(kind)
+        if not isinstance(group, dict) or "name" not in group:
+            raise ConfigError(
+                f"model.{kind}", group,
+                f"a component choice such as model/{kind}={components.names(kind)[0]}; "
+                f"registered: {', '.join(components.names(kind))}",
+            )
+        try:
+            cls = components.get(kind, group["name"])
+        except RegistryError as err:
+            raise ConfigError(f"model/{kind}", group["name"], str(err)) from None
+        params = inspect.signature(cls.__init__).parameters
+        accepted = [p for p in params if p != "self"]
+        kwargs = {k: m[k] for k in SHARED_ARGS if k in params and k not in group}
+        for key, value in group.items():
+            if key in BUILDER_KEYS:
+                continue
+            if key not in params:
+                raise ConfigError(
+                    f"model.{kind}.{key}", value,
+                    f"not an argument of {kind} '{group['name']}'; it takes {', '.join(accepted) or 'nothing'}",
+                )
+            if not _type_ok(value, params[key].annotation):
+                raise ConfigError(f"model.{kind}.{key}", value, f"a value of type {_type_name(params[key].annotation)}")
+            kwargs[key] = value
+        missing = [p for p, v in params.items() if p != "self" and v.default is inspect.Parameter.empty
+                   and p not in kwargs and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)]
+        if missing:
+            raise ConfigError(f"model.{kind}.{missing[0]}", None, f"{kind} '{group['name']}' needs a value for it")
+        specs[kind] = Spec(kind, group["name"], cls, kwargs)
+
+    layout = m["norm"].get("layout", "pre")
+    if layout not in LAYOUTS:
+        raise ConfigError("model.norm.layout", layout, f"one of {', '.join(LAYOUTS)}")
+    m["norm_layout"] = layout
+    kv = specs["attention"].kwargs.get("n_kv_heads")
+    if kv is not None and (isinstance(kv, bool) or kv <= 0 or m["n_heads"] % kv):
+        raise ConfigError("model.attention.n_kv_heads", kv, f"a positive divisor of model.n_heads={m['n_heads']}")
+    window = specs["mask"].kwargs.get("window")
+    if window is not None and window <= 0:
+        raise ConfigError("model.mask.window", window, "a positive integer (the band's width in tokens)")
+    return m, specs
+
+
+def build_model(cfg_model) -> nn.Module:
+    """The model a composed ``model`` config describes: ids ``[B, T]`` → logits ``[B, T, vocab]``."""
+    m, specs = resolve(cfg_model)
+    positions = specs["embedding"].build()
+    mask = specs["mask"].build()
+    blocks = [
+        Block(specs["attention"].build(), specs["mlp"].build(), specs["norm"].build(), specs["norm"].build(),
+              layout=m["norm_layout"], dropout=m["dropout"])
+        for _ in range(m["n_layers"])
+    ]
+    final_norm = specs["norm"].build() if m["norm_layout"] == "pre" else None
+    return Transformer(
+        vocab_size=m["vocab_size"], d_model=m["d_model"], positions=positions, blocks=blocks,
+        final_norm=final_norm, mask=mask, tie_embeddings=m["tie_embeddings"], dropout=m["dropout"],
+        init_std=m.get("init_std", 0.02),
+    )

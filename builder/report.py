@@ -1,0 +1,223 @@
+"""task=report: print the parameter budget and write budget.json, budget.md and budget.png."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import sys
+from pathlib import Path
+
+from .budget import GROUPS, parameter_budget
+from .compose import CONF_DIR, compose
+from .errors import ConfigError
+from .io import atomic_path, atomic_write
+from components.registry import closest
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+
+
+def human(n: float, unit: str = "") -> str:
+    for scale, suffix in ((1e12, "T"), (1e9, "B" if not unit else "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {suffix}{unit}"
+    return f"{n:.0f} {unit}".rstrip()
+
+
+def human_bytes(n: float) -> str:
+    for scale, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= scale:
+            return f"{n / scale:.2f} {suffix}"
+    return f"{n} B"
+
+
+def expand_models(patterns) -> list[str]:
+    """Preset names from names or globs (``gpt3_*``); an unknown one lists the presets."""
+    known = preset_names()
+    out: list[str] = []
+    for pattern in patterns:
+        hits = fnmatch.filter(known, str(pattern))
+        if not hits:
+            raise ConfigError("models", pattern, f"a preset name or glob{closest(pattern, known)}; presets: {', '.join(known)}")
+        out += [h for h in hits if h not in out]
+    return out
+
+
+def _group_rows(b: dict) -> list[list[str]]:
+    total = b["total_params"]
+    rows = []
+    for g, v in b["groups"].items():
+        label = g + (" (tied to token_embedding)" if v.get("tied") else "")
+        rows.append([label, f"{v['weight']:,}", f"{v['bias']:,}", f"{v['total']:,}", f"{100 * v['total'] / total:.2f}%"])
+    rows.append(["total", "", "", f"{total:,}", "100.00%"])
+    return rows
+
+
+def _head_rows(b: dict) -> list[list[str]]:
+    ph = b["per_head"]
+    rows = []
+    for name, v in ph["per_head"].items():
+        shared = f" (1 per {v['shared_by_heads']} heads)" if v["shared_by_heads"] > 1 else ""
+        rows.append([name + shared, f"{v['weight']:,}", f"{ph['per_layer'][name]['weight']:,}",
+                     f"{ph['all_layers'][name]['weight']:,}"])
+    biases = sum(v["bias"] for v in ph["all_layers"].values())
+    rows.append(["sum", f"{ph['per_head_weights']:,}", f"{sum(v['weight'] for v in ph['per_layer'].values()):,}",
+                 f"{ph['all_layers_weights']:,}"])
+    rows.append(["biases (all layers)", "", "", f"{biases:,}"])
+    return rows
+
+
+def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = lambda r: "  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
+
+
+def render(b: dict, markdown: bool = False) -> str:
+    c = b["config"]
+    title = b["model"] or "model"
+    comps = ", ".join(f"{k}={v}" for k, v in c["components"].items())
+    out = []
+    out.append(("## " if markdown else "") + f"Parameter budget: {title}")
+    out.append(f"n_layers={c['n_layers']}, d_model={c['d_model']}, n_heads={c['n_heads']}, d_head={c['d_head']}, "
+               f"vocab={c['vocab_size']}, context={c['context_length']}; {comps}, {c['norm_layout']}-norm")
+    out.append("")
+    out.append(_table(["group", "weights", "biases", "total", "share"], _group_rows(b), markdown))
+    ph = b["per_head"]
+    if ph:
+        out.append("")
+        out.append(("### " if markdown else "") + f"Attention as the lecture counts it: {ph['n_heads']} heads x "
+                   f"{ph['n_layers']} layers, each matrix d_model x d_head = {ph['d_model']} x {ph['d_head']}")
+        out.append("")
+        out.append(_table(["matrix", "per head", f"per layer ({ph['n_heads']} heads)", f"all {ph['n_layers']} layers"],
+                          _head_rows(b), markdown))
+    out.append("")
+    out.append(f"Attention share of all parameters: {100 * b['attention_share']:.1f}%")
+    f = b["flops_per_token"]
+    out.append(f"FLOPs per token: forward {human(f['forward'], 'FLOP')} (2 x {f['matmul_weights']:,} matmul weights "
+               f"+ {human(f['attention_context'], 'FLOP')} attention over {f['context_length']} tokens); "
+               f"training (3x forward) {human(f['training'], 'FLOP')}")
+    mem = b["memory_bytes"]
+    out.append(f"Training state, fp32: {human_bytes(mem['fp32']['total'])} (weights {human_bytes(mem['fp32']['weights'])}, "
+               f"gradients {human_bytes(mem['fp32']['gradients'])}, AdamW moments {human_bytes(mem['fp32']['optimizer'])})")
+    bf = mem["bf16_mixed"]
+    out.append(f"Training state, bf16 mixed: {human_bytes(bf['total'])} (bf16 weights {human_bytes(bf['weights'])}, "
+               f"bf16 gradients {human_bytes(bf['gradients'])}, fp32 master weights {human_bytes(bf['master_weights'])}, "
+               f"AdamW moments {human_bytes(bf['optimizer'])}); bf16 weights alone {human_bytes(mem['bf16_weights_only'])}")
+    out.append(check_line(b))
+    return "\n".join(out)
+
+
+def check_line(b: dict) -> str:
+    ch = b["check"]
+    if ch["agree"] is None:
+        return f"Check: {ch['note']}"
+    if ch["agree"]:
+        return f"Check: meta-device count {ch['meta_total']:,} = closed-form formula {ch['formula_total']:,}"
+    lines = [f"!!! PARAMETER COUNT MISMATCH: meta-device count {ch['meta_total']:,} != formula {ch['formula_total']:,}"]
+    lines += [f"!!!   {m['group']}.{m['part']}: meta {m['meta']:,} vs formula {m['formula']:,}" for m in ch["mismatches"]]
+    return "\n".join(lines)
+
+
+def side_by_side(budgets: list[dict], markdown: bool = False) -> str:
+    header = ["model", "n_layers", "d_model", "n_heads", "d_head", "total", "attention", "mlp", "embeddings",
+              "attention share", "train FLOPs/token"]
+    rows = []
+    for b in budgets:
+        c, g = b["config"], b["groups"]
+        emb = g["token_embedding"]["total"] + g["positions"]["total"] + g["unembedding"]["total"]
+        rows.append([b["model"], str(c["n_layers"]), str(c["d_model"]), str(c["n_heads"]), str(c["d_head"]),
+                     human(b["total_params"]), human(g["attention"]["total"]), human(g["mlp"]["total"]), human(emb),
+                     f"{100 * b['attention_share']:.1f}%", human(b["flops_per_token"]["training"], "FLOP")])
+    return _table(header, rows, markdown)
+
+
+def draw_chart(budgets: list[dict], path: Path) -> None:
+    """Stacked bars: each model's parameters by group (share of its total), biases hatched."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"token_embedding": "#4c72b0", "positions": "#8172b2", "attention": "#dd8452", "mlp": "#55a868",
+              "norms": "#937860", "unembedding": "#c44e52", "other": "#999999"}
+    names = [b["model"] or "model" for b in budgets]
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.55 * len(budgets)))
+    left = [0.0] * len(budgets)
+    for g in list(GROUPS) + ["other"]:
+        for part, hatch in (("weight", None), ("bias", "///")):
+            vals = [100 * b["groups"].get(g, {}).get(part, 0) / b["total_params"] for b in budgets]
+            if not any(vals):
+                continue
+            label = g if part == "weight" else None
+            ax.barh(names, vals, left=left, color=colors[g], hatch=hatch, edgecolor="white", label=label)
+            for i, v in enumerate(vals):
+                if part == "weight" and v >= 6:
+                    ax.text(left[i] + v / 2, i, f"{g}\n{v:.1f}%", ha="center", va="center", fontsize=7, color="white")
+            left = [a + v for a, v in zip(left, vals)]
+    for i, b in enumerate(budgets):
+        ax.text(101, i, human(b["total_params"]), va="center", fontsize=8)
+    ax.set_xlim(0, 112)
+    ax.set_xlabel("share of all parameters (%); biases hatched")
+    ax.invert_yaxis()
+    title = "Where the parameters go" + (f": {names[0]}" if len(budgets) == 1 else "")
+    if len(budgets) == 1 and budgets[0]["per_head"]:
+        ph = budgets[0]["per_head"]
+        title += (f" — attention {ph['all_layers_weights']:,} weights = {ph['n_layers']} layers x {ph['n_heads']} heads"
+                  f" x {ph['per_head_weights']:,}")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.12), ncol=6, fontsize=7, frameon=False)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def preset_shares() -> list[dict]:
+    """Attention share of every preset (formulas only; cross-checked against meta counts in the tests)."""
+    from .budget import formula_total
+
+    rows = []
+    for name in preset_names():
+        f = formula_total(compose([f"model={name}"]).model)
+        rows.append({"model": name, **f["config"], "total_params": f["total_params"], "attention_share": f["attention_share"]})
+    return sorted(rows, key=lambda r: r["total_params"])
+
+
+def shares_table(rows: list[dict], markdown: bool = False) -> str:
+    return _table(["preset", "d_model", "n_layers", "total", "attention share"],
+                  [[r["model"], str(r["d_model"]), str(r["n_layers"]), human(r["total_params"]),
+                    f"{100 * r['attention_share']:.1f}%"] for r in rows], markdown)
+
+
+def run_report(cfg, out_dir: Path, model_name: str | None = None) -> int:
+    """Print and write the report for ``cfg.model`` or each of ``cfg.models``; returns the exit code."""
+    out_dir = Path(out_dir)
+    if cfg.get("models"):
+        names = expand_models(cfg.models)
+        budgets = [parameter_budget(compose([f"model={n}"]).model, n) for n in names]
+    else:
+        budgets = [parameter_budget(cfg.model, model_name)]
+    shares = preset_shares()
+    text = "\n\n".join(render(b) for b in budgets) if len(budgets) == 1 else side_by_side(budgets)
+    text += "\n\nAttention share by preset (grows with width: 4d² of the 12d² in each block, against fixed embeddings)\n"
+    text += shares_table(shares)
+    md = "# Parameter budget\n\n" + "\n\n".join(render(b, markdown=True) for b in budgets)
+    if len(budgets) > 1:
+        md += "\n\n## Side by side\n\n" + side_by_side(budgets, markdown=True)
+    md += "\n\n## Attention share by preset\n\n" + shares_table(shares, markdown=True) + "\n"
+    payload = budgets[0] if len(budgets) == 1 else {"models": budgets}
+    payload = {**payload, "preset_attention_shares": shares}
+    atomic_write(out_dir / "budget.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write(out_dir / "budget.md", md)
+    draw_chart(budgets, out_dir / "budget.png")
+    print(text)
+    print(f"\nwrote {out_dir / 'budget.json'}, budget.md, budget.png")
+    bad = [b for b in budgets if b["check"]["agree"] is False]
+    for b in bad:
+        print(check_line(b), file=sys.stderr)
+    return 3 if bad else 0

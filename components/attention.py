@@ -1,0 +1,160 @@
+"""Attention: queries ask, keys answer, values move information between tokens.
+
+One fused projection makes q, k and v (W_q, W_k, W_v stacked row-wise); W_o maps
+the concatenated heads back to the residual stream. The default path is the
+fused ``scaled_dot_product_attention``; while a recorder is attached (see
+``builder.capture_attention``) the explicit path runs instead and hands every
+intermediate tensor to it. Both give the same output.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import register
+
+
+@dataclass
+class AttentionMask:
+    """What a layer may look at: a boolean grid (True = attend) or the plain causal rule."""
+
+    grid: torch.Tensor | None  # [B or 1, 1, Tq, Tk]
+    is_causal: bool = False
+
+    def dense(self, tq: int, tk: int, device) -> torch.Tensor | None:
+        if self.is_causal:
+            return torch.ones(tq, tk, dtype=torch.bool, device=device).tril(tk - tq)[None, None]
+        return self.grid
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, for incremental decoding."""
+
+    def __init__(self):
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+
+    @property
+    def length(self) -> int:
+        return next(iter(self.keys.values())).shape[2] if self.keys else 0
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        if layer in self.keys:
+            k = torch.cat((self.keys[layer], k), dim=2)
+            v = torch.cat((self.values[layer], v), dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
+@register("attention", "grouped_query")
+class GroupedQueryAttention(nn.Module):
+    """``n_heads`` query heads share ``n_kv_heads`` key/value heads (1 = multi-query)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_head: int,
+        n_kv_heads: int = 1,
+        bias: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if n_kv_heads <= 0 or n_heads % n_kv_heads:
+            raise ValueError(f"n_kv_heads={n_kv_heads} must divide n_heads={n_heads}")
+        self.n_heads, self.n_kv_heads, self.d_head = n_heads, n_kv_heads, d_head
+        self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * d_head, bias=bias)
+        self.o = nn.Linear(n_heads * d_head, d_model, bias=bias)
+        self.o.residual_projection = True  # GPT-2 init scales it by 1/sqrt(2 n_layers)
+        self.dropout = dropout
+        self.layer = 0  # set by the model: which block this is
+        self.recorder = None  # a callable(layer, tensors) while a capture is active
+
+    def split_sizes(self) -> list[int]:
+        return [self.n_heads * self.d_head, self.n_kv_heads * self.d_head, self.n_kv_heads * self.d_head]
+
+    def forward(self, x, mask: AttentionMask, positions, pos, cache: KVCache | None = None):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).split(self.split_sizes(), dim=-1)
+        q = q.view(b, t, self.n_heads, self.d_head).transpose(1, 2)
+        k = k.view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)
+        v = v.view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)
+        q, k = positions.rotate(q, k, pos, pos)
+        if cache is not None:
+            k, v = cache.extend(self.layer, k, v)
+        if self.recorder is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v,
+                attn_mask=mask.grid,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=mask.is_causal,
+                enable_gqa=self.n_kv_heads != self.n_heads,
+            )
+        else:
+            y = self._explicit(q, k, v, mask)
+        return self.o(y.transpose(1, 2).reshape(b, t, self.n_heads * self.d_head))
+
+    def _explicit(self, q, k, v, mask: AttentionMask):
+        """The lecture's steps one by one: q·k scores, mask, softmax, weighted sum of values."""
+        repeat = self.n_heads // self.n_kv_heads
+        k = k.repeat_interleave(repeat, dim=1)
+        v = v.repeat_interleave(repeat, dim=1)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)
+        allowed = mask.dense(q.shape[2], k.shape[2], q.device)
+        masked = scores if allowed is None else scores.masked_fill(~allowed, float("-inf"))
+        pattern = masked.softmax(dim=-1)
+        z = F.dropout(pattern, self.dropout, self.training) @ v  # [B, H, Tq, d_head]
+        w_o = self.o.weight.view(self.o.out_features, self.n_heads, self.d_head)
+        self.recorder(
+            self.layer,
+            {
+                "q": q, "k": k, "v": v,
+                "scores": scores,
+                "mask": allowed,
+                "pattern": pattern,
+                "z": z,
+                # each head's own update to the residual stream (W_o's bias is shared, not in it)
+                "result": torch.einsum("bhtd,mhd->bhtm", z, w_o),
+            },
+        )
+        return z
+
+    def breakdown(self) -> dict:
+        """Parameters of W_q, W_k, W_v, W_o as built (weights and biases)."""
+        rows = self.split_sizes()
+        fan_in = self.qkv.in_features
+        has_bias = self.qkv.bias is not None
+        out = {
+            name: {"weight": r * fan_in, "bias": r if has_bias else 0}
+            for name, r in zip(("W_q", "W_k", "W_v"), rows)
+        }
+        out["W_o"] = {"weight": self.o.weight.numel(), "bias": self.o.bias.numel() if self.o.bias is not None else 0}
+        return out
+
+    @classmethod
+    def formula(cls, d_model, n_heads, d_head, n_kv_heads=1, bias=True, dropout=0.0) -> dict:
+        b = 1 if bias else 0
+        q, kv = n_heads * d_head, n_kv_heads * d_head
+        return {
+            "W_q": {"weight": d_model * q, "bias": b * q},
+            "W_k": {"weight": d_model * kv, "bias": b * kv},
+            "W_v": {"weight": d_model * kv, "bias": b * kv},
+            "W_o": {"weight": q * d_model, "bias": b * d_model},
+        }
+
+
+@register("attention", "multi_head")
+class MultiHeadAttention(GroupedQueryAttention):
+    """Every head has its own W_q, W_k, W_v (GPT-2, GPT-3)."""
+
+    def __init__(self, d_model: int, n_heads: int, d_head: int, bias: bool = True, dropout: float = 0.0):
+        super().__init__(d_model, n_heads, d_head, n_kv_heads=n_heads, bias=bias, dropout=dropout)
+
+    @classmethod
+    def formula(cls, d_model, n_heads, d_head, bias=True, dropout=0.0) -> dict:
+        return super().formula(d_model, n_heads, d_head, n_heads, bias, dropout)

@@ -1,0 +1,103 @@
+"""Masks: which keys each query may look at.
+
+A mask answers ``allowed(q_pos, k_pos, layer)`` with a boolean ``[Tq, Tk]`` grid
+(True = may attend) from absolute positions, so the same rule serves a full
+sequence and a KV-cached continuation. ``None`` means "everything allowed".
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .registry import register
+
+
+@register("mask", "causal")
+class CausalMask:
+    """Each token sees itself and what came before it (GPT)."""
+
+    #: True when no layer lets a token see a later one
+    causal = True
+
+    def allowed(self, q_pos: torch.Tensor, k_pos: torch.Tensor, layer: int) -> torch.Tensor | None:
+        return k_pos[None, :] <= q_pos[:, None]
+
+    def plain_causal(self, layer: int) -> bool:
+        """True where the layer's rule is exactly the causal one (the fused is_causal path)."""
+        return True
+
+    def layer_key(self, layer: int):
+        """Layers with equal keys share one mask per forward pass."""
+        return None
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+@register("mask", "none")
+class NoMask(CausalMask):
+    """Bidirectional: every token sees every token (BERT-style)."""
+
+    causal = False
+
+    def allowed(self, q_pos, k_pos, layer):
+        return None
+
+    def plain_causal(self, layer):
+        return False
+
+
+def _positive_window(window) -> int:
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+        raise ValueError(f"window must be a positive integer, got {window!r}")
+    return window
+
+
+@register("mask", "sliding_window")
+class SlidingWindowMask(CausalMask):
+    """Causal band: a token sees itself and the ``window - 1`` tokens before it."""
+
+    def __init__(self, window: int = 256):
+        self.window = _positive_window(window)
+
+    def allowed(self, q_pos, k_pos, layer):
+        back = q_pos[:, None] - k_pos[None, :]
+        return (back >= 0) & (back < self.window)
+
+    def plain_causal(self, layer):
+        return False
+
+
+@register("mask", "alternating")
+class AlternatingMask(SlidingWindowMask):
+    """GPT-3: even layers dense causal, odd layers a causal band of width ``window``."""
+
+    def allowed(self, q_pos, k_pos, layer):
+        if layer % 2 == 0:
+            return CausalMask.allowed(self, q_pos, k_pos, layer)
+        return super().allowed(q_pos, k_pos, layer)
+
+    def plain_causal(self, layer):
+        return layer % 2 == 0
+
+    def layer_key(self, layer):
+        return layer % 2
+
+
+@register("mask", "prefix")
+class PrefixMask(CausalMask):
+    """Prefix LM: the first ``prefix`` tokens see each other both ways; later ones are causal."""
+
+    causal = False
+
+    def __init__(self, prefix: int = 16):
+        if isinstance(prefix, bool) or not isinstance(prefix, int) or prefix < 0:
+            raise ValueError(f"prefix must be a non-negative integer, got {prefix!r}")
+        self.prefix = prefix
+
+    def allowed(self, q_pos, k_pos, layer):
+        return (k_pos[None, :] <= q_pos[:, None]) | (k_pos[None, :] < self.prefix)
+
+    def plain_causal(self, layer):
+        return self.prefix == 0

@@ -1,0 +1,19 @@
+"""hydraformer's entry point: compose the config, run the task (``task=report|...``)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from builder.schema import register_schemas
+
+register_schemas()
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig):
+    from builder.tasks import run_task
+
+    return run_task(cfg)
+
+
+if __name__ == "__main__":
+    main()
