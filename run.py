@@ -3,6 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
+from builder.cli import precheck_or_exit
 from builder.schema import register_schemas
 
 register_schemas()
@@ -16,4 +17,5 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
+    precheck_or_exit()
     main()

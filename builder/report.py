@@ -7,11 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from components.registry import closest
+
 from .budget import GROUPS, parameter_budget
 from .compose import CONF_DIR, compose
 from .errors import ConfigError
 from .io import atomic_path, atomic_write
-from components.registry import closest
 
 
 def preset_names() -> list[str]:
@@ -136,8 +137,9 @@ def side_by_side(budgets: list[dict], markdown: bool = False) -> str:
     return _table(header, rows, markdown)
 
 
-def draw_chart(budgets: list[dict], path: Path) -> None:
-    """Stacked bars: each model's parameters by group (share of its total), biases hatched."""
+def draw_chart(budgets: list[dict], shares: list[dict], path: Path) -> None:
+    """Top: each model's parameters by group (share of its total, biases hatched).
+    Bottom: attention's share against model size for every preset, these models marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,15 +148,16 @@ def draw_chart(budgets: list[dict], path: Path) -> None:
     colors = {"token_embedding": "#4c72b0", "positions": "#8172b2", "attention": "#dd8452", "mlp": "#55a868",
               "norms": "#937860", "unembedding": "#c44e52", "other": "#999999"}
     names = [b["model"] or "model" for b in budgets]
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.55 * len(budgets)))
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 4.6 + 0.45 * len(budgets)),
+                                  gridspec_kw={"height_ratios": [1.2 + 0.45 * len(budgets), 3]})
     left = [0.0] * len(budgets)
     for g in list(GROUPS) + ["other"]:
         for part, hatch in (("weight", None), ("bias", "///")):
             vals = [100 * b["groups"].get(g, {}).get(part, 0) / b["total_params"] for b in budgets]
             if not any(vals):
                 continue
-            label = g if part == "weight" else None
-            ax.barh(names, vals, left=left, color=colors[g], hatch=hatch, edgecolor="white", label=label)
+            ax.barh(names, vals, left=left, color=colors[g], hatch=hatch, edgecolor="white",
+                    label=g if part == "weight" else None)
             for i, v in enumerate(vals):
                 if part == "weight" and v >= 6:
                     ax.text(left[i] + v / 2, i, f"{g}\n{v:.1f}%", ha="center", va="center", fontsize=7, color="white")
@@ -162,15 +165,29 @@ def draw_chart(budgets: list[dict], path: Path) -> None:
     for i, b in enumerate(budgets):
         ax.text(101, i, human(b["total_params"]), va="center", fontsize=8)
     ax.set_xlim(0, 112)
-    ax.set_xlabel("share of all parameters (%); biases hatched")
+    ax.set_xlabel("share of all parameters (%); biases hatched", fontsize=8)
     ax.invert_yaxis()
     title = "Where the parameters go" + (f": {names[0]}" if len(budgets) == 1 else "")
     if len(budgets) == 1 and budgets[0]["per_head"]:
         ph = budgets[0]["per_head"]
-        title += (f" — attention {ph['all_layers_weights']:,} weights = {ph['n_layers']} layers x {ph['n_heads']} heads"
-                  f" x {ph['per_head_weights']:,}")
+        title += (f"\nattention weights {ph['all_layers_weights']:,} = {ph['n_layers']} layers x {ph['n_heads']} heads"
+                  f" x {ph['per_head_weights']:,} (W_q, W_k, W_v, W_o)")
     ax.set_title(title, fontsize=9)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.12), ncol=6, fontsize=7, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=7, fontsize=7, frameon=False)
+
+    xs = [r["total_params"] for r in shares]
+    ys = [100 * r["attention_share"] for r in shares]
+    ax2.plot(xs, ys, "o", color="#dd8452", ms=4)
+    for r, x, y in zip(shares, xs, ys):
+        ax2.annotate(r["model"], (x, y), textcoords="offset points", xytext=(3, 4), fontsize=6)
+    for b in budgets:
+        ax2.plot([b["total_params"]], [100 * b["attention_share"]], "o", ms=10, mfc="none", mec="black")
+    ax2.axhline(100 / 3, color="grey", lw=0.8, ls="--")
+    ax2.text(xs[0], 100 / 3 + 0.4, "one third", fontsize=7, color="grey")
+    ax2.set_xscale("log")
+    ax2.set_xlabel("parameters (log scale)", fontsize=8)
+    ax2.set_ylabel("attention share (%)", fontsize=8)
+    ax2.set_title("Attention's share by preset (circled: this report)", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
@@ -199,7 +216,7 @@ def run_report(cfg, out_dir: Path, model_name: str | None = None) -> int:
     out_dir = Path(out_dir)
     if cfg.get("models"):
         names = expand_models(cfg.models)
-        budgets = [parameter_budget(compose([f"model={n}"]).model, n) for n in names]
+        budgets = sorted((parameter_budget(compose([f"model={n}"]).model, n) for n in names), key=lambda b: b["total_params"])
     else:
         budgets = [parameter_budget(cfg.model, model_name)]
     shares = preset_shares()
@@ -214,7 +231,7 @@ def run_report(cfg, out_dir: Path, model_name: str | None = None) -> int:
     payload = {**payload, "preset_attention_shares": shares}
     atomic_write(out_dir / "budget.json", json.dumps(payload, indent=2) + "\n")
     atomic_write(out_dir / "budget.md", md)
-    draw_chart(budgets, out_dir / "budget.png")
+    draw_chart(budgets, shares, out_dir / "budget.png")
     print(text)
     print(f"\nwrote {out_dir / 'budget.json'}, budget.md, budget.png")
     bad = [b for b in budgets if b["check"]["agree"] is False]

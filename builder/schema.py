@@ -9,7 +9,7 @@ the builder checks them against the registered class's signature.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -20,7 +20,7 @@ class ModelConfig:
     d_model: int = MISSING
     n_layers: int = MISSING
     n_heads: int = MISSING
-    d_head: Optional[int] = None  # None: d_model // n_heads
+    d_head: int | None = None  # None: d_model // n_heads
     vocab_size: int = MISSING
     context_length: int = MISSING
     bias: bool = True
@@ -40,7 +40,7 @@ class Config:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     # task=report: several presets side by side (names or globs such as gpt3_*)
-    models: Optional[list[str]] = None
+    models: list[str] | None = None
 
 
 _registered = False

@@ -13,6 +13,7 @@ from torch import nn
 
 from .registry import register
 
+
 class Positions(nn.Module):
     """No positional information at all; the base of every positions kind."""
 
@@ -30,7 +31,7 @@ class Positions(nn.Module):
         return q, k
 
     @classmethod
-    def formula(cls, d_model: int, context_length: int, d_head: int) -> dict:
+    def formula(cls, d_model: int, context_length: int, d_head: int, **_) -> dict:
         return {}
 
 register("embedding", "none")(Positions)
@@ -48,7 +49,7 @@ class LearnedPositions(Positions):
         return x + self.table(pos)
 
     @classmethod
-    def formula(cls, d_model, context_length, d_head):
+    def formula(cls, d_model, context_length, d_head, **_):
         return {"positions": {"weight": context_length * d_model, "bias": 0}}
 
 def _sinusoid(pos: torch.Tensor, dim: int) -> torch.Tensor:

@@ -1,0 +1,93 @@
+"""Composition and bad input: each mistake gets one paragraph naming key, value and what is accepted."""
+
+import pytest
+
+import builder
+
+BAD = [
+    # (overrides, words the message must hold)
+    (["model/attention=multihed"], ["model/attention", "multihed", "multi_head", "grouped_query", "did you mean"]),
+    (["model.attention.name=multihed"], ["model/attention", "multihed", "did you mean 'multi_head'"]),
+    (["model/attn=x"], ["model/attn", "attention", "did you mean"]),
+    (["model=gpt3_176b"], ["model", "gpt3_176b", "gpt3_175b", "did you mean"]),
+    (["task=reprot"], ["task", "reprot", "report"]),
+    (["model.n_heads=5"], ["model.n_heads", "5", "divisor of model.d_model=128", "d_head"]),
+    (["model/attention=grouped_query", "model.attention.n_kv_heads=3"],
+     ["model.attention.n_kv_heads", "3", "divisor of model.n_heads=4"]),
+    (["model/mask=sliding_window", "model.mask.window=0"], ["model.mask.window", "0", "positive integer"]),
+    (["model/mask=alternating", "model.mask.window=-2"], ["model.mask.window", "-2", "positive integer"]),
+    (["model.vocab_size=0"], ["model.vocab_size", "0", "positive integer"]),
+    (["model.context_length=-1"], ["model.context_length", "-1", "positive integer"]),
+    (["model.n_layers=0"], ["model.n_layers", "0", "positive integer"]),
+    (["model.d_model=0"], ["model.d_model", "0", "positive integer"]),
+    (["model.n_layers=abc"], ["model.n_layers", "abc", "Integer"]),
+    (["model.bias=maybe"], ["model.bias", "maybe", "bool"]),
+    (["model.mlp.hidden=abc"], ["model.mlp.hidden", "abc", "int"]),
+    (["model.norm.layout=middle"], ["model.norm.layout", "middle", "pre", "post"]),
+    (["model.dropout=1.5"], ["model.dropout", "1.5", "[0, 1)"]),
+]
+
+
+@pytest.mark.parametrize("overrides,words", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_input_gets_one_clear_message(tmp_path, cli, overrides, words):
+    out = tmp_path / "run"
+    proc = cli("task=report", *overrides, f"hydra.run.dir={out}")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for word in words:
+        assert word in proc.stderr, (word, proc.stderr)
+    assert not out.exists(), "a failed run must not leave a half-written run directory"
+
+
+def test_full_error_shows_traceback(tmp_path, cli):
+    proc = cli("task=report", "model.n_heads=5", f"hydra.run.dir={tmp_path / 'r'}", env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_compose_api_matches_run_py_config():
+    cfg = builder.compose(["model=gpt2_small", "model/attention=grouped_query", "model.attention.n_kv_heads=2"])
+    assert cfg.model.attention.name == "grouped_query" and cfg.model.attention.n_kv_heads == 2
+    assert cfg.model.d_model == 768 and cfg.task == "report"
+
+
+def test_schema_rejects_wrong_types_at_composition():
+    from omegaconf.errors import ValidationError
+
+    with pytest.raises(Exception) as err:
+        builder.compose(["model.n_layers=abc"])
+    assert isinstance(err.value, ValidationError) or isinstance(err.value.__cause__, ValidationError)
+
+
+def test_entry_point_registration(tmp_path, monkeypatch):
+    """A third-party package registers a component through the hydraformer.components entry-point group."""
+    import importlib.metadata
+    import sys
+
+    pkg = tmp_path / "thirdparty_hf"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "from torch import nn\nfrom components import register\n\n"
+        "@register('norm', 'scaled_identity')\n"
+        "class ScaledIdentity(nn.Module):\n"
+        "    def __init__(self, d_model: int):\n"
+        "        super().__init__()\n"
+        "    def forward(self, x):\n"
+        "        return x\n")
+    dist = tmp_path / "thirdparty_hf-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-hf\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[hydraformer.components]\nextra = thirdparty_hf\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    import components.registry as registry
+
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    assert "scaled_identity" in registry.names("norm")
+    cfg = builder.compose(["model.norm.name=scaled_identity"])
+    model = builder.build_model(cfg.model)
+    assert type(model.blocks[0].norm_1).__name__ == "ScaledIdentity"
+    b = builder.parameter_budget(cfg.model)
+    assert b["check"]["agree"] is None  # no formula: counted on the meta device only
+    sys.modules.pop("thirdparty_hf", None)
+    registry._REGISTRY["norm"].pop("scaled_identity", None)
+    assert importlib.metadata is not None
