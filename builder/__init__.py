@@ -9,8 +9,9 @@ The Python API other parts build on:
 
 from .budget import parameter_budget
 from .capture import capture_attention
+from .checkpoint import load_model
 from .compose import compose
 from .errors import ConfigError
 from .model import build_model
 
-__all__ = ["ConfigError", "build_model", "capture_attention", "compose", "parameter_budget"]
+__all__ = ["ConfigError", "build_model", "capture_attention", "compose", "load_model", "parameter_budget"]

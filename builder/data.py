@@ -40,6 +40,7 @@ __all__ = [
     "GPT2BPETokenizer",
     "RandomWindowDataset",
     "TokenDataModule",
+    "TokenFile",
     "ValWindowDataset",
     "build_token_cache",
     "default_cache_dir",
@@ -56,9 +57,7 @@ _CACHE_FORMAT = "hydraformer-tokens-v1"
 _CHUNK_CHARS = 1 << 20  # encode BPE text in ~1M-character pieces
 
 
-class DataError(ValueError):
-    """A problem with the data configuration or the corpus (bad option, missing/empty/non-UTF-8 file)."""
-
+from .errors import DataError  # noqa: E402  (re-exported: builder.data.DataError)
 
 # --------------------------------------------------------------------------------------------------
 # Tokenizers
@@ -246,8 +245,7 @@ class GPT2BPETokenizer(_HFByteLevelTokenizer):
             model = models.BPE.from_file(str(vocab_file), str(merges_file))
         except Exception as e:  # tokenizers raises a plain Exception on malformed files
             raise DataError(
-                f"could not read GPT-2 BPE files vocab_file={str(vocab_file)!r}, "
-                f"merges_file={str(merges_file)!r}: {e}"
+                f"could not read GPT-2 BPE files vocab_file={str(vocab_file)!r}, merges_file={str(merges_file)!r}: {e}"
             ) from e
         return cls(_byte_level_pipeline(Tokenizer(model)))
 
@@ -356,36 +354,41 @@ class Corpus:
                 f"at byte offset {e.start} ({e.reason})"
             ) from None
 
-    def documents(self) -> Iterator[str]:
-        """The corpus as a stream of pieces whose concatenation is the full text (separators included)."""
+    def _pieces(self) -> Iterator[tuple[bool, str]]:
+        """(is_separator, text) pieces; their concatenation is the full corpus text."""
         if self.source == "embedded":
-            yield embedded_text()
+            yield False, embedded_text()
             return
         for i, f in enumerate(self._files):
             if i:
-                yield DOC_SEPARATOR
-            yield self._read_file(f)
+                yield True, DOC_SEPARATOR
+            yield False, self._read_file(f)
 
-    def text(self) -> str:
-        """The whole corpus as one string (raises ``DataError`` if it is empty)."""
-        text = "".join(self.documents())
-        if not text:
-            raise DataError(f"data.path: corpus {self.description!r} is empty")
-        return text
+    def documents(self) -> Iterator[str]:
+        """The corpus as a stream of pieces whose concatenation is the full text (separators included)."""
+        for _, piece in self._pieces():
+            yield piece
 
     def scan(self) -> tuple[str, int]:
         """Read everything once: return (sha256 of the UTF-8 text, number of characters).
 
-        Validates UTF-8 and non-emptiness along the way.
+        Validates UTF-8 and non-emptiness (separators alone do not count) along the way.
         """
         h = hashlib.sha256()
-        n = 0
-        for piece in self.documents():
+        n = content = 0
+        for is_sep, piece in self._pieces():
             h.update(piece.encode("utf-8"))
             n += len(piece)
-        if n == 0:
+            if not is_sep:
+                content += len(piece)
+        if content == 0:
             raise DataError(f"data.path: corpus {self.description!r} is empty")
         return h.hexdigest(), n
+
+    def text(self) -> str:
+        """The whole corpus as one string (raises ``DataError`` if it is empty)."""
+        self.scan()
+        return "".join(self.documents())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -448,6 +451,52 @@ def build_token_cache(corpus: Corpus, tokenizer: AnyTokenizer, dest: Path) -> in
     return count
 
 
+class TokenFile:
+    """Picklable, read-only view ``[start, stop)`` of a flat token file, memory-mapped lazily.
+
+    Pickling (e.g. to DataLoader workers under the ``spawn`` start method) sends only the path and
+    bounds; each process maps the file itself, so the file is never copied into memory.
+    """
+
+    def __init__(self, path: str | os.PathLike, dtype: Any, start: int = 0, stop: int | None = None) -> None:
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        total = self.path.stat().st_size // self.dtype.itemsize
+        self.start = int(start)
+        self.stop = total if stop is None else int(stop)
+        if not 0 <= self.start <= self.stop <= total:
+            raise ValueError(f"bad token range [{self.start}, {self.stop}) for a file of {total} tokens")
+        self._mm: np.memmap | None = None
+
+    @property
+    def array(self) -> np.ndarray:
+        """The view as a read-only ``np.memmap``."""
+        if self._mm is None:
+            self._mm = np.memmap(self.path, dtype=self.dtype, mode="r")
+        return self._mm[self.start : self.stop]
+
+    def view(self, start: int, stop: int) -> TokenFile:
+        """A sub-view, with ``start``/``stop`` relative to this view."""
+        if not 0 <= start <= stop <= len(self):
+            raise ValueError(f"bad sub-range [{start}, {stop}) of a view of {len(self)} tokens")
+        return TokenFile(self.path, self.dtype, self.start + start, self.start + stop)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.array[key]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = np.asarray(self.array)
+        return a if dtype is None else a.astype(dtype)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_mm"] = None
+        return state
+
+
 # --------------------------------------------------------------------------------------------------
 # Datasets
 # --------------------------------------------------------------------------------------------------
@@ -461,7 +510,9 @@ class RandomWindowDataset(Dataset):
     always yields the same window and data order is reproducible. ``EpochSampler`` produces such indices.
     """
 
-    def __init__(self, tokens: np.ndarray, context_length: int, samples_per_epoch: int, seed: int = 0) -> None:
+    def __init__(
+        self, tokens: np.ndarray | TokenFile, context_length: int, samples_per_epoch: int, seed: int = 0
+    ) -> None:
         if len(tokens) < context_length + 1:
             raise DataError(
                 f"training split has {len(tokens)} tokens, fewer than data.context_length + 1 = {context_length + 1}"
@@ -491,7 +542,7 @@ class RandomWindowDataset(Dataset):
 class ValWindowDataset(Dataset):
     """Fixed, non-overlapping, evenly spaced windows over ``tokens`` (at most ``max_windows``)."""
 
-    def __init__(self, tokens: np.ndarray, context_length: int, max_windows: int) -> None:
+    def __init__(self, tokens: np.ndarray | TokenFile, context_length: int, max_windows: int) -> None:
         self.tokens = tokens
         self.context_length = int(context_length)
         span = self.context_length + 1
@@ -514,25 +565,33 @@ class ValWindowDataset(Dataset):
 
 
 class EpochSampler(Sampler[int]):
-    """Yields ``epoch * n .. (epoch + 1) * n - 1``; Lightning calls ``set_epoch`` each epoch.
+    """Yields ``epoch * n .. (epoch + 1) * n - 1``, every ``world_size``-th one from ``rank``.
 
-    The sampler lives in the main process, so this works with persistent workers, and Lightning's
-    ``DistributedSamplerWrapper`` shards it (and forwards ``set_epoch``) under DDP.
+    Lightning calls ``set_epoch`` each epoch. Under DDP each process draws its own stride of one
+    global order (the trainer is built with ``use_distributed_sampler=False``), so 2 processes with
+    batch b see exactly the samples of 1 process with batch 2b. ``skip`` (a multiple of
+    ``world_size``) drops the first samples of epoch ``skip_epoch`` only: a run resumed in the middle
+    of an epoch continues with the very samples the uninterrupted run would have drawn next.
     """
 
-    def __init__(self, num_samples: int, epoch: int = 0) -> None:
+    def __init__(self, num_samples: int, epoch: int = 0, skip: int = 0, rank: int = 0, world_size: int = 1) -> None:
         self.num_samples = int(num_samples)
         self.epoch = int(epoch)
+        self.skip_epoch, self.skip = int(epoch), int(skip)
+        self.rank, self.world_size = int(rank), int(world_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def _skip(self) -> int:
+        return min(self.skip, self.num_samples) if self.epoch == self.skip_epoch else 0
+
     def __len__(self) -> int:
-        return self.num_samples
+        return (self.num_samples - self._skip()) // self.world_size
 
     def __iter__(self) -> Iterator[int]:
-        base = self.epoch * self.num_samples
-        return iter(range(base, base + self.num_samples))
+        start = self.epoch * self.num_samples + self._skip() + self.rank
+        return iter(range(start, start + len(self) * self.world_size, self.world_size))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -541,7 +600,7 @@ class EpochSampler(Sampler[int]):
 
 
 def _unknown_choice(key: str, value: Any, accepted: Sequence[str]) -> str:
-    msg = f"data.{key}={value!r} is not accepted; expected one of: {', '.join(accepted)}"
+    msg = f"data.{key}={value!r} is not accepted: one of {', '.join(accepted)}"
     close = difflib.get_close_matches(str(value), accepted, n=1, cutoff=0.4)
     if close:
         msg += f" (did you mean {close[0]!r}?)"
@@ -550,10 +609,10 @@ def _unknown_choice(key: str, value: Any, accepted: Sequence[str]) -> str:
 
 def _check_int(key: str, value: Any, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise DataError(f"data.{key}={value!r} must be an integer >= {minimum}")
+        raise DataError(f"data.{key}={value!r} is not accepted: an integer >= {minimum}")
     if value < minimum or (maximum is not None and value > maximum):
         rng = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-        raise DataError(f"data.{key}={value!r} is out of range; expected an integer {rng}")
+        raise DataError(f"data.{key}={value!r} is not accepted: an integer {rng}")
     return int(value)
 
 
@@ -602,10 +661,12 @@ class TokenDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.context_length = _check_int("context_length", context_length, 1)
         self.batch_size = _check_int("batch_size", batch_size, 1)
-        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not (
-            0.0 <= float(val_fraction) < 1.0
+        if (
+            isinstance(val_fraction, bool)
+            or not isinstance(val_fraction, (int, float))
+            or not (0.0 <= float(val_fraction) < 1.0)
         ):
-            raise DataError(f"data.val_fraction={val_fraction!r} must be a number in [0, 1)")
+            raise DataError(f"data.val_fraction={val_fraction!r} is not accepted: a number in [0, 1)")
         self.val_fraction = float(val_fraction)
         self.samples_per_epoch = _check_int("samples_per_epoch", samples_per_epoch, 1)
         self.val_batches = _check_int("val_batches", val_batches, 0)
@@ -619,9 +680,9 @@ class TokenDataModule(pl.LightningDataModule):
         self.cache_hit: bool | None = None
         self.num_tokens: int | None = None
         self.source_hash: str | None = None
-        self._tokens: np.ndarray | None = None
-        self.train_tokens: np.ndarray | None = None
-        self.val_tokens: np.ndarray | None = None
+        self._tokens: TokenFile | None = None
+        self.train_tokens: TokenFile | None = None  # first (1 - val_fraction) of the stream
+        self.val_tokens: TokenFile | None = None  # the rest
         self.train_dataset: RandomWindowDataset | None = None
         self.val_dataset: ValWindowDataset | None = None
 
@@ -655,7 +716,7 @@ class TokenDataModule(pl.LightningDataModule):
         hit = cache_file.is_file() and cache_file.stat().st_size > 0 and cache_file.stat().st_size % dtype.itemsize == 0
         if not hit:
             build_token_cache(corpus, tokenizer, cache_file)
-        tokens = np.memmap(cache_file, dtype=dtype, mode="r")
+        tokens = TokenFile(cache_file, dtype)
 
         n = len(tokens)
         n_train = int(n * (1.0 - self.val_fraction))
@@ -679,9 +740,11 @@ class TokenDataModule(pl.LightningDataModule):
         self.cache_hit = hit
         self.num_tokens = n
         self._tokens = tokens
-        self.train_tokens = tokens[:n_train]
-        self.val_tokens = tokens[n_train:]
-        self.train_dataset = RandomWindowDataset(self.train_tokens, self.context_length, self.samples_per_epoch, self.seed)
+        self.train_tokens = tokens.view(0, n_train)
+        self.val_tokens = tokens.view(n_train, n)
+        self.train_dataset = RandomWindowDataset(
+            self.train_tokens, self.context_length, self.samples_per_epoch, self.seed
+        )
         self.val_dataset = ValWindowDataset(self.val_tokens, self.context_length, self.val_batches * self.batch_size)
 
     def prepare_data(self) -> None:
@@ -705,16 +768,27 @@ class TokenDataModule(pl.LightningDataModule):
 
     @property
     def tokens(self) -> np.ndarray:
-        """The whole token stream (read-only memmap)."""
+        """The whole token stream (read-only ``np.memmap``)."""
         self._require_setup()
-        return self._tokens
+        return self._tokens.array
+
+    def _resume_position(self) -> tuple[int, int]:
+        """(epoch, samples already drawn in it across all ranks) of a run restored from a checkpoint."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 0
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return trainer.current_epoch, done * self.batch_size * trainer.world_size
 
     def train_dataloader(self) -> DataLoader:
         self._require_setup()
+        epoch, skip = self._resume_position()
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return DataLoader(
             self.train_dataset,
             batch_size=self.batch_size,
-            sampler=EpochSampler(len(self.train_dataset)),
+            sampler=EpochSampler(len(self.train_dataset), epoch=epoch, skip=skip, rank=rank, world_size=world),
             drop_last=len(self.train_dataset) >= self.batch_size,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),

@@ -10,3 +10,7 @@ class ConfigError(ValueError):
         if detail:
             text += f" ({detail})"
         super().__init__(text)
+
+
+class DataError(ValueError):
+    """A problem with the data configuration or the corpus (bad option, missing/empty/non-UTF-8 file)."""

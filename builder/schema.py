@@ -35,12 +35,44 @@ class ModelConfig:
 
 
 @dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    total_steps: int | None = None  # length of the cosine schedule; None: trainer.max_steps
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    fused_optimizer: bool = True  # fused AdamW on GPU, foreach on CPU
+    compile: bool = False  # torch.compile the model
+    checkpoint_every_n_steps: int = 500
+    peak_flops: float | None = None  # MFU denominator; None: data sheet (GPU) or a matmul probe (CPU)
+    throughput_window: int = 10  # batches per perf/tokens_per_s measurement
+    sample_prompt: str = "The "
+    sample_tokens: int = 200
+    sample_temperature: float = 0.8
+    sample_top_k: int | None = 40
+
+
+@dataclass
 class Config:
-    task: str = "report"
+    task: str = "train"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: Any = MISSING
+    trainer: Any = MISSING
+    logger: Any = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
     # task=report: several presets side by side (names or globs such as gpt3_*)
     models: list[str] | None = None
+    # task=train: resume from a checkpoint path, or "last" for the newest last.ckpt
+    ckpt_path: str | None = None
+    # task=sample / task=export
+    checkpoint: str | None = None
+    prompt: str = "The "
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = 40
 
 
 _registered = False

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from components.registry import RegistryError, closest
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 # errors whose message is the whole story: shown as one paragraph, no traceback
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RegistryError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RegistryError, DataError)
 
 
 def _report(cfg, out_dir: Path, choices: dict) -> int:
@@ -21,7 +21,25 @@ def _report(cfg, out_dir: Path, choices: dict) -> int:
     return run_report(cfg, out_dir, model_name=choices.get("model"))
 
 
-TASKS = {"report": _report}
+def _train(cfg, out_dir: Path, choices: dict) -> int:
+    from .train import run_train
+
+    return run_train(cfg, out_dir, model_name=choices.get("model"))
+
+
+def _sample(cfg, out_dir: Path, choices: dict) -> int:
+    from .sample import run_sample
+
+    return run_sample(cfg, out_dir)
+
+
+def _export(cfg, out_dir: Path, choices: dict) -> int:
+    from .sample import run_export
+
+    return run_export(cfg, out_dir)
+
+
+TASKS = {"report": _report, "train": _train, "sample": _sample, "export": _export}
 
 
 def _discard_if_empty(out_dir: Path) -> None:

@@ -47,7 +47,7 @@ def test_full_error_shows_traceback(tmp_path, cli):
 def test_compose_api_matches_run_py_config():
     cfg = builder.compose(["model=gpt2_small", "model/attention=grouped_query", "model.attention.n_kv_heads=2"])
     assert cfg.model.attention.name == "grouped_query" and cfg.model.attention.n_kv_heads == 2
-    assert cfg.model.d_model == 768 and cfg.task == "report"
+    assert cfg.model.d_model == 768 and cfg.task == "train"
 
 
 def test_schema_rejects_wrong_types_at_composition():

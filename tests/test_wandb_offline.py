@@ -7,18 +7,34 @@ import struct
 
 import pytest
 
-from wandb_offline import (
-    BLOCK_LEN,
-    FILE_HEADER_IDENT,
-    WandbLogError,
-    find_runs,
-    isolate_wandb,
-    iter_payloads,
-    load_table,
-    metric,
-    read_run,
-    teardown_wandb,
-)
+try:
+    from wandb_offline import (
+        BLOCK_LEN,
+        FILE_HEADER_IDENT,
+        WandbLogError,
+        find_runs,
+        isolate_wandb,
+        iter_payloads,
+        load_table,
+        metric,
+        read_run,
+        teardown_wandb,
+        wait_for_exit,
+    )
+except ImportError:  # tests/ imported as a package
+    from tests.wandb_offline import (
+        BLOCK_LEN,
+        FILE_HEADER_IDENT,
+        WandbLogError,
+        find_runs,
+        isolate_wandb,
+        iter_payloads,
+        load_table,
+        metric,
+        read_run,
+        teardown_wandb,
+        wait_for_exit,
+    )
 
 wandb = pytest.importorskip("wandb")
 
@@ -53,6 +69,8 @@ def test_round_trip(wandb_env):
     runs = find_runs(tmp_path)
     assert len(runs) == 1
     path = runs[0]
+    # wandb.finish() may return before wandb-core flushed the file
+    assert wait_for_exit(path)
     assert path.name == f"run-{run_id}.wandb"
     assert path.parent.name.startswith("offline-run-")
     assert path.read_bytes()[:4] == FILE_HEADER_IDENT
@@ -104,6 +122,7 @@ def test_records_spanning_blocks(wandb_env):
     wandb.finish()
 
     (path,) = find_runs(wandb_env)
+    assert wait_for_exit(path)
     assert path.stat().st_size > 5 * BLOCK_LEN
     chunk_types = _chunk_types(path.read_bytes())
     assert {1, 2, 3, 4} <= chunk_types
@@ -131,6 +150,7 @@ def test_truncated_and_corrupt(wandb_env, tmp_path_factory):
         wandb.log({"i": i})
     wandb.finish()
     (path,) = find_runs(wandb_env)
+    assert wait_for_exit(path)
     data = path.read_bytes()
     out = tmp_path_factory.mktemp("broken")
 
@@ -139,7 +159,9 @@ def test_truncated_and_corrupt(wandb_env, tmp_path_factory):
     cut.write_bytes(data[: len(data) - 3])
     n_full = len(list(iter_payloads(path)))
     assert len(list(iter_payloads(cut))) == n_full - 1
-    assert metric(read_run(cut), "i") == list(range(5))
+    cut_run = read_run(cut, wait=0.1)
+    assert metric(cut_run, "i") == list(range(5))
+    assert cut_run["exit_code"] is None
 
     # flip a payload byte of the first record: checksum error
     bad = out / "run-bad.wandb"
@@ -152,7 +174,7 @@ def test_truncated_and_corrupt(wandb_env, tmp_path_factory):
     notwandb = out / "run-x.wandb"
     notwandb.write_bytes(b"hello world")
     with pytest.raises(WandbLogError):
-        read_run(notwandb)
+        read_run(notwandb, wait=0)
 
 
 def test_find_runs_empty_and_ambiguous(wandb_env):

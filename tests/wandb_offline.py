@@ -20,7 +20,8 @@ File format (as written by wandb-core):
   ``wandb.proto.wandb_internal_pb2.Record``.
 
 Public API: :func:`read_run`, :func:`find_runs`, :func:`iter_records`,
-:func:`load_table`, :func:`metric`.
+:func:`wait_for_exit`, :func:`load_table`, :func:`metric`; for tests
+:func:`isolate_wandb` / :func:`teardown_wandb`.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 FILE_HEADER_IDENT = b":W&B"
 FILE_HEADER_MAGIC = 0xBEE1
@@ -172,21 +174,45 @@ def _resolve_file(path: str | Path) -> Path:
         if not found:
             found = find_runs(p)
         if len(found) != 1:
-            raise FileNotFoundError(
-                f"expected exactly one run-*.wandb under {p}, found {len(found)}: "
-                f"{[str(f) for f in found]}"
-            )
+            raise FileNotFoundError(f"expected exactly one run-*.wandb under {p}, found {len(found)}: {[str(f) for f in found]}")
         return found[0]
     if not p.exists():
         raise FileNotFoundError(p)
     return p
 
 
-def read_run(run_dir_or_file: str | Path, *, check_crc: bool = True) -> dict[str, Any]:
+def wait_for_exit(path: str | Path, timeout: float = 10.0, *, poll: float = 0.02) -> bool:
+    """Wait until the run's ``exit`` record is on disk; True if it arrived in time.
+
+    ``wandb.finish()`` (0.31, offline) can return before wandb-core has flushed
+    the transaction log: right after it the file may hold only the 7-byte
+    header.  The exit record is written last, so once it is readable the whole
+    run is.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            last = None
+            for rec in iter_records(path, check_crc=False):
+                last = rec.WhichOneof("record_type")
+            if last == "exit":
+                return True
+        except (WandbLogError, OSError):
+            pass  # partially written; retry
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
+
+
+def read_run(run_dir_or_file: str | Path, *, wait: float = 10.0, check_crc: bool = True) -> dict[str, Any]:
     """Decode an offline wandb run.
 
     ``run_dir_or_file`` is a ``run-*.wandb`` file, its ``offline-run-*`` directory,
-    or any directory containing exactly one run below it.
+    or any directory containing exactly one run below it.  Up to ``wait``
+    seconds are spent waiting for the run's exit record (see
+    :func:`wait_for_exit`); a run that never finished is read as far as it goes.
 
     Returns a dict with:
 
@@ -206,6 +232,8 @@ def read_run(run_dir_or_file: str | Path, *, check_crc: bool = True) -> dict[str
     * ``artifacts``: ``{"name", "type"}`` of artifacts the run logged.
     """
     path = _resolve_file(run_dir_or_file)
+    if wait > 0:
+        wait_for_exit(path, wait)
     out: dict[str, Any] = {
         "path": path,
         "run_dir": path.parent,
@@ -283,9 +311,7 @@ def find_runs(root: str | Path) -> list[Path]:
     root = Path(root)
     if root.is_file():
         return [root] if root.name.startswith("run-") and root.suffix == ".wandb" else []
-    return sorted(
-        p for p in root.rglob("run-*.wandb") if p.is_file() and "latest-run" not in p.parts
-    )
+    return sorted(p for p in root.rglob("run-*.wandb") if p.is_file() and "latest-run" not in p.parts)
 
 
 def metric(run: dict[str, Any], key: str) -> list[Any]:

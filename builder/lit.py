@@ -1,0 +1,110 @@
+"""The LightningModule: next-token cross-entropy, AdamW, warmup + cosine, val/loss and val/ppl.
+
+Hyperparameters are plain containers (dicts, lists, numbers, strings), so a checkpoint loads
+with ``torch.load(path, weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import build_model
+
+
+def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total_steps`` (flat after)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class _Schedule:
+    """A picklable LambdaLR function (its state_dict holds only numbers)."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float):
+        self.warmup_steps, self.total_steps, self.min_ratio = warmup_steps, total_steps, min_ratio
+
+    def __call__(self, step: int) -> float:
+        return lr_lambda(step, self.warmup_steps, self.total_steps, self.min_ratio)
+
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Biases, norm weights and embeddings (token and position tables) get no weight decay."""
+    names = set()
+    for mod_name, module in model.named_modules():
+        for p_name, p in module.named_parameters(recurse=False):
+            full = f"{mod_name}.{p_name}" if mod_name else p_name
+            if p_name == "bias" or p.ndim < 2 or isinstance(module, nn.Embedding):
+                names.add(full)
+    return names
+
+
+class LitGPT(pl.LightningModule):
+    def __init__(self, model: dict, train: dict, tokenizer: dict | None = None, total_steps: int = 1000):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(model)
+        self.train_cfg = train
+        self.total_steps = total_steps
+        # kept out of the module tree, so parameters keep their one name in the state dict
+        object.__setattr__(self, "_forward", torch.compile(self.model) if train.get("compile") else self.model)
+        self._val_losses: list[torch.Tensor] = []
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._forward(ids)
+
+    def loss(self, batch) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+
+    def training_step(self, batch, batch_idx):
+        loss = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self._val_losses.append(self.loss(batch).detach())
+
+    def on_validation_epoch_end(self):
+        if not self._val_losses:
+            return
+        mean = torch.stack(self._val_losses).mean()
+        self._val_losses.clear()
+        self.log("val/loss", mean, prog_bar=True, sync_dist=True)
+        self.log("val/ppl", torch.exp(mean), sync_dist=True)
+
+    def configure_optimizers(self):
+        t = self.train_cfg
+        skip = no_decay_names(self.model)
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (no_decay if name in skip else decay).append(p)
+        groups = [{"params": decay, "weight_decay": t["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+        fused = bool(t.get("fused_optimizer", True)) and torch.cuda.is_available()
+        optimizer = torch.optim.AdamW(groups, lr=t["lr"], betas=tuple(t["betas"]), eps=t["eps"],
+                                      fused=fused or None, foreach=None if fused else True)
+        schedule = _Schedule(t["warmup_steps"], self.total_steps, t["min_lr"] / t["lr"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # plain containers only: weights_only=True must be able to load every checkpoint
+        checkpoint["hyper_parameters"] = _plain(dict(self.hparams))
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

@@ -1,0 +1,89 @@
+"""Text generation with a KV cache, and task=sample / task=export."""
+
+from __future__ import annotations
+
+import torch
+
+from components import KVCache
+
+
+@torch.no_grad()
+def generate(model, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Continue ``ids`` ``[B, T]`` by ``max_new_tokens`` sampled tokens (greedy when temperature is 0).
+
+    Uses a KV cache; when the positional table would overflow, it restarts the cache on the
+    last ``context_length // 2`` tokens (only models with a bounded table need that).
+    """
+    was_training = model.training
+    model.eval()
+    limit = model.context_length
+    cache = KVCache()
+    logits = model(ids[:, -limit:] if limit else ids, cache=cache)[:, -1]
+    out = ids
+    for i in range(max_new_tokens):
+        if temperature <= 0:
+            nxt = logits.argmax(-1, keepdim=True)
+        else:
+            scaled = logits.float() / temperature
+            if top_k:
+                kth = torch.topk(scaled, min(top_k, scaled.shape[-1])).values[:, -1:]
+                scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+            nxt = torch.multinomial(torch.softmax(scaled, -1), 1, generator=generator)
+        out = torch.cat([out, nxt], 1)
+        if i == max_new_tokens - 1:
+            break
+        if limit and cache.length + 1 > limit:
+            cache = KVCache()
+            logits = model(out[:, -(limit // 2):], cache=cache)[:, -1]
+        else:
+            logits = model(nxt, cache=cache)[:, -1]
+    model.train(was_training)
+    return out
+
+
+def encode_prompt(tokenizer, prompt: str, key: str = "prompt") -> list[int]:
+    from .errors import ConfigError
+
+    try:
+        ids = tokenizer.encode(prompt)
+    except (ValueError, KeyError) as err:
+        raise ConfigError(key, prompt, f"text the model's tokenizer can encode: {err}") from None
+    if not ids:
+        raise ConfigError(key, prompt, "a prompt of at least one token")
+    return ids
+
+
+def run_sample(cfg, out_dir) -> int:
+    from pathlib import Path
+
+    from .checkpoint import load_model
+    from .errors import ConfigError
+    from .io import atomic_write
+
+    if not cfg.checkpoint:
+        raise ConfigError("checkpoint", None, "a checkpoint path: python run.py task=sample checkpoint=PATH")
+    model, tokenizer, _ = load_model(cfg.checkpoint)
+    if tokenizer is None:
+        raise ConfigError("checkpoint", cfg.checkpoint, "a checkpoint that carries its tokenizer")
+    ids = torch.tensor([encode_prompt(tokenizer, cfg.prompt)])
+    limit = model.context_length
+    if limit and ids.shape[1] > limit:
+        raise ConfigError("prompt", f"<{ids.shape[1]} tokens>", f"at most model.context_length={limit} tokens")
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    out = generate(model, ids, int(cfg.max_new_tokens), float(cfg.temperature), cfg.top_k, generator=gen)
+    text = tokenizer.decode(out[0].tolist())
+    print(text)
+    atomic_write(Path(out_dir) / "sample.txt", text + "\n")
+    return 0
+
+
+def run_export(cfg, out_dir) -> int:
+    from .checkpoint import export_model
+    from .errors import ConfigError
+
+    if not cfg.checkpoint:
+        raise ConfigError("checkpoint", None, "a checkpoint path: python run.py task=export checkpoint=PATH")
+    dest = export_model(cfg.checkpoint, out_dir)
+    print(f"exported to {dest} (model.safetensors + hydraformer.json)")
+    return 0

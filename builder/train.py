@@ -1,0 +1,161 @@
+"""task=train: the data module, the model, the Trainer with its callbacks and loggers, then fit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+
+from .budget import parameter_budget
+from .errors import ConfigError
+from .model import resolve
+
+
+def plain(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def make_datamodule(cfg):
+    from .data import TokenDataModule
+
+    data = plain(cfg.data)
+    if data.get("num_workers") is None:
+        data["num_workers"] = 4 if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else 0
+    return TokenDataModule(**data)
+
+
+def find_checkpoint(ckpt_path: str | None, out_dir: Path) -> str | None:
+    """``last``: the newest last.ckpt in this run directory, else anywhere under its outputs root."""
+    if ckpt_path in (None, ""):
+        return None
+    if ckpt_path != "last":
+        if not Path(ckpt_path).is_file():
+            raise ConfigError("ckpt_path", ckpt_path, "an existing checkpoint file, or `last`")
+        return ckpt_path
+    for root in (out_dir, out_dir.parent.parent, Path("outputs"), Path("multirun")):
+        found = sorted(root.glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+        if found:
+            return str(found[-1])
+    raise ConfigError("ckpt_path", "last", f"a last.ckpt to resume from; none found in {out_dir} or under outputs/")
+
+
+def make_strategy(trainer_kwargs: dict, checkpoint_io):
+    strategy = trainer_kwargs.get("strategy", "auto")
+    if strategy == "fsdp":
+        from pytorch_lightning.strategies import FSDPStrategy
+
+        from components import Block
+
+        return FSDPStrategy(auto_wrap_policy={Block}, sharding_strategy="FULL_SHARD", checkpoint_io=checkpoint_io)
+    return strategy
+
+
+@rank_zero_only
+def write_budget(budget: dict, out_dir: Path, loggers) -> None:
+    from .io import atomic_write
+    from .loggers import log_image, log_table
+    from .report import draw_chart, preset_shares, render
+
+    atomic_write(out_dir / "budget.json", json.dumps(budget, indent=2) + "\n")
+    atomic_write(out_dir / "budget.md", "# Parameter budget\n\n" + render(budget, markdown=True) + "\n")
+    draw_chart([budget], preset_shares(), out_dir / "budget.png")
+    rows = [[g, v["weight"], v["bias"], v["total"], v["total"] / budget["total_params"]] for g, v in budget["groups"].items()]
+    log_table(loggers, "budget/groups", ["group", "weights", "biases", "total", "share"], rows)
+    log_image(loggers, "budget/chart", out_dir / "budget.png")
+
+
+def run_train(cfg, out_dir: Path, model_name: str | None = None) -> int:
+    from .callbacks import AtomicCheckpointIO, SampleText
+    from .lit import LitGPT
+    from .loggers import finish_wandb, make_loggers_from_config, wandb_run_dir
+    from .perf import ThroughputMonitor, peak_flops
+
+    out_dir = Path(out_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    model_cfg = plain(cfg.model)
+    resolve(model_cfg)  # a bad model config fails before any data is read
+    dm = make_datamodule(cfg)
+    dm.setup("fit")
+    if model_cfg["vocab_size"] != dm.vocab_size:
+        rank_zero_info(f"model.vocab_size: {model_cfg['vocab_size']} -> {dm.vocab_size} (the tokenizer's)")
+        model_cfg["vocab_size"] = dm.vocab_size
+    budget = parameter_budget(model_cfg, model_name)
+    trainer_kwargs = plain(cfg.trainer)
+    train_cfg = plain(cfg.train)
+    total_steps = train_cfg["total_steps"] or trainer_kwargs.get("max_steps") or 1000
+    ckpt_path = find_checkpoint(cfg.ckpt_path, out_dir)
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same init whatever the data step drew
+    module = LitGPT(model_cfg, train_cfg, dm.tokenizer.to_dict(), total_steps)
+    loggers = make_loggers_from_config(plain(cfg.logger) if cfg.logger else {}, out_dir, config=plain(cfg))
+    peak, peak_source = peak_flops(trainer_kwargs.get("precision", "32"), train_cfg["peak_flops"])
+    throughput = ThroughputMonitor(budget["flops_per_token"]["training"], peak, train_cfg["throughput_window"])
+    ckpt_dir = out_dir / "checkpoints"
+    best = pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="best-{step}", monitor="val/loss", mode="min",
+                                        save_top_k=1, save_last=True, auto_insert_metric_name=False)
+    periodic = pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=-1,
+                                            every_n_train_steps=train_cfg["checkpoint_every_n_steps"],
+                                            auto_insert_metric_name=False)
+    sampler = SampleText(dm.tokenizer, out_dir, train_cfg["sample_prompt"], train_cfg["sample_tokens"],
+                         train_cfg["sample_temperature"], train_cfg["sample_top_k"], seed=cfg.seed)
+    callbacks = [best, periodic, throughput, sampler]
+    if loggers:
+        callbacks.append(pl.callbacks.LearningRateMonitor(logging_interval="step"))
+    if trainer_kwargs.get("enable_progress_bar", True):
+        callbacks.append(pl.callbacks.RichProgressBar(leave=True))
+    checkpoint_io = AtomicCheckpointIO()
+    strategy = make_strategy(trainer_kwargs, checkpoint_io)
+    trainer_kwargs["strategy"] = strategy
+    # the data module shards its own sampler (builder/data.py EpochSampler): exact DDP = bigger batch
+    trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out_dir), callbacks=callbacks, logger=loggers or False,
+                         plugins=[checkpoint_io] if isinstance(strategy, str) else None, use_distributed_sampler=False)
+    if trainer.is_global_zero:
+        write_budget(budget, out_dir, loggers)
+        rank_zero_info(f"peak for perf/mfu: {peak / 1e12:.3f} TFLOP/s ({peak_source})")
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+
+    if trainer.is_global_zero:
+        summary = {
+            "run_dir": str(out_dir),
+            "last_checkpoint": str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").exists() else None,
+            "best_checkpoint": best.best_model_path or None,
+            "best_val_loss": float(best.best_model_score) if best.best_model_score is not None else None,
+            "val_loss": _metric(trainer, "val/loss"),
+            "val_ppl": _metric(trainer, "val/ppl"),
+            "tokens_per_s": throughput.mean_tokens_per_s,
+            "steps": trainer.global_step,
+            "budget": str(out_dir / "budget.json"),
+            "samples": str(sampler.path) if sampler.path.exists() else None,
+            "wandb": wandb_run_dir(loggers),
+        }
+        from .io import atomic_write
+
+        atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        print_summary(summary)
+    finish_wandb()
+    return 0
+
+
+def _metric(trainer, key: str):
+    value = trainer.callback_metrics.get(key)
+    return None if value is None else float(value)
+
+
+def print_summary(s: dict) -> None:
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    lines = [
+        "",
+        f"Done: {s['steps']} steps, val/loss {fmt(s['val_loss'], '.4f')} (ppl {fmt(s['val_ppl'], '.2f')}), "
+        f"{fmt(s['tokens_per_s'], ',.0f')} tokens/s",
+        f"  run directory : {s['run_dir']}",
+        f"  checkpoint    : {s['last_checkpoint']} (best: {s['best_checkpoint']})",
+        f"  budget        : {s['budget']} (+ budget.md, budget.png)",
+        f"  samples       : {s['samples']}",
+    ]
+    if s["wandb"]:
+        lines.append(f"  wandb run     : {s['wandb']}  (offline runs upload with: wandb sync {s['wandb']})")
+    print("\n".join(lines))
