@@ -43,9 +43,10 @@ class Spec:
 
 
 def _as_dict(cfg) -> dict:
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return dict(cfg)
+    """A plain, resolved copy of a model config (DictConfig, dict, or a dict holding DictConfigs)."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def _positive_int(m: dict, key: str) -> int:

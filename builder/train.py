@@ -89,6 +89,9 @@ def run_train(cfg, out_dir: Path, model_name: str | None = None) -> int:
     total_steps = train_cfg["total_steps"] or trainer_kwargs.get("max_steps") or 1000
     ckpt_path = find_checkpoint(cfg.ckpt_path, out_dir)
 
+    # everything that can be refused is checked before the first file is written
+    sampler = SampleText(dm.tokenizer, out_dir, train_cfg["sample_prompt"], train_cfg["sample_tokens"],
+                         train_cfg["sample_temperature"], train_cfg["sample_top_k"], seed=cfg.seed)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same init whatever the data step drew
     module = LitGPT(model_cfg, train_cfg, dm.tokenizer.to_dict(), total_steps)
     loggers = make_loggers_from_config(plain(cfg.logger) if cfg.logger else {}, out_dir, config=plain(cfg))
@@ -100,8 +103,6 @@ def run_train(cfg, out_dir: Path, model_name: str | None = None) -> int:
     periodic = pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=-1,
                                             every_n_train_steps=train_cfg["checkpoint_every_n_steps"],
                                             auto_insert_metric_name=False)
-    sampler = SampleText(dm.tokenizer, out_dir, train_cfg["sample_prompt"], train_cfg["sample_tokens"],
-                         train_cfg["sample_temperature"], train_cfg["sample_top_k"], seed=cfg.seed)
     callbacks = [best, periodic, throughput, sampler]
     if loggers:
         callbacks.append(pl.callbacks.LearningRateMonitor(logging_interval="step"))

@@ -128,16 +128,47 @@ def test_resume_matches_uninterrupted_run_and_seed_is_deterministic(env):
     assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 16
 
 
-def test_ddp_two_cpu_processes_equal_one_process_with_double_batch(env):
-    common = ["logger=csv", "trainer.max_steps=2", "trainer.val_check_interval=2", "train.warmup_steps=0"]
-    ddp, proc = train(env, "ddp", *common, "trainer=ddp_cpu", "data.batch_size=4")
-    assert "Starting with 2 processes" in proc.stdout + proc.stderr
-    single, _ = train(env, "single", *common, "trainer=cpu", "data.batch_size=8")
-    a = torch.load(ddp / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    b = torch.load(single / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+STEP2 = ["logger=csv", "trainer.max_steps=2", "trainer.val_check_interval=2", "train.warmup_steps=0"]
+
+
+@pytest.fixture(scope="module")
+def big_batch(env):
+    """One process, batch 8, two optimizer steps: the reference for DDP and accumulation."""
+    out, _ = train(env, "single", *STEP2, "trainer=cpu", "data.batch_size=8")
+    return torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def assert_same_params(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=2e-6, rtol=1e-5, msg=k)
+
+
+def test_ddp_two_cpu_processes_equal_one_process_with_double_batch(env, big_batch):
+    ddp, proc = train(env, "ddp", *STEP2, "trainer=ddp_cpu", "data.batch_size=4")
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+    assert_same_params(torch.load(ddp / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"], big_batch)
+
+
+def test_gradient_accumulation_equals_double_batch(env, big_batch):
+    steps = [s for s in STEP2 if "val_check_interval" not in s]
+    acc, _ = train(env, "accumulate", *steps, "trainer.val_check_interval=4", "data.batch_size=4",
+                   "trainer.accumulate_grad_batches=2")
+    ckpt = torch.load(acc / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert_same_params(ckpt["state_dict"], big_batch)
+
+
+@pytest.mark.parametrize("option", ["trainer.precision=bf16-mixed", "trainer.precision=16-mixed", "train.compile=true"])
+def test_precision_and_compile_train(env, option):
+    out, proc = train(env, option.split("=")[1], option, "trainer.fast_dev_run=true", "logger=csv")
+    assert "Done: 1 steps" in proc.stdout
+
+
+def test_ckpt_path_last_resumes_the_newest(env, main_run):
+    out, proc = train(env, "main", "logger=csv", "trainer.max_steps=62", "trainer.val_check_interval=31", "ckpt_path=last")
+    assert f"Restoring states from the checkpoint path at {out / 'checkpoints' / 'last.ckpt'}" in proc.stdout + proc.stderr
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 62
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "ddp_cpu"])
