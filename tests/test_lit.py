@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 
 import builder
 from builder.lit import LitGPT, lr_lambda, no_decay_names
