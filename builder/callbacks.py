@@ -57,3 +57,42 @@ class SampleText(pl.Callback):
         from .loggers import log_text
 
         log_text(trainer.loggers, "samples", ["step", "prompt", "text"], self.rows, step=step)
+
+
+class AttentionProbe(pl.Callback):
+    """At every validation, draw every head's pattern on a fixed probe phrase, so a person watches heads form.
+
+    The picture goes to ``<run dir>/attention/patterns_step<N>.png`` and to the loggers (a wandb image)."""
+
+    def __init__(self, tokenizer, out_dir: Path, text: str):
+        self.tokenizer, self.out_dir, self.text = tokenizer, Path(out_dir), text
+        self.ids = encode_prompt(tokenizer, text, key="train.probe_text")
+        self.tokens = [tokenizer.decode([i]) for i in self.ids]
+        self.paths: list[Path] = []
+
+    @rank_zero_only
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        from .attend_plots import draw_patterns
+        from .capture import capture_attention
+        from .loggers import log_image
+
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        ids = torch.tensor([self.ids[-model.context_length:] if model.context_length else self.ids],
+                           device=pl_module.device)
+        with torch.no_grad(), capture_attention(model) as rec:
+            model(ids)
+        model.train(was_training)
+        n = len(model.blocks)
+        t = ids.shape[1]
+        patterns = torch.stack([rec.pattern(layer)[0] for layer in range(n)]).float().cpu()
+        masks = torch.stack([rec.mask(layer)[0, 0] if rec.mask(layer) is not None
+                             else torch.ones(t, t, dtype=torch.bool) for layer in range(n)]).cpu()
+        step = trainer.global_step
+        path = draw_patterns(self.out_dir / "attention" / f"patterns_step{step}.png", self.tokens[-t:], patterns, masks,
+                             title=f"step {step}: {self.text!r}")
+        self.paths.append(path)
+        log_image(trainer.loggers, "attention/patterns", path, step=step, caption=f"step {step}")

@@ -52,6 +52,7 @@ class TrainConfig:
     sample_tokens: int = 200
     sample_temperature: float = 0.8
     sample_top_k: int | None = 40
+    probe_text: str | None = "a fluffy blue creature roamed the verdant forest"  # patterns drawn at every validation
 
 
 @dataclass
@@ -73,6 +74,10 @@ class Config:
     max_new_tokens: int = 200
     temperature: float = 0.8
     top_k: int | None = 40
+    # task=attend
+    text: str = "a fluffy blue creature roamed the verdant forest"
+    layers: list[int] | None = None
+    heads: list[int] | None = None
 
 
 _registered = False

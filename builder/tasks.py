@@ -33,13 +33,19 @@ def _sample(cfg, out_dir: Path, choices: dict) -> int:
     return run_sample(cfg, out_dir)
 
 
+def _attend(cfg, out_dir: Path, choices: dict) -> int:
+    from .attend import run_attend
+
+    return run_attend(cfg, out_dir)
+
+
 def _export(cfg, out_dir: Path, choices: dict) -> int:
     from .sample import run_export
 
     return run_export(cfg, out_dir)
 
 
-TASKS = {"report": _report, "train": _train, "sample": _sample, "export": _export}
+TASKS = {"report": _report, "train": _train, "sample": _sample, "export": _export, "attend": _attend}
 
 
 def _discard_if_empty(out_dir: Path) -> None:

@@ -69,7 +69,7 @@ def write_budget(budget: dict, out_dir: Path, loggers) -> None:
 
 
 def run_train(cfg, out_dir: Path, model_name: str | None = None) -> int:
-    from .callbacks import AtomicCheckpointIO, SampleText
+    from .callbacks import AtomicCheckpointIO, AttentionProbe, SampleText
     from .lit import LitGPT
     from .loggers import finish_wandb, make_loggers_from_config, wandb_run_dir
     from .perf import ThroughputMonitor, peak_flops
@@ -92,6 +92,7 @@ def run_train(cfg, out_dir: Path, model_name: str | None = None) -> int:
     # everything that can be refused is checked before the first file is written
     sampler = SampleText(dm.tokenizer, out_dir, train_cfg["sample_prompt"], train_cfg["sample_tokens"],
                          train_cfg["sample_temperature"], train_cfg["sample_top_k"], seed=cfg.seed)
+    probe = AttentionProbe(dm.tokenizer, out_dir, train_cfg["probe_text"]) if train_cfg["probe_text"] else None
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same init whatever the data step drew
     module = LitGPT(model_cfg, train_cfg, dm.tokenizer.to_dict(), total_steps)
     loggers = make_loggers_from_config(plain(cfg.logger) if cfg.logger else {}, out_dir, config=plain(cfg))
@@ -103,7 +104,7 @@ def run_train(cfg, out_dir: Path, model_name: str | None = None) -> int:
     periodic = pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=-1,
                                             every_n_train_steps=train_cfg["checkpoint_every_n_steps"],
                                             auto_insert_metric_name=False)
-    callbacks = [best, periodic, throughput, sampler]
+    callbacks = [best, periodic, throughput, sampler] + ([probe] if probe else [])
     if loggers:
         callbacks.append(pl.callbacks.LearningRateMonitor(logging_interval="step"))
     if trainer_kwargs.get("enable_progress_bar", True):
@@ -131,6 +132,7 @@ def run_train(cfg, out_dir: Path, model_name: str | None = None) -> int:
             "steps": trainer.global_step,
             "budget": str(out_dir / "budget.json"),
             "samples": str(sampler.path) if sampler.path.exists() else None,
+            "attention": [str(p) for p in probe.paths] if probe else [],
             "wandb": wandb_run_dir(loggers),
         }
         from .io import atomic_write
@@ -157,6 +159,8 @@ def print_summary(s: dict) -> None:
         f"  budget        : {s['budget']} (+ budget.md, budget.png)",
         f"  samples       : {s['samples']}",
     ]
+    if s["attention"]:
+        lines.append(f"  attention     : {s['attention'][-1]} (every head on the probe phrase, at each validation)")
     if s["wandb"]:
         lines.append(f"  wandb run     : {s['wandb']}  (offline runs upload with: wandb sync {s['wandb']})")
     print("\n".join(lines))

@@ -11,7 +11,8 @@ from wandb_offline import find_runs, metric, read_run
 
 SMALL = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.context_length=32",
          "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1",
-         "train.warmup_steps=5", "train.throughput_window=2", "train.sample_prompt=the "]
+         "train.warmup_steps=5", "train.throughput_window=2", "train.sample_prompt=the ",
+         "train.probe_text=the cat sat on the mat"]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,7 @@ def test_loss_falls_and_run_leaves_everything(main_run):
         assert (out / name).exists(), name
     assert list((out / "checkpoints").glob("best-*.ckpt"))
     assert "--- step 30 ---" in (out / "samples.txt").read_text()
+    assert (out / "attention" / "patterns_step30.png").exists() and (out / "attention" / "patterns_step60.png").exists()
     assert "checkpoint" in proc.stdout and "wandb sync" in proc.stdout
 
 
@@ -88,7 +90,7 @@ def test_wandb_offline_run_holds_the_metrics(main_run):
     assert any(k.startswith("lr-") for row in run["history"] for k in row)
     assert run["config"]["model"]["d_model"] == 32
     keys = {k for row in run["history"] for k in row}
-    assert {"budget/groups", "budget/chart", "samples"} <= keys
+    assert {"budget/groups", "budget/chart", "samples", "attention/patterns"} <= keys
 
 
 def test_sampling_is_reproducible_and_export_round_trips(main_run, env):

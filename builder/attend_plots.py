@@ -1,0 +1,148 @@
+"""Pictures of attention, as the lecture draws them: patterns with tokens on both axes, the
+score grid before and after the mask, the softmax, and the size of each head's update.
+
+Masked cells are drawn grey and hatched, so they never look like cells that merely got ~0 weight.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_path
+
+MASKED_COLOR = "#d9d9d9"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _np(x):
+    if x is None:
+        return None
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def token_labels(tokens: list[str]) -> list[str]:
+    """Printable labels: whitespace made visible, long tokens shortened."""
+    out = []
+    for t in tokens:
+        t = t.replace("\n", "\\n").replace("\t", "\\t")
+        t = t.replace(" ", "\u2423") if t.strip() == "" else t.strip()
+        out.append(t if len(t) <= 12 else t[:11] + "\u2026")
+    return out
+
+
+def _heatmap(ax, grid, mask, tokens, cmap="Blues", vmin=None, vmax=None, values=False, fontsize=7, axis_labels=True):
+    plt = _plt()
+    grid = np.asarray(grid, dtype=float)
+    shown = np.ma.masked_where(~mask, grid) if mask is not None else np.ma.masked_invalid(grid)
+    colormap = plt.get_cmap(cmap).copy()
+    colormap.set_bad(MASKED_COLOR)
+    im = ax.imshow(shown, cmap=colormap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="equal")
+    t = grid.shape[0]
+    if mask is not None and (~mask).any():
+        ys, xs = np.nonzero(~mask)
+        # hatching marks masked cells (one patch per cell is fine at the sizes we label)
+        if len(ys) <= 4096:
+            from matplotlib.patches import Rectangle
+
+            for y, x in zip(ys, xs):
+                ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, hatch="///", lw=0, color="#9a9a9a"))
+    if tokens is not None and len(tokens) <= 64:
+        labels = token_labels(tokens)
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=fontsize)
+        ax.set_yticks(range(len(labels)), labels, fontsize=fontsize)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if axis_labels:
+        ax.set_xlabel("key (looked at)", fontsize=fontsize + 1)
+        ax.set_ylabel("query (looking)", fontsize=fontsize + 1)
+    if values and t <= 16:
+        for y in range(t):
+            for x in range(t):
+                if mask is None or mask[y, x]:
+                    v = grid[y, x]
+                    ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=max(5, fontsize - 1),
+                            color="white" if vmax is not None and v > 0.6 * vmax else "black")
+    return im
+
+
+def draw_head(path, tokens: list[str], pattern, mask=None, title: str = "") -> Path:
+    """One head's pattern ``[T, T]`` (rows: queries, columns: keys), values printed when T is small."""
+    plt = _plt()
+    pattern, mask = _np(pattern), _np(mask)
+    mask = None if mask is None else mask.astype(bool)
+    t = pattern.shape[0]
+    size = min(14, max(4, 0.45 * t + 2))
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = _heatmap(ax, pattern, mask, tokens, vmin=0, vmax=1, values=True)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="attention weight (softmax)")
+    ax.set_title(title + "\ngrey hatched = masked (not allowed), white = allowed but ~0 weight", fontsize=9)
+    return _save(fig, path)
+
+
+def draw_patterns(path, tokens: list[str], patterns, masks=None, layer_ids=None, head_ids=None,
+                  title: str = "") -> Path:
+    """A grid, layers × heads, each cell one head's pattern ``patterns[l, h]`` with tokens on both axes."""
+    plt = _plt()
+    patterns = _np(patterns)
+    n_layers, n_heads, t, _ = patterns.shape
+    masks = None if masks is None else _np(masks).astype(bool).reshape(n_layers, t, t)
+    layer_ids = list(layer_ids) if layer_ids is not None else list(range(n_layers))
+    head_ids = list(head_ids) if head_ids is not None else list(range(n_heads))
+    labelled = t <= 24
+    cell = 2.6 if labelled else 1.8
+    fig, axes = plt.subplots(n_layers, n_heads, figsize=(cell * n_heads + 1, cell * n_layers + 1), squeeze=False)
+    for i in range(n_layers):
+        for j in range(n_heads):
+            ax = axes[i][j]
+            _heatmap(ax, patterns[i, j], None if masks is None else masks[i], tokens if labelled else None,
+                     vmin=0, vmax=1, fontsize=5, axis_labels=False)
+            ax.set_title(f"L{layer_ids[i]} H{head_ids[j]}", fontsize=8)
+    fig.suptitle((title + "\n" if title else "") + "rows: queries, columns: keys; grey hatched = masked", fontsize=9)
+    return _save(fig, path)
+
+
+def draw_steps(path, tokens: list[str], scores, mask, pattern, update_norms, title: str = "") -> Path:
+    """The lecture's steps for one head: q·k scores → after the mask → softmax → size of each token's update."""
+    plt = _plt()
+    scores, pattern, update_norms = _np(scores), _np(pattern), _np(update_norms)
+    mask = None if mask is None else _np(mask).astype(bool)
+    t = scores.shape[0]
+    size = min(7, max(3.2, 0.3 * t + 1.5))
+    fig, axes = plt.subplots(1, 4, figsize=(4 * size + 2, size + 1.2), gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
+    lim = float(np.abs(scores).max()) or 1.0
+    _heatmap(axes[0], scores, None, tokens, cmap="RdBu_r", vmin=-lim, vmax=lim, values=t <= 10, fontsize=6)
+    axes[0].set_title("1. query · key / sqrt(d_head)", fontsize=9)
+    _heatmap(axes[1], scores, mask, tokens, cmap="RdBu_r", vmin=-lim, vmax=lim, values=t <= 10, fontsize=6)
+    axes[1].set_title("2. after the mask (grey = -inf)", fontsize=9)
+    _heatmap(axes[2], pattern, mask, tokens, vmin=0, vmax=1, values=t <= 10, fontsize=6)
+    axes[2].set_title("3. softmax over each row", fontsize=9)
+    labels = token_labels(tokens)
+    axes[3].barh(range(t), update_norms, color="#dd8452")
+    axes[3].set_yticks(range(t), labels if t <= 64 else [""] * t, fontsize=6)
+    axes[3].invert_yaxis()
+    axes[3].set_title("4. size of the update each token\nreceives: ||Σ weight·value·W_o||", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    plt = _plt()
+    path = Path(path)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
