@@ -48,7 +48,10 @@ class SampleText(pl.Callback):
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
-        text = self.sample(pl_module.model, pl_module.device)
+        try:
+            text = self.sample(pl_module.model, pl_module.device)
+        except FloatingPointError as err:
+            text = f"(no sample: {err})"
         step = trainer.global_step
         self.rows.append([step, self.prompt, text])
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,3 +99,24 @@ class AttentionProbe(pl.Callback):
                              title=f"step {step}: {self.text!r}")
         self.paths.append(path)
         log_image(trainer.loggers, "attention/patterns", path, step=step, caption=f"step {step}")
+
+
+class SaveOnInterrupt(pl.Callback):
+    """Ctrl-C or SIGTERM during training: write ``last.ckpt`` (atomically) before the run exits.
+
+    A failure of the run itself (a NaN loss, a bug) saves nothing, so the last good checkpoint stays."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.saved: Path | None = None
+
+    def on_exception(self, trainer, pl_module, exception):
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or trainer.global_step == 0:
+            return
+        trainer.save_checkpoint(self.path)
+        self.saved = self.path
+        if trainer.is_global_zero:
+            print(f"\ninterrupted at step {trainer.global_step}: saved {self.path}; resume with ckpt_path={self.path}",
+                  flush=True)

@@ -64,6 +64,10 @@ def load_model(path, key: str = "checkpoint"):
             load_state(model, state, key, path)
             tok = meta.get("tokenizer")
             return model.eval(), (tokenizer_from_dict(tok) if tok else None), meta["model"]
+        if (path / "config.json").is_file():  # a Hugging Face directory: GPT-2 imports, others get a clear error
+            from .hf import load_hf_gpt2
+
+            return load_hf_gpt2(path, key)
         raise ConfigError(key, str(path), f"a checkpoint file or a directory holding {EXPORT_CONFIG}")
     ckpt = _read_checkpoint(path, key)
     hp = ckpt["hyper_parameters"]

@@ -14,3 +14,7 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """A problem with the data configuration or the corpus (bad option, missing/empty/non-UTF-8 file)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the message names the step and what to change."""

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import NonFiniteLossError
 from .model import build_model
 
 
@@ -57,6 +58,7 @@ class LitGPT(pl.LightningModule):
         # kept out of the module tree, so parameters keep their one name in the state dict
         object.__setattr__(self, "_forward", torch.compile(self.model) if train.get("compile") else self.model)
         self._val_losses: list[torch.Tensor] = []
+        self.skipped_nonfinite = 0
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self._forward(ids)
@@ -68,6 +70,15 @@ class LitGPT(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self.loss(batch)
+        if not torch.isfinite(loss):
+            if self.train_cfg.get("skip_nonfinite"):
+                self.skipped_nonfinite += 1
+                self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), on_step=True, on_epoch=False)
+                return None  # Lightning skips this batch's backward and optimizer step
+            raise NonFiniteLossError(
+                f"train/loss is {loss.item()} at step {self.global_step} (batch {batch_idx}); the run stops and keeps "
+                "its last good checkpoint. Lower train.lr (or raise train.warmup_steps), or set "
+                "train.skip_nonfinite=true to skip such batches and count them")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
         return loss
 
@@ -79,6 +90,10 @@ class LitGPT(pl.LightningModule):
             return
         mean = torch.stack(self._val_losses).mean()
         self._val_losses.clear()
+        if not torch.isfinite(mean) and not self.train_cfg.get("skip_nonfinite"):
+            raise NonFiniteLossError(
+                f"val/loss is {mean.item()} at step {self.global_step}: the weights are no longer finite; the run stops "
+                "and keeps its last good checkpoint. Lower train.lr (or raise train.warmup_steps)")
         self.log("val/loss", mean, prog_bar=True, sync_dist=True)
         self.log("val/ppl", torch.exp(mean), sync_dist=True)
 

@@ -22,6 +22,8 @@ def generate(model, ids: torch.Tensor, max_new_tokens: int, temperature: float =
     logits = model(ids[:, -limit:] if limit else ids, cache=cache)[:, -1]
     out = ids
     for i in range(max_new_tokens):
+        if not torch.isfinite(logits).all():
+            raise FloatingPointError("the model's logits are not finite (NaN or inf weights); nothing to sample")
         if temperature <= 0:
             nxt = logits.argmax(-1, keepdim=True)
         else:

@@ -48,6 +48,7 @@ class TrainConfig:
     checkpoint_every_n_steps: int = 500
     peak_flops: float | None = None  # MFU denominator; None: data sheet (GPU) or a matmul probe (CPU)
     throughput_window: int = 10  # batches per perf/tokens_per_s measurement
+    skip_nonfinite: bool = False  # skip (and count) batches whose loss is NaN/inf instead of stopping
     sample_prompt: str = "The "
     sample_tokens: int = 200
     sample_temperature: float = 0.8

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from components.registry import RegistryError, closest
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, NonFiniteLossError
 
 # errors whose message is the whole story: shown as one paragraph, no traceback
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RegistryError, DataError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RegistryError, DataError, NonFiniteLossError)
 
 
 def _report(cfg, out_dir: Path, choices: dict) -> int:
@@ -39,13 +39,19 @@ def _attend(cfg, out_dir: Path, choices: dict) -> int:
     return run_attend(cfg, out_dir)
 
 
+def _heads(cfg, out_dir: Path, choices: dict) -> int:
+    from .heads import run_heads
+
+    return run_heads(cfg, out_dir)
+
+
 def _export(cfg, out_dir: Path, choices: dict) -> int:
     from .sample import run_export
 
     return run_export(cfg, out_dir)
 
 
-TASKS = {"report": _report, "train": _train, "sample": _sample, "export": _export, "attend": _attend}
+TASKS = {"report": _report, "train": _train, "sample": _sample, "export": _export, "attend": _attend, "heads": _heads}
 
 
 def _discard_if_empty(out_dir: Path) -> None:

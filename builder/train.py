@@ -29,18 +29,20 @@ def make_datamodule(cfg):
 
 
 def find_checkpoint(ckpt_path: str | None, out_dir: Path) -> str | None:
-    """``last``: the newest last.ckpt in this run directory, else anywhere under its outputs root."""
+    """``last``: the newest checkpoint (by time written) in this run directory, else under outputs/ and multirun/.
+
+    Periodic ``step-N.ckpt`` files count too, so a run killed with SIGKILL resumes from its last one."""
     if ckpt_path in (None, ""):
         return None
     if ckpt_path != "last":
         if not Path(ckpt_path).is_file():
             raise ConfigError("ckpt_path", ckpt_path, "an existing checkpoint file, or `last`")
         return ckpt_path
-    for root in (out_dir, out_dir.parent.parent, Path("outputs"), Path("multirun")):
-        found = sorted(root.glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    for root in (out_dir, Path("outputs"), Path("multirun")):
+        found = sorted(root.glob("**/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
         if found:
             return str(found[-1])
-    raise ConfigError("ckpt_path", "last", f"a last.ckpt to resume from; none found in {out_dir} or under outputs/")
+    raise ConfigError("ckpt_path", "last", f"a checkpoint to resume from; none found in {out_dir} or under outputs/")
 
 
 def make_strategy(trainer_kwargs: dict, checkpoint_io):
@@ -69,7 +71,7 @@ def write_budget(budget: dict, out_dir: Path, loggers) -> None:
 
 
 def run_train(cfg, out_dir: Path, model_name: str | None = None) -> int:
-    from .callbacks import AtomicCheckpointIO, AttentionProbe, SampleText
+    from .callbacks import AtomicCheckpointIO, AttentionProbe, SampleText, SaveOnInterrupt
     from .lit import LitGPT
     from .loggers import finish_wandb, make_loggers_from_config, wandb_run_dir
     from .perf import ThroughputMonitor, peak_flops
@@ -104,7 +106,8 @@ def run_train(cfg, out_dir: Path, model_name: str | None = None) -> int:
     periodic = pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=-1,
                                             every_n_train_steps=train_cfg["checkpoint_every_n_steps"],
                                             auto_insert_metric_name=False)
-    callbacks = [best, periodic, throughput, sampler] + ([probe] if probe else [])
+    interrupt = SaveOnInterrupt(ckpt_dir / "last.ckpt")
+    callbacks = [best, periodic, throughput, sampler, interrupt] + ([probe] if probe else [])
     if loggers:
         callbacks.append(pl.callbacks.LearningRateMonitor(logging_interval="step"))
     if trainer_kwargs.get("enable_progress_bar", True):

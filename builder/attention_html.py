@@ -1,0 +1,610 @@
+"""One self-contained HTML page that shows what every attention head looks at.
+
+    path = write_attention_html("attention.html", tokens, patterns, masks=masks)
+
+``patterns`` is ``[L, H, T, T]`` (rows = queries, columns = keys, each row sums to 1, masked
+cells exactly 0); ``masks`` (optional, ``[L, T, T]``, ``[L, 1, T, T]`` or ``[T, T]``, True = may
+attend) lets the page draw masked cells (hatched grey) differently from cells whose weight is ~0.
+
+The page works offline from disk: CSS, JavaScript and data are inline, nothing is fetched.
+Weights are stored as uint16 (1/65535 steps, base64) for the cells that can be non-zero only
+(the mask's allowed cells, or the cells non-zero in some head when no mask is given), so a
+causal L=2, H=4, T=1024 page is about 11 MB. Token text is only ever set with ``textContent``
+and ``<``, ``>``, ``&`` are escaped inside the embedded JSON.
+
+Tests and scripts can drive the page through ``window.__hf``: ``select(layer, head)`` (real
+ids), ``hover(tokenIndex)``, ``info()`` (the info text), ``view("single" | "grid")``,
+``cell(q, k)``, ``cellRect(q, k)``, ``state()``; ``document.body.dataset.ready`` is ``"1"`` once
+the first render is done (``"error"`` if it failed).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_write
+
+QUANT = 65535  # weights are stored as round(w * QUANT) in uint16
+
+
+def _to_numpy(x, name: str) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch.Tensor, without importing torch here
+        x = x.detach()
+        if x.dtype.is_floating_point:
+            x = x.float()
+        x = x.cpu().numpy()
+    try:
+        return np.asarray(x)
+    except Exception as err:  # pragma: no cover - odd inputs
+        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}") from err
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _masks_array(masks, L: int, T: int) -> np.ndarray:
+    m = _to_numpy(masks, "masks")
+    if m.ndim == 4 and m.shape[1] == 1:
+        m = m[:, 0]
+    if m.ndim == 2:
+        m = np.broadcast_to(m, (L, *m.shape))
+    if m.ndim != 3 or m.shape != (L, T, T):
+        shape = tuple(_to_numpy(masks, "masks").shape)
+        raise ValueError(f"masks must have shape [L, T, T], [L, 1, T, T] or [T, T] with L={L}, T={T}; got {shape}")
+    if m.dtype != np.bool_:
+        if not np.isin(m, (0, 1)).all():
+            raise ValueError("masks must be boolean (True = may attend)")
+        m = m.astype(bool)
+    return m
+
+
+def _ids(ids, n: int, name: str) -> list[int]:
+    if ids is None:
+        return list(range(n))
+    ids = [int(i) for i in ids]
+    if len(ids) != n:
+        raise ValueError(f"{name} has {len(ids)} entries but patterns have {n}")
+    if len(set(ids)) != n:
+        raise ValueError(f"{name} has repeated entries: {ids}")
+    return ids
+
+
+def attention_page_data(tokens, patterns, masks=None, title: str = "", layer_ids=None, head_ids=None) -> dict:
+    """The JSON object the page embeds (exposed for tests and for other writers)."""
+    p = _to_numpy(patterns, "patterns")
+    if p.ndim == 3:  # one layer [H, T, T]
+        p = p[None]
+    if p.ndim != 4 or p.shape[-1] != p.shape[-2]:
+        raise ValueError(f"patterns must have shape [L, H, T, T] (square: queries x keys); got {tuple(p.shape)}")
+    L, H, T, _ = p.shape
+    if L == 0 or H == 0 or T == 0:
+        raise ValueError(f"patterns must not be empty; got shape {tuple(p.shape)}")
+    tokens = [str(t) for t in tokens]
+    if len(tokens) != T:
+        raise ValueError(f"{len(tokens)} tokens but patterns cover T={T} positions")
+    p = p.astype(np.float32, copy=False)
+    if not np.isfinite(p).all():
+        raise ValueError("patterns contain NaN or infinite values")
+    if p.min() < -1e-4 or p.max() > 1 + 1e-4:
+        raise ValueError(f"patterns must be attention weights in [0, 1]; got min {p.min():.4g}, max {p.max():.4g}")
+
+    if masks is not None:
+        keep = _masks_array(masks, L, T)
+        leak = np.abs(p) * ~keep[:, None]
+        if leak.max() > 1e-6:
+            li, hi, q, k = np.unravel_index(int(np.argmax(leak)), leak.shape)
+            raise ValueError(f"patterns are non-zero where masks forbid attending: layer {li}, head {hi}, query {q}, key {k} "
+                             f"has weight {float(p[li, hi, q, k]):.4g} (are masks and patterns aligned?)")
+    else:  # store only cells that are non-zero in some head (e.g. the lower triangle of causal patterns)
+        keep = (p != 0).any(axis=1)
+
+    q16 = np.rint(np.clip(p, 0.0, 1.0) * QUANT).astype("<u2")
+    keep_b64, weights = [], []
+    for li in range(L):
+        k = keep[li]
+        keep_b64.append(None if k.all() else _b64(np.packbits(k.reshape(-1)).tobytes()))
+        flat = k.reshape(-1)
+        weights.append([_b64(q16[li, hi].reshape(-1)[flat].tobytes()) for hi in range(H)])
+    return {
+        "v": 1, "title": str(title or ""), "tokens": tokens, "T": T, "L": L, "H": H,
+        "layer_ids": _ids(layer_ids, L, "layer_ids"), "head_ids": _ids(head_ids, H, "head_ids"),
+        "q": QUANT, "masked": masks is not None, "keep": keep_b64, "w": weights,
+    }
+
+
+def _script_json(data: dict) -> str:
+    """JSON safe inside a <script> element: no '<', '>' or '&' can appear literally."""
+    text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render_attention_html(tokens, patterns, masks=None, title: str = "", layer_ids=None, head_ids=None) -> str:
+    data = attention_page_data(tokens, patterns, masks, title, layer_ids, head_ids)
+    page_title = html.escape(title or "Attention patterns")
+    return (_PAGE.replace("%%TITLE%%", page_title)
+            .replace("%%CSS%%", _CSS)
+            .replace("%%JS%%", _JS)
+            .replace("%%DATA%%", _script_json(data)))
+
+
+def write_attention_html(path, tokens: list[str], patterns, masks=None, title: str = "", layer_ids=None,
+                         head_ids=None) -> Path:
+    """Write the page to ``path`` atomically (temporary file beside it, then ``os.replace``); returns the path."""
+    text = render_attention_html(tokens, patterns, masks, title, layer_ids, head_ids)
+    return atomic_write(Path(path), text.encode("utf-8"))
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>%%TITLE%%</title>
+<style>%%CSS%%</style>
+</head>
+<body>
+<header>
+  <h1 id="title"></h1>
+  <div id="shape" class="muted"></div>
+</header>
+<div class="controls">
+  <label>Layer <select id="layer"></select></label>
+  <label>Head <select id="head"></select></label>
+  <button id="view" type="button">All heads of this layer</button>
+  <label>Colour <select id="scale"><option value="linear">linear</option>
+    <option value="sqrt">sqrt</option></select></label>
+  <span class="legend"><span class="ramp"></span> 0 &rarr; 1
+    <span class="swatch zero"></span> weight 0
+    <span class="swatch masked"></span> masked (may not attend)</span>
+</div>
+<div id="info" class="info" aria-live="polite"></div>
+<div id="tokens" class="tokens" aria-label="tokens"></div>
+<p class="muted help">Hover a token: <b class="rowkey">blue background</b> = where it looks (its row),
+<b class="colkey">orange bar</b> = what looks at it (its column). Click a token to pin it; arrow keys move.</p>
+<section id="single">
+  <div class="heatbox"><canvas id="heat"></canvas><canvas id="overlay"></canvas></div>
+</section>
+<section id="grid" hidden></section>
+<script type="application/json" id="hf-data">%%DATA%%</script>
+<script>%%JS%%</script>
+</body>
+</html>
+"""
+
+_CSS = r"""
+:root { --fg: #1f2933; --muted: #66707a; --line: #d9dee3; --accent: #2563eb; }
+* { box-sizing: border-box; }
+body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; color: var(--fg);
+       margin: 16px 20px; background: #fff; }
+header { display: flex; align-items: baseline; gap: 14px; flex-wrap: wrap; }
+h1 { font-size: 20px; margin: 0 0 6px; }
+.muted { color: var(--muted); }
+.help { margin: 4px 0 10px; font-size: 12px; }
+.rowkey { color: #08519c; } .colkey { color: #d9480f; }
+.controls { display: flex; flex-wrap: wrap; gap: 10px 16px; align-items: center; margin: 6px 0 10px; }
+select, button { font: inherit; padding: 2px 6px; }
+button { cursor: pointer; border: 1px solid var(--line); background: #f6f8fa; border-radius: 4px; }
+button[aria-pressed="true"] { background: #dbeafe; border-color: var(--accent); }
+.legend { display: inline-flex; align-items: center; gap: 6px; color: var(--muted); font-size: 12px; }
+.ramp { display: inline-block; width: 80px; height: 12px; border: 1px solid var(--line);
+        background: linear-gradient(to right, #ffffff, #c6dbef, #6baed6, #2171b5, #08306b); }
+.swatch { display: inline-block; width: 14px; height: 14px; border: 1px solid #b8bec4; margin-left: 8px; }
+.swatch.zero { background: #fff; }
+.swatch.masked, .tok.masked { background: repeating-linear-gradient(135deg, #d4d4d8 0 3px, #eeeef0 3px 6px); }
+.info { height: 6.4em; overflow: auto; padding: 6px 10px; border: 1px solid var(--line); border-radius: 6px;
+        background: #fafbfc; font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 13px;
+        white-space: pre-wrap; word-break: break-word; }
+.tokens { margin: 10px 0 2px; padding: 4px; line-height: 1; max-height: 40vh; overflow: auto; border: 1px solid transparent; }
+.tok { display: inline-flex; flex-direction: column; align-items: center; margin: 2px 1px; padding: 3px 4px 2px;
+       border: 1px solid var(--line); border-radius: 4px; cursor: default; min-width: 2.3em; vertical-align: top; }
+.tok .t { white-space: pre; font-size: 15px; line-height: 1.25; }
+.tok .w { font-size: 10px; line-height: 1.2; min-height: 1.2em; font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
+.tok.masked { color: #8a9097; border-style: dashed; }
+.tok.focus { outline: 2px solid #111; outline-offset: 1px; }
+.tok.pinned { outline-color: #d9480f; }
+.heatbox { position: relative; display: inline-block; margin-top: 8px; }
+#heat { display: block; }
+#overlay { position: absolute; left: 0; top: 0; cursor: crosshair; }
+#grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 12px; margin-top: 8px; }
+#grid figure { margin: 0; padding: 6px; border: 2px solid transparent; border-radius: 6px; cursor: pointer; text-align: center; }
+#grid figure:hover { border-color: var(--line); }
+#grid figure.current { border-color: var(--accent); }
+#grid canvas { width: 140px; height: 140px; border: 1px solid var(--line); }
+#grid figcaption { font-size: 12px; color: var(--muted); }
+.error { color: #b91c1c; }
+"""
+
+_JS = r"""
+(function () {
+"use strict";
+const $ = (id) => document.getElementById(id);
+try {
+const D = JSON.parse($("hf-data").textContent);
+const T = D.T, L = D.L, H = D.H, Q = D.q, TT = T * T;
+const SMALL = T <= 64;
+const st = { l: 0, h: 0, view: "single", hover: -1, pinned: false, scale: "linear" };
+
+// ---- data -------------------------------------------------------------------------------
+function bytesOf(b64) {
+  const bin = atob(b64), n = bin.length, out = new Uint8Array(n);
+  for (let i = 0; i < n; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+const keeps = new Array(L).fill(null);
+function keepOf(l) {
+  if (keeps[l]) return keeps[l];
+  const k = new Uint8Array(TT);
+  if (D.keep[l] === null) k.fill(1);
+  else {
+    const b = bytesOf(D.keep[l]);
+    for (let i = 0; i < b.length; i++) {
+      const v = b[i], base = i << 3;
+      if (v === 0) continue;
+      for (let j = 0; j < 8 && base + j < TT; j++) k[base + j] = (v >> (7 - j)) & 1;
+    }
+  }
+  return (keeps[l] = k);
+}
+const cache = new Map();
+const CAP = Math.max(2, Math.floor(16e6 / TT));
+// Float32Array [T*T]: the weight, or -1 where the mask forbids attending.
+function matrix(l, h) {
+  const key = l * H + h;
+  let m = cache.get(key);
+  if (m) { cache.delete(key); cache.set(key, m); return m; }
+  const keep = keepOf(l), b = bytesOf(D.w[l][h]), off = D.masked ? -1 : 0;
+  m = new Float32Array(TT);
+  let j = 0;
+  for (let i = 0; i < TT; i++) {
+    if (keep[i]) { m[i] = (b[j] | (b[j + 1] << 8)) / Q; j += 2; } else m[i] = off;
+  }
+  cache.set(key, m);
+  while (cache.size > CAP) cache.delete(cache.keys().next().value);
+  return m;
+}
+const cur = () => matrix(st.l, st.h);
+
+// ---- colours ----------------------------------------------------------------------------
+const STOPS = [[255, 255, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]];
+const LUT = new Uint8Array(256 * 3);
+for (let i = 0; i < 256; i++) {
+  const x = (i / 255) * (STOPS.length - 1), a = Math.min(Math.floor(x), STOPS.length - 2), f = x - a;
+  for (let c = 0; c < 3; c++) LUT[i * 3 + c] = Math.round(STOPS[a][c] * (1 - f) + STOPS[a + 1][c] * f);
+}
+const MASK_PIX = [212, 212, 216], MASK_BG = [238, 238, 240];
+const tone = (v) => (st.scale === "sqrt" ? Math.sqrt(v) : v);
+const lutIndex = (v) => Math.max(0, Math.min(255, Math.round(tone(v) * 255)));
+const rgb = (v) => { const i = lutIndex(v) * 3; return "rgb(" + LUT[i] + "," + LUT[i + 1] + "," + LUT[i + 2] + ")"; };
+
+// ---- text -------------------------------------------------------------------------------
+const shown = (t) => (t === "" ? "\u2205" : t.replace(/\n/g, "\u21b5").replace(/\t/g, "\u21e5").replace(/\r/g, "\u240d"));
+const quoted = (i) => JSON.stringify(D.tokens[i]);
+const label = (i) => { const s = shown(D.tokens[i]); return s.length > 14 ? s.slice(0, 13) + "\u2026" : s; };
+const fmt = (v) => v.toFixed(3);
+const where = () => "layer " + D.layer_ids[st.l] + ", head " + D.head_ids[st.h];
+
+// ---- controls ---------------------------------------------------------------------------
+$("title").textContent = D.title || "Attention patterns";
+$("shape").textContent = T + " tokens \u00b7 " + L + " layer" + (L > 1 ? "s" : "") + " \u00d7 " + H + " head" +
+  (H > 1 ? "s" : "") + " \u00b7 rows = queries (the token looking), columns = keys (the token looked at)";
+function fillSelect(sel, ids, word) {
+  ids.forEach((id, i) => {
+    const o = document.createElement("option");
+    o.value = String(i); o.textContent = word + " " + id; sel.appendChild(o);
+  });
+}
+fillSelect($("layer"), D.layer_ids, "layer");
+fillSelect($("head"), D.head_ids, "head");
+$("layer").addEventListener("change", (e) => select(+e.target.value, st.h));
+$("head").addEventListener("change", (e) => select(st.l, +e.target.value));
+$("scale").addEventListener("change", (e) => { st.scale = e.target.value; gridKey = ""; redraw(); });
+$("view").addEventListener("click", () => setView(st.view === "single" ? "grid" : "single"));
+
+// ---- token strip ------------------------------------------------------------------------
+const strip = $("tokens"), spans = new Array(T), badges = new Array(T);
+const frag = document.createDocumentFragment();
+for (let i = 0; i < T; i++) {
+  const s = document.createElement("span"), t = document.createElement("span"), w = document.createElement("span");
+  s.className = "tok"; s.dataset.i = String(i);
+  t.className = "t"; t.textContent = shown(D.tokens[i]);
+  w.className = "w";
+  s.appendChild(t); s.appendChild(w); frag.appendChild(s);
+  spans[i] = s; badges[i] = w;
+}
+strip.appendChild(frag);
+const indexOf = (el) => { const s = el && el.closest ? el.closest(".tok") : null; return s ? +s.dataset.i : -1; };
+strip.addEventListener("mouseover", (e) => { const i = indexOf(e.target); if (i >= 0 && !st.pinned) hover(i); });
+strip.addEventListener("mouseleave", () => { if (!st.pinned) hover(-1); });
+strip.addEventListener("click", (e) => {
+  const i = indexOf(e.target); if (i < 0) return;
+  if (st.pinned && st.hover === i) { st.pinned = false; } else { st.pinned = true; hover(i); }
+  paintPin();
+});
+document.addEventListener("keydown", (e) => {
+  if (e.target && e.target.tagName === "SELECT") return;
+  if (e.key === "Escape") { st.pinned = false; hover(-1); paintPin(); return; }
+  if (st.hover < 0) return;
+  if (e.key === "ArrowRight" && st.hover < T - 1) { hover(st.hover + 1); paintPin(); e.preventDefault(); }
+  if (e.key === "ArrowLeft" && st.hover > 0) { hover(st.hover - 1); paintPin(); e.preventDefault(); }
+});
+let pinnedSpan = null;
+function paintPin() {
+  if (pinnedSpan) pinnedSpan.classList.remove("pinned");
+  pinnedSpan = st.pinned && st.hover >= 0 ? spans[st.hover] : null;
+  if (pinnedSpan) pinnedSpan.classList.add("pinned");
+}
+
+let touched = [];
+function clearStrip() {
+  for (const i of touched) {
+    const s = spans[i];
+    s.style.background = ""; s.style.color = ""; s.style.boxShadow = "";
+    s.classList.remove("masked", "focus");
+    delete s.dataset.w; delete s.dataset.by;
+    badges[i].textContent = "";
+  }
+  touched = [];
+}
+function top(list, n) { return list.sort((a, b) => b[1] - a[1] || a[0] - b[0]).slice(0, n); }
+function setInfo(lines) { $("info").textContent = lines.join("\n"); }
+function defaultInfo() {
+  setInfo([where() + " \u00b7 hover a token to see where it looks and what looks at it; hover the heatmap for one cell"]);
+}
+
+function hover(q) {
+  st.hover = q;
+  clearStrip();
+  drawOverlay(null);
+  if (q < 0) { defaultInfo(); return; }
+  const m = cur(), row = q * T, looks = [], by = [];
+  let masked = 0;
+  for (let k = 0; k < T; k++) {
+    const v = m[row + k], c = m[k * T + q];
+    if (v === 0 && !(c > 0) && k !== q) continue;
+    const s = spans[k];
+    touched.push(k);
+    if (v < 0) { s.classList.add("masked"); s.dataset.w = "masked"; badges[k].textContent = "\u00d7"; masked++; }
+    else {
+      s.dataset.w = fmt(v);
+      if (v > 0) {
+        s.style.background = rgb(v);
+        if (tone(v) > 0.55) s.style.color = "#fff";
+        if (v >= 0.005) badges[k].textContent = v >= 0.995 ? "1" : v.toFixed(2).slice(1);
+        looks.push([k, v]);
+      }
+    }
+    if (c > 0) {
+      s.dataset.by = fmt(c);
+      s.style.boxShadow = "inset 0 -4px 0 rgba(217,72,15," + Math.max(0.15, Math.min(1, tone(c))).toFixed(3) + ")";
+      by.push([k, c]);
+    }
+  }
+  spans[q].classList.add("focus");
+  const name = quoted(q);
+  const a = top(looks, 6).map(([k, v]) => name + " \u2192 " + quoted(k) + " " + fmt(v));
+  const b = top(by, 6).map(([k, v]) => quoted(k) + " \u2192 " + name + " " + fmt(v));
+  const nm = masked ? " \u00b7 " + masked + " key" + (masked > 1 ? "s" : "") + " masked" : "";
+  setInfo([
+    where() + " \u00b7 token #" + q + " " + name + nm,
+    "looks at:     " + (a.length ? a.join(" \u00b7 ") : "(nothing)"),
+    "looked at by: " + (b.length ? b.join(" \u00b7 ") : "(nothing)"),
+  ]);
+  drawOverlay({ q: q, k: -1 });
+}
+
+// ---- big heatmap ------------------------------------------------------------------------
+const heat = $("heat"), over = $("overlay");
+const G = { ml: 0, mt: 0, cs: 1, w: 0, h: 0 };
+let dpr = 1;
+function layoutBig() {
+  dpr = window.devicePixelRatio || 1;
+  if (SMALL) {
+    const ctx = heat.getContext("2d");
+    ctx.font = "12px system-ui, sans-serif";
+    let lw = 0;
+    for (let i = 0; i < T; i++) lw = Math.max(lw, ctx.measureText(label(i)).width);
+    G.cs = Math.max(12, Math.min(44, Math.floor(560 / T)));
+    G.ml = Math.ceil(lw) + 12; G.mt = Math.ceil(lw) + 12;
+    G.w = G.ml + T * G.cs + 4; G.h = G.mt + T * G.cs + 4;
+    heat.width = Math.round(G.w * dpr); heat.height = Math.round(G.h * dpr);
+  } else {
+    G.cs = Math.max(1, Math.floor(640 / T));
+    if (T > 640) G.cs = 640 / T;
+    G.ml = 0; G.mt = 0; G.w = T * G.cs; G.h = T * G.cs;
+    heat.width = T; heat.height = T;
+    heat.style.imageRendering = G.cs >= 1 ? "pixelated" : "auto";
+  }
+  heat.style.width = G.w + "px"; heat.style.height = G.h + "px";
+  over.width = Math.round(G.w * dpr); over.height = Math.round(G.h * dpr);
+  over.style.width = G.w + "px"; over.style.height = G.h + "px";
+}
+function pixels(img, m, n, pool) {
+  // m: weights of an n x n grid (-1 masked); writes RGBA into img.data
+  const d = img.data;
+  for (let i = 0; i < n * n; i++) {
+    const v = m[i], o = i * 4;
+    if (v < 0) {
+      d[o] = MASK_PIX[0]; d[o + 1] = MASK_PIX[1]; d[o + 2] = MASK_PIX[2];
+    } else {
+      const li = lutIndex(v) * 3;
+      d[o] = LUT[li]; d[o + 1] = LUT[li + 1]; d[o + 2] = LUT[li + 2];
+    }
+    d[o + 3] = 255;
+  }
+}
+function drawBig() {
+  const m = cur(), ctx = heat.getContext("2d");
+  if (!SMALL) {
+    const img = ctx.createImageData(T, T);
+    pixels(img, m, T);
+    ctx.putImageData(img, 0, 0);
+    return;
+  }
+  const cs = G.cs;
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, G.w, G.h);
+  ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, G.w, G.h);
+  for (let q = 0; q < T; q++) for (let k = 0; k < T; k++) {
+    const v = m[q * T + k], x = G.ml + k * cs, y = G.mt + q * cs;
+    if (v < 0) {
+      ctx.fillStyle = "rgb(" + MASK_BG.join(",") + ")"; ctx.fillRect(x, y, cs, cs);
+      ctx.save(); ctx.beginPath(); ctx.rect(x, y, cs, cs); ctx.clip();
+      ctx.strokeStyle = "rgb(150,150,158)"; ctx.lineWidth = 1; ctx.beginPath();
+      for (let t = -cs; t < cs; t += 5) { ctx.moveTo(x + t, y + cs); ctx.lineTo(x + t + cs, y); }
+      ctx.stroke(); ctx.restore();
+    } else { ctx.fillStyle = rgb(v); ctx.fillRect(x, y, cs, cs); }
+  }
+  ctx.strokeStyle = "rgba(120,130,140,0.35)"; ctx.lineWidth = 1; ctx.beginPath();
+  for (let i = 0; i <= T; i++) {
+    const p = i * cs + 0.5;
+    ctx.moveTo(G.ml + p, G.mt); ctx.lineTo(G.ml + p, G.mt + T * cs);
+    ctx.moveTo(G.ml, G.mt + p); ctx.lineTo(G.ml + T * cs, G.mt + p);
+  }
+  ctx.stroke();
+  ctx.fillStyle = "#1f2933"; ctx.font = "12px system-ui, sans-serif"; ctx.textBaseline = "middle";
+  for (let i = 0; i < T; i++) {
+    ctx.textAlign = "right"; ctx.fillText(label(i), G.ml - 6, G.mt + i * cs + cs / 2);
+    ctx.save(); ctx.translate(G.ml + i * cs + cs / 2, G.mt - 6); ctx.rotate(-Math.PI / 2);
+    ctx.textAlign = "left"; ctx.fillText(label(i), 0, 0); ctx.restore();
+  }
+  ctx.fillStyle = "#66707a"; ctx.font = "11px system-ui, sans-serif"; ctx.textAlign = "left";
+  ctx.fillText("query \u2193  key \u2192", 2, 10);
+  if (cs >= 30) {  // weights as text in the cells when they are big enough
+    ctx.font = "10px system-ui, sans-serif"; ctx.textAlign = "center";
+    for (let q = 0; q < T; q++) for (let k = 0; k < T; k++) {
+      const v = m[q * T + k];
+      if (v < 0.005) continue;
+      ctx.fillStyle = tone(v) > 0.55 ? "#fff" : "#1f2933";
+      ctx.fillText(v >= 0.995 ? "1" : v.toFixed(2).slice(1), G.ml + k * cs + cs / 2, G.mt + q * cs + cs / 2);
+    }
+  }
+}
+function drawOverlay(sel) {
+  const ctx = over.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, G.w, G.h);
+  if (!sel) return;
+  const cs = G.cs, lw = Math.max(1.5, Math.min(3, cs / 6)), n = T * cs;
+  ctx.lineWidth = lw;
+  if (sel.k < 0) {
+    ctx.strokeStyle = "#08519c"; ctx.strokeRect(G.ml, G.mt + sel.q * cs, n, Math.max(cs, lw));
+    ctx.strokeStyle = "#d9480f"; ctx.strokeRect(G.ml + sel.q * cs, G.mt, Math.max(cs, lw), n);
+  } else {
+    ctx.strokeStyle = "#111"; ctx.strokeRect(G.ml + sel.k * cs, G.mt + sel.q * cs, Math.max(cs, lw), Math.max(cs, lw));
+  }
+}
+function cellAt(ev) {
+  const r = over.getBoundingClientRect();
+  const x = ev.clientX - r.left, y = ev.clientY - r.top;
+  const k = Math.floor((x - G.ml) / G.cs), q = Math.floor((y - G.mt) / G.cs);
+  return q >= 0 && q < T && k >= 0 && k < T ? [q, k] : null;
+}
+function cellText(q, k) {
+  const v = cur()[q * T + k];
+  return quoted(q) + " \u2192 " + quoted(k) + " " + (v < 0 ? "masked (may not attend)" : fmt(v));
+}
+over.addEventListener("mousemove", (ev) => {
+  const c = cellAt(ev);
+  if (!c) return;
+  if (!st.pinned) {
+    hover(c[0]);
+    setInfo([where() + " \u00b7 query #" + c[0] + ", key #" + c[1], cellText(c[0], c[1])]);
+  }
+  drawOverlay({ q: c[0], k: c[1] });
+});
+over.addEventListener("mouseleave", () => { if (!st.pinned) hover(-1); });
+
+// ---- all heads (small multiples) --------------------------------------------------------
+const grid = $("grid");
+let gridKey = "";
+function pooled(m, S) {
+  if (S === T) return m;
+  const out = new Float32Array(S * S).fill(-1), map = new Int32Array(T);
+  for (let i = 0; i < T; i++) map[i] = Math.floor((i * S) / T);
+  for (let q = 0; q < T; q++) {
+    const r = map[q] * S, row = q * T;
+    for (let k = 0; k < T; k++) { const v = m[row + k], o = r + map[k]; if (v > out[o]) out[o] = v; }
+  }
+  return out;
+}
+function drawGrid() {
+  const key = st.l + "/" + st.scale;
+  if (gridKey !== key) {
+    gridKey = key;
+    grid.textContent = "";
+    const S = Math.min(T, 140);
+    for (let h = 0; h < H; h++) {
+      const fig = document.createElement("figure"), cv = document.createElement("canvas");
+      const cap = document.createElement("figcaption");
+      fig.dataset.head = String(h);
+      cv.width = S; cv.height = S;
+      cv.style.imageRendering = S < 140 ? "pixelated" : "auto";
+      const ctx = cv.getContext("2d"), img = ctx.createImageData(S, S);
+      pixels(img, pooled(matrix(st.l, h), S), S);
+      ctx.putImageData(img, 0, 0);
+      cap.textContent = "layer " + D.layer_ids[st.l] + " \u00b7 head " + D.head_ids[h];
+      fig.appendChild(cv); fig.appendChild(cap);
+      fig.addEventListener("click", () => { select(st.l, h); setView("single"); });
+      grid.appendChild(fig);
+    }
+  }
+  for (const fig of grid.children) fig.classList.toggle("current", +fig.dataset.head === st.h);
+}
+
+// ---- state changes ----------------------------------------------------------------------
+function redraw() {
+  if (st.view === "single") drawBig(); else drawGrid();
+  hover(st.hover);
+}
+function select(l, h) {
+  st.l = Math.max(0, Math.min(L - 1, l | 0)); st.h = Math.max(0, Math.min(H - 1, h | 0));
+  $("layer").value = String(st.l); $("head").value = String(st.h);
+  redraw();
+}
+function setView(v) {
+  st.view = v === "grid" ? "grid" : "single";
+  $("single").hidden = st.view !== "single"; grid.hidden = st.view !== "grid";
+  $("view").setAttribute("aria-pressed", st.view === "grid" ? "true" : "false");
+  $("view").textContent = st.view === "grid" ? "Back to one head" : "All heads of this layer";
+  redraw();
+}
+function find(ids, id, what) {
+  const i = ids.indexOf(id);
+  if (i < 0) throw new Error(what + " " + id + " is not in this page (have " + ids.join(", ") + ")");
+  return i;
+}
+
+layoutBig();
+setView("single");
+defaultInfo();
+window.__hf = {
+  ready: true,
+  select: (layer, head) => {
+    select(find(D.layer_ids, layer, "layer"), find(D.head_ids, head, "head"));
+    return window.__hf.state();
+  },
+  hover: (i) => { hover(i == null ? -1 : i | 0); return $("info").textContent; },
+  info: () => $("info").textContent,
+  view: (v) => { setView(v); return st.view; },
+  cell: (q, k) => { const v = cur()[q * T + k]; return { weight: v < 0 ? 0 : v, masked: v < 0 }; },
+  cellRect: (q, k) => {
+    const r = over.getBoundingClientRect();
+    return { x: r.left + G.ml + (k + 0.5) * G.cs, y: r.top + G.mt + (q + 0.5) * G.cs, size: G.cs };
+  },
+  state: () => ({ layer: D.layer_ids[st.l], head: D.head_ids[st.h], view: st.view, hover: st.hover, T: T, L: L, H: H }),
+};
+document.body.dataset.ready = "1";
+} catch (err) {
+  const info = $("info");
+  if (info) { info.className = "info error"; info.textContent = "This page could not be drawn: " + err; }
+  document.body.dataset.ready = "error";
+  throw err;
+}
+})();
+"""

@@ -1,0 +1,75 @@
+"""task=attend end to end: a GPT-2 directory and a trained checkpoint give every picture and a page that works."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from browser import Browser  # noqa: E402
+from conftest import run_cli  # noqa: E402
+
+PHRASE = "a fluffy blue creature roamed the verdant forest"
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    """A small random GPT-2 saved in Hugging Face format with its own BPE vocab.json + merges.txt."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    path = tmp_path_factory.mktemp("gpt2")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([PHRASE, "the creature swims in the blue forest"] * 30, vocab_size=300, min_frequency=2,
+                            show_progress=False)
+    bpe.save_model(str(path))
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=64, vocab_size=300, bos_token_id=0,
+                                  eos_token_id=0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(path)
+    return path
+
+
+def test_attend_on_a_gpt2_directory(gpt2_dir, tmp_path):
+    out = tmp_path / "attend"
+    proc = run_cli("task=attend", f"checkpoint={gpt2_dir}", f"text={PHRASE}", "layers=[0,2]", "heads=[1,3]",
+                   f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("patterns.png", "head_L0_H1.png", "head_L0_H3.png", "head_L2_H1.png", "head_L2_H3.png",
+                 "steps_L0_H1.png", "attention.html"):
+        assert (out / name).read_bytes()[:4] in (b"\x89PNG", b"<!DO"), name
+    assert not (out / "head_L1_H0.png").exists()
+    with Browser() as browser:
+        browser.open((out / "attention.html").as_uri())
+        browser.wait_for("document.body.dataset.ready === '1'")
+        state = browser.eval("JSON.stringify(window.__hf.state())")
+        assert '"layer":0' in state.replace(" ", "") or "layer" in state
+        texts = browser.eval("Array.from(document.querySelectorAll('.tok, [data-token]')).map(e => e.textContent)")
+        assert "fluffy" in "".join(texts) and "creature" in "".join(texts)
+        assert not browser.errors
+
+
+def test_attend_on_a_trained_checkpoint(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((PHRASE + ". ") * 300, encoding="utf-8")
+    env = {"HYDRAFORMER_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    run = tmp_path / "train"
+    proc = run_cli("data=text", f"data.path={corpus}", "model.d_model=32", "model.n_layers=2", "model.n_heads=2",
+                   "model.context_length=64", "logger=csv", "trainer.max_steps=5", "trainer.val_check_interval=5",
+                   "train.sample_prompt=a ", "trainer.enable_progress_bar=false", f"hydra.run.dir={run}", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "attend"
+    proc = run_cli("task=attend", f"checkpoint={run / 'checkpoints' / 'last.ckpt'}", "text=a fluffy creature",
+                   f"hydra.run.dir={out}", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    heads = sorted(p.name for p in out.glob("head_L*_H*.png"))
+    assert heads == ["head_L0_H0.png", "head_L0_H1.png", "head_L1_H0.png", "head_L1_H1.png"]
+    assert (out / "steps_L0_H0.png").exists() and (out / "patterns.png").exists()
+    html = (out / "attention.html").read_text()
+    assert "http://" not in html and "https://" not in html
+
+
+def test_attend_refuses_bad_input(gpt2_dir, tmp_path):
+    proc = run_cli("task=attend", f"checkpoint={gpt2_dir}", "layers=[7]", f"hydra.run.dir={tmp_path / 'a'}")
+    assert proc.returncode == 2 and "layers" in proc.stderr and "between 0 and 2" in proc.stderr
+    proc = run_cli("task=attend", f"hydra.run.dir={tmp_path / 'b'}")
+    assert proc.returncode == 2 and "checkpoint" in proc.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

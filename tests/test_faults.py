@@ -1,0 +1,135 @@
+"""Faults with real processes: SIGTERM and Ctrl-C save a checkpoint, SIGKILL loses at most the steps since
+the last periodic checkpoint, NaN losses stop the run (or are skipped), unsafe files are refused."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_cli
+
+SMALL = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.context_length=32", "logger=csv",
+         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "train.sample_prompt=the ",
+         "train.probe_text=null", "train.warmup_steps=0"]
+
+
+@pytest.fixture
+def env(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. the dog sat on the log. " * 400, encoding="utf-8")
+    return {"corpus": corpus, "tmp": tmp_path,
+            "env": {"HYDRAFORMER_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}}
+
+
+def start(env, out, *overrides):
+    args = [sys.executable, str(REPO / "run.py"), "data=text", f"data.path={env['corpus']}", *SMALL,
+            f"hydra.run.dir={out}", *overrides]
+    return subprocess.Popen(args, cwd=REPO, env={**os.environ, **env["env"], "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(path: Path, proc, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_checkpoint_and_resume_continues(env, sig):
+    out = env["tmp"] / "run"
+    proc = start(env, out, "trainer.max_steps=100000", "trainer.val_check_interval=100000",
+                 "train.checkpoint_every_n_steps=5")
+    wait_for(out / "checkpoints" / "step-5.ckpt", proc)
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    output, _ = proc.communicate(timeout=120)
+    assert "interrupted at step" in output, output[-3000:]
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    step = ckpt["global_step"]
+    assert step >= 5
+    resumed = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", "ckpt_path=last",
+                      f"trainer.max_steps={step + 3}", "trainer.val_check_interval=1000", env=env["env"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Done: {step + 3} steps" in resumed.stdout
+
+
+def test_sigkill_loses_only_steps_since_the_periodic_checkpoint(env):
+    out = env["tmp"] / "run"
+    proc = start(env, out, "trainer.max_steps=100000", "trainer.val_check_interval=100000",
+                 "train.checkpoint_every_n_steps=4")
+    wait_for(out / "checkpoints" / "step-8.ckpt", proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    saved = sorted(out.glob("checkpoints/step-*.ckpt"), key=lambda p: p.stat().st_mtime)[-1]
+    step = torch.load(saved, weights_only=True)["global_step"]  # complete: writes are atomic
+    resumed = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", "ckpt_path=last",
+                      f"trainer.max_steps={step + 2}", "trainer.val_check_interval=1000", env=env["env"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Done: {step + 2} steps" in resumed.stdout
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(env):
+    out = env["tmp"] / "nan"
+    proc = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", "train.lr=1e6",
+                   "trainer.max_steps=50", "trainer.val_check_interval=1000", "train.checkpoint_every_n_steps=1",
+                   env=env["env"])
+    assert proc.returncode == 2
+    assert "train/loss is nan at step" in proc.stderr and "train.skip_nonfinite=true" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    failed_at = int(proc.stderr.split("at step ")[1].split()[0])
+    kept = list(out.glob("checkpoints/*.ckpt"))
+    assert kept, "the checkpoints written before the failure stay"
+    for path in kept:
+        ckpt = torch.load(path, weights_only=True)
+        assert ckpt["global_step"] <= failed_at
+        assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_skip_nonfinite_counts_and_finishes(env):
+    out = env["tmp"] / "skip"
+    proc = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", "train.lr=1e6",
+                   "trainer.max_steps=6", "trainer.val_check_interval=6", "train.skip_nonfinite=true",
+                   "trainer.log_every_n_steps=1", env=env["env"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import csv
+
+    rows = list(csv.DictReader(open(next(out.glob("csv/**/metrics.csv")))))
+    skipped = [float(r["train/skipped_nonfinite"]) for r in rows if r.get("train/skipped_nonfinite")]
+    assert skipped and skipped[-1] >= 1
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {Path(os.environ.get('EVIL_MARK', '/tmp/evil-mark'))}",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    mark = tmp_path / "pwned"
+    os.environ["EVIL_MARK"] = str(mark)
+    bad = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"model": {}}, "x": _Evil()}, bad)
+    proc = run_cli("task=sample", f"checkpoint={bad}", f"hydra.run.dir={tmp_path / 'out'}")
+    assert proc.returncode != 0 and not mark.exists()
+    assert "weights_only" in proc.stderr and "Traceback" not in proc.stderr
+    not_ckpt = tmp_path / "notes.txt"
+    not_ckpt.write_text("hello")
+    proc = run_cli("task=sample", f"checkpoint={not_ckpt}", f"hydra.run.dir={tmp_path / 'out2'}")
+    assert proc.returncode != 0 and "checkpoint" in proc.stderr and "notes.txt" in proc.stderr
+
+
+def test_checkpoint_of_another_shape_lists_mismatched_tensors(tmp_path):
+    import builder
+    from builder.checkpoint import load_state
+    from builder.errors import ConfigError
+
+    small = builder.build_model(builder.compose(["model.d_model=32", "model.n_heads=2"]).model)
+    other = builder.build_model(builder.compose(["model.d_model=64", "model.n_heads=2"]).model)
+    with pytest.raises(ConfigError) as err:
+        load_state(small, other.state_dict(), "checkpoint", "x.ckpt")
+    assert "token_embedding.weight: checkpoint (128, 64) vs model (128, 32)" in str(err.value)
