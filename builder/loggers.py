@@ -129,7 +129,24 @@ def wandb_mode(override: str | None = None) -> str:
         return mode
     if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes"):
         return "disabled"
-    return "online" if has_wandb_credentials() else "offline"
+    if not has_wandb_credentials():
+        return "offline"
+    # logged in, but is the server there? Two seconds decide, instead of wandb.init's long timeout
+    return "online" if wandb_server_reachable() else "offline"
+
+
+def wandb_server_reachable(timeout: float = 2.0) -> bool:
+    """A TCP connection to the wandb server (``$WANDB_BASE_URL`` or the default) opens within ``timeout``."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 _resolve_wandb_mode = wandb_mode  # make_loggers has a parameter of the same name
@@ -320,6 +337,25 @@ def make_loggers(
     return loggers
 
 
+def _check_options(name: str, opts: Mapping[str, Any]) -> None:
+    """Only documented options: no ``_target_`` (configs never name code to run) and, for csv and
+    tensorboard, only their Lightning logger's own arguments."""
+    import inspect
+
+    from .errors import ConfigError
+
+    for key, value in opts.items():
+        if str(key).startswith("_"):
+            raise ConfigError(f"logger.{name}.{key}", value, "a logger option; hydraformer builds only registered "
+                              "components and loggers, and a config never names code to run (_target_)")
+    if name in ("csv", "tensorboard"):
+        cls = CSVLogger if name == "csv" else TensorBoardLogger
+        accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "save_dir", "kwargs")]
+        for key, value in opts.items():
+            if key not in accepted:
+                raise ConfigError(f"logger.{name}.{key}", value, f"one of the {cls.__name__} options: {', '.join(accepted)}")
+
+
 def make_loggers_from_config(
     logger_cfg: Mapping[str, Any] | None,
     save_dir: str | os.PathLike,
@@ -347,6 +383,7 @@ def make_loggers_from_config(
         if not isinstance(opts, dict):
             raise TypeError(f"logger.{name} must be a mapping of options, got {opts!r}")
         key = _check_name(name)
+        _check_options(key, opts)
         names.append(key)
         options[key] = dict(opts)
 

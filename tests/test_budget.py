@@ -102,9 +102,15 @@ def test_random_configs_count_like_the_formula(choice, layers, heads, d_head, bi
     model = builder.build_model(cfg.model)
     assert sum(p.numel() for p in model.parameters()) == b["total_params"]
     assert measured_groups(model) == b["groups"]
-    logits = model(torch.randint(0, 37, (2, 12)))
+    ids = torch.randint(0, 37, (2, 12))
+    logits = model(ids)
     logits.sum().backward()
     assert torch.isfinite(logits).all()
+    if choice["mask"] in ("causal", "sliding_window", "alternating"):  # causal kinds stay causal
+        changed = ids.clone()
+        changed[:, 6:] = (changed[:, 6:] + 1) % 37
+        with torch.no_grad():
+            torch.testing.assert_close(model(changed)[:, :6], logits[:, :6].detach(), atol=1e-5, rtol=1e-5)
 
 
 def test_mismatch_is_reported_loudly():

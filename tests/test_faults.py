@@ -133,3 +133,50 @@ def test_checkpoint_of_another_shape_lists_mismatched_tensors(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_state(small, other.state_dict(), "checkpoint", "x.ckpt")
     assert "token_embedding.weight: checkpoint (128, 64) vs model (128, 32)" in str(err.value)
+
+
+@pytest.mark.parametrize("override,key", [("+model.attention._target_=os.system", "model.attention._target_"),
+                                          ("+logger.csv._target_=os.system", "logger.csv._target_")])
+def test_target_in_user_config_is_refused(env, override, key):
+    out = env["tmp"] / "t"
+    proc = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, override, f"hydra.run.dir={out}",
+                   "trainer.max_steps=1", env=env["env"])
+    assert proc.returncode == 2 and key in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_no_network_falls_back_to_offline_in_seconds(env):
+    """Logged in (an API key) but the server is unreachable: the run goes offline and finishes."""
+    out = env["tmp"] / "nonet"
+    no_net = {**env["env"], "WANDB_MODE": None, "WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9",
+              "HOME": str(env["tmp"])}
+    start_time = time.time()
+    proc = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, "logger=wandb", f"hydra.run.dir={out}",
+                   "trainer.max_steps=2", "trainer.val_check_interval=2", env=no_net)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.time() - start_time < 60
+    assert list(out.glob("wandb/offline-run-*")), "the run was kept offline, to sync later"
+    assert "wandb sync" in proc.stdout + proc.stderr
+
+
+def test_checkpoint_write_killed_midway_leaves_the_old_file(tmp_path):
+    """A process killed while writing last.ckpt leaves the previous complete file (temp file + rename)."""
+    target = tmp_path / "last.ckpt"
+    torch.save({"global_step": 1}, target)
+    script = tmp_path / "writer.py"
+    script.write_text(
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from builder.callbacks import AtomicCheckpointIO\n"
+        "print('writing', flush=True)\n"
+        f"AtomicCheckpointIO().save_checkpoint({{'global_step': 2, 'big': torch.zeros(400_000_000, dtype=torch.uint8)}},"
+        f" {str(target)!r})\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    time.sleep(0.3)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert torch.load(target, weights_only=True)["global_step"] in (1, 2)  # never a truncated file
+    if torch.load(target, weights_only=True)["global_step"] == 1:
+        leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".last.ckpt.")]
+        assert all(p.suffix == ".ckpt" for p in leftovers)  # at most a hidden temp file, never the target
