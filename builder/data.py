@@ -2,11 +2,12 @@
 
 Overview
 --------
-* Tokenizers (``CharTokenizer``, ``ByteBPETokenizer``, ``GPT2BPETokenizer``) share one interface:
+* Tokenizers (``CharTokenizer``, ``WordTokenizer``, ``ByteBPETokenizer``, ``GPT2BPETokenizer``) share one interface:
   ``encode``, ``decode``, ``vocab_size``, ``to_dict`` (plain JSON-able containers, safe to store in a
   checkpoint loaded with ``torch.load(weights_only=True)``), ``fingerprint`` and the module function
   ``tokenizer_from_dict``.
-* Corpora: the English text shipped with CPython (``pydoc_data.topics``) or a UTF-8 file / folder.
+* Corpora: the English text shipped with CPython (``pydoc_data.topics``), a UTF-8 file / folder, or the
+  generated adjectives language (``builder/adjectives.py``).
 * Token cache: the corpus is tokenised once into a flat ``uint16``/``uint32`` file under ``cache_dir``
   (written atomically) and read back with ``np.memmap``.
 * ``TokenDataModule``: random training windows (deterministic in ``(seed, epoch, index)``) and fixed,
@@ -42,6 +43,7 @@ __all__ = [
     "TokenDataModule",
     "TokenFile",
     "ValWindowDataset",
+    "WordTokenizer",
     "build_token_cache",
     "default_cache_dir",
     "embedded_text",
@@ -49,8 +51,8 @@ __all__ = [
     "tokenizer_from_dict",
 ]
 
-ACCEPTED_TOKENIZERS = ("char", "byte_bpe", "gpt2_bpe")
-ACCEPTED_SOURCES = ("embedded", "text")
+ACCEPTED_TOKENIZERS = ("char", "word", "byte_bpe", "gpt2_bpe")
+ACCEPTED_SOURCES = ("embedded", "text", "adjectives")
 CACHE_ENV_VAR = "HYDRAFORMER_CACHE"
 DOC_SEPARATOR = "\n\n"
 _CACHE_FORMAT = "hydraformer-tokens-v1"
@@ -139,6 +141,73 @@ class CharTokenizer:
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
+
+
+class WordTokenizer:
+    """Word-level tokenizer: whitespace-separated words; ids are positions in the sorted word vocabulary.
+
+    ``decode`` joins words with single spaces, so ``decode(encode(text))`` gives ``text`` with its
+    whitespace normalised. Meant for closed vocabularies (the adjectives language).
+    """
+
+    kind = "word"
+
+    def __init__(self, words: Iterable[str]) -> None:
+        words = list(words)
+        for w in words:
+            if not isinstance(w, str) or not w or len(w.split()) != 1 or w.strip() != w:
+                raise ValueError(f"WordTokenizer vocabulary entries must be non-empty words without whitespace, got {w!r}")
+        if len(set(words)) != len(words):
+            raise ValueError("WordTokenizer vocabulary contains duplicate words")
+        if not words:
+            raise ValueError("WordTokenizer vocabulary is empty")
+        self.words: list[str] = sorted(words)
+        self._stoi = {w: i for i, w in enumerate(self.words)}
+
+    @classmethod
+    def from_text(cls, text: str | Iterable[str]) -> WordTokenizer:
+        """Vocabulary = sorted set of the whitespace-split words of ``text`` (a string or an iterable of strings)."""
+        seen: set[str] = set()
+        for piece in [text] if isinstance(text, str) else text:
+            seen.update(piece.split())
+        if not seen:
+            raise ValueError("cannot build a WordTokenizer from text without words")
+        return cls(seen)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.words)
+
+    def encode(self, text: str) -> list[int]:
+        stoi = self._stoi
+        try:
+            return [stoi[w] for w in text.split()]
+        except KeyError as e:
+            raise ValueError(
+                f"word {e.args[0]!r} is not in the tokenizer vocabulary ({self.vocab_size} words)"
+            ) from None
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.asarray(self.encode(text), dtype=np.int64)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        out = []
+        n = len(self.words)
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < n:
+                raise ValueError(f"token id {i} is out of range for a vocabulary of {n} words")
+            out.append(self.words[i])
+        return " ".join(out)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "words": list(self.words)}
+
+    def fingerprint(self) -> str:
+        return _sha256_json(self.to_dict())
+
+    def __repr__(self) -> str:
+        return f"WordTokenizer(vocab_size={self.vocab_size})"
 
 
 class _HFByteLevelTokenizer:
@@ -250,9 +319,10 @@ class GPT2BPETokenizer(_HFByteLevelTokenizer):
         return cls(_byte_level_pipeline(Tokenizer(model)))
 
 
-_TOKENIZER_CLASSES = {"char": CharTokenizer, "byte_bpe": ByteBPETokenizer, "gpt2_bpe": GPT2BPETokenizer}
+_TOKENIZER_CLASSES = {"char": CharTokenizer, "word": WordTokenizer, "byte_bpe": ByteBPETokenizer,
+                      "gpt2_bpe": GPT2BPETokenizer}
 
-AnyTokenizer = CharTokenizer | ByteBPETokenizer | GPT2BPETokenizer
+AnyTokenizer = CharTokenizer | WordTokenizer | ByteBPETokenizer | GPT2BPETokenizer
 
 
 def tokenizer_from_dict(d: dict) -> AnyTokenizer:
@@ -262,6 +332,8 @@ def tokenizer_from_dict(d: dict) -> AnyTokenizer:
     kind = d["kind"]
     if kind == "char":
         return CharTokenizer(d["chars"])
+    if kind == "word":
+        return WordTokenizer(d["words"])
     if kind in ("byte_bpe", "gpt2_bpe"):
         return _TOKENIZER_CLASSES[kind].from_str(d["tokenizer_json"])
     raise ValueError(f"unknown tokenizer kind {kind!r}; accepted: {', '.join(ACCEPTED_TOKENIZERS)}")
@@ -306,18 +378,22 @@ def _is_hidden(rel: Path) -> bool:
 
 
 class Corpus:
-    """A text source: ``Corpus("embedded")`` or ``Corpus("text", path)`` (a UTF-8 file or a folder).
+    """A text source: ``Corpus("embedded")``, ``Corpus("text", path)`` (a UTF-8 file or a folder) or
+    ``Corpus("adjectives", n_sentences=..., seed=...)`` (the generated language of ``builder/adjectives.py``,
+    one sentence per line).
 
     A folder contributes all its non-hidden files (recursively, sorted by relative path), joined with
     ``"\\n\\n"``. Files are read one at a time.
     """
 
-    def __init__(self, source: str = "embedded", path: str | os.PathLike | None = None) -> None:
+    def __init__(self, source: str = "embedded", path: str | os.PathLike | None = None,
+                 n_sentences: int = 20_000, seed: int = 0) -> None:
         if source not in ACCEPTED_SOURCES:
             raise DataError(_unknown_choice("source", source, ACCEPTED_SOURCES))
         self.source = source
         self.path: Path | None = None
         self._files: list[Path] = []
+        self.n_sentences, self.seed = int(n_sentences), int(seed)
         if source == "text":
             if path is None or str(path) == "":
                 raise DataError("data.path is required when data.source='text' (a UTF-8 file or a folder)")
@@ -337,6 +413,8 @@ class Corpus:
 
     @property
     def description(self) -> str:
+        if self.source == "adjectives":
+            return f"adjectives language ({self.n_sentences} sentences, seed {self.seed})"
         return "embedded pydoc_data.topics" if self.source == "embedded" else str(self.path)
 
     @property
@@ -358,6 +436,11 @@ class Corpus:
         """(is_separator, text) pieces; their concatenation is the full corpus text."""
         if self.source == "embedded":
             yield False, embedded_text()
+            return
+        if self.source == "adjectives":
+            from .adjectives import corpus_text
+
+            yield False, corpus_text(self.n_sentences, self.seed)
             return
         for i, f in enumerate(self._files):
             if i:
@@ -638,6 +721,7 @@ class TokenDataModule(pl.LightningDataModule):
         val_batches: int = 8,
         num_workers: int = 0,
         seed: int = 0,
+        n_sentences: int = 20_000,
     ) -> None:
         super().__init__()
         if source not in ACCEPTED_SOURCES:
@@ -646,8 +730,8 @@ class TokenDataModule(pl.LightningDataModule):
             raise DataError(_unknown_choice("tokenizer", tokenizer, ACCEPTED_TOKENIZERS))
         if source == "text" and (path is None or str(path) == ""):
             raise DataError("data.path is required when data.source='text' (a UTF-8 file or a folder)")
-        if source == "embedded" and path is not None:
-            raise DataError(f"data.path={str(path)!r} is only used with data.source='text' (got source='embedded')")
+        if source in ("embedded", "adjectives") and path is not None:
+            raise DataError(f"data.path={str(path)!r} is only used with data.source='text' (got source={source!r})")
         if tokenizer == "gpt2_bpe":
             for key, value in (("vocab_file", vocab_file), ("merges_file", merges_file)):
                 if value is None or str(value) == "":
@@ -672,6 +756,7 @@ class TokenDataModule(pl.LightningDataModule):
         self.val_batches = _check_int("val_batches", val_batches, 0)
         self.num_workers = _check_int("num_workers", num_workers, 0)
         self.seed = _check_int("seed", seed, 0)
+        self.n_sentences = _check_int("n_sentences", n_sentences, 1)  # source='adjectives' only
 
         # filled by setup()
         self.tokenizer: AnyTokenizer | None = None
@@ -691,6 +776,8 @@ class TokenDataModule(pl.LightningDataModule):
         kind = self.tokenizer_kind
         if kind == "char":
             return CharTokenizer.from_text(corpus.documents())
+        if kind == "word":
+            return WordTokenizer.from_text(corpus.documents())
         if kind == "gpt2_bpe":
             return GPT2BPETokenizer.from_files(Path(self.vocab_file).expanduser(), Path(self.merges_file).expanduser())
         # byte_bpe: trained tokenizer is cached (keyed by source + vocab size) next to the token caches
@@ -705,7 +792,7 @@ class TokenDataModule(pl.LightningDataModule):
         return ByteBPETokenizer.from_str(tok_file.read_text(encoding="utf-8"))
 
     def _build(self) -> None:
-        corpus = Corpus(self.source, self.path)
+        corpus = Corpus(self.source, self.path, n_sentences=self.n_sentences, seed=self.seed)
         source_hash, _ = corpus.scan()
         tokenizer = self._make_tokenizer(corpus, source_hash)
         dtype = token_dtype(tokenizer.vocab_size)

@@ -165,7 +165,7 @@ def test_gpt2_bpe_from_files(tmp_path):
 
 
 def test_tokenizer_from_dict_rejects_unknown_kind():
-    with pytest.raises(ValueError, match="char, byte_bpe, gpt2_bpe"):
+    with pytest.raises(ValueError, match="char, word, byte_bpe, gpt2_bpe"):
         tokenizer_from_dict({"kind": "wordpiece"})
 
 
@@ -461,7 +461,7 @@ def test_unknown_tokenizer_error():
         TokenDataModule(tokenizer="byte-bpe")
     msg = str(e.value)
     assert "data.tokenizer" in msg and "'byte-bpe'" in msg
-    assert "char, byte_bpe, gpt2_bpe" in msg
+    assert "char, word, byte_bpe, gpt2_bpe" in msg
     assert "did you mean 'byte_bpe'" in msg
 
 
@@ -501,13 +501,15 @@ def test_configs_match_constructor():
     import yaml
 
     params = set(inspect.signature(TokenDataModule.__init__).parameters) - {"self"}
+    source_only = {"n_sentences"}  # used by source=adjectives only; other presets may leave it out
     conf = Path(__file__).resolve().parents[1] / "conf" / "data"
-    for name in ("embedded.yaml", "text.yaml"):
+    for name in ("embedded.yaml", "text.yaml", "adjectives.yaml"):
         cfg = yaml.safe_load((conf / name).read_text())
-        assert set(cfg) == params, name
+        assert params - source_only <= set(cfg) <= params, name
         assert cfg["context_length"] == "${model.context_length}"
         assert cfg["seed"] == "${seed}"
     assert yaml.safe_load((conf / "text.yaml").read_text())["path"] == "???"
+    assert set(yaml.safe_load((conf / "adjectives.yaml").read_text())) == params
 
 
 def _setup_in_child(args):
