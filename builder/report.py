@@ -200,7 +200,7 @@ def preset_shares() -> list[dict]:
 
     rows = []
     for name in preset_names():
-        f = formula_total(compose([f"model={name}"]).model)
+        f = formula_total(compose([f"model={name}"], config_name="model_only").model)
         rows.append({"model": name, **f["config"], "total_params": f["total_params"], "attention_share": f["attention_share"]})
     return sorted(rows, key=lambda r: r["total_params"])
 
@@ -216,7 +216,8 @@ def run_report(cfg, out_dir: Path, model_name: str | None = None) -> int:
     out_dir = Path(out_dir)
     if cfg.get("models"):
         names = expand_models(cfg.models)
-        budgets = sorted((parameter_budget(compose([f"model={n}"]).model, n) for n in names), key=lambda b: b["total_params"])
+        budgets = sorted((parameter_budget(compose([f"model={n}"], config_name="model_only").model, n) for n in names),
+                         key=lambda b: b["total_params"])
     else:
         budgets = [parameter_budget(cfg.model, model_name)]
     shares = preset_shares()
