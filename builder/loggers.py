@@ -129,10 +129,7 @@ def wandb_mode(override: str | None = None) -> str:
         return mode
     if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes"):
         return "disabled"
-    if not has_wandb_credentials():
-        return "offline"
-    # logged in, but is the server there? Two seconds decide, instead of wandb.init's long timeout
-    return "online" if wandb_server_reachable() else "offline"
+    return "online" if has_wandb_credentials() else "offline"
 
 
 def wandb_server_reachable(timeout: float = 2.0) -> bool:
@@ -236,6 +233,10 @@ def _make_wandb(
     init_timeout = float(options.pop("init_timeout", None) or DEFAULT_INIT_TIMEOUT)
     user_settings = dict(options.pop("settings", None) or {})
     offline_fallback = bool(options.pop("offline_fallback", True))
+    if mode == "online" and offline_fallback and not wandb_server_reachable():
+        # logged in, but no server answers: two seconds decide, instead of wandb.init's long timeout
+        rank_zero_warn("wandb server unreachable: logging offline (upload later with `wandb sync`)")
+        mode = "offline"
     if mode == "offline" and options.get("log_model"):
         rank_zero_warn("wandb is offline: log_model is ignored (checkpoints cannot be uploaded)")
         options["log_model"] = False
@@ -495,14 +496,21 @@ def log_table(
     wandb: ``wandb.Table``; tensorboard: markdown table via ``add_text``;
     csv: side file ``<csv log_dir>/tables/<key>[_step<N>].csv``.
     """
+    _log_rows(loggers, "tables", key, columns, rows, step)
+
+
+def _log_rows(loggers, kind: str, key: str, columns, rows, step) -> None:
+    """Route a table of rows: wandb gets a Table (``log_table``, or ``log_text`` for text), tensorboard a
+    markdown table, csv a side file under ``<csv log_dir>/<kind>/``."""
     columns, rows = _check_rows(columns, rows)
     for logger in _as_list(loggers):
         if isinstance(logger, WandbLogger):
-            logger.log_table(key=key, columns=columns, data=rows, step=step)
+            log = logger.log_text if kind == "text" else logger.log_table
+            log(key=key, columns=columns, data=rows, step=step)
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_text(key, _markdown_table(columns, rows), global_step=step or 0)
         elif isinstance(logger, CSVLogger):
-            path = _side_file(logger, "tables", key, step, ".csv")
+            path = _side_file(logger, kind, key, step, ".csv")
             with path.open("w", newline="") as f:
                 writer = _csv.writer(f)
                 writer.writerow(columns)
@@ -519,18 +527,7 @@ def log_text(
 ) -> None:
     """Log text samples (a table of strings): same routing as :func:`log_table`,
     except csv writes ``<csv log_dir>/text/<key>[_step<N>].csv``."""
-    columns, rows = _check_rows(columns, rows)
-    for logger in _as_list(loggers):
-        if isinstance(logger, WandbLogger):
-            logger.log_text(key=key, columns=columns, data=rows, step=step)
-        elif isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_text(key, _markdown_table(columns, rows), global_step=step or 0)
-        elif isinstance(logger, CSVLogger):
-            path = _side_file(logger, "text", key, step, ".csv")
-            with path.open("w", newline="") as f:
-                writer = _csv.writer(f)
-                writer.writerow(columns)
-                writer.writerows(rows)
+    _log_rows(loggers, "text", key, columns, rows, step)
 
 
 def _is_figure(obj: Any) -> bool:

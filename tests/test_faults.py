@@ -40,6 +40,14 @@ def wait_for(path: Path, proc, timeout=120):
         time.sleep(0.1)
 
 
+def resume_for(env, out: Path, max_steps: int) -> None:
+    """``ckpt_path=last`` in the same run directory continues to ``max_steps``."""
+    resumed = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", "ckpt_path=last",
+                      f"trainer.max_steps={max_steps}", "trainer.val_check_interval=1000", env=env["env"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Done: {max_steps} steps" in resumed.stdout
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_checkpoint_and_resume_continues(env, sig):
     out = env["tmp"] / "run"
@@ -53,10 +61,7 @@ def test_signal_saves_checkpoint_and_resume_continues(env, sig):
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     step = ckpt["global_step"]
     assert step >= 5
-    resumed = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", "ckpt_path=last",
-                      f"trainer.max_steps={step + 3}", "trainer.val_check_interval=1000", env=env["env"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Done: {step + 3} steps" in resumed.stdout
+    resume_for(env, out, step + 3)
 
 
 def test_sigkill_loses_only_steps_since_the_periodic_checkpoint(env):
@@ -68,10 +73,7 @@ def test_sigkill_loses_only_steps_since_the_periodic_checkpoint(env):
     proc.communicate(timeout=60)
     saved = sorted(out.glob("checkpoints/step-*.ckpt"), key=lambda p: p.stat().st_mtime)[-1]
     step = torch.load(saved, weights_only=True)["global_step"]  # complete: writes are atomic
-    resumed = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", "ckpt_path=last",
-                      f"trainer.max_steps={step + 2}", "trainer.val_check_interval=1000", env=env["env"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Done: {step + 2} steps" in resumed.stdout
+    resume_for(env, out, step + 2)
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(env):

@@ -377,7 +377,13 @@ def test_online_init_failure_falls_back_offline(no_wandb_auth, tmp_path, monkeyp
 
     monkeypatch.setattr(wandb, "init", fake_init)
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    # a server that accepts connections (so the 2-second reachability probe passes) but whose init fails
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
     (wb,) = L.make_loggers(["wandb"], tmp_path, wandb_mode=None)
+    server.close()
     assert wb._wandb_init["mode"] == "online"
     with pytest.warns(UserWarning, match="continuing offline"):
         wb.log_metrics({"train/loss": 1.5}, step=0)
