@@ -80,6 +80,10 @@ class Config:
     layers: list[int] | None = None
     heads: list[int] | None = None
 
+    # --- sweeps (builder/compare.py) --------------------------------------------------------------
+    # task=compare: the sweep directory to compare (multirun/<date>/<time>), or `last`
+    sweep_dir: str | None = None
+
 
 _registered = False
 

@@ -15,6 +15,13 @@ from .errors import ConfigError, DataError, NonFiniteLossError
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RegistryError, DataError, NonFiniteLossError)
 
 
+class JobFailed(RuntimeError):
+    """A multirun job stopped by a user error (one of USER_ERRORS; the message is the whole story).
+
+    Raised to Hydra instead of the error itself: it pickles (the submitit launcher sends a job's
+    exception back from the cluster; ConfigError's constructor does not survive unpickling)."""
+
+
 def _report(cfg, out_dir: Path, choices: dict) -> int:
     from .report import run_report
 
@@ -51,33 +58,132 @@ def _export(cfg, out_dir: Path, choices: dict) -> int:
     return run_export(cfg, out_dir)
 
 
-TASKS = {"report": _report, "train": _train, "sample": _sample, "export": _export, "attend": _attend, "heads": _heads}
+def _compare(cfg, out_dir: Path, choices: dict) -> int:
+    from .compare import run_compare
+
+    return run_compare(cfg, out_dir)
+
+
+TASKS = {"report": _report, "train": _train, "sample": _sample, "export": _export, "attend": _attend, "heads": _heads,
+         "compare": _compare}
 
 
 def _discard_if_empty(out_dir: Path) -> None:
     """A run that failed before writing anything leaves no directory behind (only Hydra's own files)."""
     if not out_dir.is_dir():
         return
-    ours = [p for p in out_dir.iterdir() if p.name != ".hydra" and not p.name.endswith(".log")]
+    from .console import WRITTEN
+
+    ours = [p for p in out_dir.iterdir() if p.name != ".hydra" and p.name not in WRITTEN and not p.name.endswith(".log")]
     if not ours:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def run_task(cfg) -> int:
+def _train_metric(out_dir: Path) -> float:
+    """What a sweeper optimises: the run's best val/loss (else its last), NaN when there is none."""
+    import json
+    import math
+
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return math.nan
+    value = summary.get("best_val_loss")
+    value = summary.get("val_loss") if value is None else value
+    return math.nan if value is None else float(value)
+
+
+def _name_wandb_run(cfg, hc) -> None:
+    """In a multirun, each job's wandb run joins the sweep's group (unless logger.wandb.group is set)."""
+    from omegaconf import open_dict
+
+    wandb_cfg = cfg.get("logger", {}).get("wandb") if cfg.get("logger") else None
+    if not wandb_cfg:
+        return
+    sweep = Path(hc.sweep.dir)
+    with open_dict(wandb_cfg):
+        if not wandb_cfg.get("group"):
+            parts = [hc.runtime.choices.get("experiment"), sweep.parent.name, sweep.name]
+            wandb_cfg.group = "_".join(p for p in parts if p and p not in (".", "null"))
+        if not wandb_cfg.get("name"):  # the job number and what the sweeper chose for it
+            fixed = _fixed_keys(sys.argv[1:])
+            swept = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") not in fixed]
+            wandb_cfg.name = f"{hc.job.num}: {' '.join(swept) or 'defaults'}"[:128]
+
+
+def _fixed_keys(argv: list[str]) -> set[str]:
+    """Keys the command line sets to one value (not a sweep): the same in every job of the sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [a for a in argv if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception:
+        return set()
+    return {o.key_or_group for o in parsed if not o.is_sweep_override()}
+
+
+def _finish_wandb(failed: bool) -> None:
+    wandb = sys.modules.get("wandb")  # never imported here if the task did not
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1 if failed else None)
+
+
+def run_task(cfg):
+    """Run ``cfg.task``. ``task=train`` returns its best val/loss (what a sweeper such as Optuna minimises).
+
+    A user error (bad config, bad data, NaN loss) is one paragraph on stderr and exit status 2 — except in a
+    multirun, where the job fails (``failure.json`` in its directory, the exception to Hydra) and the sweep
+    goes on with the next job.
+    """
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .console import show_config
+    from .launch import job_scope
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:
+        _name_wandb_run(cfg, hc)
+    show_config(cfg, out_dir, list(hc.overrides.task))
+    failed = True
     try:
-        if cfg.task not in TASKS:
-            raise ConfigError("task", cfg.task, f"one of {', '.join(sorted(TASKS))}{closest(cfg.task, TASKS)}")
-        code = TASKS[cfg.task](cfg, out_dir, dict(hc.runtime.choices))
-    except USER_ERRORS as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"Error: {err}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
-        _discard_if_empty(out_dir)
-        sys.exit(2)
+        with job_scope(active=multirun):
+            try:
+                if cfg.task not in TASKS:
+                    raise ConfigError("task", cfg.task, f"one of {', '.join(sorted(TASKS))}{closest(cfg.task, TASKS)}")
+                code = TASKS[cfg.task](cfg, out_dir, dict(hc.runtime.choices))
+                if code and multirun:
+                    raise RuntimeError(f"task={cfg.task} ended with exit status {code}")
+            except USER_ERRORS as err:
+                full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+                if multirun:  # Hydra marks this job failed; the sweeper goes on with the next one
+                    _record_failure(out_dir, err)
+                if full_error:
+                    raise
+                print(f"Error: {err}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+                if multirun:
+                    raise JobFailed(str(err)) from None
+                _discard_if_empty(out_dir)
+                sys.exit(2)
+            except Exception as err:
+                if multirun:
+                    _record_failure(out_dir, err)
+                raise
+        failed = False
+    finally:
+        _finish_wandb(failed)
     if code:
         sys.exit(code)
-    return 0
+    return _train_metric(out_dir) if cfg.task == "train" else 0
+
+
+def _record_failure(out_dir: Path, err: BaseException) -> None:
+    from .compare import record_failure
+
+    try:
+        record_failure(out_dir, err)
+    except OSError:
+        pass

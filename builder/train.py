@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -39,7 +40,8 @@ def find_checkpoint(ckpt_path: str | None, out_dir: Path) -> str | None:
             raise ConfigError("ckpt_path", ckpt_path, "an existing checkpoint file, or `last`")
         return ckpt_path
     for root in (out_dir, Path("outputs"), Path("multirun")):
-        found = sorted(root.glob("**/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+        found = [p for p in root.glob("**/checkpoints/*.ckpt") if not p.name.startswith(".")] if root.is_dir() else []
+        found.sort(key=lambda p: p.stat().st_mtime)  # (.name.ckpt.XXXX.ckpt: a write a kill cut short, never renamed)
         if found:
             return str(found[-1])
     raise ConfigError("ckpt_path", "last", f"a checkpoint to resume from; none found in {out_dir} or under outputs/")
@@ -77,6 +79,7 @@ def run_train(cfg, out_dir: Path, model_name: str | None = None) -> int:
     from .perf import ThroughputMonitor, peak_flops
 
     out_dir = Path(out_dir)
+    started = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model_cfg = plain(cfg.model)
     resolve(model_cfg)  # a bad model config fails before any data is read
@@ -118,6 +121,9 @@ def run_train(cfg, out_dir: Path, model_name: str | None = None) -> int:
     # the data module shards its own sampler (builder/data.py EpochSampler): exact DDP = bigger batch
     trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out_dir), callbacks=callbacks, logger=loggers or False,
                          plugins=[checkpoint_io] if isinstance(strategy, str) else None, use_distributed_sampler=False)
+    from .launch import for_this_job
+
+    for_this_job(trainer)  # multirun + DDP: the extra processes run this job only (builder/launch.py)
     if trainer.is_global_zero:
         write_budget(budget, out_dir, loggers)
         rank_zero_info(f"peak for perf/mfu: {peak / 1e12:.3f} TFLOP/s ({peak_source})")
@@ -133,6 +139,7 @@ def run_train(cfg, out_dir: Path, model_name: str | None = None) -> int:
             "val_ppl": _metric(trainer, "val/ppl"),
             "tokens_per_s": throughput.mean_tokens_per_s,
             "steps": trainer.global_step,
+            "wall_time_s": round(time.perf_counter() - started, 3),
             "budget": str(out_dir / "budget.json"),
             "samples": str(sampler.path) if sampler.path.exists() else None,
             "attention": [str(p) for p in probe.paths] if probe else [],
