@@ -182,3 +182,32 @@ def test_checkpoint_write_killed_midway_leaves_the_old_file(tmp_path):
     if torch.load(target, weights_only=True)["global_step"] == 1:
         leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".last.ckpt.")]
         assert all(p.suffix == ".ckpt" for p in leftovers)  # at most a hidden temp file, never the target
+
+
+def test_bad_corpora_get_one_message(env):
+    empty = env["tmp"] / "empty.txt"
+    empty.write_text("")
+    latin = env["tmp"] / "latin1.txt"
+    latin.write_bytes("the caf\u00e9 sat on the mat. ".encode("utf-8") * 10 + "na\u00efve".encode("latin-1"))
+    for path, words in ((empty, ["empty", "empty.txt"]), (latin, ["latin1.txt", "UTF-8", "byte"])):
+        out = env["tmp"] / f"run_{path.stem}"
+        proc = run_cli("data=text", f"data.path={path}", *SMALL, f"hydra.run.dir={out}", env=env["env"])
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        for w in words:
+            assert w in proc.stderr, (w, proc.stderr[-2000:])
+        assert not out.exists()
+
+
+def test_sample_refuses_overlong_and_unencodable_prompts(env):
+    out = env["tmp"] / "train"
+    proc = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", "trainer.max_steps=1",
+                   "trainer.val_check_interval=1", env=env["env"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = out / "checkpoints" / "last.ckpt"
+    long_prompt = "the cat sat on the mat " * 3  # 69 characters > model.context_length=32
+    for prompt, words in ((long_prompt, ["prompt", "context_length=32"]), ("'the \u6f22'", ["prompt", "\u6f22"])):
+        proc = run_cli("task=sample", f"checkpoint={ckpt}", f"prompt={prompt}", f"hydra.run.dir={env['tmp'] / 's'}",
+                       env=env["env"])
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        for w in words:
+            assert w in proc.stderr, (w, proc.stderr[-2000:])
