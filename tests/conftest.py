@@ -21,6 +21,17 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: floa
                           capture_output=True, text=True, timeout=timeout)
 
 
+CORPUS = "the cat sat on the mat. the dog sat on the log. " * 400
+
+
+def train_env(root: Path, **extra_env: str) -> dict:
+    """A folder with a small learnable corpus, and an environment keeping the token cache and wandb offline."""
+    corpus = root / "corpus.txt"
+    corpus.write_text(CORPUS, encoding="utf-8")
+    return {"root": root, "tmp": root, "corpus": corpus,
+            "env": {"HYDRAFORMER_CACHE": str(root / "cache"), "WANDB_MODE": "offline", **extra_env}}
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, train_env
 
 SMALL = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.context_length=32", "logger=csv",
          "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "train.sample_prompt=the ",
@@ -19,10 +19,7 @@ SMALL = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.conte
 
 @pytest.fixture
 def env(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("the cat sat on the mat. the dog sat on the log. " * 400, encoding="utf-8")
-    return {"corpus": corpus, "tmp": tmp_path,
-            "env": {"HYDRAFORMER_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}}
+    return train_env(tmp_path)
 
 
 def start(env, out, *overrides):

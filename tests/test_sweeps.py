@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, train_env
 from wandb_offline import find_runs, read_run
 
 TINY = ["model.d_model=32", "model.n_layers=2", "model.context_length=32", "logger=csv",
@@ -99,11 +99,7 @@ def assert_same_params(a: dict, b: dict) -> None:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweeps")
-    corpus = root / "corpus.txt"
-    corpus.write_text("the cat sat on the mat. the dog sat on the log. " * 400, encoding="utf-8")
-    return {"root": root, "corpus": corpus,
-            "env": {"HYDRAFORMER_CACHE": str(root / "cache"), "WANDB_MODE": "offline", "HOME": str(root),
-                    "WANDB_API_KEY": "", "WANDB_SILENT": "true"}}
+    return train_env(root, HOME=str(root), WANDB_API_KEY="", WANDB_SILENT="true")
 
 
 @pytest.fixture(scope="module")

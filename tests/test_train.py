@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_env
 from wandb_offline import find_runs, metric, read_run
 
 SMALL = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.context_length=32",
@@ -18,11 +19,7 @@ SMALL = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.conte
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    corpus = root / "corpus.txt"
-    corpus.write_text("the cat sat on the mat. the dog sat on the log. " * 400, encoding="utf-8")
-    return {"root": root, "corpus": corpus,
-            "env": {"HYDRAFORMER_CACHE": str(root / "cache"), "WANDB_MODE": "offline", "HOME": str(root),
-                    "WANDB_API_KEY": ""}}
+    return train_env(root, HOME=str(root), WANDB_API_KEY="")
 
 
 def train(env, name, *overrides, data=True):

@@ -6,35 +6,19 @@ import math
 import struct
 
 import pytest
-
-try:
-    from wandb_offline import (
-        BLOCK_LEN,
-        FILE_HEADER_IDENT,
-        WandbLogError,
-        find_runs,
-        isolate_wandb,
-        iter_payloads,
-        load_table,
-        metric,
-        read_run,
-        teardown_wandb,
-        wait_for_exit,
-    )
-except ImportError:  # tests/ imported as a package
-    from tests.wandb_offline import (
-        BLOCK_LEN,
-        FILE_HEADER_IDENT,
-        WandbLogError,
-        find_runs,
-        isolate_wandb,
-        iter_payloads,
-        load_table,
-        metric,
-        read_run,
-        teardown_wandb,
-        wait_for_exit,
-    )
+from wandb_offline import (
+    BLOCK_LEN,
+    FILE_HEADER_IDENT,
+    WandbLogError,
+    find_runs,
+    isolate_wandb,
+    iter_payloads,
+    load_table,
+    metric,
+    read_run,
+    teardown_wandb,
+    wait_for_exit,
+)
 
 wandb = pytest.importorskip("wandb")
 
