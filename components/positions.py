@@ -14,6 +14,18 @@ from torch import nn
 from .registry import register
 
 
+class Embedding(nn.Embedding):
+    """``nn.Embedding`` that draws no values on the meta device.
+
+    (``normal_`` on meta tensors goes through a decomposition whose first use imports
+    ``torch._dynamo``: over a second of start-up for a parameter count that needs no values.)
+    """
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
 class Positions(nn.Module):
     """No positional information at all; the base of every positions kind."""
 
@@ -43,7 +55,7 @@ class LearnedPositions(Positions):
     def __init__(self, d_model: int, context_length: int, d_head: int):
         super().__init__(d_model, context_length, d_head)
         self.max_positions = context_length
-        self.table = nn.Embedding(context_length, d_model)
+        self.table = Embedding(context_length, d_model)
 
     def forward(self, x, pos):
         return x + self.table(pos)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .attention import AttentionMask, KVCache
+from .positions import Embedding
 
 
 class Block(nn.Module):
@@ -44,7 +45,7 @@ class Transformer(nn.Module):
                  final_norm: nn.Module | None, mask, tie_embeddings: bool = True, dropout: float = 0.0,
                  init_std: float = 0.02):
         super().__init__()
-        self.token_embedding = nn.Embedding(vocab_size, d_model)
+        self.token_embedding = Embedding(vocab_size, d_model)
         self.positions = positions
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(blocks)
@@ -64,6 +65,8 @@ class Transformer(nn.Module):
 
     def init_weights(self, std: float = 0.02) -> None:
         """GPT-2: N(0, std) everywhere, residual output projections N(0, std / sqrt(2 n_layers))."""
+        if self.token_embedding.weight.is_meta:
+            return  # built on the meta device to be counted: there are no values to draw
         scaled = std / math.sqrt(2 * len(self.blocks))
         for module in self.modules():
             if isinstance(module, nn.Linear):

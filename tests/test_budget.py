@@ -1,6 +1,9 @@
 """Parameter budget: meta-device counts = formulas = materialised counts; GPT-2/GPT-3 figures."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +12,7 @@ from hypothesis import strategies as st
 
 import builder
 from builder.budget import measured_groups
-from builder.report import preset_names
+from builder.report import preset_names, preset_shares
 
 PRESETS = preset_names()
 MATERIALISABLE = ["tiny", "gpt2_small", "gpt3_125m"]
@@ -30,6 +33,25 @@ def test_every_preset_composes_and_meta_count_equals_formula(preset):
     assert sum(g["total"] for g in b["groups"].values()) == b["total_params"]
     if preset.startswith("gpt3"):
         assert cfg.model.vocab_size == 50257 and cfg.model.context_length == 2048
+
+
+def test_preset_shares_table_agrees_with_each_budget():
+    rows = {r["model"]: r for r in preset_shares()}
+    assert set(rows) == set(PRESETS)
+    for name in ("tiny", "gpt2_small", "gpt3_1b3", "gpt3_175b"):
+        b = builder.parameter_budget(builder.compose([f"model={name}"]).model, name)
+        assert rows[name]["total_params"] == b["total_params"]
+        assert rows[name]["attention_share"] == pytest.approx(b["attention_share"])
+
+
+def test_importing_and_counting_stay_light():
+    """`import builder` and a meta-device count pull in none of the heavy libraries (start-up time)."""
+    heavy = ["wandb", "matplotlib", "transformers", "pytorch_lightning", "torch._dynamo"]
+    code = ("import sys, builder; builder.parameter_budget(builder.compose(['model=gpt2_small']).model); "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 @pytest.mark.parametrize("preset", MATERIALISABLE)
