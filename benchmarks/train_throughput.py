@@ -1,11 +1,12 @@
 """Training throughput: the builder's GPT-2-shaped model against transformers' GPT2LMHeadModel.
 
-    python benchmarks/train_throughput.py [--rounds 7] [--steps 5] [--compile] [--bf16]
+    python benchmarks/train_throughput.py [--rounds 7] [--steps 5] [--modes fp32,bf16,fp32+compile,bf16+compile]
 
 Same shape for both (6 layers, 6 heads, d_model 384, context 256, vocab 65, batch 8), same
-parameter count, same optimizer (AdamW, foreach), timed in alternating rounds in one process;
-each round runs `--steps` training steps (forward, cross-entropy, backward, AdamW) per model.
-Reports the median tokens/s of each, their ratio, and MFU: model FLOPs/s (training FLOPs per
+parameter count, same optimizer (fused AdamW, as the builder's training uses; `--optimizer foreach`
+for the other one), timed in alternating rounds in one process; each round runs `--steps` training
+steps (forward, cross-entropy, backward, AdamW) per model. Reports the median tokens/s of each, the
+median of the per-round ratios (robust to the machine's load drifting between rounds), and MFU: model FLOPs/s (training FLOPs per
 token from the parameter budget) over a matmul peak measured in the same run at the same thread
 count.
 """
@@ -47,8 +48,8 @@ def theirs():
     return transformers.GPT2LMHeadModel(cfg)
 
 
-def step_fn(model, hf: bool, bf16: bool, compiled: bool):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+def step_fn(model, hf: bool, bf16: bool, compiled: bool, optimizer: str = "fused"):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **{optimizer: True})
     forward = torch.compile(model) if compiled else model
 
     def step(x, y):
@@ -64,7 +65,7 @@ def step_fn(model, hf: bool, bf16: bool, compiled: bool):
     return step
 
 
-def run(rounds: int, steps: int, bf16: bool, compiled: bool) -> dict:
+def run(rounds: int, steps: int, bf16: bool, compiled: bool, optimizer: str = "fused") -> dict:
     torch.manual_seed(0)
     a, cfg = ours()
     b = theirs()
@@ -73,7 +74,7 @@ def run(rounds: int, steps: int, bf16: bool, compiled: bool) -> dict:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, SHAPE["vocab_size"], (BATCH, SHAPE["context_length"]), generator=g)
     y = torch.randint(0, SHAPE["vocab_size"], (BATCH, SHAPE["context_length"]), generator=g)
-    sa, sb = step_fn(a, False, bf16, compiled), step_fn(b, True, bf16, compiled)
+    sa, sb = step_fn(a, False, bf16, compiled, optimizer), step_fn(b, True, bf16, compiled, optimizer)
     for _ in range(3 if compiled else 2):  # warm-up (and compilation)
         sa(x, y)
         sb(x, y)
@@ -87,7 +88,8 @@ def run(rounds: int, steps: int, bf16: bool, compiled: bool) -> dict:
             rates.append(tokens / (time.perf_counter() - start))
     peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
     ma, mb = statistics.median(rate_a), statistics.median(rate_b)
-    return {"ours": ma, "theirs": mb, "ratio": ma / mb, "params": (n_a, n_b), "mfu": ma * flops / peak,
+    ratio = statistics.median(x / y for x, y in zip(rate_a, rate_b))
+    return {"ours": ma, "theirs": mb, "ratio": ratio, "params": (n_a, n_b), "mfu": ma * flops / peak,
             "mfu_theirs": mb * flops / peak, "peak": peak}
 
 
@@ -96,12 +98,14 @@ def main():
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--modes", default="fp32,bf16,fp32+compile,bf16+compile")
+    parser.add_argument("--optimizer", choices=["fused", "foreach"], default="fused")
     args = parser.parse_args()
     print(f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"shape {SHAPE}, batch {BATCH}; median of {args.rounds} alternating rounds x {args.steps} steps")
+          f"shape {SHAPE}, batch {BATCH}; {args.optimizer} AdamW; median of {args.rounds} alternating rounds x "
+          f"{args.steps} steps")
     results = {}
     for mode in args.modes.split(","):
-        r = run(args.rounds, args.steps, bf16="bf16" in mode, compiled="compile" in mode)
+        r = run(args.rounds, args.steps, bf16="bf16" in mode, compiled="compile" in mode, optimizer=args.optimizer)
         results[mode] = r
         print(f"{mode:14s} builder {r['ours']:8.0f} tok/s   transformers {r['theirs']:8.0f} tok/s   "
               f"ratio {r['ratio']:.2f}x   MFU {100 * r['mfu']:.1f}% (theirs {100 * r['mfu_theirs']:.1f}%) "

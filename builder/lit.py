@@ -105,12 +105,35 @@ class LitGPT(pl.LightningModule):
             if p.requires_grad:
                 (no_decay if name in skip else decay).append(p)
         groups = [{"params": decay, "weight_decay": t["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-        fused = bool(t.get("fused_optimizer", True)) and torch.cuda.is_available()
+        # fused AdamW runs on CPU and CUDA tensors alike (torch >= 2.4): on this project's 2-core CPU it
+        # steps a 10.8M-parameter model in 9 ms against foreach's 27 ms. Not with a loss scaler (16-mixed
+        # on GPU): it must unscale the gradients before they are clipped, and a fused step unscales inside.
+        device = next(self.model.parameters()).device.type
+        scaler = getattr(self._trainer.strategy.precision_plugin, "scaler", None) if self._trainer is not None else None
+        fused = bool(t.get("fused_optimizer", True)) and device in ("cpu", "cuda") and scaler is None
         optimizer = torch.optim.AdamW(groups, lr=t["lr"], betas=tuple(t["betas"]), eps=t["eps"],
                                       fused=fused or None, foreach=None if fused else True)
         schedule = _Schedule(t["warmup_steps"], self.total_steps, t["min_lr"] / t["lr"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        if not gradient_clip_val:
+            return
+        algorithm = str(gradient_clip_algorithm or "norm").split(".")[-1].lower()
+        strategy = self.trainer.strategy
+        if type(strategy).__name__ == "FSDPStrategy" and algorithm == "norm":
+            # the norm of sharded gradients is FSDP's to compute (torch's clip_grad_norm_ sees one shard)
+            strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        if getattr(optimizer, "_step_supports_amp_scaling", False) and getattr(strategy.precision_plugin, "scaler",
+                                                                              None) is None:
+            # a fused AdamW: Lightning refuses to clip for it under mixed precision, in case a loss scaler
+            # left the gradients scaled; with no scaler (32-true, bf16-mixed) they are the true gradients
+            clip = torch.nn.utils.clip_grad_norm_ if algorithm == "norm" else torch.nn.utils.clip_grad_value_
+            clip(self.parameters(), gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # plain containers only: weights_only=True must be able to load every checkpoint

@@ -43,7 +43,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
-    fused_optimizer: bool = True  # fused AdamW on GPU, foreach on CPU
+    fused_optimizer: bool = True  # fused AdamW (CPU and CUDA); false: foreach
     compile: bool = False  # torch.compile the model
     checkpoint_every_n_steps: int = 500
     peak_flops: float | None = None  # MFU denominator; None: data sheet (GPU) or a matmul probe (CPU)

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import torch
 
 import builder
 from builder.lit import LitGPT, lr_lambda, no_decay_names
@@ -32,6 +33,9 @@ def test_no_weight_decay_on_biases_norms_embeddings():
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == sum(
         p.numel() for p in module.parameters())
     assert all(p.ndim == 2 for p in decayed["params"])
+    assert opt.defaults["fused"] is True  # fused AdamW on CPU too
+    foreach = LitGPT(dict(cfg.model), {**TRAIN, "fused_optimizer": False}, None, total_steps=100)
+    assert foreach.configure_optimizers()["optimizer"].defaults["foreach"] is True
 
 
 def test_fsdp_preset_wraps_each_block():
@@ -45,6 +49,42 @@ def test_fsdp_preset_wraps_each_block():
     strategy = make_strategy(dict(cfg.trainer), None)
     assert isinstance(strategy, FSDPStrategy)
     assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
+
+
+class _NormAfterClipping(LitGPT):
+    """Records the gradient norm the optimizer is handed, after our clipping hook ran."""
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        self.norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed+scaler"])
+def test_gradients_are_clipped_with_the_fused_optimizer(precision):
+    """Lightning refuses to clip for a fused optimizer under mixed precision; our hook clips when no
+    loss scaler is involved, and with a loss scaler (fp16; scaled gradients) AdamW stays foreach."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.plugins.precision import MixedPrecision
+    from torch.utils.data import DataLoader, TensorDataset
+
+    fused = precision != "16-mixed+scaler"
+    # Lightning runs "16-mixed" as bf16 on a CPU; the plugin below is fp16 with a real GradScaler, as on a GPU
+    plugin = {} if fused else {"plugins": [MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))]}
+
+    cfg = builder.compose(["model.d_model=16", "model.n_layers=1", "model.n_heads=2", "model.vocab_size=20",
+                           "model.context_length=8"])
+    module = _NormAfterClipping(dict(cfg.model), TRAIN, None, total_steps=3)
+    module.norms = []
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randint(0, 20, (12, 8), generator=g), torch.randint(0, 20, (12, 8), generator=g))
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=3, gradient_clip_val=1e-3,
+                         **({"precision": precision} if fused else plugin),
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    assert bool(trainer.optimizers[0].defaults["fused"]) is fused
+    assert len(module.norms) == 3 and max(module.norms) <= 1e-3 * 1.001, module.norms
 
 
 @pytest.mark.parametrize("preset", ["cpu", "gpu", "ddp", "ddp_cpu", "fsdp"])
