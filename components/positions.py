@@ -88,14 +88,20 @@ class RotaryPositions(Positions):
             raise ValueError(f"rotary positions need an even d_head, got {d_head}")
         self.base = base
 
-    def _turn(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def _cos_sin(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         half = self.d_head // 2
-        inv_freq = 1.0 / (self.base ** (torch.arange(half, device=x.device, dtype=torch.float32) / half))
+        inv_freq = 1.0 / (self.base ** (torch.arange(half, device=pos.device, dtype=torch.float32) / half))
         angles = pos.to(torch.float32)[:, None] * inv_freq[None, :]
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    @staticmethod
+    def _turn(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
         x1, x2 = x[..., :half], x[..., half:]
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
     def rotate(self, q, k, q_pos, k_pos):
-        return self._turn(q, q_pos), self._turn(k, k_pos)
+        q_angles = self._cos_sin(q_pos, q.dtype)
+        k_angles = q_angles if k_pos is q_pos and k.dtype == q.dtype else self._cos_sin(k_pos, k.dtype)
+        return self._turn(q, *q_angles), self._turn(k, *k_angles)
 
