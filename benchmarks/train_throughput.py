@@ -1,14 +1,16 @@
 """Training throughput: the builder's GPT-2-shaped model against transformers' GPT2LMHeadModel.
 
-    python benchmarks/train_throughput.py [--rounds 7] [--steps 5] [--modes fp32,bf16,fp32+compile,bf16+compile]
+    python benchmarks/train_throughput.py [--rounds 25] [--steps 1] [--modes fp32,bf16,fp32+compile,bf16+compile]
+    python benchmarks/train_throughput.py --device cuda --preset gpt2_small --batch 16 --modes bf16,bf16+compile
 
 Same shape for both (6 layers, 6 heads, d_model 384, context 256, vocab 65, batch 8), same
 parameter count, same optimizer (fused AdamW, as the builder's training uses; `--optimizer foreach`
-for the other one), timed in alternating rounds in one process; each round runs `--steps` training
-steps (forward, cross-entropy, backward, AdamW) per model. Reports the median tokens/s of each, the
-median of the per-round ratios (robust to the machine's load drifting between rounds), and MFU: model FLOPs/s (training FLOPs per
-token from the parameter budget) over a matmul peak measured in the same run at the same thread
-count.
+for the other one), timed in alternating rounds in one process: each round runs `--steps` training
+steps (forward, cross-entropy, backward, AdamW) of each model, short enough that both meet the same
+machine load, and who goes first alternates. Reports the median tokens/s of each, the median of the
+per-round ratios, and MFU: model FLOPs/s (training FLOPs per token from the parameter budget) over
+the best matmul rate measured between the rounds at the same thread count (on a GPU: the data
+sheet's dense peak, as the trainer's perf/mfu). `--preset` takes any GPT-2-shaped model preset instead.
 """
 
 from __future__ import annotations
@@ -28,32 +30,39 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import builder  # noqa: E402
-from builder.perf import matmul_peak  # noqa: E402
+from builder.perf import matmul_peak, peak_flops  # noqa: E402
 
 SHAPE = {"n_layers": 6, "n_heads": 6, "d_model": 384, "context_length": 256, "vocab_size": 65}
 BATCH = 8
+GPT2_PARTS = {"embedding": "learned", "attention": "multi_head", "mask": "causal", "mlp": "gelu", "norm": "layernorm"}
 
 
-def ours():
-    cfg = builder.compose([f"model.{k}={v}" for k, v in SHAPE.items()] + ["model.dropout=0.0"])
-    return builder.build_model(cfg.model), cfg.model
+def model_config(preset: str | None):
+    """The builder's config: the issue's small shape, or a preset (which must be GPT-2-shaped)."""
+    if preset is None:
+        return builder.compose([f"model.{k}={v}" for k, v in SHAPE.items()] + ["model.dropout=0.0"]).model
+    cfg = builder.compose([f"model={preset}", "model.dropout=0.0"]).model
+    parts = {kind: cfg[kind].name for kind in GPT2_PARTS}
+    if parts != GPT2_PARTS or cfg.d_head not in (None, cfg.d_model // cfg.n_heads) or cfg.norm.get("layout", "pre") != "pre":
+        sys.exit(f"--preset {preset}: transformers' GPT-2 cannot take its shape ({parts}); pick a gpt2_* or gpt3_* preset")
+    return cfg
 
 
-def theirs():
+def theirs(cfg):
     import transformers
 
-    cfg = transformers.GPT2Config(n_embd=SHAPE["d_model"], n_layer=SHAPE["n_layers"], n_head=SHAPE["n_heads"],
-                                  n_positions=SHAPE["context_length"], vocab_size=SHAPE["vocab_size"],
-                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
-    return transformers.GPT2LMHeadModel(cfg)
+    hf = transformers.GPT2Config(n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads,
+                                 n_positions=cfg.context_length, vocab_size=cfg.vocab_size,
+                                 resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(hf)
 
 
-def step_fn(model, hf: bool, bf16: bool, compiled: bool, optimizer: str = "fused"):
+def step_fn(model, hf: bool, bf16: bool, compiled: bool, optimizer: str = "fused", device: str = "cpu"):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **{optimizer: True})
     forward = torch.compile(model) if compiled else model
 
     def step(x, y):
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        ctx = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with ctx:
             logits = forward(x).logits if hf else forward(x)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
@@ -65,28 +74,37 @@ def step_fn(model, hf: bool, bf16: bool, compiled: bool, optimizer: str = "fused
     return step
 
 
-def run(rounds: int, steps: int, bf16: bool, compiled: bool, optimizer: str = "fused") -> dict:
+def run(rounds: int, steps: int, bf16: bool, compiled: bool, optimizer: str = "fused", preset: str | None = None,
+        batch: int = BATCH, device: str = "cpu") -> dict:
     torch.manual_seed(0)
-    a, cfg = ours()
-    b = theirs()
+    cfg = model_config(preset)
+    need = 2 * 16 * builder.parameter_budget(cfg)["total_params"]  # two models: weights, grads, AdamW's m and v
+    free = torch.cuda.mem_get_info()[0] if device == "cuda" else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > free:
+        sys.exit(f"--preset {preset}: two fp32 models with gradients and AdamW state need {need / 2**30:.1f} GiB before "
+                 f"activations; {device} has {free / 2**30:.1f} GiB free")
+    a, b = builder.build_model(cfg).to(device), theirs(cfg).to(device)
     n_a, n_b = sum(p.numel() for p in a.parameters()), sum(p.numel() for p in b.parameters())
     flops = builder.parameter_budget(cfg)["flops_per_token"]["training"]
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, SHAPE["vocab_size"], (BATCH, SHAPE["context_length"]), generator=g)
-    y = torch.randint(0, SHAPE["vocab_size"], (BATCH, SHAPE["context_length"]), generator=g)
-    sa, sb = step_fn(a, False, bf16, compiled, optimizer), step_fn(b, True, bf16, compiled, optimizer)
+    x, y = (torch.randint(0, cfg.vocab_size, (batch, cfg.context_length), generator=g).to(device) for _ in range(2))
+    sa, sb = (step_fn(m, hf, bf16, compiled, optimizer, device) for m, hf in ((a, False), (b, True)))
     for _ in range(3 if compiled else 2):  # warm-up (and compilation)
         sa(x, y)
         sb(x, y)
-    tokens = BATCH * SHAPE["context_length"] * steps
-    rate_a, rate_b = [], []
-    for _ in range(rounds):
-        for fn, rates in ((sa, rate_a), (sb, rate_b)):
+    tokens = batch * cfg.context_length * steps
+    rate_a, rate_b, peaks = [], [], []
+    for i in range(rounds):
+        # who goes first alternates, so a drift in the machine's speed favours neither
+        for fn, rates in ((sa, rate_a), (sb, rate_b)) if i % 2 == 0 else ((sb, rate_b), (sa, rate_a)):
             start = time.perf_counter()
             for _ in range(steps):
                 fn(x, y)
             rates.append(tokens / (time.perf_counter() - start))
-    peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
+        if device == "cpu":
+            peaks.append(matmul_peak(torch.bfloat16 if bf16 else torch.float32, seconds=0.1))
+    # the machine is shared: its best matmul rate over the rounds is the practical peak
+    peak = max(peaks) if peaks else peak_flops("bf16-mixed" if bf16 else "32-true")[0]
     ma, mb = statistics.median(rate_a), statistics.median(rate_b)
     ratio = statistics.median(x / y for x, y in zip(rate_a, rate_b))
     return {"ours": ma, "theirs": mb, "ratio": ratio, "params": (n_a, n_b), "mfu": ma * flops / peak,
@@ -95,17 +113,22 @@ def run(rounds: int, steps: int, bf16: bool, compiled: bool, optimizer: str = "f
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--modes", default="fp32,bf16,fp32+compile,bf16+compile")
     parser.add_argument("--optimizer", choices=["fused", "foreach"], default="fused")
+    parser.add_argument("--preset", default=None, help="a GPT-2-shaped model preset instead of the small shape")
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
-    print(f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"shape {SHAPE}, batch {BATCH}; {args.optimizer} AdamW; median of {args.rounds} alternating rounds x "
-          f"{args.steps} steps")
+    where = (torch.cuda.get_device_name() if args.device == "cuda" else
+             f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
+    print(f"{where}, torch {torch.__version__}; model {args.preset or SHAPE}, batch {args.batch}; {args.optimizer} "
+          f"AdamW; median of {args.rounds} alternating rounds x {args.steps} steps")
     results = {}
     for mode in args.modes.split(","):
-        r = run(args.rounds, args.steps, bf16="bf16" in mode, compiled="compile" in mode, optimizer=args.optimizer)
+        r = run(args.rounds, args.steps, bf16="bf16" in mode, compiled="compile" in mode, optimizer=args.optimizer,
+                preset=args.preset, batch=args.batch, device=args.device)
         results[mode] = r
         print(f"{mode:14s} builder {r['ours']:8.0f} tok/s   transformers {r['theirs']:8.0f} tok/s   "
               f"ratio {r['ratio']:.2f}x   MFU {100 * r['mfu']:.1f}% (theirs {100 * r['mfu_theirs']:.1f}%) "
