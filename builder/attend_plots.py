@@ -13,6 +13,7 @@ import numpy as np
 from .io import atomic_path
 
 MASKED_COLOR = "#d9d9d9"
+MASKED_EDGE = "#8c8c8c"  # the hatch lines over masked cells
 
 
 def _plt():
@@ -42,6 +43,20 @@ def token_labels(tokens: list[str]) -> list[str]:
     return out
 
 
+def masked_hatching(masked: np.ndarray):
+    """Hatching over exactly the masked cells: one rectangle per run of masked cells in a row, edges on
+    the cell edges (imshow puts cell (i, j) at [j - 0.5, j + 0.5] x [i - 0.5, i + 0.5])."""
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    rects = []
+    for i, row in enumerate(masked):
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], row.astype(np.int8), [0]))))
+        for start, stop in zip(edges[::2], edges[1::2]):
+            rects.append(Rectangle((start - 0.5, i - 0.5), stop - start, 1.0))
+    return PatchCollection(rects, facecolor="none", edgecolor=MASKED_EDGE, linewidth=0.0, hatch="///")
+
+
 def _heatmap(ax, grid, mask, tokens, cmap="Blues", vmin=None, vmax=None, values=False, fontsize=7, axis_labels=True):
     plt = _plt()
     grid = np.asarray(grid, dtype=float)
@@ -51,10 +66,8 @@ def _heatmap(ax, grid, mask, tokens, cmap="Blues", vmin=None, vmax=None, values=
     im = ax.imshow(shown, cmap=colormap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="equal")
     t = grid.shape[0]
     if mask is not None and (~mask).any():
-        # one hatched overlay over all masked cells (a contour of the mask), drawn at cell edges
-        ax.contourf(np.arange(t), np.arange(t), (~mask).astype(float), levels=[0.5, 1.5], colors="none",
-                    hatches=["///"], corner_mask=False)
-        ax.set_xlim(-0.5, t - 0.5)
+        ax.add_collection(masked_hatching(~np.asarray(mask, dtype=bool)))
+        ax.set_xlim(-0.5, grid.shape[1] - 0.5)
         ax.set_ylim(t - 0.5, -0.5)
     if tokens is not None and len(tokens) <= 64:
         labels = token_labels(tokens)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -14,6 +15,10 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from .budget import parameter_budget
 from .errors import ConfigError
 from .model import resolve
+
+# Lightning 2.6 builds torch's deprecated LeafSpec on every batch; torch 2.13 warns about it each run.
+# Not ours to fix, and it buries the run's own output.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 
 def plain(cfg) -> dict:

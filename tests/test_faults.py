@@ -25,8 +25,20 @@ def env(tmp_path):
 def start(env, out, *overrides):
     args = [sys.executable, str(REPO / "run.py"), "data=text", f"data.path={env['corpus']}", *SMALL,
             f"hydra.run.dir={out}", *overrides]
-    return subprocess.Popen(args, cwd=REPO, env={**os.environ, **env["env"], "PYTHONUNBUFFERED": "1"},
+    # PYTHONFAULTHANDLER: a SIGABRT makes the child print every thread's stack (see finish())
+    return subprocess.Popen(args, cwd=REPO, env={**os.environ, **env["env"], "PYTHONUNBUFFERED": "1",
+                                                 "PYTHONFAULTHANDLER": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc, timeout=120) -> str:
+    """The child's output once it exits; if it does not, its stacks, so a hang says where it hangs."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        output = proc.communicate(timeout=60)[0]
+        pytest.fail(f"the run did not exit within {timeout} s; its stacks and output:\n{output[-6000:]}")
 
 
 def wait_for(path: Path, proc, timeout=120):
@@ -53,7 +65,7 @@ def test_signal_saves_checkpoint_and_resume_continues(env, sig):
     wait_for(out / "checkpoints" / "step-5.ckpt", proc)
     time.sleep(0.5)
     proc.send_signal(sig)
-    output, _ = proc.communicate(timeout=120)
+    output = finish(proc)
     assert "interrupted at step" in output, output[-3000:]
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     step = ckpt["global_step"]
