@@ -25,10 +25,13 @@ def env(tmp_path):
 def start(env, out, *overrides):
     args = [sys.executable, str(REPO / "run.py"), "data=text", f"data.path={env['corpus']}", *SMALL,
             f"hydra.run.dir={out}", *overrides]
-    # PYTHONFAULTHANDLER: a SIGABRT makes the child print every thread's stack (see finish())
+    # PYTHONFAULTHANDLER: a SIGABRT makes the child print every thread's stack (see finish()).
+    # SIGINT back to its default: a shell without job control starts background jobs (`cmd &`) with
+    # SIGINT ignored, the ignoring is inherited, and Python then never raises KeyboardInterrupt.
     return subprocess.Popen(args, cwd=REPO, env={**os.environ, **env["env"], "PYTHONUNBUFFERED": "1",
                                                  "PYTHONFAULTHANDLER": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def finish(proc, timeout=120) -> str:
@@ -38,7 +41,8 @@ def finish(proc, timeout=120) -> str:
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGABRT)
         output = proc.communicate(timeout=60)[0]
-        pytest.fail(f"the run did not exit within {timeout} s; its stacks and output:\n{output[-6000:]}")
+        stacks = output.split("\nExtension modules:")[0]
+        pytest.fail(f"the run did not exit within {timeout} s; its stacks and output:\n{stacks[-6000:]}")
 
 
 def wait_for(path: Path, proc, timeout=120):
