@@ -73,3 +73,25 @@ def test_attend_refuses_bad_input(gpt2_dir, tmp_path):
     proc = run_cli("task=attend", f"hydra.run.dir={tmp_path / 'b'}")
     assert proc.returncode == 2 and "checkpoint" in proc.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("kind", ["causal", "sliding", "random"])
+def test_hatching_covers_exactly_the_masked_cells(kind):
+    """The hatch rectangles drawn over masked cells lie on cell edges and cover those cells, no others."""
+    import numpy as np
+
+    from builder.attend_plots import masked_hatching
+
+    t = 9
+    allowed = {"causal": np.tril(np.ones((t, t), bool)),
+               "sliding": np.tril(np.ones((t, t), bool)) & ~np.tril(np.ones((t, t), bool), -3),
+               "random": np.random.default_rng(0).random((t, t)) < 0.5}[kind]
+    covered = np.zeros((t, t), bool)
+    for path in masked_hatching(~allowed).get_paths():
+        xs, ys = path.vertices[:, 0], path.vertices[:, 1]
+        assert np.allclose(xs % 1, 0.5) and np.allclose(ys % 1, 0.5)  # corners on cell edges
+        rows = slice(int(ys.min() + 0.5), int(ys.max() + 0.5))
+        cols = slice(int(xs.min() + 0.5), int(xs.max() + 0.5))
+        assert not covered[rows, cols].any()  # no cell hatched twice
+        covered[rows, cols] = True
+    assert (covered == ~allowed).all()
