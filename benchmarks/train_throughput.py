@@ -78,14 +78,15 @@ def run(rounds: int, steps: int, bf16: bool, compiled: bool, optimizer: str = "f
         batch: int = BATCH, device: str = "cpu") -> dict:
     torch.manual_seed(0)
     cfg = model_config(preset)
-    need = 2 * 16 * builder.parameter_budget(cfg)["total_params"]  # two models: weights, grads, AdamW's m and v
+    budget = builder.parameter_budget(cfg)
+    need = 2 * 16 * budget["total_params"]  # two models: weights, grads, AdamW's m and v
     free = torch.cuda.mem_get_info()[0] if device == "cuda" else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if need > free:
         sys.exit(f"--preset {preset}: two fp32 models with gradients and AdamW state need {need / 2**30:.1f} GiB before "
                  f"activations; {device} has {free / 2**30:.1f} GiB free")
     a, b = builder.build_model(cfg).to(device), theirs(cfg).to(device)
     n_a, n_b = sum(p.numel() for p in a.parameters()), sum(p.numel() for p in b.parameters())
-    flops = builder.parameter_budget(cfg)["flops_per_token"]["training"]
+    flops = budget["flops_per_token"]["training"]
     g = torch.Generator().manual_seed(0)
     x, y = (torch.randint(0, cfg.vocab_size, (batch, cfg.context_length), generator=g).to(device) for _ in range(2))
     sa, sb = (step_fn(m, hf, bf16, compiled, optimizer, device) for m, hf in ((a, False), (b, True)))

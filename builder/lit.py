@@ -109,25 +109,29 @@ class LitGPT(pl.LightningModule):
         # steps a 10.8M-parameter model in 9 ms against foreach's 27 ms. Not with a loss scaler (16-mixed
         # on GPU): it must unscale the gradients before they are clipped, and a fused step unscales inside.
         device = next(self.model.parameters()).device.type
-        scaler = getattr(self._trainer.strategy.precision_plugin, "scaler", None) if self._trainer is not None else None
-        fused = bool(t.get("fused_optimizer", True)) and device in ("cpu", "cuda") and scaler is None
+        fused = bool(t.get("fused_optimizer", True)) and device in ("cpu", "cuda") and not self._loss_scaled()
         optimizer = torch.optim.AdamW(groups, lr=t["lr"], betas=tuple(t["betas"]), eps=t["eps"],
                                       fused=fused or None, foreach=None if fused else True)
         schedule = _Schedule(t["warmup_steps"], self.total_steps, t["min_lr"] / t["lr"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def _loss_scaled(self) -> bool:
+        """True when a GradScaler scales the loss (16-mixed on a GPU): gradients are scaled until unscaled."""
+        return self._trainer is not None and getattr(self._trainer.strategy.precision_plugin, "scaler", None) is not None
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        from pytorch_lightning.strategies import FSDPStrategy
+
         if not gradient_clip_val:
             return
         algorithm = str(gradient_clip_algorithm or "norm").split(".")[-1].lower()
         strategy = self.trainer.strategy
-        if type(strategy).__name__ == "FSDPStrategy" and algorithm == "norm":
+        if isinstance(strategy, FSDPStrategy) and algorithm == "norm":
             # the norm of sharded gradients is FSDP's to compute (torch's clip_grad_norm_ sees one shard)
             strategy.model.clip_grad_norm_(gradient_clip_val)
             return
-        if getattr(optimizer, "_step_supports_amp_scaling", False) and getattr(strategy.precision_plugin, "scaler",
-                                                                              None) is None:
+        if getattr(optimizer, "_step_supports_amp_scaling", False) and not self._loss_scaled():
             # a fused AdamW: Lightning refuses to clip for it under mixed precision, in case a loss scaler
             # left the gradients scaled; with no scaler (32-true, bf16-mixed) they are the true gradients
             clip = torch.nn.utils.clip_grad_norm_ if algorithm == "norm" else torch.nn.utils.clip_grad_value_
