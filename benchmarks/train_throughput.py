@@ -30,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import builder  # noqa: E402
-from builder.perf import matmul_peak, peak_flops  # noqa: E402
+from builder.training.throughput import matmul_peak, peak_flops  # noqa: E402
 
 SHAPE = {"n_layers": 6, "n_heads": 6, "d_model": 384, "context_length": 256, "vocab_size": 65}
 BATCH = 8

@@ -10,9 +10,13 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
+from .data.tokenizers import tokenizer_from_dict
 from .errors import ConfigError
-from .model import build_model
+from .files import atomic_path, atomic_write
+from .hf import load_hf_gpt2
+from .model import build_model, load_state
 
 EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "hydraformer.json"
@@ -30,32 +34,13 @@ def _read_checkpoint(path: Path, key: str) -> dict:
     return ckpt
 
 
-def load_state(model: torch.nn.Module, state: dict, key: str, path) -> None:
-    """Load ``state`` into ``model``; mismatched shapes or names are listed, nothing is half-loaded."""
-    own = model.state_dict()
-    problems = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                for k, v in state.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if problems or missing or unexpected:
-        lines = problems + [f"{k}: missing from the checkpoint" for k in missing] + [
-            f"{k}: not in the model" for k in unexpected]
-        shown = "; ".join(lines[:8]) + (f"; ... {len(lines) - 8} more" if len(lines) > 8 else "")
-        raise ConfigError(key, str(path), f"weights that fit the configured model; mismatched tensors: {shown}")
-    model.load_state_dict(state)
-
-
 def load_model(path, key: str = "checkpoint"):
     """A trained model from a checkpoint or export: returns ``(model, tokenizer_or_None, model_config)``."""
-    from .data import tokenizer_from_dict
-
     path = Path(str(path)).expanduser()
     if not path.exists():
         raise ConfigError(key, str(path), "an existing checkpoint file or export directory")
     if path.is_dir():
         if (path / EXPORT_CONFIG).is_file():
-            from safetensors.torch import load_file
-
             meta = json.loads((path / EXPORT_CONFIG).read_text())
             model = build_model(meta["model"])
             state = load_file(path / EXPORT_WEIGHTS)
@@ -65,8 +50,6 @@ def load_model(path, key: str = "checkpoint"):
             tok = meta.get("tokenizer")
             return model.eval(), (tokenizer_from_dict(tok) if tok else None), meta["model"]
         if (path / "config.json").is_file():  # a Hugging Face directory: GPT-2 imports, others get a clear error
-            from .hf import load_hf_gpt2
-
             return load_hf_gpt2(path, key)
         raise ConfigError(key, str(path), f"a checkpoint file or a directory holding {EXPORT_CONFIG}")
     ckpt = _read_checkpoint(path, key)
@@ -80,10 +63,6 @@ def load_model(path, key: str = "checkpoint"):
 
 def export_model(checkpoint, out_dir: Path) -> Path:
     """Write ``model.safetensors`` and ``hydraformer.json`` (model config + tokenizer) to ``out_dir/export``."""
-    from safetensors.torch import save_file
-
-    from .io import atomic_path, atomic_write
-
     model, tokenizer, model_cfg = load_model(checkpoint)
     dest = Path(out_dir) / "export"
     state = {k: v.contiguous() for k, v in model.state_dict().items()}

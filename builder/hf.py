@@ -14,8 +14,11 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
+from .data.tokenizers import GPT2BPETokenizer
 from .errors import ConfigError
+from .model import build_model, load_state
 
 HF_CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
@@ -144,8 +147,6 @@ def convert_gpt2_state(hf_state: dict, tie_embeddings: bool = True) -> dict:
 
 def _load_one(file: Path, key: str, path: Path) -> dict:
     if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(file))
         except Exception as err:
@@ -195,8 +196,6 @@ def read_gpt2_weights(path, key: str = "checkpoint") -> dict:
 
 def load_gpt2_tokenizer(path, key: str = "checkpoint"):
     """vocab.json + merges.txt, else tokenizer.json, as a ``GPT2BPETokenizer``; None when neither is there."""
-    from .data import GPT2BPETokenizer
-
     path = Path(str(path)).expanduser()
     vocab, merges, tok_json = path / "vocab.json", path / "merges.txt", path / "tokenizer.json"
     try:
@@ -212,9 +211,6 @@ def load_gpt2_tokenizer(path, key: str = "checkpoint"):
 
 def load_hf_gpt2(path, key: str = "checkpoint"):
     """A Hugging Face GPT-2 directory as ``(model, tokenizer_or_None, model_config_dict)``, model in eval mode."""
-    from .checkpoint import load_state
-    from .model import build_model
-
     path = Path(str(path)).expanduser()
     if not (path / HF_CONFIG).is_file():
         raise ConfigError(key, str(path), f"a Hugging Face GPT-2 directory holding {HF_CONFIG}")

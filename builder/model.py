@@ -7,12 +7,12 @@ import types
 import typing
 from dataclasses import dataclass
 
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import components
 from components import Block, RegistryError, Transformer
 
+from .config.compose import to_plain
 from .errors import ConfigError
 
 # model-level keys a component receives when its constructor asks for them
@@ -40,13 +40,6 @@ class Spec:
     def formula(self) -> dict | None:
         fn = getattr(self.cls, "formula", None)
         return None if fn is None else fn(**self.kwargs)
-
-
-def _as_dict(cfg) -> dict:
-    """A plain, resolved copy of a model config (DictConfig, dict, or a dict holding DictConfigs)."""
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(dict(cfg))
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def _positive_int(m: dict, key: str) -> int:
@@ -90,7 +83,9 @@ def resolve(cfg_model) -> tuple[dict, dict[str, Spec]]:
 
     Every check happens here, before any tensor exists.
     """
-    m = _as_dict(cfg_model)
+    m = to_plain(cfg_model)
+    if not isinstance(m, dict):
+        raise ConfigError("model", m, "a mapping of model keys (a composed model config)")
     for key in ("d_model", "n_layers", "n_heads", "vocab_size", "context_length"):
         _positive_int(m, key)
     if m.get("d_head") is None:
@@ -171,3 +166,18 @@ def build_model(cfg_model) -> nn.Module:
         final_norm=final_norm, mask=mask, tie_embeddings=m["tie_embeddings"], dropout=m["dropout"],
         init_std=m.get("init_std", 0.02),
     )
+
+
+def load_state(model: nn.Module, state: dict, key: str, path) -> None:
+    """Load ``state`` into ``model``; mismatched shapes or names are listed, nothing is half-loaded."""
+    own = model.state_dict()
+    problems = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if problems or missing or unexpected:
+        lines = problems + [f"{k}: missing from the checkpoint" for k in missing] + [
+            f"{k}: not in the model" for k in unexpected]
+        shown = "; ".join(lines[:8]) + (f"; ... {len(lines) - 8} more" if len(lines) > 8 else "")
+        raise ConfigError(key, str(path), f"weights that fit the configured model; mismatched tensors: {shown}")
+    model.load_state_dict(state)

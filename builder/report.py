@@ -1,18 +1,22 @@
-"""task=report: print the parameter budget and write budget.json, budget.md and budget.png."""
+"""The parameter budget as text, Markdown and a chart, and attention's share across the presets.
+
+What ``task=report`` prints and writes (budget.json, budget.md, budget.png), and what a training run
+writes beside its checkpoints.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import json
-import sys
 from pathlib import Path
 
 from components.registry import closest
 
-from .budget import GROUPS, parameter_budget
-from .compose import CONF_DIR, compose
+from .budget import GROUPS, formula_total
+from .config.compose import CONF_DIR, compose
 from .errors import ConfigError
-from .io import atomic_path, atomic_write
+from .files import atomic_path, atomic_write
+from .tables import table
 
 
 def preset_names() -> list[str]:
@@ -69,15 +73,6 @@ def _head_rows(b: dict) -> list[list[str]]:
     return rows
 
 
-def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    fmt = lambda r: "  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
-
-
 def render(b: dict, markdown: bool = False) -> str:
     c = b["config"]
     title = b["model"] or "model"
@@ -87,14 +82,14 @@ def render(b: dict, markdown: bool = False) -> str:
     out.append(f"n_layers={c['n_layers']}, d_model={c['d_model']}, n_heads={c['n_heads']}, d_head={c['d_head']}, "
                f"vocab={c['vocab_size']}, context={c['context_length']}; {comps}, {c['norm_layout']}-norm")
     out.append("")
-    out.append(_table(["group", "weights", "biases", "total", "share"], _group_rows(b), markdown))
+    out.append(table(["group", "weights", "biases", "total", "share"], _group_rows(b), markdown))
     ph = b["per_head"]
     if ph:
         out.append("")
         out.append(("### " if markdown else "") + f"Attention as the lecture counts it: {ph['n_heads']} heads x "
                    f"{ph['n_layers']} layers, each matrix d_model x d_head = {ph['d_model']} x {ph['d_head']}")
         out.append("")
-        out.append(_table(["matrix", "per head", f"per layer ({ph['n_heads']} heads)", f"all {ph['n_layers']} layers"],
+        out.append(table(["matrix", "per head", f"per layer ({ph['n_heads']} heads)", f"all {ph['n_layers']} layers"],
                           _head_rows(b), markdown))
     out.append("")
     out.append(f"Attention share of all parameters: {100 * b['attention_share']:.1f}%")
@@ -134,22 +129,19 @@ def side_by_side(budgets: list[dict], markdown: bool = False) -> str:
         rows.append([b["model"], str(c["n_layers"]), str(c["d_model"]), str(c["n_heads"]), str(c["d_head"]),
                      human(b["total_params"]), human(g["attention"]["total"]), human(g["mlp"]["total"]), human(emb),
                      f"{100 * b['attention_share']:.1f}%", human(b["flops_per_token"]["training"], "FLOP")])
-    return _table(header, rows, markdown)
+    return table(header, rows, markdown)
 
 
 def draw_chart(budgets: list[dict], shares: list[dict], path: Path) -> None:
     """Top: each model's parameters by group (share of its total, biases hatched).
     Bottom: attention's share against model size for every preset, these models marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # start-up: matplotlib costs 0.5 s, and only pictures need it
 
     colors = {"token_embedding": "#4c72b0", "positions": "#8172b2", "attention": "#dd8452", "mlp": "#55a868",
               "norms": "#937860", "unembedding": "#c44e52", "other": "#999999"}
     names = [b["model"] or "model" for b in budgets]
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 4.6 + 0.45 * len(budgets)),
-                                  gridspec_kw={"height_ratios": [1.2 + 0.45 * len(budgets), 3]})
+    fig = Figure(figsize=(10, 4.6 + 0.45 * len(budgets)))
+    ax, ax2 = fig.subplots(2, 1, gridspec_kw={"height_ratios": [1.2 + 0.45 * len(budgets), 3]})
     left = [0.0] * len(budgets)
     for g in list(GROUPS) + ["other"]:
         for part, hatch in (("weight", None), ("bias", "///")):
@@ -191,13 +183,10 @@ def draw_chart(budgets: list[dict], shares: list[dict], path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
 
 
 def preset_shares() -> list[dict]:
     """Attention share of every preset (formulas only; cross-checked against meta counts in the tests)."""
-    from .budget import formula_total
-
     names = preset_names()
     # one composition with every preset placed at presets.<name> (one compose per preset costs 13x Hydra's set-up)
     presets = compose([f"+model@presets.{name}={name}" for name in names], config_name="model_only").presets
@@ -209,21 +198,15 @@ def preset_shares() -> list[dict]:
 
 
 def shares_table(rows: list[dict], markdown: bool = False) -> str:
-    return _table(["preset", "d_model", "n_layers", "total", "attention share"],
+    return table(["preset", "d_model", "n_layers", "total", "attention share"],
                   [[r["model"], str(r["d_model"]), str(r["n_layers"]), human(r["total_params"]),
                     f"{100 * r['attention_share']:.1f}%"] for r in rows], markdown)
 
 
-def run_report(cfg, out_dir: Path, model_name: str | None = None) -> int:
-    """Print and write the report for ``cfg.model`` or each of ``cfg.models``; returns the exit code."""
+def write_budget_files(budgets: list[dict], out_dir: Path, shares: list[dict] | None = None) -> str:
+    """budget.json, budget.md and budget.png for one budget or several side by side; returns the text report."""
     out_dir = Path(out_dir)
-    if cfg.get("models"):
-        names = expand_models(cfg.models)
-        budgets = sorted((parameter_budget(compose([f"model={n}"], config_name="model_only").model, n) for n in names),
-                         key=lambda b: b["total_params"])
-    else:
-        budgets = [parameter_budget(cfg.model, model_name)]
-    shares = preset_shares()
+    shares = preset_shares() if shares is None else shares
     text = "\n\n".join(render(b) for b in budgets) if len(budgets) == 1 else side_by_side(budgets)
     text += "\n\nAttention share by preset (grows with width: 4d² of the 12d² in each block, against fixed embeddings)\n"
     text += shares_table(shares)
@@ -232,13 +215,7 @@ def run_report(cfg, out_dir: Path, model_name: str | None = None) -> int:
         md += "\n\n## Side by side\n\n" + side_by_side(budgets, markdown=True)
     md += "\n\n## Attention share by preset\n\n" + shares_table(shares, markdown=True) + "\n"
     payload = budgets[0] if len(budgets) == 1 else {"models": budgets}
-    payload = {**payload, "preset_attention_shares": shares}
-    atomic_write(out_dir / "budget.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write(out_dir / "budget.json", json.dumps({**payload, "preset_attention_shares": shares}, indent=2) + "\n")
     atomic_write(out_dir / "budget.md", md)
     draw_chart(budgets, shares, out_dir / "budget.png")
-    print(text)
-    print(f"\nwrote {out_dir / 'budget.json'}, budget.md, budget.png")
-    bad = [b for b in budgets if b["check"]["agree"] is False]
-    for b in bad:
-        print(check_line(b), file=sys.stderr)
-    return 3 if bad else 0
+    return text

@@ -80,7 +80,7 @@ def test_hatching_covers_exactly_the_masked_cells(kind):
     """The hatch rectangles drawn over masked cells lie on cell edges and cover those cells, no others."""
     import numpy as np
 
-    from builder.attend_plots import masked_hatching
+    from builder.interp.plots import masked_hatching
 
     t = 9
     allowed = {"causal": np.tril(np.ones((t, t), bool)),

@@ -16,7 +16,7 @@ import pytest
 import torch
 from browser import INSTALL_HINT, Browser, BrowserError, find_chromium
 
-from builder.attention_html import attention_page_data, write_attention_html
+from builder.interp.page import attention_page_data, write_attention_html
 
 PHRASE = "a fluffy blue creature roamed the verdant forest".split()
 READY = "document.body.dataset.ready === '1' || document.body.dataset.ready === 'error'"

@@ -1,4 +1,4 @@
-"""Tests for builder/data.py: tokenizers, corpora, token cache, datasets and the datamodule."""
+"""Tests for builder/data/: tokenizers, corpora, token cache, datasets and the datamodule."""
 
 from __future__ import annotations
 
@@ -13,21 +13,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builder.data import (
-    ByteBPETokenizer,
-    CharTokenizer,
-    Corpus,
-    DataError,
-    EpochSampler,
-    GPT2BPETokenizer,
-    RandomWindowDataset,
-    TokenDataModule,
-    ValWindowDataset,
-    default_cache_dir,
-    embedded_text,
-    token_dtype,
-    tokenizer_from_dict,
-)
+from builder.data.cache import default_cache_dir
+from builder.data.corpus import Corpus, embedded_text
+from builder.data.datamodule import TokenDataModule
+from builder.data.tokenizers import ByteBPETokenizer, CharTokenizer, GPT2BPETokenizer, token_dtype, tokenizer_from_dict
+from builder.data.windows import EpochSampler, RandomWindowDataset, ValWindowDataset
+from builder.errors import DataError
 
 # ----------------------------------------------------------------------------------------- helpers
 
@@ -496,20 +487,32 @@ def test_corpus_too_short_for_context(tmp_path):
 
 
 def test_configs_match_constructor():
+    """Each data preset composes to exactly TokenDataModule's arguments; the schema holds each default once,
+    equal to the constructor's, and the YAML files write only what differs from it."""
+    import dataclasses
     import inspect
 
     import yaml
 
-    params = set(inspect.signature(TokenDataModule.__init__).parameters) - {"self"}
-    source_only = {"n_sentences"}  # used by source=adjectives only; other presets may leave it out
+    import builder
+    from builder.config.schema import DataConfig
+
+    signature = inspect.signature(TokenDataModule.__init__).parameters
+    params = set(signature) - {"self"}
+    assert {f.name for f in dataclasses.fields(DataConfig)} == params
+    for f in dataclasses.fields(DataConfig):
+        # interpolated: the model's context, the run's seed; num_workers None: task=train picks (GPU: 4, CPU: 0)
+        if f.name not in ("context_length", "seed", "num_workers"):
+            assert f.default == signature[f.name].default, f.name
     conf = Path(__file__).resolve().parents[1] / "conf" / "data"
-    for name in ("embedded.yaml", "text.yaml", "adjectives.yaml"):
-        cfg = yaml.safe_load((conf / name).read_text())
-        assert params - source_only <= set(cfg) <= params, name
-        assert cfg["context_length"] == "${model.context_length}"
-        assert cfg["seed"] == "${seed}"
+    for name in ("embedded", "text", "adjectives"):
+        overrides = [f"data={name}"] + (["data.path=corpus.txt"] if name == "text" else [])
+        cfg = builder.compose(overrides + ["model.context_length=77", "seed=5"])
+        assert set(cfg.data) == params, name
+        assert cfg.data.context_length == 77 and cfg.data.seed == 5 and cfg.data.source == name
+        written = yaml.safe_load((conf / f"{name}.yaml").read_text())
+        assert set(written) - {"defaults"} <= {"source", "path", "tokenizer"}, name
     assert yaml.safe_load((conf / "text.yaml").read_text())["path"] == "???"
-    assert set(yaml.safe_load((conf / "adjectives.yaml").read_text())) == params
 
 
 def _setup_in_child(args):

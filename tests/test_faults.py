@@ -140,8 +140,8 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
 
 def test_checkpoint_of_another_shape_lists_mismatched_tensors(tmp_path):
     import builder
-    from builder.checkpoint import load_state
     from builder.errors import ConfigError
+    from builder.model import load_state
 
     small = builder.build_model(builder.compose(["model.d_model=32", "model.n_heads=2"]).model)
     other = builder.build_model(builder.compose(["model.d_model=64", "model.n_heads=2"]).model)
@@ -182,7 +182,7 @@ def test_checkpoint_write_killed_midway_leaves_the_old_file(tmp_path):
     script.write_text(
         "import sys, torch\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from builder.callbacks import AtomicCheckpointIO\n"
+        "from builder.training.callbacks import AtomicCheckpointIO\n"
         "print('writing', flush=True)\n"
         f"AtomicCheckpointIO().save_checkpoint({{'global_step': 2, 'big': torch.zeros(400_000_000, dtype=torch.uint8)}},"
         f" {str(target)!r})\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -11,9 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import builder
-from builder import adjectives as A
-from builder.data import CharTokenizer, Corpus, TokenDataModule, WordTokenizer, tokenizer_from_dict
-from builder.heads import PATTERNS, best_heads, score_heads
+from builder.data import adjectives as A
+from builder.data.corpus import Corpus
+from builder.data.datamodule import TokenDataModule
+from builder.data.tokenizers import CharTokenizer, WordTokenizer, tokenizer_from_dict
+from builder.interp.heads import PATTERNS, best_heads, score_heads
 
 # ----------------------------------------------------------------------------- the adjectives language
 
@@ -263,7 +266,8 @@ def test_heads_task_on_a_tiny_adjectives_checkpoint(tmp_path):
         best = entries[0]
         name = f"best_{pattern}_L{best['layer']}_H{best['head']}.png"
         assert report["drawings"][pattern] == name and (heads_dir / name).stat().st_size > 0
-        assert f"{pattern:<16}    1 " in proc.stdout
+        # the printed table's first row for this pattern is this best head, with its score
+        assert re.search(rf"^{pattern} +1 +{best['layer']} +{best['head']} +{best['score']:.3f}$", proc.stdout, re.M)
     assert "heads.json" in proc.stdout
 
     proc = run_cli("task=heads", f"hydra.run.dir={tmp_path / 'none'}", env=env)
@@ -272,7 +276,7 @@ def test_heads_task_on_a_tiny_adjectives_checkpoint(tmp_path):
 
 
 def test_random_probes_stay_in_the_vocabulary_and_leave_the_global_rng_alone():
-    from builder.heads import random_ids
+    from builder.interp.heads import random_ids
 
     state = torch.get_rng_state()
     ids = random_ids(7, 3, 12, seed=1, distinct=True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import builder
-from builder.lit import LitGPT, lr_lambda, no_decay_names
+from builder.training.module import LitGPT, lr_lambda, no_decay_names
 
 TRAIN = {"lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 10, "weight_decay": 0.1, "betas": [0.9, 0.95], "eps": 1e-8,
          "fused_optimizer": True, "compile": False}
@@ -41,7 +41,7 @@ def test_no_weight_decay_on_biases_norms_embeddings():
 def test_fsdp_preset_wraps_each_block():
     from pytorch_lightning.strategies import FSDPStrategy
 
-    from builder.train import make_strategy
+    from builder.tasks.train import make_strategy
     from components import Block
 
     cfg = builder.compose(["trainer=fsdp"])

@@ -18,7 +18,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from builder import loggers as L
+from builder.training import loggers as L
 
 try:
     from wandb_offline import find_runs, isolate_wandb, load_table, metric, read_run, teardown_wandb
@@ -52,7 +52,7 @@ def no_wandb_auth(monkeypatch, tmp_path):
 
 
 def test_import_does_not_import_wandb():
-    code = "import sys, builder.loggers; print('wandb' in sys.modules)"
+    code = "import sys, builder.training.loggers; print('wandb' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

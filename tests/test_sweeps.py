@@ -157,8 +157,8 @@ def _compose_with_hydra(overrides: list[str]):
     from hydra.core.utils import setup_globals
 
     import builder  # noqa: F401  (registers the schema)
-    from builder.compose import CONF_DIR
-    from builder.schema import register_schemas
+    from builder.config.compose import CONF_DIR
+    from builder.config.schema import register_schemas
 
     register_schemas()
     setup_globals()  # the ${now:...} resolver
@@ -173,7 +173,7 @@ def test_every_experiment_composes(name):
     from omegaconf import OmegaConf
 
     import builder
-    from builder.compose import CONF_DIR
+    from builder.config.compose import CONF_DIR
 
     extra = ["data.path=/data/corpus"] if name == "gpt2_small_repro" else []
     cfg = builder.compose([f"experiment={name}", *extra])
@@ -244,7 +244,7 @@ def test_sweep_dirs_have_microseconds():
 
 def test_show_config_writes_the_resolved_config(tmp_path, monkeypatch):
     import builder
-    from builder.console import show_config
+    from builder.config.printing import show_config
 
     cfg = builder.compose(["model.context_length=64"])
     show_config(cfg, tmp_path, ["model.context_length=64"], print_tree=False)
@@ -259,7 +259,7 @@ def test_show_config_writes_the_resolved_config(tmp_path, monkeypatch):
 
 
 def test_compare_lists_failed_and_unfinished_jobs(tmp_path):
-    from builder.compare import compare_sweep
+    from builder.tasks.compare import compare_sweep
 
     def job(num, overrides, summary=None, failure=None, params=1000):
         d = tmp_path / str(num)
@@ -373,7 +373,7 @@ def test_multirun_with_ddp_launches_each_job_exactly_once(ddp_sweep):
     assert out.count("Starting with 2 processes") == 2 and out.count("Launching 2 jobs locally") == 1
     for job in jobs:
         assert (job / "checkpoints" / "last.ckpt").is_file()
-        assert (job / "run_ddp_process_1.log").is_file()  # the child ran in this job's directory
+        assert (job / "hydraformer_ddp_process_1.log").is_file()  # the child ran in this job's directory
         assert json.loads((job / "summary.json").read_text())["steps"] == 2
     assert [r["status"] for r in rows(sweep)] == ["ok", "ok"]
 

@@ -1,15 +1,33 @@
-"""What ``run.py`` dispatches to: one function per ``task=``, and the error handling all share."""
+"""What ``run.py`` dispatches to: ``task=X`` runs ``builder/tasks/X.py``'s ``run``, with the error handling all share.
+
+Each task module is glue: it reads the config, calls the library one level down (``builder.report``,
+``builder.training``, ``builder.interp``, ``builder.checkpoint``) and prints where things went.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import json
+import math
 import os
 import shutil
 import sys
 from pathlib import Path
 
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from omegaconf import DictConfig, open_dict
+
 from components.registry import RegistryError, closest
 
-from .errors import ConfigError, DataError, NonFiniteLossError
+from ..config.cli import precheck_or_exit
+from ..config.printing import WRITTEN, show_config
+from ..config.schema import register_schemas
+from ..errors import ConfigError, DataError, NonFiniteLossError
+from .compare import record_failure
 
 # errors whose message is the whole story: shown as one paragraph, no traceback
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RegistryError, DataError, NonFiniteLossError)
@@ -22,58 +40,16 @@ class JobFailed(RuntimeError):
     exception back from the cluster; ConfigError's constructor does not survive unpickling)."""
 
 
-def _report(cfg, out_dir: Path, choices: dict) -> int:
-    from .report import run_report
-
-    return run_report(cfg, out_dir, model_name=choices.get("model"))
-
-
-def _train(cfg, out_dir: Path, choices: dict) -> int:
-    from .train import run_train
-
-    return run_train(cfg, out_dir, model_name=choices.get("model"))
+# task name -> the module whose ``run(cfg, out_dir[, model_name])`` does it. Imported when the task runs:
+# start-up (task=report must not pay for Lightning, wandb or matplotlib).
+TASKS = {name: f"{__name__}.{name}" for name in ("report", "train", "sample", "export", "attend", "heads", "compare")}
+TAKES_MODEL_NAME = ("report", "train")
 
 
-def _sample(cfg, out_dir: Path, choices: dict) -> int:
-    from .sample import run_sample
-
-    return run_sample(cfg, out_dir)
-
-
-def _attend(cfg, out_dir: Path, choices: dict) -> int:
-    from .attend import run_attend
-
-    return run_attend(cfg, out_dir)
-
-
-def _heads(cfg, out_dir: Path, choices: dict) -> int:
-    from .heads import run_heads
-
-    return run_heads(cfg, out_dir)
-
-
-def _export(cfg, out_dir: Path, choices: dict) -> int:
-    from .sample import run_export
-
-    return run_export(cfg, out_dir)
-
-
-def _compare(cfg, out_dir: Path, choices: dict) -> int:
-    from .compare import run_compare
-
-    return run_compare(cfg, out_dir)
-
-
-TASKS = {"report": _report, "train": _train, "sample": _sample, "export": _export, "attend": _attend, "heads": _heads,
-         "compare": _compare}
-
-
-def _discard_if_empty(out_dir: Path) -> None:
+def discard_if_empty(out_dir: Path) -> None:
     """A run that failed before writing anything leaves no directory behind (only Hydra's own files)."""
     if not out_dir.is_dir():
         return
-    from .console import WRITTEN
-
     ours = [p for p in out_dir.iterdir() if p.name != ".hydra" and p.name not in WRITTEN and not p.name.endswith(".log")]
     if not ours:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -81,9 +57,6 @@ def _discard_if_empty(out_dir: Path) -> None:
 
 def _train_metric(out_dir: Path) -> float:
     """What a sweeper optimises: the run's best val/loss (else its last), NaN when there is none."""
-    import json
-    import math
-
     try:
         summary = json.loads((out_dir / "summary.json").read_text())
     except (OSError, ValueError):
@@ -95,8 +68,6 @@ def _train_metric(out_dir: Path) -> float:
 
 def _name_wandb_run(cfg, hc) -> None:
     """In a multirun, each job's wandb run joins the sweep's group (unless logger.wandb.group is set)."""
-    from omegaconf import open_dict
-
     wandb_cfg = cfg.get("logger", {}).get("wandb") if cfg.get("logger") else None
     if not wandb_cfg:
         return
@@ -113,8 +84,6 @@ def _name_wandb_run(cfg, hc) -> None:
 
 def _fixed_keys(argv: list[str]) -> set[str]:
     """Keys the command line sets to one value (not a sweep): the same in every job of the sweep."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     args = [a for a in argv if "=" in a and not a.startswith("-")]
     try:
         parsed = OverridesParser.create().parse_overrides(args)
@@ -136,12 +105,6 @@ def run_task(cfg):
     multirun, where the job fails (``failure.json`` in its directory, the exception to Hydra) and the sweep
     goes on with the next job.
     """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from .console import show_config
-    from .launch import job_scope
-
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -150,11 +113,19 @@ def run_task(cfg):
     show_config(cfg, out_dir, list(hc.overrides.task))
     failed = True
     try:
-        with job_scope(active=multirun):
+        if multirun:  # start-up: the launcher module imports Lightning, which only a multirun job may need here
+            from ..training.launch import job_scope
+
+            scope = job_scope()
+        else:
+            scope = contextlib.nullcontext()
+        with scope:
             try:
                 if cfg.task not in TASKS:
                     raise ConfigError("task", cfg.task, f"one of {', '.join(sorted(TASKS))}{closest(cfg.task, TASKS)}")
-                code = TASKS[cfg.task](cfg, out_dir, dict(hc.runtime.choices))
+                task = importlib.import_module(TASKS[cfg.task])
+                extra = (hc.runtime.choices.get("model"),) if cfg.task in TAKES_MODEL_NAME else ()
+                code = task.run(cfg, out_dir, *extra)
                 if code and multirun:
                     raise RuntimeError(f"task={cfg.task} ended with exit status {code}")
             except USER_ERRORS as err:
@@ -166,7 +137,7 @@ def run_task(cfg):
                 print(f"Error: {err}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
                 if multirun:
                     raise JobFailed(str(err)) from None
-                _discard_if_empty(out_dir)
+                discard_if_empty(out_dir)
                 sys.exit(2)
             except Exception as err:
                 if multirun:
@@ -181,9 +152,21 @@ def run_task(cfg):
 
 
 def _record_failure(out_dir: Path, err: BaseException) -> None:
-    from .compare import record_failure
-
     try:
         record_failure(out_dir, err)
     except OSError:
         pass
+
+
+register_schemas()
+
+
+@hydra.main(config_path="pkg://conf", config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig):
+    return run_task(cfg)
+
+
+def main() -> None:
+    """The ``hydraformer`` command (and ``python run.py``): check the command line, compose, run the task."""
+    precheck_or_exit(TASKS)
+    _hydra_main()

@@ -1,4 +1,4 @@
-"""task=attend: every picture of the lecture for one phrase, from a checkpoint or a GPT-2 directory."""
+"""Every picture of the lecture for one phrase: the patterns grid, single heads, the steps, the page."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 
-from .capture import capture_attention
-from .errors import ConfigError
-
-LECTURE_PHRASE = "a fluffy blue creature roamed the verdant forest"
+from ..errors import ConfigError
+from ..generate import encode_prompt
+from .capture import head_mask, record
+from .page import write_attention_html
+from .plots import draw_head, draw_patterns, draw_steps
 
 
 def pick(values, available: int, key: str) -> list[int]:
@@ -29,8 +30,6 @@ def token_strings(tokenizer, ids: list[int]) -> list[str]:
 
 
 def encode_text(tokenizer, text: str, model) -> torch.Tensor:
-    from .sample import encode_prompt
-
     ids = encode_prompt(tokenizer, text, key="text") if tokenizer is not None else None
     if ids is None:
         raise ConfigError("checkpoint", None, "a model that carries its tokenizer, to turn text into tokens")
@@ -40,23 +39,9 @@ def encode_text(tokenizer, text: str, model) -> torch.Tensor:
     return torch.tensor([ids])
 
 
-def record(model, ids: torch.Tensor):
-    with torch.no_grad(), capture_attention(model) as rec:
-        model(ids)
-    return rec
-
-
-def head_mask(rec, layer: int, t: int):
-    m = rec.mask(layer)
-    return torch.ones(t, t, dtype=torch.bool) if m is None else m[0, 0]
-
-
 def write_attention_pictures(model, tokenizer, text: str, out_dir: Path, layers=None, heads=None,
                              title: str = "") -> dict:
     """patterns.png, head_L*_H*.png, steps_L*_H*.png and attention.html for ``text``; returns their paths."""
-    from .attend_plots import draw_head, draw_patterns, draw_steps
-    from .attention_html import write_attention_html
-
     out_dir = Path(out_dir)
     ids = encode_text(tokenizer, text, model)
     tokens = token_strings(tokenizer, ids[0].tolist())
@@ -86,19 +71,3 @@ def write_attention_pictures(model, tokenizer, text: str, out_dir: Path, layers=
     files["html"] = write_attention_html(out_dir / "attention.html", tokens, patterns.numpy(), masks.numpy(),
                                          title=f"{title} — {text}", layer_ids=chosen_layers, head_ids=chosen_heads)
     return files
-
-
-def run_attend(cfg, out_dir: Path) -> int:
-    from .checkpoint import load_model
-
-    if not cfg.checkpoint:
-        raise ConfigError("checkpoint", None, "a checkpoint, export or GPT-2 directory: "
-                          "python run.py task=attend checkpoint=PATH text='...'")
-    model, tokenizer, _ = load_model(cfg.checkpoint)
-    files = write_attention_pictures(model, tokenizer, cfg.text, out_dir, cfg.layers, cfg.heads,
-                                     title=Path(str(cfg.checkpoint)).name)
-    print(f"attention of {len(model.blocks)} layers x {model.blocks[0].attention.n_heads} heads on {cfg.text!r}:")
-    print(f"  {files['patterns']}\n  {files['steps']}\n  {files['html']}")
-    for p in files["heads"]:
-        print(f"  {p}")
-    return 0

@@ -80,3 +80,23 @@ def capture_attention(model: nn.Module):
     finally:
         for m, prev in zip(modules, previous):
             m.recorder = prev
+
+
+def record(model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> AttentionRecord:
+    """Run ``model`` once on ``ids`` (moved to the model's device) in eval mode without gradients, and return
+    what every head did; the model's training mode is put back, whatever happens."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), capture_attention(model) as rec:
+            model(ids.to(device), attention_mask=None if attention_mask is None else attention_mask.to(device))
+    finally:
+        model.train(was_training)
+    return rec
+
+
+def head_mask(rec: AttentionRecord, layer: int, t: int) -> torch.Tensor:
+    """Layer ``layer``'s mask for the first row as ``[T, T]`` booleans on the CPU (all True when unmasked)."""
+    m = rec.mask(layer)
+    return torch.ones(t, t, dtype=torch.bool) if m is None else m[0, 0].cpu()

@@ -20,8 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.markup import escape
+from rich.syntax import Syntax
+from rich.tree import Tree
 
-# the files show_config writes (a failed run that wrote nothing else leaves no directory: tasks._discard_if_empty)
+from ..files import atomic_write
+
+# the files show_config writes (a failed run that wrote nothing else leaves no directory: builder.tasks.discard_if_empty)
 WRITTEN = ("config.yaml", "config_tree.txt")
 _RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
 
@@ -47,9 +53,6 @@ def resolved(cfg: DictConfig) -> tuple[dict, str | None]:
 
 def config_tree(config: dict, title: str = "config"):
     """A rich Tree: one branch per top-level section (its YAML), one leaf per top-level value."""
-    from rich.syntax import Syntax
-    from rich.tree import Tree
-
     tree = Tree(f"[bold]{title}[/bold]", guide_style="dim")
     for key, value in config.items():
         if isinstance(value, dict) and value:
@@ -62,8 +65,6 @@ def config_tree(config: dict, title: str = "config"):
 
 
 def _scalar(value: Any) -> str:
-    from rich.markup import escape
-
     if value is None:
         return "null"
     return escape(json.dumps(value) if isinstance(value, (list, dict)) else str(value))
@@ -78,8 +79,6 @@ def _header(overrides: list[str], note: str | None) -> str:
 
 
 def render_text(tree, width: int = 110) -> str:
-    from rich.console import Console
-
     buf = io.StringIO()
     Console(file=buf, width=width, color_system=None, force_terminal=False, soft_wrap=False).print(tree)
     return buf.getvalue()
@@ -98,12 +97,8 @@ def show_config(cfg: DictConfig, out_dir: str | os.PathLike | None = None, overr
         overrides = list(overrides or [])
         tree = config_tree(config)
         if print_tree:
-            from rich.console import Console
-
             Console(stderr=True, soft_wrap=False).print(tree)
         if out_dir is not None:
-            from .io import atomic_write
-
             out = Path(out_dir)
             header = _header(overrides, note)
             atomic_write(out / "config.yaml", header + OmegaConf.to_yaml(OmegaConf.create(config)))

@@ -2,27 +2,23 @@
 score grid before and after the mask, the softmax, and the size of each head's update.
 
 Masked cells are drawn grey and hatched, so they never look like cells that merely got ~0 weight.
+Everything is drawn on ``matplotlib.figure.Figure`` objects: no backend is chosen, so notebooks keep theirs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
+from matplotlib.collections import PatchCollection
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-from .io import atomic_path
+from ..files import atomic_path
 
 MASKED_COLOR = "#d9d9d9"
 MASKED_EDGE = "#8c8c8c"  # the hatch lines over masked cells
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _np(x):
@@ -46,9 +42,6 @@ def token_labels(tokens: list[str]) -> list[str]:
 def masked_hatching(masked: np.ndarray):
     """Hatching over exactly the masked cells: one rectangle per run of masked cells in a row, edges on
     the cell edges (imshow puts cell (i, j) at [j - 0.5, j + 0.5] x [i - 0.5, i + 0.5])."""
-    from matplotlib.collections import PatchCollection
-    from matplotlib.patches import Rectangle
-
     rects = []
     for i, row in enumerate(masked):
         edges = np.flatnonzero(np.diff(np.concatenate(([0], row.astype(np.int8), [0]))))
@@ -58,10 +51,9 @@ def masked_hatching(masked: np.ndarray):
 
 
 def _heatmap(ax, grid, mask, tokens, cmap="Blues", vmin=None, vmax=None, values=False, fontsize=7, axis_labels=True):
-    plt = _plt()
     grid = np.asarray(grid, dtype=float)
     shown = np.ma.masked_where(~mask, grid) if mask is not None else np.ma.masked_invalid(grid)
-    colormap = plt.get_cmap(cmap).copy()
+    colormap = matplotlib.colormaps[cmap].copy()
     colormap.set_bad(MASKED_COLOR)
     im = ax.imshow(shown, cmap=colormap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="equal")
     t = grid.shape[0]
@@ -91,12 +83,12 @@ def _heatmap(ax, grid, mask, tokens, cmap="Blues", vmin=None, vmax=None, values=
 
 def draw_head(path, tokens: list[str], pattern, mask=None, title: str = "") -> Path:
     """One head's pattern ``[T, T]`` (rows: queries, columns: keys), values printed when T is small."""
-    plt = _plt()
     pattern, mask = _np(pattern), _np(mask)
     mask = None if mask is None else mask.astype(bool)
     t = pattern.shape[0]
     size = min(14, max(4, 0.45 * t + 2))
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.subplots()
     im = _heatmap(ax, pattern, mask, tokens, vmin=0, vmax=1, values=True)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="attention weight (softmax)")
     ax.set_title(title + "\ngrey hatched = masked (not allowed), white = allowed but ~0 weight", fontsize=9)
@@ -106,7 +98,6 @@ def draw_head(path, tokens: list[str], pattern, mask=None, title: str = "") -> P
 def draw_patterns(path, tokens: list[str], patterns, masks=None, layer_ids=None, head_ids=None,
                   title: str = "") -> Path:
     """A grid, layers × heads, each cell one head's pattern ``patterns[l, h]`` with tokens on both axes."""
-    plt = _plt()
     patterns = _np(patterns)
     n_layers, n_heads, t, _ = patterns.shape
     masks = None if masks is None else _np(masks).astype(bool).reshape(n_layers, t, t)
@@ -114,7 +105,8 @@ def draw_patterns(path, tokens: list[str], patterns, masks=None, layer_ids=None,
     head_ids = list(head_ids) if head_ids is not None else list(range(n_heads))
     labelled = t <= 24
     cell = 2.6 if labelled else 1.8
-    fig, axes = plt.subplots(n_layers, n_heads, figsize=(cell * n_heads + 1, cell * n_layers + 1), squeeze=False)
+    fig = Figure(figsize=(cell * n_heads + 1, cell * n_layers + 1))
+    axes = fig.subplots(n_layers, n_heads, squeeze=False)
     for i in range(n_layers):
         for j in range(n_heads):
             ax = axes[i][j]
@@ -127,12 +119,12 @@ def draw_patterns(path, tokens: list[str], patterns, masks=None, layer_ids=None,
 
 def draw_steps(path, tokens: list[str], scores, mask, pattern, update_norms, title: str = "") -> Path:
     """The lecture's steps for one head: q·k scores → after the mask → softmax → size of each token's update."""
-    plt = _plt()
     scores, pattern, update_norms = _np(scores), _np(pattern), _np(update_norms)
     mask = None if mask is None else _np(mask).astype(bool)
     t = scores.shape[0]
     size = min(7, max(3.2, 0.3 * t + 1.5))
-    fig, axes = plt.subplots(1, 4, figsize=(4 * size + 2, size + 1.2), gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
+    fig = Figure(figsize=(4 * size + 2, size + 1.2))
+    axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
     lim = float(np.abs(scores).max()) or 1.0
     _heatmap(axes[0], scores, None, tokens, cmap="RdBu_r", vmin=-lim, vmax=lim, values=t <= 10, fontsize=6)
     axes[0].set_title("1. query · key / sqrt(d_head)", fontsize=9)
@@ -149,11 +141,9 @@ def draw_steps(path, tokens: list[str], scores, mask, pattern, update_norms, tit
     return _save(fig, path)
 
 
-def _save(fig, path) -> Path:
-    plt = _plt()
+def _save(fig: Figure, path) -> Path:
     path = Path(path)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
     return path

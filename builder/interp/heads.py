@@ -18,13 +18,15 @@ Patterns (each score is a mean attention weight, so it lies in [0, 1]):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from .capture import capture_attention
+from ..data.adjectives import LECTURE_SENTENCE, generate
+from ..tables import table
+from .capture import head_mask, record
+from .plots import draw_head
 
 PATTERNS = ("adjective_noun", "previous_token", "first_token", "induction")
 PROBE_SEED = 1234
@@ -114,14 +116,7 @@ def random_ids(vocab_size: int, rows: int, length: int, seed: int, distinct: boo
 
 def _patterns(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Every head's pattern: ``[L, B, H, T, T]``."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), capture_attention(model) as rec:
-            model(ids.to(device), attention_mask=None if attention_mask is None else attention_mask.to(device))
-    finally:
-        model.train(was_training)
+    rec = record(model, ids, attention_mask)
     return torch.stack([rec.pattern(layer).float().cpu() for layer in range(len(model.blocks))])
 
 
@@ -147,8 +142,6 @@ def score_heads(model, tokenizer, probes: Sequence | None = None) -> dict:
     ``probes``: the adjectives-language sentences (``builder.adjectives.Sentence``) for ``adjective_noun``;
     default ``generate(200, seed=1234)``. The other patterns use seeded random token ids.
     """
-    from .adjectives import generate
-
     context = _context(model)
     vocab = _vocab_size(model)
     out: dict = {}
@@ -198,8 +191,6 @@ def best_heads(scores: dict, k: int = 1) -> dict[str, list[dict]]:
 
 def drawing_probe(pattern: str, model, tokenizer) -> torch.Tensor:
     """``[1, T]`` ids to draw ``pattern``'s best head on: a probe of the kind the score was measured on."""
-    from .adjectives import LECTURE_SENTENCE, generate
-
     vocab = _vocab_size(model)
     if pattern == "adjective_noun":
         candidates = [LECTURE_SENTENCE.split()] + [s.words for s in generate(N_PROBE_SENTENCES, seed=PROBE_SEED)]
@@ -218,58 +209,28 @@ def drawing_probe(pattern: str, model, tokenizer) -> torch.Tensor:
 
 def draw_best(model, tokenizer, scores: dict, out_dir: Path) -> dict[str, str]:
     """``best_{pattern}_L{l}_H{h}.png`` for the best head of each scored pattern; returns pattern → file name."""
-    from .attend_plots import draw_head
-
     drawn = {}
-    device = next(model.parameters()).device
     for pattern, (best,) in best_heads(scores, 1).items():
         ids = drawing_probe(pattern, model, tokenizer)
         layer, head = best["layer"], best["head"]
-        was_training = model.training
-        model.eval()
-        with torch.no_grad(), capture_attention(model) as rec:
-            model(ids.to(device))
-        model.train(was_training)
-        mask = rec.mask(layer)
+        rec = record(model, ids)
         tokens = ([tokenizer.decode([int(i)]) for i in ids[0]] if tokenizer is not None
                   else [str(int(i)) for i in ids[0]])
         name = f"best_{pattern}_L{layer}_H{head}.png"
         draw_head(Path(out_dir) / name, tokens, rec.pattern(layer)[0, head].float().cpu(),
-                  None if mask is None else mask[0, 0].cpu(),
+                  head_mask(rec, layer, ids.shape[1]),
                   f"{pattern}: layer {layer} head {head} (score {best['score']:.3f})")
         drawn[pattern] = name
     return drawn
 
 
 def format_table(scores: dict, k: int = 3) -> str:
-    lines = [f"{'pattern':<16} {'rank':>4} {'layer':>5} {'head':>4} {'score':>7}"]
+    """The ``k`` best heads of each pattern as a text table (a skipped pattern says why)."""
+    rows = []
     for pattern in PATTERNS:
         entries = scores.get(pattern) or []
         if not entries:
-            lines.append(f"{pattern:<16} skipped: {scores.get('skipped', {}).get(pattern, 'no heads')}")
-        for rank, e in enumerate(entries[:k], 1):
-            lines.append(f"{pattern:<16} {rank:>4} {e['layer']:>5} {e['head']:>4} {e['score']:>7.3f}")
-    return "\n".join(lines)
-
-
-def run_heads(cfg, out_dir: Path) -> int:
-    from .checkpoint import load_model
-    from .errors import ConfigError
-    from .io import atomic_write
-
-    checkpoint = cfg.get("checkpoint")
-    if checkpoint in (None, ""):
-        raise ConfigError("checkpoint", checkpoint, "a checkpoint written by task=train or an export directory "
-                          "(checkpoint=outputs/.../checkpoints/last.ckpt)")
-    model, tokenizer, _ = load_model(checkpoint)
-    scores = score_heads(model, tokenizer)
-    out_dir = Path(out_dir)
-    drawings = draw_best(model, tokenizer, scores, out_dir)
-    report = {"checkpoint": str(checkpoint), "patterns": {p: scores[p] for p in PATTERNS},
-              "skipped": scores["skipped"], "drawings": drawings}
-    atomic_write(out_dir / "heads.json", json.dumps(report, indent=2) + "\n")
-    print(format_table(scores))
-    print(f"\n  scores   : {out_dir / 'heads.json'}")
-    for pattern, name in drawings.items():
-        print(f"  {pattern:<16}: {out_dir / name}")
-    return 0
+            reason = scores.get("skipped", {}).get(pattern, "no heads")
+            rows.append([pattern, "skipped", "", "", reason])
+        rows += [[pattern, rank, e["layer"], e["head"], f"{e['score']:.3f}"] for rank, e in enumerate(entries[:k], 1)]
+    return table(["pattern", "rank", "layer", "head", "score"], rows, align="lrrrr")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from components.registry import closest
 
+from ..errors import ConfigError
 from .compose import CONF_DIR
-from .errors import ConfigError
 
 
 def _options(group_dir: Path) -> list[str]:
@@ -53,11 +53,11 @@ def check_overrides(args: list[str], conf_dir: Path = CONF_DIR, tasks=None) -> N
                 raise ConfigError(key, v, f"one of {', '.join(options)}{closest(v, options)}")
 
 
-def precheck_or_exit(args: list[str] | None = None) -> None:
-    from .tasks import TASKS
-
+def precheck_or_exit(tasks, args: list[str] | None = None) -> None:
+    """Check the command line (``sys.argv`` unless ``args``) against the config tree and ``tasks``; a mistake
+    is one paragraph on stderr and exit status 2."""
     try:
-        check_overrides(sys.argv[1:] if args is None else args, tasks=TASKS)
+        check_overrides(sys.argv[1:] if args is None else args, tasks=tasks)
     except ConfigError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

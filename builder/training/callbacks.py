@@ -8,9 +8,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from .io import atomic_path
-from .sample import encode_prompt, generate
+from ..files import atomic_path
+from ..generate import encode_prompt, generate
+from ..interp.capture import head_mask, record
+from ..interp.plots import draw_patterns
+from .loggers import log_image, log_text
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -57,8 +61,6 @@ class SampleText(pl.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(f"--- step {step} ---\n{text}\n\n")
-        from .loggers import log_text
-
         log_text(trainer.loggers, "samples", ["step", "prompt", "text"], self.rows, step=step)
 
 
@@ -77,23 +79,13 @@ class AttentionProbe(pl.Callback):
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
-        from .attend_plots import draw_patterns
-        from .capture import capture_attention
-        from .loggers import log_image
-
         model = pl_module.model
-        was_training = model.training
-        model.eval()
-        ids = torch.tensor([self.ids[-model.context_length:] if model.context_length else self.ids],
-                           device=pl_module.device)
-        with torch.no_grad(), capture_attention(model) as rec:
-            model(ids)
-        model.train(was_training)
+        ids = torch.tensor([self.ids[-model.context_length:] if model.context_length else self.ids])
+        rec = record(model, ids)
         n = len(model.blocks)
         t = ids.shape[1]
         patterns = torch.stack([rec.pattern(layer)[0] for layer in range(n)]).float().cpu()
-        masks = torch.stack([rec.mask(layer)[0, 0] if rec.mask(layer) is not None
-                             else torch.ones(t, t, dtype=torch.bool) for layer in range(n)]).cpu()
+        masks = torch.stack([head_mask(rec, layer, t) for layer in range(n)])
         step = trainer.global_step
         path = draw_patterns(self.out_dir / "attention" / f"patterns_step{step}.png", self.tokens[-t:], patterns, masks,
                              title=f"step {step}: {self.text!r}")
@@ -111,8 +103,6 @@ class SaveOnInterrupt(pl.Callback):
         self.saved: Path | None = None
 
     def on_exception(self, trainer, pl_module, exception):
-        from pytorch_lightning.utilities.exceptions import SIGTERMException
-
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or trainer.global_step == 0:
             return
         trainer.save_checkpoint(self.path)

@@ -9,26 +9,31 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
+from pytorch_lightning.strategies import FSDPStrategy
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
-from .budget import parameter_budget
-from .errors import ConfigError
-from .model import resolve
+from components import Block
+
+from ..budget import parameter_budget
+from ..config.compose import to_plain
+from ..data.datamodule import TokenDataModule
+from ..errors import ConfigError
+from ..files import atomic_write
+from ..model import resolve
+from ..report import write_budget_files
+from ..training.callbacks import AtomicCheckpointIO, AttentionProbe, SampleText, SaveOnInterrupt
+from ..training.launch import for_this_job
+from ..training.loggers import finish_wandb, log_image, log_table, make_loggers_from_config, wandb_run_dir
+from ..training.module import LitGPT
+from ..training.throughput import ThroughputMonitor, peak_flops
 
 # Lightning 2.6 builds torch's deprecated LeafSpec on every batch; torch 2.13 warns about it each run.
 # Not ours to fix, and it buries the run's own output.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 
-def plain(cfg) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
 def make_datamodule(cfg):
-    from .data import TokenDataModule
-
-    data = plain(cfg.data)
+    data = to_plain(cfg.data)
     if data.get("num_workers") is None:
         data["num_workers"] = 4 if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else 0
     return TokenDataModule(**data)
@@ -55,38 +60,23 @@ def find_checkpoint(ckpt_path: str | None, out_dir: Path) -> str | None:
 def make_strategy(trainer_kwargs: dict, checkpoint_io):
     strategy = trainer_kwargs.get("strategy", "auto")
     if strategy == "fsdp":
-        from pytorch_lightning.strategies import FSDPStrategy
-
-        from components import Block
-
         return FSDPStrategy(auto_wrap_policy={Block}, sharding_strategy="FULL_SHARD", checkpoint_io=checkpoint_io)
     return strategy
 
 
 @rank_zero_only
 def write_budget(budget: dict, out_dir: Path, loggers) -> None:
-    from .io import atomic_write
-    from .loggers import log_image, log_table
-    from .report import draw_chart, preset_shares, render
-
-    atomic_write(out_dir / "budget.json", json.dumps(budget, indent=2) + "\n")
-    atomic_write(out_dir / "budget.md", "# Parameter budget\n\n" + render(budget, markdown=True) + "\n")
-    draw_chart([budget], preset_shares(), out_dir / "budget.png")
+    write_budget_files([budget], out_dir)
     rows = [[g, v["weight"], v["bias"], v["total"], v["total"] / budget["total_params"]] for g, v in budget["groups"].items()]
     log_table(loggers, "budget/groups", ["group", "weights", "biases", "total", "share"], rows)
     log_image(loggers, "budget/chart", out_dir / "budget.png")
 
 
-def run_train(cfg, out_dir: Path, model_name: str | None = None) -> int:
-    from .callbacks import AtomicCheckpointIO, AttentionProbe, SampleText, SaveOnInterrupt
-    from .lit import LitGPT
-    from .loggers import finish_wandb, make_loggers_from_config, wandb_run_dir
-    from .perf import ThroughputMonitor, peak_flops
-
+def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
     out_dir = Path(out_dir)
     started = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    model_cfg = plain(cfg.model)
+    model_cfg = to_plain(cfg.model)
     resolve(model_cfg)  # a bad model config fails before any data is read
     dm = make_datamodule(cfg)
     dm.setup("fit")
@@ -94,8 +84,8 @@ def run_train(cfg, out_dir: Path, model_name: str | None = None) -> int:
         rank_zero_info(f"model.vocab_size: {model_cfg['vocab_size']} -> {dm.vocab_size} (the tokenizer's)")
         model_cfg["vocab_size"] = dm.vocab_size
     budget = parameter_budget(model_cfg, model_name)
-    trainer_kwargs = plain(cfg.trainer)
-    train_cfg = plain(cfg.train)
+    trainer_kwargs = to_plain(cfg.trainer)
+    train_cfg = to_plain(cfg.train)
     total_steps = train_cfg["total_steps"] or trainer_kwargs.get("max_steps") or 1000
     ckpt_path = find_checkpoint(cfg.ckpt_path, out_dir)
 
@@ -105,7 +95,7 @@ def run_train(cfg, out_dir: Path, model_name: str | None = None) -> int:
     probe = AttentionProbe(dm.tokenizer, out_dir, train_cfg["probe_text"]) if train_cfg["probe_text"] else None
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same init whatever the data step drew
     module = LitGPT(model_cfg, train_cfg, dm.tokenizer.to_dict(), total_steps)
-    loggers = make_loggers_from_config(plain(cfg.logger) if cfg.logger else {}, out_dir, config=plain(cfg))
+    loggers = make_loggers_from_config(to_plain(cfg.logger) if cfg.logger else {}, out_dir, config=to_plain(cfg))
     peak, peak_source = peak_flops(trainer_kwargs.get("precision", "32"), train_cfg["peak_flops"])
     throughput = ThroughputMonitor(budget["flops_per_token"]["training"], peak, train_cfg["throughput_window"])
     ckpt_dir = out_dir / "checkpoints"
@@ -123,12 +113,10 @@ def run_train(cfg, out_dir: Path, model_name: str | None = None) -> int:
     checkpoint_io = AtomicCheckpointIO()
     strategy = make_strategy(trainer_kwargs, checkpoint_io)
     trainer_kwargs["strategy"] = strategy
-    # the data module shards its own sampler (builder/data.py EpochSampler): exact DDP = bigger batch
+    # the data module shards its own sampler (builder/data/windows.py EpochSampler): exact DDP = bigger batch
     trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out_dir), callbacks=callbacks, logger=loggers or False,
                          plugins=[checkpoint_io] if isinstance(strategy, str) else None, use_distributed_sampler=False)
-    from .launch import for_this_job
-
-    for_this_job(trainer)  # multirun + DDP: the extra processes run this job only (builder/launch.py)
+    for_this_job(trainer)  # multirun + DDP: the extra processes run this job only (builder/training/launch.py)
     if trainer.is_global_zero:
         write_budget(budget, out_dir, loggers)
         rank_zero_info(f"peak for perf/mfu: {peak / 1e12:.3f} TFLOP/s ({peak_source})")
@@ -150,8 +138,6 @@ def run_train(cfg, out_dir: Path, model_name: str | None = None) -> int:
             "attention": [str(p) for p in probe.paths] if probe else [],
             "wandb": wandb_run_dir(loggers),
         }
-        from .io import atomic_write
-
         atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         print_summary(summary)
     finish_wandb()

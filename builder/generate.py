@@ -1,10 +1,12 @@
-"""Text generation with a KV cache, and task=sample / task=export."""
+"""Text generation with a KV cache, and turning a prompt into token ids with a clear error."""
 
 from __future__ import annotations
 
 import torch
 
 from components import KVCache
+
+from .errors import ConfigError
 
 
 @torch.no_grad()
@@ -45,8 +47,6 @@ def generate(model, ids: torch.Tensor, max_new_tokens: int, temperature: float =
 
 
 def encode_prompt(tokenizer, prompt: str, key: str = "prompt") -> list[int]:
-    from .errors import ConfigError
-
     try:
         ids = tokenizer.encode(prompt)
     except (ValueError, KeyError) as err:
@@ -54,38 +54,3 @@ def encode_prompt(tokenizer, prompt: str, key: str = "prompt") -> list[int]:
     if not ids:
         raise ConfigError(key, prompt, "a prompt of at least one token")
     return ids
-
-
-def run_sample(cfg, out_dir) -> int:
-    from pathlib import Path
-
-    from .checkpoint import load_model
-    from .errors import ConfigError
-    from .io import atomic_write
-
-    if not cfg.checkpoint:
-        raise ConfigError("checkpoint", None, "a checkpoint path: python run.py task=sample checkpoint=PATH")
-    model, tokenizer, _ = load_model(cfg.checkpoint)
-    if tokenizer is None:
-        raise ConfigError("checkpoint", cfg.checkpoint, "a checkpoint that carries its tokenizer")
-    ids = torch.tensor([encode_prompt(tokenizer, cfg.prompt)])
-    limit = model.context_length
-    if limit and ids.shape[1] > limit:
-        raise ConfigError("prompt", f"<{ids.shape[1]} tokens>", f"at most model.context_length={limit} tokens")
-    gen = torch.Generator().manual_seed(int(cfg.seed))
-    out = generate(model, ids, int(cfg.max_new_tokens), float(cfg.temperature), cfg.top_k, generator=gen)
-    text = tokenizer.decode(out[0].tolist())
-    print(text)
-    atomic_write(Path(out_dir) / "sample.txt", text + "\n")
-    return 0
-
-
-def run_export(cfg, out_dir) -> int:
-    from .checkpoint import export_model
-    from .errors import ConfigError
-
-    if not cfg.checkpoint:
-        raise ConfigError("checkpoint", None, "a checkpoint path: python run.py task=export checkpoint=PATH")
-    dest = export_model(cfg.checkpoint, out_dir)
-    print(f"exported to {dest} (model.safetensors + hydraformer.json)")
-    return 0

@@ -11,10 +11,12 @@ import math
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.strategies import FSDPStrategy
 from torch import nn
 
-from .errors import NonFiniteLossError
-from .model import build_model
+from ..config.compose import to_plain
+from ..errors import NonFiniteLossError
+from ..model import build_model
 
 
 def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -121,8 +123,6 @@ class LitGPT(pl.LightningModule):
         return self._trainer is not None and getattr(self._trainer.strategy.precision_plugin, "scaler", None) is not None
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        from pytorch_lightning.strategies import FSDPStrategy
-
         if not gradient_clip_val:
             return
         algorithm = str(gradient_clip_algorithm or "norm").split(".")[-1].lower()
@@ -141,12 +141,4 @@ class LitGPT(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # plain containers only: weights_only=True must be able to load every checkpoint
-        checkpoint["hyper_parameters"] = _plain(dict(self.hparams))
-
-
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
+        checkpoint["hyper_parameters"] = to_plain(dict(self.hparams))

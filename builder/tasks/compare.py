@@ -26,9 +26,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 
-from .errors import ConfigError
+from ..config.printing import is_rank_zero
+from ..errors import ConfigError
+from ..files import atomic_path, atomic_write
+from ..tables import table
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +68,6 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _read_overrides(job: Path) -> list[str]:
-    import yaml
-
     try:
         items = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
     except (OSError, yaml.YAMLError):
@@ -72,8 +76,6 @@ def _read_overrides(job: Path) -> list[str]:
 
 
 def _task(job: Path) -> str:
-    import yaml
-
     try:
         return str((yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}).get("task", "train"))
     except (OSError, yaml.YAMLError, AttributeError):
@@ -165,10 +167,6 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def to_markdown(rows: list[dict], sweep_dir: Path) -> str:
     best = best_row(rows)
     failed = [r for r in rows if r["status"] != "ok"]
@@ -182,26 +180,24 @@ def to_markdown(rows: list[dict], sweep_dir: Path) -> str:
     common = [o for o in (rows[0]["overrides"] if rows else []) if all(o in r["overrides"] for r in rows)]
     if common and len(rows) > 1:
         lines += ["", "Every job: " + " ".join(f"`{o}`" for o in common)]
-    lines += ["", "| job | status | overrides | parameters | attention share | best val/loss | tokens/s | steps "
-              "| wall time (s) |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows_out = []
     for r in rows:
         mark = " **(best)**" if r is best else ""
         own = [o for o in r["overrides"] if o not in common] if len(rows) > 1 else r["overrides"]
-        lines.append("| " + " | ".join(_cell(c) for c in [
-            r["job"], r["status"] + mark, " ".join(f"`{o}`" for o in own) or "(none)",
-            _fmt(r["params"], ","), _fmt(r["attention_share"], ".1%"), _fmt(_finite(r["best_val_loss"]), ".4f"),
-            _fmt(r["tokens_per_s"], ",.0f"), _fmt(r["steps"], "d"), _fmt(r["wall_time_s"], ".1f")]) + " |")
+        rows_out.append([r["job"], r["status"] + mark, " ".join(f"`{o}`" for o in own) or "(none)",
+                         _fmt(r["params"], ","), _fmt(r["attention_share"], ".1%"), _fmt(_finite(r["best_val_loss"]), ".4f"),
+                         _fmt(r["tokens_per_s"], ",.0f"), _fmt(r["steps"], "d"), _fmt(r["wall_time_s"], ".1f")])
+    lines += ["", table(["job", "status", "overrides", "parameters", "attention share", "best val/loss", "tokens/s", "steps",
+                         "wall time (s)"], rows_out, markdown=True, align="lllrrrrrr")]
     if failed:
         lines += ["", "## Failed jobs", ""]
-        lines += [f"- job {r['job']} (`{r['label']}`): {_cell(r['error'])}" for r in failed]
+        lines += [f"- job {r['job']} (`{r['label']}`): {' '.join(str(r['error']).split())}" for r in failed]
     return "\n".join(lines) + "\n"
 
 
 def draw(rows: list[dict], path: Path, title: str) -> None:
     """val/loss against parameters, one labelled point per successful job (a bar per job when all have one size)."""
-    from matplotlib.figure import Figure
-
-    from .io import atomic_path
+    from matplotlib.figure import Figure  # start-up: matplotlib only when a sweep is drawn
 
     ok = [r for r in rows if r["status"] == "ok" and _finite(r["best_val_loss"]) is not None and r["params"]]
     fig = Figure(figsize=(8, 5), dpi=110, layout="constrained")
@@ -234,8 +230,6 @@ def draw(rows: list[dict], path: Path, title: str) -> None:
 
 def compare_sweep(sweep_dir: str | Path, *, plot: bool = True) -> dict[str, Any]:
     """Write ``sweep.csv``, ``sweep.md`` (and ``sweep.png``) into ``sweep_dir``; return the rows and paths."""
-    from .io import atomic_write
-
     root = Path(sweep_dir).resolve()
     rows = collect(root)
     atomic_write(root / "sweep.csv", to_csv(rows))
@@ -258,7 +252,7 @@ def latest_sweep(root: Path = Path("multirun")) -> Path | None:
     return max(jobs, key=lambda p: p.stat().st_mtime).parent if jobs else None
 
 
-def run_compare(cfg, out_dir: Path) -> int:
+def run(cfg, out_dir: Path) -> int:
     """``task=compare sweep_dir=PATH|last``: write the comparison files into the sweep and print the table."""
     value = cfg.get("sweep_dir")
     if value in (None, ""):
@@ -277,8 +271,6 @@ def run_compare(cfg, out_dir: Path) -> int:
 
 
 def _mode_is_multirun(config) -> bool:
-    from hydra.types import RunMode
-
     try:
         return config.hydra.mode == RunMode.MULTIRUN
     except Exception:
@@ -297,10 +289,6 @@ class SweepComparison(Callback):
         self.plot = plot
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
-        from hydra.core.utils import JobStatus
-
-        from .console import is_rank_zero
-
         if not _mode_is_multirun(config) or not is_rank_zero():  # SLURM: one task of a multi-task job writes
             return
         try:
@@ -312,8 +300,6 @@ class SweepComparison(Callback):
             log.warning(f"sweep comparison not written: {err}")
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        from .console import is_rank_zero
-
         if not is_rank_zero():
             return
         try:
@@ -331,8 +317,6 @@ class SweepComparison(Callback):
 
 def record_failure(job_dir: Path, err: BaseException | None) -> None:
     """Leave ``failure.json`` in a failed job's directory, so the comparison lists it as failed."""
-    from .io import atomic_write
-
     text = str(err) if err is not None else "failed"
     payload = {"status": "failed", "error_type": type(err).__name__ if err is not None else None, "error": text}
     atomic_write(Path(job_dir) / FAILURE_FILE, json.dumps(payload, indent=2) + "\n")

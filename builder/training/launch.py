@@ -15,10 +15,13 @@ Here, inside a multirun job:
 * a child that fails ends the job's other children but not the sweep process (Lightning's own
   observer SIGKILLs the launching process, which would end the whole sweep); the job then fails
   when its collectives lose their peers;
-* :func:`job_scope` (used by ``builder.tasks.run_task``) puts the distributed environment back as
+* :func:`job_scope` (used by ``builder.tasks.run_task`` in a multirun) puts the distributed environment back as
   it found it when the job ends, reaps the job's children and destroys its process group.
 
 Single runs keep Lightning's own launcher.
+
+Kept here because no library does it: Lightning and Hydra each assume they own the process (the two
+issues above are open); it subclasses Lightning's private launcher, so pyproject pins Lightning's minor version.
 """
 
 from __future__ import annotations
@@ -30,6 +33,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import get_original_cwd, to_absolute_path
+from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+from lightning_fabric.utilities.distributed import _set_num_threads_if_needed
+from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+import __main__
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +58,6 @@ _children: list[subprocess.Popen] = []  # the current job's child processes
 
 def in_multirun() -> bool:
     """True inside a Hydra multirun job (``-m``, or ``hydra.mode=MULTIRUN`` in a config)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
@@ -74,11 +83,6 @@ def _config_flags(argv: list[str]) -> list[str]:
 
 def job_command(local_rank: int) -> tuple[list[str], str]:
     """The command (and working directory) that runs this multirun job alone, as process ``local_rank``."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import get_original_cwd, to_absolute_path
-
-    import __main__
-
     hc = HydraConfig.get()
     spec = getattr(__main__, "__spec__", None)
     command = [sys.executable, "-m", spec.name] if spec is not None else [sys.executable, to_absolute_path(sys.argv[0])]
@@ -90,66 +94,53 @@ def job_command(local_rank: int) -> tuple[list[str], str]:
     return command, get_original_cwd()
 
 
-def _launcher_class():
-    from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+class JobScriptLauncher(_SubprocessScriptLauncher):
+    """Lightning's script launcher, but the children run this multirun job only (see the module doc)."""
 
-    class JobScriptLauncher(_SubprocessScriptLauncher):
-        """Lightning's script launcher, but the children run this multirun job only (see the module doc)."""
+    def launch(self, function, *args, trainer=None, **kwargs):
+        self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
+        if not self.cluster_environment.creates_processes_externally:
+            self._call_children_scripts()
+            _JobObserver(main_pid=os.getpid(), child_processes=self.procs).start()
+        _set_num_threads_if_needed(num_processes=self.num_processes)
+        return function(*args, **kwargs)
 
-        def launch(self, function, *args, trainer=None, **kwargs):
-            from lightning_fabric.utilities.distributed import _set_num_threads_if_needed
+    def _call_children_scripts(self) -> None:
+        self._check_can_spawn_children()
+        self.procs = []
+        env = self.cluster_environment
+        os.environ["MASTER_ADDR"] = env.main_address
+        os.environ["MASTER_PORT"] = str(env.main_port)
+        os.environ["NODE_RANK"] = str(env.node_rank())
+        os.environ["LOCAL_RANK"] = str(env.local_rank())
+        os.environ["WORLD_SIZE"] = str(self.num_processes * self.num_nodes)
+        for local_rank in range(1, self.num_processes):
+            child_env = {**os.environ, "LOCAL_RANK": str(local_rank)}
+            command, cwd = job_command(local_rank)
+            log.info("job process %d: %s", local_rank, " ".join(command))
+            proc = subprocess.Popen(command, env=child_env, cwd=cwd)
+            self.procs.append(proc)
+            _children.append(proc)
 
-            self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
-            if not self.cluster_environment.creates_processes_externally:
-                self._call_children_scripts()
-                _watch(self.procs)
-            _set_num_threads_if_needed(num_processes=self.num_processes)
-            return function(*args, **kwargs)
 
-        def _call_children_scripts(self) -> None:
-            self._check_can_spawn_children()
-            self.procs = []
-            env = self.cluster_environment
-            os.environ["MASTER_ADDR"] = env.main_address
-            os.environ["MASTER_PORT"] = str(env.main_port)
-            os.environ["NODE_RANK"] = str(env.node_rank())
-            os.environ["LOCAL_RANK"] = str(env.local_rank())
-            os.environ["WORLD_SIZE"] = str(self.num_processes * self.num_nodes)
-            for local_rank in range(1, self.num_processes):
-                child_env = {**os.environ, "LOCAL_RANK": str(local_rank)}
-                command, cwd = job_command(local_rank)
-                log.info("job process %d: %s", local_rank, " ".join(command))
-                proc = subprocess.Popen(command, env=child_env, cwd=cwd)
-                self.procs.append(proc)
-                _children.append(proc)
+class _JobObserver(_ChildProcessObserver):
+    """Lightning's child observer, except that a failed child ends the other children, not the sweep process."""
 
-    return JobScriptLauncher
+    def _terminate_all(self) -> None:
+        log.error("a process of this job failed: ending the job's other processes (the sweep goes on)")
+        for p in self._child_processes:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
 
 
 def for_this_job(trainer) -> None:
     """In a multirun job, make the trainer's script launcher (DDP, FSDP) start children that run this job only."""
     if not in_multirun():
         return
-    from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-
     strategy = trainer.strategy
     launcher = getattr(strategy, "_launcher", None)
     if type(launcher) is _SubprocessScriptLauncher:
-        strategy._launcher = _launcher_class()(launcher.cluster_environment, launcher.num_processes, launcher.num_nodes)
-
-
-def _watch(procs: list[subprocess.Popen]) -> None:
-    """Lightning's child observer, except that a failed child ends the other children, not the sweep process."""
-    from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
-
-    class _JobObserver(_ChildProcessObserver):
-        def _terminate_all(self) -> None:
-            log.error("a process of this job failed: ending the job's other processes (the sweep goes on)")
-            for p in self._child_processes:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGKILL)
-
-    _JobObserver(main_pid=os.getpid(), child_processes=procs).start()
+        strategy._launcher = JobScriptLauncher(launcher.cluster_environment, launcher.num_processes, launcher.num_nodes)
 
 
 def _reap(failed: bool, timeout: float = 60.0) -> None:

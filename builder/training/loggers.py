@@ -343,7 +343,7 @@ def _check_options(name: str, opts: Mapping[str, Any]) -> None:
     tensorboard, only their Lightning logger's own arguments."""
     import inspect
 
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     for key, value in opts.items():
         if str(key).startswith("_"):

@@ -1,0 +1,122 @@
+"""Structured-config schemas, registered in Hydra's ConfigStore: the one place each default is written.
+
+``conf/config.yaml`` composes ``schema`` first, so every top-level and ``train.*`` key has its
+type and default here (the YAML only picks groups). A preset in ``conf/model/`` and a corpus in
+``conf/data/`` start their defaults list with ``schema``, so a wrong type (``model.n_layers=abc``)
+or a missing value fails at composition, and each data YAML writes only what differs.
+Component groups (``model/attention`` ...) are free-form mappings with a ``name``; the builder
+checks them against the registered class's signature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import II, MISSING
+
+# the lecture's phrase: drawn at every validation, and what task=attend looks at unless told otherwise
+LECTURE_PHRASE = "a fluffy blue creature roamed the verdant forest"
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = MISSING
+    n_layers: int = MISSING
+    n_heads: int = MISSING
+    d_head: int | None = None  # None: d_model // n_heads
+    vocab_size: int = MISSING
+    context_length: int = MISSING
+    bias: bool = True
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    init_std: float = 0.02
+    embedding: Any = MISSING
+    attention: Any = MISSING
+    mask: Any = MISSING
+    mlp: Any = MISSING
+    norm: Any = MISSING
+
+
+@dataclass
+class DataConfig:
+    """A corpus and how it is cut into windows: TokenDataModule's arguments (builder/data/datamodule.py)."""
+
+    source: str = "embedded"  # embedded | text | adjectives
+    path: str | None = None  # text only: a UTF-8 file or a folder (all non-hidden files, sorted)
+    tokenizer: str = "char"  # char | word | byte_bpe | gpt2_bpe
+    bpe_vocab_size: int = 1024  # byte_bpe: target vocabulary size (>= 256)
+    vocab_file: str | None = None  # gpt2_bpe: local vocab.json
+    merges_file: str | None = None  # gpt2_bpe: local merges.txt
+    cache_dir: str | None = None  # null: $HYDRAFORMER_CACHE, else ~/.cache/hydraformer/tokens
+    context_length: int = II("model.context_length")
+    batch_size: int = 16
+    val_fraction: float = 0.1  # the last 10% of the token stream is validation
+    samples_per_epoch: int = 100_000  # random training windows per epoch
+    val_batches: int = 8  # at most val_batches * batch_size fixed validation windows
+    num_workers: int | None = None  # null: 4 loader workers with a GPU, none on CPU (the memmap reads are cheap)
+    seed: int = II("seed")  # also seeds the generated adjectives sentences
+    n_sentences: int = 20_000  # adjectives only: sentences generated (one per line, ~11 words each)
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    total_steps: int | None = None  # length of the cosine schedule; None: trainer.max_steps
+    weight_decay: float = 0.1  # not applied to biases, norms and embeddings
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    fused_optimizer: bool = True  # fused AdamW (CPU and CUDA); false: foreach
+    compile: bool = False  # torch.compile the model
+    checkpoint_every_n_steps: int = 500
+    peak_flops: float | None = None  # MFU denominator; None: data sheet (GPU) or a matmul probe (CPU)
+    throughput_window: int = 10  # batches per perf/tokens_per_s measurement
+    skip_nonfinite: bool = False  # true: skip and count batches with a NaN/inf loss (single process); false: stop
+    sample_prompt: str = "The "
+    sample_tokens: int = 200
+    sample_temperature: float = 0.8
+    sample_top_k: int | None = 40
+    probe_text: str | None = LECTURE_PHRASE  # every head's pattern on it, drawn at each validation; None: off
+
+
+@dataclass
+class Config:
+    task: str = "train"  # train | report | sample | export | attend | heads | compare
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: Any = MISSING
+    logger: Any = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # task=report: several presets side by side, e.g. models=[gpt3_125m,gpt3_175b] or 'models=[gpt3_*]'
+    models: list[str] | None = None
+    # task=train: resume from a checkpoint file, or `last` for the newest last.ckpt
+    ckpt_path: str | None = None
+    # task=sample / export / attend / heads: the checkpoint, export or GPT-2 directory to read
+    checkpoint: str | None = None
+    prompt: str = "The "  # task=sample
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = 40
+    text: str = LECTURE_PHRASE  # task=attend: the phrase to look at
+    layers: list[int] | None = None  # task=attend: e.g. [0,3]; None = all
+    heads: list[int] | None = None  # task=attend: e.g. [1,2]; None = all
+    # task=compare: a sweep directory (multirun/<date>/<time>) or `last` -> sweep.md|csv|png
+    sweep_dir: str | None = None
+
+
+_registered = False
+
+
+def register_schemas() -> None:
+    global _registered
+    if _registered:
+        return
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=Config)
+    cs.store(group="model", name="schema", node=ModelConfig)
+    cs.store(group="data", name="schema", node=DataConfig)
+    _registered = True

@@ -1,0 +1,105 @@
+"""Training and validation windows over a token stream, and the sampler that makes data order exact."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..errors import DataError
+from .cache import TokenFile
+
+
+class RandomWindowDataset(Dataset):
+    """``samples_per_epoch`` random windows of ``context_length + 1`` tokens from ``tokens``.
+
+    Index ``i`` may exceed ``len(self)``: it is read as ``epoch = i // len(self)``, ``k = i % len(self)``
+    and the window start is drawn from ``np.random.default_rng([seed, epoch, k])``, so the same index
+    always yields the same window and data order is reproducible. ``EpochSampler`` produces such indices.
+    """
+
+    def __init__(
+        self, tokens: np.ndarray | TokenFile, context_length: int, samples_per_epoch: int, seed: int = 0
+    ) -> None:
+        if len(tokens) < context_length + 1:
+            raise DataError(
+                f"training split has {len(tokens)} tokens, fewer than data.context_length + 1 = {context_length + 1}"
+            )
+        self.tokens = tokens
+        self.context_length = int(context_length)
+        self.samples_per_epoch = int(samples_per_epoch)
+        self.seed = int(seed)
+        self._num_starts = len(tokens) - self.context_length  # valid starts: 0 .. len - L - 1
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def window_start(self, index: int) -> int:
+        if index < 0:
+            raise IndexError(f"negative sample index {index}")
+        epoch, k = divmod(int(index), self.samples_per_epoch)
+        rng = np.random.default_rng([self.seed, epoch, k])
+        return int(rng.integers(self._num_starts))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.window_start(index)
+        window = torch.from_numpy(self.tokens[s : s + self.context_length + 1].astype(np.int64))
+        return window[:-1], window[1:]
+
+
+class ValWindowDataset(Dataset):
+    """Fixed, non-overlapping, evenly spaced windows over ``tokens`` (at most ``max_windows``)."""
+
+    def __init__(self, tokens: np.ndarray | TokenFile, context_length: int, max_windows: int) -> None:
+        self.tokens = tokens
+        self.context_length = int(context_length)
+        span = self.context_length + 1
+        n = min(int(max_windows), len(tokens) // span)
+        if n <= 0:
+            self.starts = np.zeros(0, dtype=np.int64)
+        elif n == 1:
+            self.starts = np.zeros(1, dtype=np.int64)
+        else:
+            # spacing (len - span) / (n - 1) >= span because n <= len // span: windows never overlap
+            self.starts = np.floor(np.linspace(0, len(tokens) - span, n)).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = int(self.starts[index])
+        window = torch.from_numpy(self.tokens[s : s + self.context_length + 1].astype(np.int64))
+        return window[:-1], window[1:]
+
+
+class EpochSampler(Sampler[int]):
+    """Yields ``epoch * n .. (epoch + 1) * n - 1``, every ``world_size``-th one from ``rank``.
+
+    Lightning calls ``set_epoch`` each epoch. Under DDP each process draws its own stride of one
+    global order (the trainer is built with ``use_distributed_sampler=False``), so 2 processes with
+    batch b see exactly the samples of 1 process with batch 2b. ``skip`` (a multiple of
+    ``world_size``) drops the first samples of epoch ``skip_epoch`` only: a run resumed in the middle
+    of an epoch continues with the very samples the uninterrupted run would have drawn next.
+    """
+
+    def __init__(self, num_samples: int, epoch: int = 0, skip: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.num_samples = int(num_samples)
+        self.epoch = int(epoch)
+        self.skip_epoch, self.skip = int(epoch), int(skip)
+        self.rank, self.world_size = int(rank), int(world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _skip(self) -> int:
+        return min(self.skip, self.num_samples) if self.epoch == self.skip_epoch else 0
+
+    def __len__(self) -> int:
+        return (self.num_samples - self._skip()) // self.world_size
+
+    def __iter__(self) -> Iterator[int]:
+        start = self.epoch * self.num_samples + self._skip() + self.rank
+        return iter(range(start, start + len(self) * self.world_size, self.world_size))
+

@@ -1,0 +1,60 @@
+"""Files written atomically: a temporary file beside the target, then a rename.
+
+One mechanism for every file the project writes (checkpoints, token caches, pictures, pages, JSON):
+the finished file gets the permissions the umask gives an ordinary file (``mkstemp`` alone would
+leave it 0600, which breaks a cache shared by several users), and a crash mid-write never leaves a
+truncated file under the real name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path, *, replace: bool = True) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write; published onto ``path`` when the block ends without error.
+
+    ``replace=False`` keeps a file already at ``path`` (the first writer wins), so processes that build
+    the same cache file at once all end up reading one file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # atomic, and fails when path exists
+            except FileExistsError:
+                pass
+            except OSError:  # a filesystem without hard links
+                if not path.exists():
+                    os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path, data: str | bytes, *, replace: bool = True) -> Path:
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically; returns the path."""
+    path = Path(path)
+    with atomic_path(path, replace=replace) as tmp, open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    return path

@@ -1,0 +1,30 @@
+"""task=heads: score every head against named patterns, draw the best head of each, write heads.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..checkpoint import load_model
+from ..errors import ConfigError
+from ..files import atomic_write
+from ..interp.heads import PATTERNS, draw_best, format_table, score_heads
+
+
+def run(cfg, out_dir: Path) -> int:
+    checkpoint = cfg.get("checkpoint")
+    if checkpoint in (None, ""):
+        raise ConfigError("checkpoint", checkpoint, "a checkpoint written by task=train or an export directory "
+                          "(checkpoint=outputs/.../checkpoints/last.ckpt)")
+    model, tokenizer, _ = load_model(checkpoint)
+    scores = score_heads(model, tokenizer)
+    out_dir = Path(out_dir)
+    drawings = draw_best(model, tokenizer, scores, out_dir)
+    report = {"checkpoint": str(checkpoint), "patterns": {p: scores[p] for p in PATTERNS},
+              "skipped": scores["skipped"], "drawings": drawings}
+    atomic_write(out_dir / "heads.json", json.dumps(report, indent=2) + "\n")
+    print(format_table(scores))
+    print(f"\n  scores   : {out_dir / 'heads.json'}")
+    for pattern, name in drawings.items():
+        print(f"  {pattern:<16}: {out_dir / name}")
+    return 0

@@ -1,0 +1,26 @@
+"""task=report: print the parameter budget of a model (or several side by side) and write budget.json|md|png."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..budget import parameter_budget
+from ..config.compose import compose
+from ..report import check_line, expand_models, write_budget_files
+
+
+def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
+    """Print and write the report for ``cfg.model`` or each of ``cfg.models``; exit status 3 when a count disagrees."""
+    out_dir = Path(out_dir)
+    if cfg.get("models"):
+        budgets = sorted((parameter_budget(compose([f"model={n}"], config_name="model_only").model, n)
+                          for n in expand_models(cfg.models)), key=lambda b: b["total_params"])
+    else:
+        budgets = [parameter_budget(cfg.model, model_name)]
+    print(write_budget_files(budgets, out_dir))
+    print(f"\nwrote {out_dir / 'budget.json'}, budget.md, budget.png")
+    bad = [b for b in budgets if b["check"]["agree"] is False]
+    for b in bad:
+        print(check_line(b), file=sys.stderr)
+    return 3 if bad else 0
