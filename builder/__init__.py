@@ -23,9 +23,16 @@ The layers, each importing only those below it (tests/test_layers.py holds the r
 
 from .budget import parameter_budget
 from .checkpoint import load_model
-from .config.compose import compose
 from .errors import ConfigError
 from .interp.capture import capture_attention
 from .model import build_model
 
 __all__ = ["ConfigError", "build_model", "capture_attention", "compose", "load_model", "parameter_budget"]
+
+
+def __getattr__(name: str):
+    if name == "compose":  # start-up: Hydra is imported by the code that composes, not by loading a model
+        from .config.compose import compose
+
+        return compose
+    raise AttributeError(f"module 'builder' has no attribute {name!r}")

@@ -12,7 +12,7 @@ from torch import nn
 import components
 from components import Block, RegistryError, Transformer
 
-from .config.compose import to_plain
+from .config.plain import to_plain
 from .errors import ConfigError
 
 # model-level keys a component receives when its constructor asks for them

@@ -1,5 +1,4 @@
-"""Compose the same config ``run.py`` composes, from Python (notebooks, scripts, tests), and turn configs
-into plain containers.
+"""Compose the same config ``run.py`` composes, from Python (notebooks, scripts, tests).
 
 The config tree is the ``conf`` package: found through importlib.resources, so an installed wheel
 composes exactly like a source checkout.
@@ -7,14 +6,13 @@ composes exactly like a source checkout.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .schema import register_schemas
 
@@ -32,16 +30,3 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
         return hydra_compose(config_name=config_name, overrides=overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=overrides)
-
-
-def to_plain(obj, resolve: bool = True):
-    """Plain dicts and lists (keys as strings, interpolations resolved) from a DictConfig, a ListConfig,
-    a mapping holding them, or anything else (returned as it is). What checkpoints, JSON files and
-    loggers receive: nothing that needs OmegaConf to read back."""
-    if isinstance(obj, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(obj, resolve=resolve)
-    if isinstance(obj, Mapping):
-        return {str(k): to_plain(v, resolve) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v, resolve) for v in obj]
-    return obj

@@ -2,8 +2,7 @@
 
 All share one interface: ``encode``, ``encode_array``, ``decode``, ``vocab_size``, ``to_dict`` (plain
 JSON-able containers, safe inside a checkpoint loaded with ``torch.load(weights_only=True)``) and
-``fingerprint``; ``tokenizer_from_dict`` rebuilds any of them. The ``tokenizers`` library is imported
-only by the BPE classes that use it (start-up: a character model never needs it).
+``fingerprint``; ``tokenizer_from_dict`` rebuilds any of them.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..errors import DataError
 
@@ -214,8 +214,6 @@ class _HFByteLevelTokenizer:
 
     @classmethod
     def from_str(cls, tokenizer_json: str) -> _HFByteLevelTokenizer:
-        from tokenizers import Tokenizer
-
         return cls(Tokenizer.from_str(tokenizer_json))
 
     def __repr__(self) -> str:
@@ -223,8 +221,6 @@ class _HFByteLevelTokenizer:
 
 
 def _byte_level_pipeline(tok: Any) -> Any:
-    from tokenizers import decoders, pre_tokenizers
-
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     return tok
@@ -241,8 +237,6 @@ class ByteBPETokenizer(_HFByteLevelTokenizer):
 
         The 256 byte symbols are always in the vocabulary, so any text can be encoded.
         """
-        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
         if vocab_size < 256:
             raise ValueError(f"byte-level BPE needs vocab_size >= 256 (the byte alphabet), got {vocab_size}")
         tok = _byte_level_pipeline(Tokenizer(models.BPE()))
@@ -264,8 +258,6 @@ class GPT2BPETokenizer(_HFByteLevelTokenizer):
 
     @classmethod
     def from_files(cls, vocab_file: str | os.PathLike, merges_file: str | os.PathLike) -> GPT2BPETokenizer:
-        from tokenizers import Tokenizer, models
-
         for key, f in (("vocab_file", vocab_file), ("merges_file", merges_file)):
             if not Path(f).is_file():
                 raise DataError(f"data.{key}: file {str(f)!r} does not exist")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pytorch_lightning.strategies import FSDPStrategy
 from torch import nn
 
-from ..config.compose import to_plain
+from ..config.plain import to_plain
 from ..errors import NonFiniteLossError
 from ..model import build_model
 
