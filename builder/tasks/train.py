@@ -15,7 +15,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from components import Block
 
 from ..budget import parameter_budget
-from ..config.compose import to_plain
+from ..config.plain import to_plain
 from ..data.datamodule import TokenDataModule
 from ..errors import ConfigError
 from ..files import atomic_write
