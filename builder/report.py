@@ -10,6 +10,8 @@ import fnmatch
 import json
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from components.registry import closest
 
 from .budget import GROUPS, formula_total
@@ -135,8 +137,6 @@ def side_by_side(budgets: list[dict], markdown: bool = False) -> str:
 def draw_chart(budgets: list[dict], shares: list[dict], path: Path) -> None:
     """Top: each model's parameters by group (share of its total, biases hatched).
     Bottom: attention's share against model size for every preset, these models marked."""
-    from matplotlib.figure import Figure  # start-up: matplotlib costs 0.5 s, and only pictures need it
-
     colors = {"token_embedding": "#4c72b0", "positions": "#8172b2", "attention": "#dd8452", "mlp": "#55a868",
               "norms": "#937860", "unembedding": "#c44e52", "other": "#999999"}
     names = [b["model"] or "model" for b in budgets]

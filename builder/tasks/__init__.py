@@ -1,4 +1,5 @@
-"""What ``run.py`` dispatches to: ``task=X`` runs ``builder/tasks/X.py``'s ``run``, with the error handling all share.
+"""The ``hydraformer`` command (``python run.py``): ``task=X`` runs ``builder/tasks/X.py``'s ``run``, with the
+error handling all tasks share.
 
 Each task module is glue: it reads the config, calls the library one level down (``builder.report``,
 ``builder.training``, ``builder.interp``, ``builder.checkpoint``) and prints where things went.
@@ -41,7 +42,7 @@ class JobFailed(RuntimeError):
 
 
 # task name -> the module whose ``run(cfg, out_dir[, model_name])`` does it. Imported when the task runs:
-# start-up (task=report must not pay for Lightning, wandb or matplotlib).
+# start-up (task=report must not pay for Lightning or wandb).
 TASKS = {name: f"{__name__}.{name}" for name in ("report", "train", "sample", "export", "attend", "heads", "compare")}
 TAKES_MODEL_NAME = ("report", "train")
 

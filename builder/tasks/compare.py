@@ -197,7 +197,8 @@ def to_markdown(rows: list[dict], sweep_dir: Path) -> str:
 
 def draw(rows: list[dict], path: Path, title: str) -> None:
     """val/loss against parameters, one labelled point per successful job (a bar per job when all have one size)."""
-    from matplotlib.figure import Figure  # start-up: matplotlib only when a sweep is drawn
+    # start-up: every task imports this module (the sweep callback); matplotlib only when a sweep is drawn
+    from matplotlib.figure import Figure
 
     ok = [r for r in rows if r["status"] == "ok" and _finite(r["best_val_loss"]) is not None and r["params"]]
     fig = Figure(figsize=(8, 5), dpi=110, layout="constrained")
