@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builder.data.cache import default_cache_dir
+from builder.data.cache import HEADER_SIZE, default_cache_dir
 from builder.data.corpus import Corpus, embedded_text
 from builder.data.datamodule import TokenDataModule
 from builder.data.tokenizers import ByteBPETokenizer, CharTokenizer, GPT2BPETokenizer, token_dtype, tokenizer_from_dict
@@ -262,7 +262,7 @@ def test_cache_is_uint16_memmap_matching_encoding(tmp_path):
     dm.setup("fit")
     assert isinstance(dm.tokens, np.memmap)
     assert dm.tokens.dtype == np.uint16
-    assert dm.cache_file.stat().st_size == 2 * len(text)
+    assert dm.cache_file.stat().st_size == HEADER_SIZE + 2 * len(text)
     assert dm.tokenizer.decode(dm.tokens) == text
     assert dm.vocab_size == len(set(text))
 

@@ -12,11 +12,19 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from ..errors import DataError
 from ..files import atomic_write
-from .cache import CACHE_FORMAT, TokenFile, build_token_cache, default_cache_dir
+from .cache import (
+    TokenFile,
+    build_token_cache,
+    default_cache_dir,
+    remove_stale_temp_files,
+    token_cache_path,
+    token_cache_problem,
+)
 from .corpus import ACCEPTED_SOURCES, Corpus, unknown_choice
 from .tokenizers import (
     ACCEPTED_TOKENIZERS,
@@ -137,11 +145,14 @@ class TokenDataModule(pl.LightningDataModule):
         source_hash, _ = corpus.scan()
         tokenizer = self._make_tokenizer(corpus, source_hash)
         dtype = token_dtype(tokenizer.vocab_size)
-        key = sha256_json(
-            {"format": CACHE_FORMAT, "source": source_hash, "tokenizer": tokenizer.fingerprint(), "dtype": dtype.name}
-        )
-        cache_file = self.cache_dir / f"tokens-{key[:32]}.{dtype.name}.bin"
-        hit = cache_file.is_file() and cache_file.stat().st_size > 0 and cache_file.stat().st_size % dtype.itemsize == 0
+        fingerprint = tokenizer.fingerprint()
+        cache_file = token_cache_path(self.cache_dir, source_hash, fingerprint, dtype)
+        remove_stale_temp_files(self.cache_dir)  # left by builds that were killed
+        found = cache_file.is_file()
+        problem = token_cache_problem(cache_file, fingerprint, dtype) if found else None
+        if problem is not None:
+            rank_zero_warn(f"token cache {cache_file} {problem}: rebuilding it")
+        hit = found and problem is None
         if not hit:
             build_token_cache(corpus, tokenizer, cache_file)
         tokens = TokenFile(cache_file, dtype)
