@@ -39,8 +39,8 @@ def train(name: str, overrides: list[str], steps: int, out: Path) -> dict:
     run_dir = out / name.replace(" ", "_")
     args = [sys.executable, str(REPO / "run.py"), *SHAPE, *overrides, "logger=csv", f"trainer.max_steps={steps}",
             f"trainer.val_check_interval={steps}", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
-            "train.warmup_steps=20", "train.probe_text=null", "train.sample_tokens=20",
-            f"train.checkpoint_every_n_steps={steps}", f"hydra.run.dir={run_dir}"]
+            "train.warmup_steps=20", "callbacks.attention_probe=null", "callbacks.text_samples.max_new_tokens=20",
+            f"callbacks.model_checkpoint.every_n_train_steps={steps}", f"hydra.run.dir={run_dir}"]
     start = time.perf_counter()
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - start

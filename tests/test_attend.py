@@ -54,7 +54,7 @@ def test_attend_on_a_trained_checkpoint(tmp_path):
     run = tmp_path / "train"
     proc = run_cli("data=text", f"data.path={corpus}", "model.d_model=32", "model.n_layers=2", "model.n_heads=2",
                    "model.context_length=64", "logger=csv", "trainer.max_steps=5", "trainer.val_check_interval=5",
-                   "train.sample_prompt=a ", "trainer.enable_progress_bar=false", f"hydra.run.dir={run}", env=env)
+                   "callbacks.text_samples.prompt=a ", "trainer.enable_progress_bar=false", f"hydra.run.dir={run}", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "attend"
     proc = run_cli("task=attend", f"checkpoint={run / 'checkpoints' / 'last.ckpt'}", "text=a fluffy creature",

@@ -13,8 +13,8 @@ import torch
 from conftest import REPO, run_cli, train_env
 
 SMALL = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.context_length=32", "logger=csv",
-         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "train.sample_prompt=the ",
-         "train.probe_text=null", "train.warmup_steps=0"]
+         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "callbacks.text_samples.prompt=the ",
+         "callbacks.attention_probe=null", "train.warmup_steps=0"]
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def resume_for(env, out: Path, max_steps: int) -> None:
 def test_signal_saves_checkpoint_and_resume_continues(env, sig):
     out = env["tmp"] / "run"
     proc = start(env, out, "trainer.max_steps=100000", "trainer.val_check_interval=100000",
-                 "train.checkpoint_every_n_steps=5")
+                 "callbacks.model_checkpoint.every_n_train_steps=5")
     wait_for(out / "checkpoints" / "step-5.ckpt", proc)
     time.sleep(0.5)
     proc.send_signal(sig)
@@ -80,7 +80,7 @@ def test_signal_saves_checkpoint_and_resume_continues(env, sig):
 def test_sigkill_loses_only_steps_since_the_periodic_checkpoint(env):
     out = env["tmp"] / "run"
     proc = start(env, out, "trainer.max_steps=100000", "trainer.val_check_interval=100000",
-                 "train.checkpoint_every_n_steps=4")
+                 "callbacks.model_checkpoint.every_n_train_steps=4")
     wait_for(out / "checkpoints" / "step-8.ckpt", proc)
     proc.kill()
     proc.communicate(timeout=60)
@@ -92,7 +92,7 @@ def test_sigkill_loses_only_steps_since_the_periodic_checkpoint(env):
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(env):
     out = env["tmp"] / "nan"
     proc = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", "train.lr=1e6",
-                   "trainer.max_steps=50", "trainer.val_check_interval=1000", "train.checkpoint_every_n_steps=1",
+                   "trainer.max_steps=50", "trainer.val_check_interval=1000", "callbacks.model_checkpoint.every_n_train_steps=1",
                    env=env["env"])
     assert proc.returncode == 2
     assert "train/loss is nan at step" in proc.stderr and "train.skip_nonfinite=true" in proc.stderr
@@ -151,7 +151,8 @@ def test_checkpoint_of_another_shape_lists_mismatched_tensors(tmp_path):
 
 
 @pytest.mark.parametrize("override,key", [("+model.attention._target_=os.system", "model.attention._target_"),
-                                          ("+logger.csv._target_=os.system", "logger.csv._target_")])
+                                          ("+logger.csv._target_=os.system", "logger.csv._target_"),
+                                          ("+callbacks.mine._target_=os.system", "callbacks.mine._target_")])
 def test_target_in_user_config_is_refused(env, override, key):
     out = env["tmp"] / "t"
     proc = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, override, f"hydra.run.dir={out}",
@@ -194,7 +195,7 @@ def test_checkpoint_write_killed_midway_leaves_the_old_file(tmp_path):
     assert torch.load(target, weights_only=True)["global_step"] in (1, 2)  # never a truncated file
     if torch.load(target, weights_only=True)["global_step"] == 1:
         leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".last.ckpt.")]
-        assert all(p.suffix == ".ckpt" for p in leftovers)  # at most a hidden temp file, never the target
+        assert all(p.suffix == ".tmp" for p in leftovers)  # at most a hidden temp file (builder/files.py), never the target
 
 
 def test_bad_corpora_get_one_message(env):

@@ -243,7 +243,7 @@ def test_adjective_noun_scores_a_planted_attention():
 
 TINY = ["experiment=adjective_head", "model.d_model=32", "model.n_layers=2", "model.n_heads=2",
         "data.n_sentences=600", "data.batch_size=8", "trainer.max_steps=5", "trainer.val_check_interval=5",
-        "data.val_batches=1", "train.warmup_steps=2", "train.sample_tokens=5", "logger=csv",
+        "data.val_batches=1", "train.warmup_steps=2", "callbacks.text_samples.max_new_tokens=5", "logger=csv",
         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
 

@@ -95,7 +95,7 @@ def test_trainer_presets_compose(preset):
 
 BAD_TRAIN = [
     (["data=text", "data.path=/nonexistent/corpus.txt"], ["data.path", "/nonexistent/corpus.txt"]),
-    (["train.sample_prompt='\u6f22'"], ["train.sample_prompt", "\u6f22", "tokenizer"]),
+    (["callbacks.text_samples.prompt='\u6f22'"], ["callbacks.text_samples.prompt", "\u6f22", "tokenizer"]),
     (["ckpt_path=/nonexistent.ckpt"], ["ckpt_path", "/nonexistent.ckpt", "existing checkpoint"]),
     (["data.tokenizer=bpe"], ["data.tokenizer", "bpe", "byte_bpe"]),
     (["logger=wnadb"], ["logger", "wnadb", "wandb"]),

@@ -1,4 +1,4 @@
-"""builder/loggers.py: loggers from names / Hydra config, offline wandb, media helpers."""
+"""builder/training/loggers.py: loggers from names / Hydra config, offline wandb, tables, text and pictures."""
 
 from __future__ import annotations
 
@@ -296,7 +296,7 @@ def test_media_helpers(no_wandb_auth, tmp_path):
     png = tmp_path / "chart.png"
     Image.fromarray(img).save(png)
     L.log_image(loggers, "budget/chart", png)
-    L.log_image(loggers, "budget/array", np.random.rand(3, 8, 8).astype(np.float32), caption="c")
+    L.log_image(loggers, "attention/patterns", png, step=5, caption="step 5")
     with pytest.raises(ValueError, match="row 0"):
         L.log_table(loggers, "bad", ["a", "b"], [[1]])
 
@@ -313,7 +313,7 @@ def test_media_helpers(no_wandb_auth, tmp_path):
         ]
     assert (csv_dir / "text" / "samples_step3.csv").is_file()
     assert (csv_dir / "images" / "budget" / "chart.png").read_bytes() == png.read_bytes()
-    assert Image.open(csv_dir / "images" / "budget" / "array.png").size == (8, 8)
+    assert (csv_dir / "images" / "attention" / "patterns_step5.png").read_bytes() == png.read_bytes()
 
     # wandb: table data and image references
     run = read_run(find_runs(save_dir)[0])
@@ -322,8 +322,11 @@ def test_media_helpers(no_wandb_auth, tmp_path):
         "data": [["embedding", 4096, 0.25], ["blocks", 12288, 0.75]],
     }
     assert load_table(run, "samples")["data"] == [["Hi", "there | you"]]
-    assert run["summary"]["budget/chart"]["_type"] == "image-file"
-    assert run["summary"]["budget/array"]["_type"] == "image-file"
+    chart, patterns = run["summary"]["budget/chart"], run["summary"]["attention/patterns"]
+    assert chart["_type"] == "images/separated" and chart["count"] == 1 and (chart["width"], chart["height"]) == (8, 8)
+    assert patterns["captions"] == ["step 5"]
+    (image_row,) = [r for r in run["history"] if "attention/patterns" in r]
+    assert image_row["trainer/global_step"] == 5
     (text_row,) = [r for r in run["history"] if "samples" in r]
     assert text_row["trainer/global_step"] == 3
 
@@ -334,7 +337,7 @@ def test_media_helpers(no_wandb_auth, tmp_path):
     acc.Reload()
     tags = acc.Tags()
     assert {"budget/table/text_summary", "samples/text_summary"} <= set(tags["tensors"])
-    assert {"budget/chart", "budget/array"} <= set(tags["images"])
+    assert {"budget/chart", "attention/patterns"} <= set(tags["images"])
 
 
 def test_multirun_jobs_get_separate_runs(no_wandb_auth, tmp_path):

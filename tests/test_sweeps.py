@@ -22,7 +22,7 @@ from conftest import REPO, run_cli, train_env
 from wandb_offline import find_runs, read_run
 
 TINY = ["model.d_model=32", "model.n_layers=2", "model.context_length=32", "logger=csv",
-        "train.probe_text=null", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+        "callbacks.attention_probe=null", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 STEP2 = ["trainer.max_steps=2", "trainer.val_check_interval=2", "train.warmup_steps=0", "data.batch_size=4",
          "data.val_batches=1"]
 CPU_EXPERIMENTS = ["heads_vs_width", "mask_ablation", "norm_ablation"]

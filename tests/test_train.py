@@ -3,17 +3,28 @@
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import train_env
+from conftest import run_cli, train_env
+from omegaconf.errors import ValidationError
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from wandb_offline import find_runs, metric, read_run
+
+import builder
+from builder.config.schema import CALLBACK_SCHEMAS, LECTURE_PHRASE
+from builder.data.tokenizers import CharTokenizer
+from builder.errors import ConfigError
+from builder.tasks.train import find_checkpoint
+from builder.training.callbacks import BUILDERS, AttentionProbe, RunContext, SampleText, make_callbacks
+from builder.training.throughput import ThroughputMonitor
 
 SMALL = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.context_length=32",
          "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1",
-         "train.warmup_steps=5", "train.throughput_window=2", "train.sample_prompt=the ",
-         "train.probe_text=the cat sat on the mat"]
+         "train.warmup_steps=5", "callbacks.throughput.window=2", "callbacks.text_samples.prompt=the ",
+         "callbacks.attention_probe.text=the cat sat on the mat"]
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +34,6 @@ def env(tmp_path_factory):
 
 
 def train(env, name, *overrides, data=True):
-    from conftest import run_cli
-
     out = env["root"] / name
     args = [*SMALL, f"hydra.run.dir={out}", *overrides]
     if data:
@@ -42,7 +51,7 @@ def losses(run_dir: Path, key: str = "train/loss") -> dict[int, float]:
 @pytest.fixture(scope="module")
 def main_run(env):
     return train(env, "main", "logger=[wandb,csv]", "trainer.max_steps=60", "trainer.val_check_interval=30",
-                 "train.lr=3e-3", "train.checkpoint_every_n_steps=30", "train.sample_tokens=40")
+                 "train.lr=3e-3", "callbacks.model_checkpoint.every_n_train_steps=30", "callbacks.text_samples.max_new_tokens=40")
 
 
 def test_loss_falls_and_run_leaves_everything(main_run):
@@ -91,8 +100,6 @@ def test_wandb_offline_run_holds_the_metrics(main_run):
 
 
 def test_sampling_is_reproducible_and_export_round_trips(main_run, env):
-    from conftest import run_cli
-
     ckpt = main_run[0] / "checkpoints" / "last.ckpt"
     args = ["task=sample", f"checkpoint={ckpt}", "prompt=the ", "max_new_tokens=30"]
     a = run_cli(*args, f"hydra.run.dir={env['root'] / 's1'}", env=env["env"])
@@ -174,3 +181,100 @@ def test_ckpt_path_last_resumes_the_newest(env, main_run):
 def test_fast_dev_run_on_the_embedded_corpus(env, trainer):
     out, proc = train(env, f"fdr_{trainer}", f"trainer={trainer}", "trainer.fast_dev_run=true", "logger=csv", data=False)
     assert "Done: 1 steps" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------ the callbacks group
+
+
+def _callbacks(*overrides, has_logger=True, progress_bar=True, tmp=Path("/nonexistent")):
+    tok = CharTokenizer("abcdefghijklmnopqrstuvwxyz .,T")
+    run = RunContext(tokenizer=tok, out_dir=tmp, seed=0, flops_per_token=1e6, precision="32-true",
+                     has_logger=has_logger, progress_bar=progress_bar)
+    return make_callbacks(builder.compose(list(overrides)).callbacks, run)
+
+
+def test_callbacks_group_builds_each_entry_from_the_allow_list():
+    assert set(BUILDERS) == set(CALLBACK_SCHEMAS)
+    built = _callbacks("callbacks.throughput.peak_flops=1e12", "callbacks.model_checkpoint.every_n_train_steps=7")
+    assert list(built) == ["model_checkpoint", "text_samples", "attention_probe", "throughput", "lr_monitor",
+                           "rich_progress_bar"]
+    best, periodic = built["model_checkpoint"]
+    assert isinstance(best, ModelCheckpoint) and best.filename == "best-{step}" and best.monitor == "val/loss"
+    assert best.save_last and periodic.filename == "step-{step}" and periodic._every_n_train_steps == 7
+    (sampler,) = built["text_samples"]
+    assert isinstance(sampler, SampleText) and (sampler.prompt, sampler.max_new_tokens, sampler.top_k) == ("The ", 200, 40)
+    (probe,) = built["attention_probe"]
+    assert isinstance(probe, AttentionProbe) and probe.text == LECTURE_PHRASE
+    (monitor,) = built["throughput"]
+    assert isinstance(monitor, ThroughputMonitor) and monitor.peak == 1e12 and monitor.window == 10
+    assert isinstance(built["lr_monitor"][0], LearningRateMonitor)
+    assert isinstance(built["rich_progress_bar"][0], RichProgressBar)
+    quiet = _callbacks("callbacks.throughput.peak_flops=1e12", has_logger=False, progress_bar=False)
+    assert quiet["lr_monitor"] == [] and quiet["rich_progress_bar"] == []
+
+
+@pytest.mark.parametrize("overrides", [["~callbacks.attention_probe"], ["callbacks.attention_probe=null"]])
+def test_a_callback_is_switched_off(overrides):
+    assert "attention_probe" not in _callbacks("callbacks.throughput.peak_flops=1e12", *overrides)
+
+
+def test_callbacks_none_keeps_only_the_checkpoints():
+    assert list(_callbacks("callbacks=none")) == ["model_checkpoint"]
+
+
+def test_callbacks_refuse_unknown_names_targets_and_wrong_types():
+    with pytest.raises(ConfigError) as err:
+        _callbacks("+callbacks.text_sample.prompt=x")
+    assert "callbacks.text_sample" in str(err.value) and "did you mean 'text_samples'" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        _callbacks("+callbacks.mine._target_=os.system")
+    assert "callbacks.mine._target_" in str(err.value) and "never names code to run" in str(err.value)
+    with pytest.raises(ConfigError) as err:  # an entry written without its schema (a YAML of one's own) is checked too
+        make_callbacks({"text_samples": {"promt": "x"}}, None)
+    assert "callbacks.text_samples.promt" in str(err.value) and "did you mean 'prompt'" in str(err.value)
+    with pytest.raises(Exception) as err:
+        builder.compose(["callbacks.model_checkpoint.every_n_train_steps=abc"])
+    assert isinstance(err.value, ValidationError) or isinstance(err.value.__cause__, ValidationError)
+
+
+# ------------------------------------------------------------------------------------------ the paths group
+
+
+def test_paths_place_the_token_cache(monkeypatch):
+    monkeypatch.setenv("HYDRAFORMER_CACHE", "/somewhere/tokens")
+    assert builder.compose([]).data.cache_dir == "/somewhere/tokens"
+    assert builder.compose(["paths.cache_dir=/elsewhere"]).data.cache_dir == "/elsewhere"
+    monkeypatch.delenv("HYDRAFORMER_CACHE")
+    assert builder.compose([]).data.cache_dir == "~/.cache/hydraformer/tokens"
+
+
+def test_ckpt_path_last_searches_the_run_then_paths(tmp_path):
+    runs, sweeps, here = tmp_path / "runs", tmp_path / "sweeps", tmp_path / "here"
+    for i, path in enumerate([sweeps / "d" / "t" / "0" / "checkpoints" / "last.ckpt",
+                              runs / "d" / "t_train" / "checkpoints" / "step-4.ckpt"]):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x")
+        os.utime(path, (1000 + i, 1000 + i))
+    paths = {"runs_dir": str(runs), "sweeps_dir": str(sweeps)}
+    assert find_checkpoint("last", here, paths) == str(runs / "d" / "t_train" / "checkpoints" / "step-4.ckpt")
+    assert find_checkpoint("last", here, {"runs_dir": str(here), "sweeps_dir": str(sweeps)}).startswith(str(sweeps))
+    with pytest.raises(ConfigError, match="none found in"):
+        find_checkpoint("last", here, {"runs_dir": str(here), "sweeps_dir": str(here)})
+
+
+def test_runs_go_to_paths_runs_dir_and_resume_from_there(env):
+    runs = env["root"] / "elsewhere"
+    small = [a for a in SMALL if not a.startswith("callbacks.")]  # (entries that callbacks=none leaves out)
+    args = ["data=text", f"data.path={env['corpus']}", *small, "logger=csv", "callbacks=none", "trainer.max_steps=2",
+            "trainer.val_check_interval=2", "train.warmup_steps=0", f"paths.runs_dir={runs}"]
+    first = run_cli(*args, env=env["env"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run_dir,) = runs.glob("*/*_train")
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "summary.json").is_file()
+    assert not (run_dir / "samples.txt").exists() and not (run_dir / "attention").exists()  # callbacks=none
+    assert json.loads((run_dir / "summary.json").read_text())["samples"] is None
+    resumed = run_cli(*args, "trainer.max_steps=4", "ckpt_path=last", env=env["env"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Restoring states from the checkpoint path at {run_dir / 'checkpoints' / 'last.ckpt'}" in (
+        resumed.stdout + resumed.stderr)
+    assert "Done: 4 steps" in resumed.stdout

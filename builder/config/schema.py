@@ -3,7 +3,9 @@
 ``conf/config.yaml`` composes ``schema`` first, so every top-level and ``train.*`` key has its
 type and default here (the YAML only picks groups). A preset in ``conf/model/`` and a corpus in
 ``conf/data/`` start their defaults list with ``schema``, so a wrong type (``model.n_layers=abc``)
-or a missing value fails at composition, and each data YAML writes only what differs.
+or a missing value fails at composition, and each data YAML writes only what differs. Each entry of
+``conf/callbacks/default.yaml`` is one of the callback schemas below (``callbacks/schema/<name>``):
+its settings and their defaults are here, typed.
 Component groups (``model/attention`` ...) are free-form mappings with a ``name``; the builder
 checks them against the registered class's signature.
 """
@@ -49,7 +51,7 @@ class DataConfig:
     bpe_vocab_size: int = 1024  # byte_bpe: target vocabulary size (>= 256)
     vocab_file: str | None = None  # gpt2_bpe: local vocab.json
     merges_file: str | None = None  # gpt2_bpe: local merges.txt
-    cache_dir: str | None = None  # null: $HYDRAFORMER_CACHE, else ~/.cache/hydraformer/tokens
+    cache_dir: str | None = II("paths.cache_dir")  # conf/paths/default.yaml; null: data/cache.py default_cache_dir()
     context_length: int = II("model.context_length")
     batch_size: int = 16
     val_fraction: float = 0.1  # the last 10% of the token stream is validation
@@ -71,15 +73,68 @@ class TrainConfig:
     eps: float = 1e-8
     fused_optimizer: bool = True  # fused AdamW (CPU and CUDA); false: foreach
     compile: bool = False  # torch.compile the model
-    checkpoint_every_n_steps: int = 500
-    peak_flops: float | None = None  # MFU denominator; None: data sheet (GPU) or a matmul probe (CPU)
-    throughput_window: int = 10  # batches per perf/tokens_per_s measurement
     skip_nonfinite: bool = False  # true: skip and count batches with a NaN/inf loss (single process); false: stop
-    sample_prompt: str = "The "
-    sample_tokens: int = 200
-    sample_temperature: float = 0.8
-    sample_top_k: int | None = 40
-    probe_text: str | None = LECTURE_PHRASE  # every head's pattern on it, drawn at each validation; None: off
+
+
+# --- the ``callbacks`` group (conf/callbacks/): one entry per callback of task=train, built by
+# builder/training/callbacks.py. ``~callbacks.NAME`` or ``callbacks.NAME=null`` switches one off.
+
+
+@dataclass
+class ModelCheckpointConfig:
+    """``<run dir>/checkpoints/``: ``best-<step>.ckpt`` (lowest val/loss), ``last.ckpt`` and ``step-<N>.ckpt``."""
+
+    every_n_train_steps: int = 500  # a step-<N>.ckpt every N optimizer steps, all kept (what a SIGKILL can lose)
+
+
+@dataclass
+class TextSamplesConfig:
+    """At each validation the prompt is continued (fixed seed), logged and appended to ``<run dir>/samples.txt``."""
+
+    prompt: str = "The "
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = 40  # None: sample from the whole vocabulary
+
+
+@dataclass
+class AttentionProbeConfig:
+    """At each validation every head's pattern on ``text``: ``<run dir>/attention/patterns_step<N>.png`` and the loggers."""
+
+    text: str = LECTURE_PHRASE
+
+
+@dataclass
+class ThroughputConfig:
+    """``perf/tokens_per_s`` and ``perf/mfu`` (training FLOPs per token from the budget x tokens/s / peak)."""
+
+    window: int = 10  # batches per measurement
+    peak_flops: float | None = None  # the MFU denominator; None: the GPU's data sheet, else a matmul probe
+
+
+@dataclass
+class LRMonitorConfig:
+    """The learning rate in the loggers (Lightning's LearningRateMonitor; only when a logger is on)."""
+
+    logging_interval: str = "step"  # step | epoch
+
+
+@dataclass
+class RichProgressBarConfig:
+    """Lightning's RichProgressBar (unless trainer.enable_progress_bar=false)."""
+
+    leave: bool = True  # keep each epoch's bar on screen
+
+
+# callback name (its key under ``callbacks``) -> its settings; stored as ``callbacks/schema/<name>``
+CALLBACK_SCHEMAS = {
+    "model_checkpoint": ModelCheckpointConfig,
+    "text_samples": TextSamplesConfig,
+    "attention_probe": AttentionProbeConfig,
+    "throughput": ThroughputConfig,
+    "lr_monitor": LRMonitorConfig,
+    "rich_progress_bar": RichProgressBarConfig,
+}
 
 
 @dataclass
@@ -90,6 +145,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: Any = MISSING
     logger: Any = field(default_factory=dict)
+    callbacks: Any = field(default_factory=dict)  # name -> settings (the dataclasses above); conf/callbacks/
+    paths: Any = field(default_factory=dict)  # where runs, sweeps and the token cache go: conf/paths/default.yaml
     train: TrainConfig = field(default_factory=TrainConfig)
     # task=report: several presets side by side, e.g. models=[gpt3_125m,gpt3_175b] or 'models=[gpt3_*]'
     models: list[str] | None = None
@@ -119,4 +176,6 @@ def register_schemas() -> None:
     cs.store(name="schema", node=Config)
     cs.store(group="model", name="schema", node=ModelConfig)
     cs.store(group="data", name="schema", node=DataConfig)
+    for name, node in CALLBACK_SCHEMAS.items():
+        cs.store(group="callbacks/schema", name=name, node=node)
     _registered = True

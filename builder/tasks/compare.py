@@ -12,7 +12,8 @@ Written
   registered in ``conf/config.yaml`` under ``hydra.callbacks``; single runs are left alone), so a
   sweep with failed jobs — which Hydra's basic sweeper reports by raising at its end, before
   ``on_multirun_end`` — still gets its comparison;
-* on demand: ``python run.py task=compare sweep_dir=multirun/<date>/<time>`` (or ``sweep_dir=last``).
+* on demand: ``python run.py task=compare sweep_dir=multirun/<date>/<time>`` (or ``sweep_dir=last``: the newest
+  sweep under ``paths.sweeps_dir``).
 """
 
 from __future__ import annotations
@@ -247,8 +248,8 @@ def compare_sweep(sweep_dir: str | Path, *, plot: bool = True) -> dict[str, Any]
 # --------------------------------------------------------------------------------------------------
 
 
-def latest_sweep(root: Path = Path("multirun")) -> Path | None:
-    """The sweep directory under ``multirun/`` whose job was written last (jobs: ``<sweep>/<num>/.hydra/``)."""
+def latest_sweep(root: Path) -> Path | None:
+    """The sweep directory under ``root`` (``paths.sweeps_dir``) whose job was written last (jobs: ``<sweep>/<num>/.hydra/``)."""
     jobs = [p.parent.parent for p in root.glob("**/.hydra/overrides.yaml")] if root.is_dir() else []
     return max(jobs, key=lambda p: p.stat().st_mtime).parent if jobs else None
 
@@ -258,9 +259,10 @@ def run(cfg, out_dir: Path) -> int:
     value = cfg.get("sweep_dir")
     if value in (None, ""):
         raise ConfigError("sweep_dir", value, "a sweep directory (e.g. multirun/<date>/<time>), or `last`")
-    sweep = latest_sweep() if value == "last" else Path(str(value)).expanduser()
+    sweeps = Path(str(cfg.paths.sweeps_dir)).expanduser()
+    sweep = latest_sweep(sweeps) if value == "last" else Path(str(value)).expanduser()
     if sweep is None:
-        raise ConfigError("sweep_dir", value, "a sweep directory; none found under multirun/")
+        raise ConfigError("sweep_dir", value, f"a sweep directory; none found under {sweeps}/ (paths.sweeps_dir)")
     if not sweep.is_dir():
         raise ConfigError("sweep_dir", value, "an existing sweep directory (e.g. multirun/<date>/<time>)")
     if not find_jobs(sweep):

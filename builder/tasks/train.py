@@ -21,11 +21,10 @@ from ..errors import ConfigError
 from ..files import atomic_write
 from ..model import resolve
 from ..report import write_budget_files
-from ..training.callbacks import AtomicCheckpointIO, AttentionProbe, SampleText, SaveOnInterrupt
+from ..training.callbacks import AtomicCheckpointIO, RunContext, SaveOnInterrupt, make_callbacks
 from ..training.launch import for_this_job
 from ..training.loggers import finish_wandb, log_image, log_table, make_loggers_from_config, wandb_run_dir
 from ..training.module import LitGPT
-from ..training.throughput import ThroughputMonitor, peak_flops
 
 # Lightning 2.6 builds torch's deprecated LeafSpec on every batch; torch 2.13 warns about it each run.
 # Not ours to fix, and it buries the run's own output.
@@ -39,8 +38,9 @@ def make_datamodule(cfg):
     return TokenDataModule(**data)
 
 
-def find_checkpoint(ckpt_path: str | None, out_dir: Path) -> str | None:
-    """``last``: the newest checkpoint (by time written) in this run directory, else under outputs/ and multirun/.
+def find_checkpoint(ckpt_path: str | None, out_dir: Path, paths=None) -> str | None:
+    """``last``: the newest checkpoint (by time written) in this run directory, else under ``paths.runs_dir`` and
+    ``paths.sweeps_dir`` (``outputs/``, ``multirun/``).
 
     Periodic ``step-N.ckpt`` files count too, so a run killed with SIGKILL resumes from its last one."""
     if ckpt_path in (None, ""):
@@ -49,12 +49,15 @@ def find_checkpoint(ckpt_path: str | None, out_dir: Path) -> str | None:
         if not Path(ckpt_path).is_file():
             raise ConfigError("ckpt_path", ckpt_path, "an existing checkpoint file, or `last`")
         return ckpt_path
-    for root in (out_dir, Path("outputs"), Path("multirun")):
+    paths = paths or {}
+    roots = [Path(out_dir)] + [Path(str(paths[k])).expanduser() for k in ("runs_dir", "sweeps_dir") if paths.get(k)]
+    for root in roots:
         found = [p for p in root.glob("**/checkpoints/*.ckpt") if not p.name.startswith(".")] if root.is_dir() else []
-        found.sort(key=lambda p: p.stat().st_mtime)  # (.name.ckpt.XXXX.ckpt: a write a kill cut short, never renamed)
+        found.sort(key=lambda p: p.stat().st_mtime)  # (a hidden .name.ckpt.XXXX.tmp: a write a kill cut short)
         if found:
             return str(found[-1])
-    raise ConfigError("ckpt_path", "last", f"a checkpoint to resume from; none found in {out_dir} or under outputs/")
+    raise ConfigError("ckpt_path", "last", "a checkpoint to resume from; none found in "
+                      + " or under ".join(f"{r}/" for r in roots))
 
 
 def make_strategy(trainer_kwargs: dict, checkpoint_io):
@@ -87,29 +90,21 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
     trainer_kwargs = to_plain(cfg.trainer)
     train_cfg = to_plain(cfg.train)
     total_steps = train_cfg["total_steps"] or trainer_kwargs.get("max_steps") or 1000
-    ckpt_path = find_checkpoint(cfg.ckpt_path, out_dir)
+    ckpt_path = find_checkpoint(cfg.ckpt_path, out_dir, to_plain(cfg.get("paths")))
+    logger_cfg = to_plain(cfg.logger) if cfg.logger else {}
 
     # everything that can be refused is checked before the first file is written
-    sampler = SampleText(dm.tokenizer, out_dir, train_cfg["sample_prompt"], train_cfg["sample_tokens"],
-                         train_cfg["sample_temperature"], train_cfg["sample_top_k"], seed=cfg.seed)
-    probe = AttentionProbe(dm.tokenizer, out_dir, train_cfg["probe_text"]) if train_cfg["probe_text"] else None
+    built = make_callbacks(cfg.get("callbacks"), RunContext(
+        tokenizer=dm.tokenizer, out_dir=out_dir, seed=cfg.seed, flops_per_token=budget["flops_per_token"]["training"],
+        precision=str(trainer_kwargs.get("precision", "32")),
+        has_logger=any(options not in (None, False) for options in logger_cfg.values()),
+        progress_bar=trainer_kwargs.get("enable_progress_bar", True)))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same init whatever the data step drew
     module = LitGPT(model_cfg, train_cfg, dm.tokenizer.to_dict(), total_steps)
-    loggers = make_loggers_from_config(to_plain(cfg.logger) if cfg.logger else {}, out_dir, config=to_plain(cfg))
-    peak, peak_source = peak_flops(trainer_kwargs.get("precision", "32"), train_cfg["peak_flops"])
-    throughput = ThroughputMonitor(budget["flops_per_token"]["training"], peak, train_cfg["throughput_window"])
+    loggers = make_loggers_from_config(logger_cfg, out_dir, config=to_plain(cfg))
     ckpt_dir = out_dir / "checkpoints"
-    best = pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="best-{step}", monitor="val/loss", mode="min",
-                                        save_top_k=1, save_last=True, auto_insert_metric_name=False)
-    periodic = pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=-1,
-                                            every_n_train_steps=train_cfg["checkpoint_every_n_steps"],
-                                            auto_insert_metric_name=False)
-    interrupt = SaveOnInterrupt(ckpt_dir / "last.ckpt")
-    callbacks = [best, periodic, throughput, sampler, interrupt] + ([probe] if probe else [])
-    if loggers:
-        callbacks.append(pl.callbacks.LearningRateMonitor(logging_interval="step"))
-    if trainer_kwargs.get("enable_progress_bar", True):
-        callbacks.append(pl.callbacks.RichProgressBar(leave=True))
+    callbacks = [c for group in built.values() for c in group] + [SaveOnInterrupt(ckpt_dir / "last.ckpt")]  # always on
+    trainer_kwargs.setdefault("enable_checkpointing", "model_checkpoint" in built)
     checkpoint_io = AtomicCheckpointIO()
     strategy = make_strategy(trainer_kwargs, checkpoint_io)
     trainer_kwargs["strategy"] = strategy
@@ -119,22 +114,24 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
     for_this_job(trainer)  # multirun + DDP: the extra processes run this job only (builder/training/launch.py)
     if trainer.is_global_zero:
         write_budget(budget, out_dir, loggers)
-        rank_zero_info(f"peak for perf/mfu: {peak / 1e12:.3f} TFLOP/s ({peak_source})")
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
 
     if trainer.is_global_zero:
+        best, throughput, probe = (built.get(name, [None])[0] for name in ("model_checkpoint", "throughput",
+                                                                           "attention_probe"))
+        samples = out_dir / "samples.txt"
         summary = {
             "run_dir": str(out_dir),
             "last_checkpoint": str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").exists() else None,
-            "best_checkpoint": best.best_model_path or None,
-            "best_val_loss": float(best.best_model_score) if best.best_model_score is not None else None,
+            "best_checkpoint": (best.best_model_path or None) if best else None,
+            "best_val_loss": float(best.best_model_score) if best and best.best_model_score is not None else None,
             "val_loss": _metric(trainer, "val/loss"),
             "val_ppl": _metric(trainer, "val/ppl"),
-            "tokens_per_s": throughput.mean_tokens_per_s,
+            "tokens_per_s": throughput.mean_tokens_per_s if throughput else None,
             "steps": trainer.global_step,
             "wall_time_s": round(time.perf_counter() - started, 3),
             "budget": str(out_dir / "budget.json"),
-            "samples": str(sampler.path) if sampler.path.exists() else None,
+            "samples": str(samples) if "text_samples" in built and samples.exists() else None,
             "attention": [str(p) for p in probe.paths] if probe else [],
             "wandb": wandb_run_dir(loggers),
         }

@@ -1,20 +1,45 @@
-"""Callbacks and plugins the train task assembles: text samples, atomic checkpoint writes."""
+"""The callbacks of task=train, built from the ``callbacks`` config group, and the atomic checkpoint plugin.
+
+``make_callbacks(cfg.callbacks, context)`` turns each entry of the group (``conf/callbacks/default.yaml``) into
+Lightning callbacks through an allow-list (:data:`BUILDERS`): a config names a callback, never code to run.
+Each entry's settings are its dataclass in ``builder/config/schema.py`` (:data:`CALLBACK_SCHEMAS`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import signal
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from components.registry import closest
+
+from ..config.plain import to_plain
+from ..config.schema import (
+    CALLBACK_SCHEMAS,
+    AttentionProbeConfig,
+    LRMonitorConfig,
+    ModelCheckpointConfig,
+    RichProgressBarConfig,
+    TextSamplesConfig,
+    ThroughputConfig,
+)
+from ..errors import ConfigError
 from ..files import atomic_path
 from ..generate import encode_prompt, generate
 from ..interp.capture import head_mask, record
 from ..interp.plots import draw_patterns
 from .loggers import log_image, log_text
+from .throughput import ThroughputMonitor, peak_flops
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -34,7 +59,7 @@ class SampleText(pl.Callback):
         self.tokenizer, self.out_dir = tokenizer, Path(out_dir)
         self.prompt, self.max_new_tokens, self.temperature, self.top_k, self.seed = (
             prompt, max_new_tokens, temperature, top_k, seed)
-        self.prompt_ids = encode_prompt(tokenizer, prompt, key="train.sample_prompt")
+        self.prompt_ids = encode_prompt(tokenizer, prompt, key="callbacks.text_samples.prompt")
         self.rows: list[list] = []
 
     @property
@@ -71,7 +96,7 @@ class AttentionProbe(pl.Callback):
 
     def __init__(self, tokenizer, out_dir: Path, text: str):
         self.tokenizer, self.out_dir, self.text = tokenizer, Path(out_dir), text
-        self.ids = encode_prompt(tokenizer, text, key="train.probe_text")
+        self.ids = encode_prompt(tokenizer, text, key="callbacks.attention_probe.text")
         self.tokens = [tokenizer.decode([i]) for i in self.ids]
         self.paths: list[Path] = []
 
@@ -96,13 +121,44 @@ class AttentionProbe(pl.Callback):
 class SaveOnInterrupt(pl.Callback):
     """Ctrl-C or SIGTERM during training: write ``last.ckpt`` (atomically) before the run exits.
 
-    A failure of the run itself (a NaN loss, a bug) saves nothing, so the last good checkpoint stays."""
+    Ctrl-C becomes a KeyboardInterrupt at the end of the current batch, as Lightning does with SIGTERM: raised where
+    the signal lands, Python drops one that lands in a finaliser or a weakref callback (those run inside backward) and
+    training would go on. A second Ctrl-C interrupts at once. A failure of the run itself (a NaN loss, a bug) saves
+    nothing, so the last good checkpoint stays."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.saved: Path | None = None
+        self.interrupted = False
+        self._previous = None
+
+    def _on_sigint(self, signum, frame):
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+
+    def setup(self, trainer, pl_module, stage):
+        # only the main thread may set a handler; a handler someone else chose (or SIGINT ignored) stays
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _restore(self) -> None:
+        if self._previous is not None and signal.getsignal(signal.SIGINT) == self._on_sigint:
+            signal.signal(signal.SIGINT, self._previous)
+        self._previous = None
+
+    def _raise_if_interrupted(self, *args):
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+    on_train_batch_end = on_validation_batch_end = _raise_if_interrupted
+
+    def teardown(self, trainer, pl_module, stage):
+        self._restore()
 
     def on_exception(self, trainer, pl_module, exception):
+        self._restore()
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or trainer.global_step == 0:
             return
         trainer.save_checkpoint(self.path)
@@ -110,3 +166,94 @@ class SaveOnInterrupt(pl.Callback):
         if trainer.is_global_zero:
             print(f"\ninterrupted at step {trainer.global_step}: saved {self.path}; resume with ckpt_path={self.path}",
                   flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# the ``callbacks`` group -> callback objects
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What the callbacks need from the run they join."""
+
+    tokenizer: Any
+    out_dir: Path
+    seed: int
+    flops_per_token: float  # training FLOPs per token (the budget's)
+    precision: str  # trainer.precision: which peak MFU is measured against
+    has_logger: bool  # a learning-rate monitor needs one
+    progress_bar: bool  # trainer.enable_progress_bar
+
+
+def _model_checkpoint(s: ModelCheckpointConfig, run: RunContext) -> list[pl.Callback]:
+    ckpt_dir = run.out_dir / "checkpoints"
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{step}", monitor="val/loss", mode="min", save_top_k=1,
+                           save_last=True, auto_insert_metric_name=False)
+    periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=-1,
+                               every_n_train_steps=s.every_n_train_steps, auto_insert_metric_name=False)
+    return [best, periodic]
+
+
+def _text_samples(s: TextSamplesConfig, run: RunContext) -> list[pl.Callback]:
+    return [SampleText(run.tokenizer, run.out_dir, s.prompt, s.max_new_tokens, s.temperature, s.top_k, seed=run.seed)]
+
+
+def _attention_probe(s: AttentionProbeConfig, run: RunContext) -> list[pl.Callback]:
+    return [AttentionProbe(run.tokenizer, run.out_dir, s.text)]
+
+
+def _throughput(s: ThroughputConfig, run: RunContext) -> list[pl.Callback]:
+    peak, source = peak_flops(run.precision, s.peak_flops)
+    rank_zero_info(f"peak for perf/mfu: {peak / 1e12:.3f} TFLOP/s ({source})")
+    return [ThroughputMonitor(run.flops_per_token, peak, s.window)]
+
+
+def _lr_monitor(s: LRMonitorConfig, run: RunContext) -> list[pl.Callback]:
+    return [LearningRateMonitor(logging_interval=s.logging_interval)] if run.has_logger else []
+
+
+def _rich_progress_bar(s: RichProgressBarConfig, run: RunContext) -> list[pl.Callback]:
+    return [RichProgressBar(leave=s.leave)] if run.progress_bar else []
+
+
+# the allow-list: callback name -> the function that builds it from its settings
+BUILDERS: dict[str, Callable[[Any, RunContext], list[pl.Callback]]] = {
+    "model_checkpoint": _model_checkpoint,
+    "text_samples": _text_samples,
+    "attention_probe": _attention_probe,
+    "throughput": _throughput,
+    "lr_monitor": _lr_monitor,
+    "rich_progress_bar": _rich_progress_bar,
+}
+
+
+def make_callbacks(callbacks_cfg, run: RunContext) -> dict[str, list[pl.Callback]]:
+    """The ``callbacks`` config node (name -> settings; ``null`` switches one off) -> name -> its callbacks.
+
+    Every entry is checked before any is built: an unknown name or setting, or a ``_target_``, is a
+    :class:`~builder.errors.ConfigError` naming the key."""
+    entries = to_plain(callbacks_cfg) or {}
+    if not isinstance(entries, dict):
+        raise ConfigError("callbacks", entries, "a mapping of callback name -> settings")
+    settings = {name: _settings(name, value) for name, value in entries.items() if value is not None and value is not False}
+    return {name: BUILDERS[name](s, run) for name, s in settings.items()}
+
+
+def _settings(name: str, value: Any):
+    """One entry of the group as its schema dataclass (builder/config/schema.py), or a ConfigError."""
+    if name not in BUILDERS:
+        target = next((k for k in value if str(k).startswith("_")), None) if isinstance(value, dict) else None
+        raise ConfigError(f"callbacks.{name}" + (f".{target}" if target else ""), value,
+                          f"a callback hydraformer builds: one of {', '.join(BUILDERS)}{closest(name, BUILDERS)}; "
+                          "a config never names code to run (_target_)")
+    if not isinstance(value, dict):
+        raise ConfigError(f"callbacks.{name}", value, "a mapping of settings, or null to switch it off")
+    schema = CALLBACK_SCHEMAS[name]
+    fields = [f.name for f in dataclasses.fields(schema)]
+    for key, setting in value.items():
+        if key not in fields:
+            raise ConfigError(f"callbacks.{name}.{key}", setting,
+                              f"one of the {name} settings: {', '.join(fields)}{closest(key, fields)}"
+                              + ("; a config never names code to run (_target_)" if str(key).startswith("_") else ""))
+    return schema(**value)
