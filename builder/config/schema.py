@@ -46,7 +46,7 @@ class DataConfig:
     """A corpus and how it is cut into windows: TokenDataModule's arguments (builder/data/datamodule.py)."""
 
     source: str = "embedded"  # embedded | text | adjectives
-    path: str | None = None  # text only: a UTF-8 file or a folder (all non-hidden files, sorted)
+    path: str | None = MISSING  # text only: a UTF-8 file or a folder; each data preset sets it (null, or ??? for text)
     tokenizer: str = "char"  # char | word | byte_bpe | gpt2_bpe
     bpe_vocab_size: int = 1024  # byte_bpe: target vocabulary size (>= 256)
     vocab_file: str | None = None  # gpt2_bpe: local vocab.json
