@@ -1,3 +1,4 @@
+import logging
 import os
 import subprocess
 import sys
@@ -30,6 +31,18 @@ def train_env(root: Path, **extra_env: str) -> dict:
     corpus.write_text(CORPUS, encoding="utf-8")
     return {"root": root, "tmp": root, "corpus": corpus,
             "env": {"HYDRAFORMER_CACHE": str(root / "cache"), "WANDB_MODE": "offline", **extra_env}}
+
+
+@pytest.fixture(autouse=True)
+def _loggers_left_as_found():
+    """A test that configures logging (import-linter's ``lint_imports`` calls ``logging.config.dictConfig``, which
+    disables every logger that exists) leaves the loggers as it found them: later tests see Lightning's messages."""
+    loggers = [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    saved = [(lg, lg.disabled, lg.propagate, lg.level) for lg in loggers]
+    yield
+    for lg, disabled, propagate, level in saved:
+        lg.disabled, lg.propagate = disabled, propagate
+        lg.setLevel(level)
 
 
 @pytest.fixture
