@@ -14,7 +14,7 @@ The layers, each importing only those below it (tests/test_layers.py holds the r
     training | interp     Lightning plumbing | capture, head scores, pictures, the page
     checkpoint | report   loading and exporting models | the budget as text, Markdown and a chart
     hf                    Hugging Face GPT-2 directories
-    budget | generate     counting parameters and FLOPs | sampling with a KV cache
+    budget | generate | memory   counting parameters and FLOPs | sampling with a KV cache | will training fit
     model | data          config -> nn.Module | tokenizers, corpora, token cache, windows
     config                schema, compose, command-line checks, config printing
     errors | files | tables

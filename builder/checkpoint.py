@@ -1,37 +1,94 @@
 """Load what training and export write: a Lightning checkpoint or an exported directory.
 
 Everything loads with ``torch.load(weights_only=True)`` or safetensors: a file that would run
-code when unpickled is refused.
+code when unpickled is refused. A file or directory that is not what it should be (truncated, corrupt, another
+program's) is one ConfigError naming the setting, the path and what is wrong — never a traceback:
+``load_model`` for ``checkpoint=``, ``check_resumable`` for ``ckpt_path=`` (task=train, before it writes anything).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .data.tokenizers import tokenizer_from_dict
 from .errors import ConfigError
-from .files import atomic_path, atomic_write
+from .files import atomic_path, atomic_write, special_file
 from .hf import load_hf_gpt2
 from .model import build_model, load_state
 
 EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "hydraformer.json"
+CHECKPOINT = "a hydraformer checkpoint (.ckpt written by task=train) or an export directory"
+EXPORT = f"an export directory written by task=export ({EXPORT_CONFIG} + {EXPORT_WEIGHTS})"
 
 
-def _read_checkpoint(path: Path, key: str) -> dict:
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def read_checkpoint(path, key: str = "checkpoint", *, mmap: bool = False) -> dict:
+    """A hydraformer training checkpoint as a dict (``state_dict``, ``hyper_parameters.model`` ...), loaded with
+    ``weights_only=True``; ConfigError for a file that is not one (truncated, another format, a pickle that
+    wants to run code). ``mmap``: map the tensors instead of reading them (a check before Lightning loads it)."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # not a zip/pickle at all, or a pickle that wants to run code
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(key, str(path), "a hydraformer checkpoint (.ckpt written by task=train) or an export "
-                          f"directory; this file could not be loaded safely with weights_only=True: {reason}") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model" not in ckpt.get("hyper_parameters", {}):
+        if mmap:  # a legacy (non-zip) file cannot be mapped: read it, for the real answer
+            return read_checkpoint(path, key)
+        raise ConfigError(key, str(path), f"{CHECKPOINT}; this file could not be loaded safely with "
+                          f"weights_only=True: {_first_line(err)}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or not isinstance(ckpt.get("hyper_parameters"), dict) \
+            or "model" not in ckpt["hyper_parameters"]:
         raise ConfigError(key, str(path), "a hydraformer checkpoint: this file holds no model config and state_dict")
     return ckpt
+
+
+def _build(model_cfg, key: str, path: Path, what: str):
+    """The model a checkpoint or export describes; its own config refused is the file's fault, named as such."""
+    try:
+        return build_model(model_cfg)
+    except ConfigError as err:
+        raise ConfigError(key, str(path), f"{what} whose model config builds; its {err}") from None
+
+
+def _tokenizer(tok, key: str, path: Path, what: str):
+    if not tok:
+        return None
+    try:
+        return tokenizer_from_dict(tok)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(key, str(path), f"{what} with a tokenizer hydraformer can rebuild: {_first_line(err)}") from None
+
+
+def _load_export(path: Path, key: str):
+    try:
+        meta = json.loads((path / EXPORT_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(key, str(path), f"{EXPORT}; its {EXPORT_CONFIG} is not readable JSON: {_first_line(err)}") \
+            from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise ConfigError(key, str(path), f"{EXPORT}; its {EXPORT_CONFIG} holds no model config (a \"model\" object)")
+    weights = path / EXPORT_WEIGHTS
+    if not weights.is_file():
+        raise ConfigError(key, str(path), f"{EXPORT}; {EXPORT_WEIGHTS} is missing")
+    model = _build(meta["model"], key, path, "an export")
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ConfigError(key, str(path), f"{EXPORT}; its {EXPORT_WEIGHTS} is not a readable safetensors file "
+                          f"(truncated or corrupt?): {_first_line(err)}") from None
+    if model.tie_embeddings:
+        state.setdefault("unembedding.weight", state.get("token_embedding.weight"))
+    state = {k: v for k, v in state.items() if v is not None}
+    load_state(model, state, key, path)
+    return model.eval(), _tokenizer(meta.get("tokenizer"), key, path, "an export"), meta["model"]
 
 
 def load_model(path, key: str = "checkpoint"):
@@ -39,26 +96,66 @@ def load_model(path, key: str = "checkpoint"):
     path = Path(str(path)).expanduser()
     if not path.exists():
         raise ConfigError(key, str(path), "an existing checkpoint file or export directory")
+    if kind := special_file(path):  # a FIFO or a device: reading it would block or never end
+        raise ConfigError(key, str(path), f"a checkpoint file or export directory; it is {kind}")
     if path.is_dir():
         if (path / EXPORT_CONFIG).is_file():
-            meta = json.loads((path / EXPORT_CONFIG).read_text())
-            model = build_model(meta["model"])
-            state = load_file(path / EXPORT_WEIGHTS)
-            if model.tie_embeddings:
-                state.setdefault("unembedding.weight", state.get("token_embedding.weight"))
-            load_state(model, state, key, path)
-            tok = meta.get("tokenizer")
-            return model.eval(), (tokenizer_from_dict(tok) if tok else None), meta["model"]
+            return _load_export(path, key)
         if (path / "config.json").is_file():  # a Hugging Face directory: GPT-2 imports, others get a clear error
             return load_hf_gpt2(path, key)
         raise ConfigError(key, str(path), f"a checkpoint file or a directory holding {EXPORT_CONFIG}")
-    ckpt = _read_checkpoint(path, key)
+    ckpt = read_checkpoint(path, key)
     hp = ckpt["hyper_parameters"]
-    model = build_model(hp["model"])
+    model = _build(hp["model"], key, path, "a checkpoint")
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     load_state(model, state, key, path)
-    tok = hp.get("tokenizer")
-    return model.eval(), (tokenizer_from_dict(tok) if tok else None), hp["model"]
+    return model.eval(), _tokenizer(hp.get("tokenizer"), key, path, "a checkpoint"), hp["model"]
+
+
+def _flat(node, prefix: str = "model") -> dict:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}.{key}").items()}
+
+
+def _same_model(saved: dict, current: dict, key: str, path) -> None:
+    """Resuming continues the model a checkpoint holds: any difference in the model config is refused, listing the
+    keys (a key one side lacks counts when the other side sets it). Training settings may change."""
+    old, new = _flat(saved), _flat(current)
+    differ = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    if differ:
+        shown = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in differ[:6])
+        more = f" (and {len(differ) - 6} more)" if len(differ) > 6 else ""
+        raise ConfigError(key, str(path), f"a checkpoint of the model this run trains; the model config differs: "
+                          f"{shown}{more}. Resume with the checkpoint's model settings (training settings such as "
+                          "train.lr or trainer.max_steps may change), or leave ckpt_path out to start a new run")
+
+
+def check_resumable(path, model_cfg: dict | None = None, key: str = "ckpt_path"):
+    """``path`` (returned as given; None stays None) if training can resume from it: a complete hydraformer
+    checkpoint with its optimizer state and, given ``model_cfg`` (the run's model, its vocab_size the tokenizer's),
+    tensors of that model's shapes. Otherwise a ConfigError naming ``key`` — before the run writes anything.
+
+    The tensors are memory-mapped, not read: Lightning reads the file right after."""
+    if path in (None, ""):
+        return path
+    file = Path(str(path)).expanduser()
+    if not file.is_file():
+        kind = special_file(file)
+        raise ConfigError(key, str(path), "an existing checkpoint file, or `last`" + (f"; it is {kind}" if kind else ""))
+    ckpt = read_checkpoint(file, key, mmap=True)
+    if "optimizer_states" not in ckpt or "global_step" not in ckpt:
+        raise ConfigError(key, str(path), "a checkpoint written during training (checkpoints/last.ckpt, step-N.ckpt, "
+                          "best-N.ckpt): this one holds the weights only, no optimizer state to resume")
+    if model_cfg is not None:
+        _same_model(ckpt["hyper_parameters"]["model"], model_cfg, key, path)
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            model = build_model(model_cfg)
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        with warnings.catch_warnings():  # copying into meta tensors is the no-op we want; torch warns per tensor
+            warnings.simplefilter("ignore", UserWarning)
+            load_state(model, state, key, path)
+    return path
 
 
 def export_model(checkpoint, out_dir: Path) -> Path:

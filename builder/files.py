@@ -4,15 +4,35 @@ One mechanism for every file the project writes (checkpoints, token caches, pict
 the finished file gets the permissions the umask gives an ordinary file (``mkstemp`` alone would
 leave it 0600, which breaks a cache shared by several users), and a crash mid-write never leaves a
 truncated file under the real name.
+
+And the one check for every path the project reads: ``special_file`` names a FIFO, device or socket, which is
+refused before it is opened (reading a FIFO blocks until a writer comes; /dev/zero never ends).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+_SPECIAL = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_file(path) -> str | None:
+    """What ``path`` is when it is neither a regular file nor a folder (links followed): ``"a named pipe (FIFO)"``,
+    ``"a character device"``, ... — reading one blocks forever or never ends. None for a file, a folder, or a path
+    that does not exist (the caller's own check names that). The caller raises its ConfigError naming its key."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((what for test, what in _SPECIAL if test(mode)), "not a regular file")
 
 
 def _umask() -> int:

@@ -39,7 +39,7 @@ def generate(model, ids: torch.Tensor, max_new_tokens: int, temperature: float =
             break
         if limit and cache.length + 1 > limit:
             cache = KVCache()
-            logits = model(out[:, -(limit // 2):], cache=cache)[:, -1]
+            logits = model(out[:, -max(1, limit // 2):], cache=cache)[:, -1]  # (context_length=1 keeps 1 token)
         else:
             logits = model(nxt, cache=cache)[:, -1]
     model.train(was_training)

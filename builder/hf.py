@@ -3,7 +3,10 @@
     model, tokenizer, model_cfg = builder.hf.load_hf_gpt2("path/to/gpt2")
 
 Everything stays local and safe: weights come from safetensors or from ``torch.load(weights_only=True)``,
-so a ``pytorch_model.bin`` whose unpickling would run code is refused. GPT-2's ``Conv1D`` layers store
+so a ``pytorch_model.bin`` whose unpickling would run code is refused. Before the model is built, every tensor's
+name and shape (the safetensors headers, a memory-mapped ``.bin``) is checked against what ``config.json`` implies,
+on the meta device: a config.json claiming a wider model than its weights is refused before anything is allocated.
+A FIFO, device or socket in place of one of the directory's files is refused before it is opened. GPT-2's ``Conv1D`` layers store
 their weight as ``[in, out]``; ours are ``nn.Linear`` (``[out, in]``), so those weights are transposed.
 """
 
@@ -11,13 +14,16 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .data.tokenizers import GPT2BPETokenizer
 from .errors import ConfigError
+from .files import special_file
 from .model import build_model, load_state
 
 HF_CONFIG = "config.json"
@@ -26,6 +32,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_BIN = "pytorch_model.bin"
 PYTORCH_BIN_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFETENSORS, SAFETENSORS_INDEX, PYTORCH_BIN, PYTORCH_BIN_INDEX)
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")
 
 #: GPT-2's activation names that are the tanh-approximated GELU our ``gelu`` MLP computes
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
@@ -63,7 +70,9 @@ _BLOCK = re.compile(r"h\.(\d+)\.(.+)$")
 
 
 def _read_config(path: Path) -> dict | None:
-    """config.json as a dict, or None when there is none or it is not a JSON object."""
+    """config.json as a dict, or None when there is none, it is not a JSON object, or not a regular file."""
+    if special_file(path / HF_CONFIG):  # a FIFO would block the read
+        return None
     try:
         cfg = json.loads((path / HF_CONFIG).read_text())
     except (OSError, ValueError):
@@ -145,7 +154,14 @@ def convert_gpt2_state(hf_state: dict, tie_embeddings: bool = True) -> dict:
     return out
 
 
+def _refuse_special(files, key: str, path: Path) -> None:
+    for file in files:
+        if kind := special_file(file):
+            raise ConfigError(key, str(path), f"a Hugging Face GPT-2 directory of regular files; {file.name} is {kind}")
+
+
 def _load_one(file: Path, key: str, path: Path) -> dict:
+    """A weights file's tensors; a zip-format ``.bin`` (torch >= 1.6) is memory-mapped, not read."""
     if file.suffix == ".safetensors":
         try:
             return load_file(str(file))
@@ -153,7 +169,7 @@ def _load_one(file: Path, key: str, path: Path) -> dict:
             raise ConfigError(key, str(path), f"readable safetensors weights; {file.name} could not be read: "
                               f"{_first_line(err)}") from None
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
     except Exception as err:  # not a zip/pickle, or a pickle that wants to run code
         raise ConfigError(key, str(path), f"weights loadable safely with torch.load(weights_only=True); "
                           f"{file.name} was refused: {_first_line(err)}") from None
@@ -167,31 +183,71 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _load_sharded(index: Path, key: str, path: Path) -> dict:
+def _shapes_of(file: Path, key: str, path: Path) -> dict:
+    """A weights file's tensor names and shapes: the safetensors header (no tensor data read), or the memory-mapped
+    ``.bin``."""
+    if file.suffix != ".safetensors":
+        return {name: tuple(t.shape) for name, t in _load_one(file, key, path).items()}
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except Exception as err:
+        raise ConfigError(key, str(path), f"readable safetensors weights; {file.name} could not be read: "
+                          f"{_first_line(err)}") from None
+
+
+def _shards(index: Path, key: str, path: Path) -> list[Path]:
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
         shards = sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise ConfigError(key, str(path), f"a shard index with a 'weight_map'; {index.name} could not be read: "
                           f"{_first_line(err)}") from None
-    state = {}
     for shard in shards:
-        if not isinstance(shard, str) or Path(shard).name != shard or not (path / shard).is_file():
+        if not isinstance(shard, str) or Path(shard).name != shard:
             raise ConfigError(key, str(path), f"every shard {index.name} names, as a file in the same directory; "
-                              f"missing or not a plain file name: {shard!r}")
-        state.update(_load_one(path / shard, key, path))
-    return state
+                              f"not a plain file name: {shard!r}")
+        _refuse_special([path / shard], key, path)
+        if not (path / shard).is_file():
+            raise ConfigError(key, str(path), f"every shard {index.name} names, as a file in the same directory; "
+                              f"missing: {shard!r}")
+    return [path / shard for shard in shards]
+
+
+def _weight_files(path: Path, key: str) -> list[Path]:
+    """The files holding a directory's weights: model.safetensors, its shards, or pytorch_model.bin (or its shards)."""
+    _refuse_special([path / name for name in WEIGHT_FILES], key, path)
+    for name in WEIGHT_FILES:
+        file = path / name
+        if file.is_file():
+            return _shards(file, key, path) if name.endswith(".index.json") else [file]
+    raise ConfigError(key, str(path), f"a Hugging Face GPT-2 directory with weights; none of {', '.join(WEIGHT_FILES)} "
+                      "was found")
 
 
 def read_gpt2_weights(path, key: str = "checkpoint") -> dict:
     """The raw GPT-2 state dict of a directory: model.safetensors, its shards, or pytorch_model.bin (safely)."""
     path = Path(str(path)).expanduser()
-    for name in WEIGHT_FILES:
-        file = path / name
-        if file.is_file():
-            return _load_sharded(file, key, path) if name.endswith(".index.json") else _load_one(file, key, path)
-    raise ConfigError(key, str(path), f"a Hugging Face GPT-2 directory with weights; none of {', '.join(WEIGHT_FILES)} "
-                      "was found")
+    return {name: t for file in _weight_files(path, key) for name, t in _load_one(file, key, path).items()}
+
+
+def read_gpt2_shapes(path, key: str = "checkpoint") -> dict[str, tuple[int, ...]]:
+    """Every tensor's GPT-2 name and shape in a directory's weights, without reading the tensors."""
+    path = Path(str(path)).expanduser()
+    return {name: s for file in _weight_files(path, key) for name, s in _shapes_of(file, key, path).items()}
+
+
+def check_gpt2_shapes(model_cfg: dict, shapes: dict, key: str = "checkpoint", path="") -> None:
+    """Refuse weights (``read_gpt2_shapes``) whose names or shapes do not fit ``model_cfg``: compared with a model
+    built on the meta device, so a config.json that claims more than its weights allocates nothing."""
+    with torch.device("meta"):
+        model = build_model(model_cfg)
+        state = {name: torch.empty(shape) for name, shape in shapes.items()}
+    try:
+        load_state(model, convert_gpt2_state(state, model.tie_embeddings), key, path)
+    except ConfigError as err:
+        raise ConfigError(key, str(path), f"{err.accepted} (the model's shapes are what {HF_CONFIG} implies; "
+                          "nothing was built)") from None
 
 
 def load_gpt2_tokenizer(path, key: str = "checkpoint"):
@@ -212,6 +268,7 @@ def load_gpt2_tokenizer(path, key: str = "checkpoint"):
 def load_hf_gpt2(path, key: str = "checkpoint"):
     """A Hugging Face GPT-2 directory as ``(model, tokenizer_or_None, model_config_dict)``, model in eval mode."""
     path = Path(str(path)).expanduser()
+    _refuse_special([path / name for name in (HF_CONFIG, *WEIGHT_FILES, *TOKENIZER_FILES)], key, path)
     if not (path / HF_CONFIG).is_file():
         raise ConfigError(key, str(path), f"a Hugging Face GPT-2 directory holding {HF_CONFIG}")
     hf_cfg = _read_config(path)
@@ -222,6 +279,7 @@ def load_hf_gpt2(path, key: str = "checkpoint"):
                           f"architectures GPT2LMHeadModel); its config.json has model_type={hf_cfg.get('model_type')!r}, "
                           f"architectures={hf_cfg.get('architectures')!r}")
     model_cfg = gpt2_model_config(hf_cfg, key, path)
+    check_gpt2_shapes(model_cfg, read_gpt2_shapes(path, key), key, path)  # before anything is allocated
     model = build_model(model_cfg)
     state = convert_gpt2_state(read_gpt2_weights(path, key), model.tie_embeddings)
     load_state(model, state, key, path)

@@ -11,6 +11,7 @@ from torch import nn
 
 import components
 from components import Block, RegistryError, Transformer
+from components.registry import closest
 
 from .config.plain import to_plain
 from .errors import ConfigError
@@ -19,6 +20,10 @@ from .errors import ConfigError
 SHARED_ARGS = ("d_model", "n_heads", "d_head", "context_length", "bias", "dropout")
 # keys of a component group that the builder itself consumes
 BUILDER_KEYS = {"name", "layout"}
+# the keys of a model config besides one per component kind: ModelConfig's fields in builder/config/schema.py
+# (that module imports Hydra, which loading a model never does; tests/test_cli_safety.py holds the two equal)
+MODEL_KEYS = ("d_model", "n_layers", "n_heads", "d_head", "vocab_size", "context_length", "bias", "tie_embeddings",
+              "dropout", "init_std")
 LAYOUTS = ("pre", "post")
 
 
@@ -86,6 +91,11 @@ def resolve(cfg_model) -> tuple[dict, dict[str, Spec]]:
     m = to_plain(cfg_model)
     if not isinstance(m, dict):
         raise ConfigError("model", m, "a mapping of model keys (a composed model config)")
+    accepted = (*MODEL_KEYS, *components.KINDS)
+    for key in m:
+        if key not in accepted:
+            raise ConfigError(f"model.{key}", m[key], f"a key of model{closest(str(key), accepted)}; accepted: "
+                              f"{', '.join(accepted)}")
     for key in ("d_model", "n_layers", "n_heads", "vocab_size", "context_length"):
         _positive_int(m, key)
     if m.get("d_head") is None:

@@ -71,6 +71,8 @@ def test_signal_saves_checkpoint_and_resume_continues(env, sig):
     proc.send_signal(sig)
     output = finish(proc)
     assert "interrupted at step" in output, output[-3000:]
+    assert proc.returncode == 128 + sig, output[-3000:]  # not finished: SLURM's requeue and `a && b` must see it
+    assert f"hydra.run.dir={out} ckpt_path=last" in output  # how to resume
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     step = ckpt["global_step"]
     assert step >= 5

@@ -278,7 +278,7 @@ def test_compare_lists_failed_and_unfinished_jobs(tmp_path):
     result = compare_sweep(tmp_path)
     got = {r["job"]: r for r in rows(tmp_path)}
     assert list(got) == ["0", "1", "2", "10"]
-    assert [got[j]["status"] for j in got] == ["ok", "ok", "failed", "failed"]
+    assert [got[j]["status"] for j in got] == ["ok", "ok", "failed", "interrupted"]
     assert got["2"]["error"] == "boom" and "summary.json" in got["10"]["error"]
     assert got["1"]["best_val_loss"] == "1.5" and got["0"]["label"] == "lr=0.1" and got["0"]["wall_time_s"] == "1.5"
     assert result["best"]["job"] == "1"

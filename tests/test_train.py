@@ -248,7 +248,7 @@ def test_paths_place_the_token_cache(monkeypatch):
     assert builder.compose([]).data.cache_dir == "~/.cache/hydraformer/tokens"
 
 
-def test_ckpt_path_last_searches_the_run_then_paths(tmp_path):
+def test_ckpt_path_last_is_this_runs_own_newest_checkpoint(tmp_path):
     runs, sweeps, here = tmp_path / "runs", tmp_path / "sweeps", tmp_path / "here"
     for i, path in enumerate([sweeps / "d" / "t" / "0" / "checkpoints" / "last.ckpt",
                               runs / "d" / "t_train" / "checkpoints" / "step-4.ckpt"]):
@@ -256,10 +256,14 @@ def test_ckpt_path_last_searches_the_run_then_paths(tmp_path):
         path.write_bytes(b"x")
         os.utime(path, (1000 + i, 1000 + i))
     paths = {"runs_dir": str(runs), "sweeps_dir": str(sweeps)}
-    assert find_checkpoint("last", here, paths) == str(runs / "d" / "t_train" / "checkpoints" / "step-4.ckpt")
-    assert find_checkpoint("last", here, {"runs_dir": str(here), "sweeps_dir": str(sweeps)}).startswith(str(sweeps))
-    with pytest.raises(ConfigError, match="none found in"):
-        find_checkpoint("last", here, {"runs_dir": str(here), "sweeps_dir": str(here)})
+    assert find_checkpoint("last", here, paths) is None  # other runs' checkpoints are never this run's
+    own = here / "checkpoints"
+    own.mkdir(parents=True)
+    for i, name in enumerate(["step-8.ckpt", "last.ckpt", ".last.ckpt.x1.tmp"]):
+        (own / name).write_bytes(b"x")
+        os.utime(own / name, (2000 + i, 2000 + i))
+    assert find_checkpoint("last", here, paths) == str(own / "last.ckpt")  # the newest, a killed write's temp aside
+    assert find_checkpoint(None, here, paths) is None
 
 
 def test_runs_go_to_paths_runs_dir_and_resume_from_there(env):
@@ -273,7 +277,7 @@ def test_runs_go_to_paths_runs_dir_and_resume_from_there(env):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "summary.json").is_file()
     assert not (run_dir / "samples.txt").exists() and not (run_dir / "attention").exists()  # callbacks=none
     assert json.loads((run_dir / "summary.json").read_text())["samples"] is None
-    resumed = run_cli(*args, "trainer.max_steps=4", "ckpt_path=last", env=env["env"])
+    resumed = run_cli(*args, "trainer.max_steps=4", f"hydra.run.dir={run_dir}", "ckpt_path=last", env=env["env"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Restoring states from the checkpoint path at {run_dir / 'checkpoints' / 'last.ckpt'}" in (
         resumed.stdout + resumed.stderr)

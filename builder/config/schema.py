@@ -74,6 +74,9 @@ class TrainConfig:
     fused_optimizer: bool = True  # fused AdamW (CPU and CUDA); false: foreach
     compile: bool = False  # torch.compile the model
     skip_nonfinite: bool = False  # true: skip and count batches with a NaN/inf loss (single process); false: stop
+    # refuse a run whose memory estimate (weights, gradients, AdamW, activations: builder/memory.py) clearly exceeds
+    # the device's free memory, before anything is allocated; false: skip the check
+    check_memory: bool = True
 
 
 # --- the ``callbacks`` group (conf/callbacks/): one entry per callback of task=train, built by

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from components.registry import closest
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
+from ..files import special_file
 from . import adjectives
 
 ACCEPTED_SOURCES = ("embedded", "text", "adjectives")
@@ -55,6 +56,8 @@ class Corpus:
             p = Path(path).expanduser()
             if not p.exists():
                 raise DataError(f"data.path: {str(p)!r} does not exist")
+            if kind := special_file(p):  # a FIFO would block the read forever, /dev/zero never end
+                raise ConfigError("data.path", str(p), f"a UTF-8 text file or a folder of them; it is {kind}")
             self.path = p
             if p.is_dir():
                 self._files = sorted(

@@ -6,6 +6,7 @@ The only module of ``builder.data`` that imports Lightning (loading a model for 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,33 @@ from .tokenizers import (
     token_dtype,
 )
 from .windows import EpochSampler, RandomWindowDataset, ValWindowDataset
+
+
+class ResumableDataLoader(DataLoader):
+    """The training loader, with its data position in every checkpoint.
+
+    Lightning saves ``state_dict()`` of each training loader that has one in the checkpoint
+    (``loops.fit_loop.state_dict.combined_loader``) and hands it back to ``load_state_dict()`` when a run
+    resumes, before the first batch is drawn. The state is the epoch and the samples (across all processes)
+    already trained on in it, so a run resumed from any checkpoint (mid-epoch, between validations, written
+    by Ctrl-C) draws exactly the batches the uninterrupted run would have drawn next. ``position()`` says how
+    far training has got: (epoch, batches of this process trained on in it).
+    """
+
+    def __init__(self, *args: Any, position: Callable[[], tuple[int, int]] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.position = position
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self.sampler
+        if self.position is None or not isinstance(sampler, EpochSampler):  # overfit_batches: Lightning's sampler
+            return {}
+        epoch, batches = self.position()
+        return {"epoch": int(epoch), "samples": int(batches * self.batch_size * sampler.world_size)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state and isinstance(self.sampler, EpochSampler):
+            self.sampler.resume(state["epoch"], state["samples"])
 
 
 def _check_int(key: str, value: Any, minimum: int, maximum: int | None = None) -> int:
@@ -211,27 +239,33 @@ class TokenDataModule(pl.LightningDataModule):
         self._require_setup()
         return self._tokens.array
 
-    def _resume_position(self) -> tuple[int, int]:
-        """(epoch, samples already drawn in it across all ranks) of a run restored from a checkpoint."""
+    def _train_position(self) -> tuple[int, int]:
+        """(epoch, batches of it this process has trained on) as the trainer will count them when it resumes.
+
+        Lightning continues a restored epoch at its ``processed`` batch count: a checkpoint written at a batch's
+        end (or after validation) has processed that batch; Ctrl-C in the middle of a step has not (the step is
+        run again). The counts belong to the epoch last started (``current_epoch`` is one ahead of it in
+        ``on_train_end``). A finished epoch (``trainer.limit_train_batches`` included) is the next one, at 0."""
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return 0, 0
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        return trainer.current_epoch, done * self.batch_size * trainer.world_size
+        loop = trainer.fit_loop
+        epoch, batches = max(0, loop.epoch_progress.current.started - 1), loop.epoch_loop.batch_progress.current.processed
+        return (epoch + 1, 0) if batches >= trainer.num_training_batches else (epoch, batches)
 
     def train_dataloader(self) -> DataLoader:
         self._require_setup()
-        epoch, skip = self._resume_position()
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        return DataLoader(
+        return ResumableDataLoader(
             self.train_dataset,
             batch_size=self.batch_size,
-            sampler=EpochSampler(len(self.train_dataset), epoch=epoch, skip=skip, rank=rank, world_size=world),
+            sampler=EpochSampler(len(self.train_dataset), rank=rank, world_size=world),
             drop_last=len(self.train_dataset) >= self.batch_size,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            position=self._train_position,
         )
 
     def val_dataloader(self) -> DataLoader:

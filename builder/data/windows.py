@@ -79,27 +79,37 @@ class EpochSampler(Sampler[int]):
 
     Lightning calls ``set_epoch`` each epoch. Under DDP each process draws its own stride of one
     global order (the trainer is built with ``use_distributed_sampler=False``), so 2 processes with
-    batch b see exactly the samples of 1 process with batch 2b. ``skip`` (a multiple of
-    ``world_size``) drops the first samples of epoch ``skip_epoch`` only: a run resumed in the middle
-    of an epoch continues with the very samples the uninterrupted run would have drawn next.
+    batch b see exactly the samples of 1 process with batch 2b.
+
+    ``resume(epoch, samples)`` (what a checkpoint's data position restores, see
+    ``builder/data/datamodule.py`` ``ResumableDataLoader``) drops the first ``samples`` (across all
+    ranks) of epoch ``epoch`` only: a run resumed in the middle of an epoch continues with the very
+    samples the uninterrupted run would have drawn next. ``len()`` stays the whole epoch's share, as
+    Lightning counts a resumed epoch's batches from where it stopped, not from zero.
     """
 
     def __init__(self, num_samples: int, epoch: int = 0, skip: int = 0, rank: int = 0, world_size: int = 1) -> None:
         self.num_samples = int(num_samples)
-        self.epoch = int(epoch)
-        self.skip_epoch, self.skip = int(epoch), int(skip)
         self.rank, self.world_size = int(rank), int(world_size)
+        self.resume(epoch, skip)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def resume(self, epoch: int, samples: int) -> None:
+        """Start at sample ``samples`` (counted across all ranks) of epoch ``epoch``."""
+        if samples < 0:
+            raise ValueError(f"cannot resume at a negative sample count ({samples})")
+        self.epoch = self.skip_epoch = int(epoch)
+        self.skip = int(samples)
 
     def _skip(self) -> int:
         return min(self.skip, self.num_samples) if self.epoch == self.skip_epoch else 0
 
     def __len__(self) -> int:
-        return (self.num_samples - self._skip()) // self.world_size
+        return self.num_samples // self.world_size
 
     def __iter__(self) -> Iterator[int]:
-        start = self.epoch * self.num_samples + self._skip() + self.rank
-        return iter(range(start, start + len(self) * self.world_size, self.world_size))
-
+        first = self.epoch * self.num_samples
+        stop = first + len(self) * self.world_size
+        return iter(range(first + self._skip() + self.rank, stop, self.world_size))

@@ -22,12 +22,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from components.registry import RegistryError, closest
+from components.registry import RegistryError
 
-from ..config.cli import precheck_or_exit
-from ..config.printing import WRITTEN, show_config
+from ..config.cli import FILE_SYSTEM_ERRORS, check_job_config, precheck_or_exit, register_help_resolver
+from ..config.printing import WRITTEN, ConfigDisplay, displaying
 from ..config.schema import register_schemas
 from ..errors import ConfigError, DataError, NonFiniteLossError
+from ..model import resolve
 from .compare import record_failure
 
 # errors whose message is the whole story: shown as one paragraph, no traceback
@@ -45,6 +46,10 @@ class JobFailed(RuntimeError):
 # start-up (task=report must not pay for Lightning or wandb).
 TASKS = {name: f"{__name__}.{name}" for name in ("report", "train", "sample", "export", "attend", "heads", "compare")}
 TAKES_MODEL_NAME = ("report", "train")
+# tasks whose model is read from ``checkpoint=``: the composed ``model`` section is not theirs to show
+READS_CHECKPOINT = ("sample", "export", "attend", "heads")
+# The config is shown once a task has checked its inputs: a task module with ``SHOWS_CONFIG = True`` calls
+# builder.config.printing.inputs_checked itself when it is past its checks; any other gets it shown just before it runs.
 
 
 def discard_if_empty(out_dir: Path) -> None:
@@ -93,6 +98,50 @@ def _fixed_keys(argv: list[str]) -> set[str]:
     return {o.key_or_group for o in parsed if not o.is_sweep_override()}
 
 
+def _uses_composed_model(cfg) -> bool:
+    """Whether the task builds ``cfg.model`` (not a checkpoint's model, not a list of presets)."""
+    if cfg.task in READS_CHECKPOINT or cfg.task == "compare":
+        return False
+    return not (cfg.task == "report" and cfg.get("models"))
+
+
+def _stdout_target() -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{sys.stdout.fileno()}")
+    except (OSError, ValueError, AttributeError):
+        return "<stdout>"
+
+
+def file_system_error(err: OSError, cfg, out_dir: Path) -> ConfigError | None:
+    """A write the file system refused (full, read-only, not ours, a file where a folder goes) as a ConfigError
+    naming the setting whose path it was (``hydra.run.dir``, ``data.cache_dir`` / ``$HYDRAFORMER_CACHE``, ...), the
+    path and what is wrong; None for any other OSError."""
+    reason = FILE_SYSTEM_ERRORS.get(err.errno)
+    if reason is None:
+        return None
+    if err.filename is None:  # a write to stdout/stderr (a pipe or file on a full disk)
+        return ConfigError("stdout", _stdout_target(), f"a file or terminal that takes the task's output: {reason}")
+    path = Path(os.fsdecode(err.filename)).expanduser().absolute()
+    settings = [("hydra.run.dir", out_dir)]
+    with contextlib.suppress(Exception):  # an interpolation that cannot be resolved here names nothing
+        cache = cfg.data.get("cache_dir") if cfg.get("data") else None
+        if cache:
+            env = os.environ.get("HYDRAFORMER_CACHE")
+            settings.append(("HYDRAFORMER_CACHE" if env and str(cache) == env else "data.cache_dir", cache))
+    for key in ("runs_dir", "sweeps_dir", "cache_dir"):
+        with contextlib.suppress(Exception):
+            if cfg.get("paths") and cfg.paths.get(key):
+                settings.append((f"paths.{key}", cfg.paths[key]))
+    matches = []  # the deepest folder holding the path; between equal ones, the first named
+    for rank, (key, value) in enumerate(settings):
+        root = Path(str(value)).expanduser().absolute()
+        if path == root or root in path.parents:
+            matches.append((len(root.parts), -rank, key, str(value)))
+    key, value = max(matches)[2:] if matches else ("path", str(path))
+    where = "" if str(path) == str(Path(value).expanduser().absolute()) else f" (writing {path})"
+    return ConfigError(key, value, f"a writable location with free space; {reason}{where}")
+
+
 def _finish_wandb(failed: bool) -> None:
     wandb = sys.modules.get("wandb")  # never imported here if the task did not
     if wandb is not None and getattr(wandb, "run", None) is not None:
@@ -111,7 +160,9 @@ def run_task(cfg):
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:
         _name_wandb_run(cfg, hc)
-    show_config(cfg, out_dir, list(hc.overrides.task))
+    # shown once the task has checked its inputs (builder.config.printing.inputs_checked), never before an error
+    display = ConfigDisplay(cfg, out_dir, list(hc.overrides.task), dict(hc.runtime.choices),
+                            model_used=_uses_composed_model(cfg))
     failed = True
     try:
         if multirun:  # start-up: the launcher module imports Lightning, which only a multirun job may need here
@@ -120,13 +171,23 @@ def run_task(cfg):
             scope = job_scope()
         else:
             scope = contextlib.nullcontext()
-        with scope:
+        with scope, displaying(display):
             try:
-                if cfg.task not in TASKS:
-                    raise ConfigError("task", cfg.task, f"one of {', '.join(sorted(TASKS))}{closest(cfg.task, TASKS)}")
-                task = importlib.import_module(TASKS[cfg.task])
-                extra = (hc.runtime.choices.get("model"),) if cfg.task in TAKES_MODEL_NAME else ()
-                code = task.run(cfg, out_dir, *extra)
+                try:
+                    check_job_config(cfg, TASKS)  # what the command line's precheck saw, for this job's config
+                    task = importlib.import_module(TASKS[cfg.task])
+                    if not getattr(task, "SHOWS_CONFIG", False):
+                        if display.model_used:
+                            resolve(cfg.model)  # a bad model is refused before the config is shown
+                        display.show()
+                    extra = (hc.runtime.choices.get("model"),) if cfg.task in TAKES_MODEL_NAME else ()
+                    code = task.run(cfg, out_dir, *extra)
+                    display.show()  # a task that returned without saying its inputs were checked
+                except OSError as err:  # a full disk, a read-only cache: the setting and the path, not a traceback
+                    user_error = file_system_error(err, cfg, out_dir)
+                    if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                        raise
+                    raise user_error from err
                 if code and multirun:
                     raise RuntimeError(f"task={cfg.task} ended with exit status {code}")
             except USER_ERRORS as err:
@@ -143,6 +204,7 @@ def run_task(cfg):
             except Exception as err:
                 if multirun:
                     _record_failure(out_dir, err)
+                display.show(print_tree=False)  # a crash keeps the config beside its traceback
                 raise
         failed = False
     finally:
@@ -169,5 +231,6 @@ def _hydra_main(cfg: DictConfig):
 
 def main() -> None:
     """The ``hydraformer`` command (and ``python run.py``): check the command line, compose, run the task."""
-    precheck_or_exit(TASKS)
+    precheck_or_exit(TASKS, app_file=__file__)
+    register_help_resolver()  # the help page lists each group's options (conf/hydra/help/hydraformer.yaml)
     _hydra_main()

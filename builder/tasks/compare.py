@@ -1,23 +1,33 @@
 """Compare the jobs of a sweep: ``sweep.csv``, ``sweep.md`` and ``sweep.png`` in the sweep directory.
 
-One row per job (a directory below the sweep with ``.hydra/overrides.yaml``): its overrides, status
-(``ok``, or ``failed`` with the error), parameters and attention share (``budget.json``), best
+One row per job: its overrides, status, parameters and attention share (``budget.json``), best
 ``val/loss`` (``summary.json``: ``best_val_loss``, else the last ``val_loss``), tokens/s, steps and
 wall time. ``sweep.png`` plots val/loss against parameters, each point labelled by the overrides
-that differ between the jobs.
+that differ between the jobs; its title counts the jobs it cannot show, and why.
+
+Which jobs: every job the sweep planned, when it recorded its plan — ``jobs.json`` in the sweep
+directory, written when a multirun with Hydra's basic sweeper starts (``{"jobs": [{"num", "overrides"}]}``).
+Otherwise (Optuna and other sweepers choose each job as they go: no plan up front, no ``jobs.json``)
+the jobs that started: the directories below the sweep holding ``.hydra/overrides.yaml``.
+
+A job's status: ``ok``; ``failed`` with the error (``failure.json``, or a non-finite val/loss);
+``interrupted`` (its directory exists but holds neither ``summary.json`` nor ``failure.json``: the sweep
+was stopped or killed during it, or it is still running); ``not run`` (planned, never started).
 
 Written
 
-* after every job of a multirun and at its end, by :class:`SweepComparison` (a Hydra callback
-  registered in ``conf/config.yaml`` under ``hydra.callbacks``; single runs are left alone), so a
-  sweep with failed jobs — which Hydra's basic sweeper reports by raising at its end, before
-  ``on_multirun_end`` — still gets its comparison;
+* after every job of a multirun, at its end, and when the sweep process exits without reaching that end (a
+  SIGTERM or Ctrl-C during a job), by :class:`SweepComparison` (a Hydra callback registered in
+  ``conf/config.yaml`` under ``hydra.callbacks``; single runs are left alone), so a sweep with failed jobs —
+  which Hydra's basic sweeper reports by raising at its end, before ``on_multirun_end`` — or an interrupted
+  one still gets its comparison (SIGKILL leaves the one written after the last finished job);
 * on demand: ``python run.py task=compare sweep_dir=multirun/<date>/<time>`` (or ``sweep_dir=last``: the newest
   sweep under ``paths.sweeps_dir``).
 """
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import json
@@ -28,9 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from ..config.printing import is_rank_zero
 from ..errors import ConfigError
@@ -42,7 +54,13 @@ log = logging.getLogger(__name__)
 COLUMNS = ["job", "status", "label", "overrides", "params", "attention_share", "best_val_loss", "tokens_per_s",
            "steps", "wall_time_s", "error"]
 FAILURE_FILE = "failure.json"  # written by builder.tasks.run_task when a multirun job fails
+PLAN_FILE = "jobs.json"  # the sweep's planned jobs, written when a basic-sweeper multirun starts
 OUTPUTS = ("sweep.csv", "sweep.md", "sweep.png")
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# statuses besides ok and failed
+INTERRUPTED, NOT_RUN = "interrupted", "not run"
+INTERRUPTED_WHY = "started, but left neither summary.json nor failure.json (stopped by a signal, killed, or still running)"
+NOT_RUN_WHY = "never started (the sweep stopped before it, or has not reached it yet)"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,7 +127,7 @@ def job_row(job: Path, root: Path) -> dict[str, Any]:
     elif summary is None and _task(job) != "train":
         row["status"] = "ok"  # task=report etc.: parameters, no training metrics
     elif summary is None:
-        row.update(status="failed", error="no summary.json (the job was killed, or is still running)")
+        row.update(status=INTERRUPTED, error=INTERRUPTED_WHY)
     elif loss is not None and _finite(loss) is None:
         row.update(status="failed", error=f"val/loss is {loss}")
     else:
@@ -136,10 +154,48 @@ def _labels(rows: list[dict]) -> list[str]:
     return labels
 
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # hydra.yaml is long; the C loader reads it in a blink
+
+
+def _job_num(job: Path) -> int | None:
+    """The job's number in its sweep (``hydra.job.num`` in ``.hydra/hydra.yaml``; else a numeric directory name)."""
+    try:
+        num = yaml.load((job / ".hydra" / "hydra.yaml").read_text(), Loader=_YAML_LOADER)["hydra"]["job"]["num"]
+        return int(num)
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return int(job.name) if job.name.isdigit() else None
+
+
+def read_plan(sweep_dir: str | Path) -> list[dict] | None:
+    """The planned jobs (``jobs.json``: ``[{"num": int, "overrides": [str]}]``), or None when the sweep recorded none."""
+    plan = _read_json(Path(sweep_dir) / PLAN_FILE)
+    try:
+        return [{"num": int(j["num"]), "overrides": [str(o) for o in j["overrides"]]} for j in plan["jobs"]]
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def _not_run_row(planned: dict) -> dict[str, Any]:
+    return {"job": str(planned["num"]), "status": NOT_RUN, "overrides": planned["overrides"], "params": None,
+            "attention_share": None, "best_val_loss": None, "tokens_per_s": None, "steps": None, "wall_time_s": None,
+            "error": NOT_RUN_WHY}
+
+
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """One row per job of the sweep (see :func:`job_row`), with a short ``label``."""
+    """One row per job of the sweep (see :func:`job_row`; planned jobs that never started: ``not run``), with a
+    short ``label``. Planned jobs come in their order, then any started job the plan does not name."""
     root = Path(sweep_dir)
-    rows = [job_row(job, root) for job in find_jobs(root)]
+    jobs = find_jobs(root)
+    plan = read_plan(root)
+    if plan is None:
+        rows = [job_row(job, root) for job in jobs]
+    else:
+        by_num: dict[int | None, Path] = {}
+        for job in jobs:
+            by_num.setdefault(_job_num(job), job)
+        rows = [job_row(by_num[p["num"]], root) if p["num"] in by_num else _not_run_row(p) for p in plan]
+        planned = {by_num[p["num"]] for p in plan if p["num"] in by_num}
+        rows += [job_row(job, root) for job in jobs if job not in planned]
     for row, label in zip(rows, _labels(rows)):
         row["label"] = label
     return rows
@@ -168,13 +224,32 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def to_markdown(rows: list[dict], sweep_dir: Path) -> str:
+def counts(rows: list[dict]) -> str:
+    """``"3 jobs: 1 ok, 0 failed, 1 interrupted, 1 not run"`` (interrupted and not run only when there are some)."""
+    n = {status: sum(r["status"] == status for r in rows) for status in ("ok", "failed", INTERRUPTED, NOT_RUN)}
+    parts = [f"{n['ok']} ok", f"{n['failed']} failed"] + [f"{n[s]} {s}" for s in (INTERRUPTED, NOT_RUN) if n[s]]
+    return f"{len(rows)} jobs: " + ", ".join(parts)
+
+
+def _without_val_loss(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["status"] == "ok" and _finite(r["best_val_loss"]) is None]
+
+
+def to_markdown(rows: list[dict], sweep_dir: Path, planned: bool = False) -> str:
     best = best_row(rows)
-    failed = [r for r in rows if r["status"] != "ok"]
-    lines = [f"# Sweep {sweep_dir}", "",
-             f"{len(rows)} jobs: {len(rows) - len(failed)} ok, {len(failed)} failed."]
+    failed = [r for r in rows if r["status"] == "failed"]
+    unfinished = [r for r in rows if r["status"] in (INTERRUPTED, NOT_RUN)]
+    lines = [f"# Sweep {sweep_dir}", "", counts(rows) + "."]
+    if not planned and rows:
+        lines.append(f"(The jobs that started: the sweep recorded no plan in {PLAN_FILE}; a sweeper that picks each job "
+                     "as it goes, such as Optuna, has none.)")
     if best is not None:
         lines.append(f"Best: job {best['job']} (`{best['label']}`), val/loss {best['best_val_loss']:.4f}.")
+    no_val = _without_val_loss(rows)
+    if no_val:
+        lines.append(f"No val/loss in {len(no_val)} ok job{'s' if len(no_val) > 1 else ''} (no validation ran: "
+                     "trainer.val_check_interval beyond trainer.max_steps?): "
+                     + ", ".join(r["job"] for r in no_val) + ".")
     optuna = sweep_dir / "optimization_results.yaml"
     if optuna.is_file():
         lines += ["", "Optuna (optimization_results.yaml):", "", "```yaml", optuna.read_text().rstrip(), "```"]
@@ -193,15 +268,19 @@ def to_markdown(rows: list[dict], sweep_dir: Path) -> str:
     if failed:
         lines += ["", "## Failed jobs", ""]
         lines += [f"- job {r['job']} (`{r['label']}`): {' '.join(str(r['error']).split())}" for r in failed]
+    if unfinished:
+        lines += ["", "## Jobs that did not finish", ""]
+        lines += [f"- job {r['job']} (`{r['label']}`): {r['status']}: {r['error']}" for r in unfinished]
     return "\n".join(lines) + "\n"
 
 
-def draw(rows: list[dict], path: Path, title: str) -> None:
-    """val/loss against parameters, one labelled point per successful job (a bar per job when all have one size)."""
+def draw(rows: list[dict], path: Path, title: str) -> dict[str, str]:
+    """val/loss against parameters, one labelled point per successful job (a bar per job when all have one size).
+    Returns the texts drawn besides the points: ``{"title", "empty"}`` (see :func:`plot_text`)."""
     # start-up: every task imports this module (the sweep callback); matplotlib only when a sweep is drawn
     from matplotlib.figure import Figure
 
-    ok = [r for r in rows if r["status"] == "ok" and _finite(r["best_val_loss"]) is not None and r["params"]]
+    ok = _plotted(rows)
     fig = Figure(figsize=(8, 5), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     sizes = {r["params"] for r in ok}
@@ -221,25 +300,50 @@ def draw(rows: list[dict], path: Path, title: str) -> None:
             ax.set_xscale("log")
         ax.set_xlabel("parameters")
     ax.set_ylabel("best val/loss")
-    failed = len(rows) - len(ok)
-    ax.set_title(title + (f" ({failed} failed, not shown)" if failed else ""), fontsize=10)
+    title, empty = plot_text(rows, title)
+    ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    if not ok:
-        ax.text(0.5, 0.5, "no successful job yet", ha="center", va="center", transform=ax.transAxes)
+    if empty:
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
+    return {"title": title, "empty": empty}
+
+
+def _plotted(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["status"] == "ok" and _finite(r["best_val_loss"]) is not None and r["params"]]
+
+
+def plot_text(rows: list[dict], title: str) -> tuple[str, str]:
+    """``sweep.png``'s title — with the jobs it does not show, counted by why: ``(1 failed, 2 no val/loss, not
+    shown)`` — and the text drawn in an empty plot (``""`` when a point is drawn)."""
+    ok, shown = [r for r in rows if r["status"] == "ok"], _plotted(rows)
+    why = {"failed": sum(r["status"] == "failed" for r in rows), INTERRUPTED: sum(r["status"] == INTERRUPTED for r in rows),
+           NOT_RUN: sum(r["status"] == NOT_RUN for r in rows), "no val/loss": len(_without_val_loss(rows)),
+           "no parameter count": sum(_finite(r["best_val_loss"]) is not None and not r["params"] for r in ok)}
+    parts = [f"{n} {reason}" for reason, n in why.items() if n]
+    if parts:
+        title += f" ({', '.join(parts)}, not shown)"
+    if shown:
+        empty = ""
+    elif ok:
+        empty = "no job with a val/loss" if why["no val/loss"] else "no job with a parameter count"
+    else:
+        empty = "no successful job yet"
+    return title, empty
 
 
 def compare_sweep(sweep_dir: str | Path, *, plot: bool = True) -> dict[str, Any]:
-    """Write ``sweep.csv``, ``sweep.md`` (and ``sweep.png``) into ``sweep_dir``; return the rows and paths."""
+    """Write ``sweep.csv``, ``sweep.md`` (and ``sweep.png``) into ``sweep_dir``; return the rows, the best row, the
+    markdown, the plot's texts (``{"title", "empty"}``, also when not drawn) and the paths written."""
     root = Path(sweep_dir).resolve()
     rows = collect(root)
     atomic_write(root / "sweep.csv", to_csv(rows))
-    markdown = to_markdown(rows, root)
+    markdown = to_markdown(rows, root, planned=read_plan(root) is not None)
     atomic_write(root / "sweep.md", markdown)
-    if plot:
-        draw(rows, root / "sweep.png", f"sweep {root.parent.name}/{root.name}")
-    return {"rows": rows, "best": best_row(rows), "markdown": markdown,
+    title = f"sweep {root.parent.name}/{root.name}"
+    plot_texts = draw(rows, root / "sweep.png", title) if plot else dict(zip(("title", "empty"), plot_text(rows, title)))
+    return {"rows": rows, "best": best_row(rows), "markdown": markdown, "plot": plot_texts,
             "files": [str(root / name) for name in OUTPUTS if (root / name).exists()]}
 
 
@@ -249,9 +353,14 @@ def compare_sweep(sweep_dir: str | Path, *, plot: bool = True) -> dict[str, Any]
 
 
 def latest_sweep(root: Path) -> Path | None:
-    """The sweep directory under ``root`` (``paths.sweeps_dir``) whose job was written last (jobs: ``<sweep>/<num>/.hydra/``)."""
-    jobs = [p.parent.parent for p in root.glob("**/.hydra/overrides.yaml")] if root.is_dir() else []
-    return max(jobs, key=lambda p: p.stat().st_mtime).parent if jobs else None
+    """The sweep directory under ``root`` (``paths.sweeps_dir``) written last (its jobs: ``<sweep>/<num>/.hydra/``; its
+    plan: ``<sweep>/jobs.json``)."""
+    if not root.is_dir():
+        return None
+    # what a sweep writes: a plan when it starts (a sweep stopped before its first job has only that), then its jobs
+    marks = [(p.stat().st_mtime, p.parent) for p in root.glob(f"**/{PLAN_FILE}")]
+    marks += [(p.stat().st_mtime, p.parent.parent.parent) for p in root.glob("**/.hydra/overrides.yaml")]
+    return max(marks, key=lambda m: m[0])[1] if marks else None
 
 
 def run(cfg, out_dir: Path) -> int:
@@ -265,8 +374,8 @@ def run(cfg, out_dir: Path) -> int:
         raise ConfigError("sweep_dir", value, f"a sweep directory; none found under {sweeps}/ (paths.sweeps_dir)")
     if not sweep.is_dir():
         raise ConfigError("sweep_dir", value, "an existing sweep directory (e.g. multirun/<date>/<time>)")
-    if not find_jobs(sweep):
-        raise ConfigError("sweep_dir", value, "a sweep directory with jobs (<job>/.hydra/overrides.yaml)")
+    if not find_jobs(sweep) and read_plan(sweep) is None:
+        raise ConfigError("sweep_dir", value, f"a sweep directory with jobs (<job>/.hydra/overrides.yaml, or {PLAN_FILE})")
     result = compare_sweep(sweep)
     print(result["markdown"])
     print("written: " + ", ".join(result["files"]))
@@ -285,11 +394,69 @@ def _sweep_dir(config) -> Path:
     return sweep if sweep.is_absolute() else Path(str(config.hydra.runtime.cwd)) / sweep
 
 
+def plan_jobs(config) -> list[dict] | None:
+    """The jobs a multirun will run, ``[{"num", "overrides"}]`` in order, as Hydra's basic sweeper expands them (its
+    ``hydra.sweeper.params``, then the command line's overrides, each comma list a sweep); None for any other sweeper
+    (Optuna picks each trial from the ones before: nothing is known up front)."""
+    sweeper = config.hydra.sweeper
+    if sweeper.get("_target_") != BASIC_SWEEPER:
+        return None
+    # start-up: Hydra's sweeper is read when a multirun starts, not by every task's import of this module
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = OmegaConf.to_container(sweeper.params, resolve=True) if sweeper.get("params") else {}
+    arguments = [f"{k}={v}" for k, v in params.items()]  # as BasicSweeper.sweep: its params, then the arguments
+    arguments += OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), max_batch_size=None)
+    return [{"num": num, "overrides": list(job)} for num, job in enumerate(j for batch in batches for j in batch)]
+
+
+def write_plan(config) -> Path | None:
+    """``jobs.json`` in the sweep directory: the jobs :func:`plan_jobs` finds (a stale plan is removed when the
+    sweeper makes none). Returns its path, or None."""
+    sweep = _sweep_dir(config)
+    path = sweep / PLAN_FILE
+    try:
+        jobs = plan_jobs(config)
+    except Exception as err:  # e.g. glob(...) over a config group, which needs Hydra's config loader: no plan
+        log.info(f"sweep plan not recorded ({err}): the comparison lists the jobs that started")
+        jobs = None
+    if jobs is None:
+        path.unlink(missing_ok=True)
+        return None
+    payload = {"sweeper": str(config.hydra.sweeper.get("_target_")), "jobs": jobs}
+    atomic_write(path, json.dumps(payload, indent=2) + "\n")
+    return path
+
+
 class SweepComparison(Callback):
-    """Hydra callback: refresh the sweep's comparison after each multirun job, and write it at the end."""
+    """Hydra callback: record the sweep's planned jobs when it starts, refresh its comparison after each job, and
+    write the comparison at its end — or when the process exits before that end (a SIGTERM or Ctrl-C in a job ends
+    the sweep by raising through Hydra, which then calls neither ``on_job_end`` nor ``on_multirun_end``)."""
 
     def __init__(self, plot: bool = True) -> None:
         self.plot = plot
+        self._sweep: Path | None = None  # set while a multirun of this process has started and not ended
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        if not is_rank_zero():
+            return
+        try:
+            self._sweep = _sweep_dir(config)
+            atexit.register(self._at_exit)
+            write_plan(config)
+        except Exception as err:
+            log.warning(f"sweep plan not written: {err}")
+
+    def _at_exit(self) -> None:
+        sweep, self._sweep = self._sweep, None
+        if sweep is None or not (find_jobs(sweep) or read_plan(sweep) is not None):
+            return
+        try:
+            compare_sweep(sweep, plot=self.plot)
+            log.info(f"sweep comparison (written as the sweep process exits): {sweep / 'sweep.md'}")
+        except Exception as err:
+            log.warning(f"sweep comparison not written: {err}")
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         if not _mode_is_multirun(config) or not is_rank_zero():  # SLURM: one task of a multi-task job writes
@@ -305,6 +472,7 @@ class SweepComparison(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         if not is_rank_zero():
             return
+        self._sweep = None  # ended: nothing left for the exit hook
         try:
             sweep = _sweep_dir(config)
             if not find_jobs(sweep):

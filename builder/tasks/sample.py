@@ -7,23 +7,47 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_model
+from ..config.printing import inputs_checked
 from ..errors import ConfigError
 from ..files import atomic_write
 from ..generate import encode_prompt, generate
 
+SHOWS_CONFIG = True  # run() calls inputs_checked once the checkpoint is loaded and the prompt fits (builder.tasks)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_sampling(max_new_tokens, temperature, top_k) -> None:
+    """The sampling settings generate() can honour: a count >= 0, a temperature >= 0 (0: greedy), top_k null or >= 1."""
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        raise ConfigError("max_new_tokens", max_new_tokens, "an integer >= 0 (the tokens to add to the prompt)")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ConfigError("temperature", temperature, "a number >= 0 (0: always the most likely token; 1: the "
+                          "model's own distribution)")
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise ConfigError("top_k", top_k, "an integer >= 1 (sample among the k most likely tokens), or null for "
+                          "the whole vocabulary")
+
 
 def run(cfg, out_dir: Path) -> int:
+    check_sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k)
     if not cfg.checkpoint:
         raise ConfigError("checkpoint", None, "a checkpoint path: python run.py task=sample checkpoint=PATH")
-    model, tokenizer, _ = load_model(cfg.checkpoint)
+    model, tokenizer, model_cfg = load_model(cfg.checkpoint)
     if tokenizer is None:
         raise ConfigError("checkpoint", cfg.checkpoint, "a checkpoint that carries its tokenizer")
     ids = torch.tensor([encode_prompt(tokenizer, cfg.prompt)])
     limit = model.context_length
     if limit and ids.shape[1] > limit:
         raise ConfigError("prompt", f"<{ids.shape[1]} tokens>", f"at most model.context_length={limit} tokens")
+    inputs_checked(model_cfg, f"checkpoint={cfg.checkpoint}")
     gen = torch.Generator().manual_seed(int(cfg.seed))
-    out = generate(model, ids, int(cfg.max_new_tokens), float(cfg.temperature), cfg.top_k, generator=gen)
+    try:
+        out = generate(model, ids, int(cfg.max_new_tokens), float(cfg.temperature), cfg.top_k, generator=gen)
+    except FloatingPointError as err:  # NaN or inf weights: the checkpoint is at fault, not the code
+        raise ConfigError("checkpoint", cfg.checkpoint, f"a checkpoint with finite weights: {err}") from None
     text = tokenizer.decode(out[0].tolist())
     print(text)
     atomic_write(Path(out_dir) / "sample.txt", text + "\n")

@@ -8,27 +8,55 @@ import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 import torch
 from pytorch_lightning.strategies import FSDPStrategy
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from components import Block
 
 from ..budget import parameter_budget
+from ..checkpoint import check_resumable
+from ..config.cli import check_unused_run_dir
 from ..config.plain import to_plain
+from ..config.printing import inputs_checked
 from ..data.datamodule import TokenDataModule
 from ..errors import ConfigError
-from ..files import atomic_write
+from ..files import atomic_write, special_file
+from ..memory import check_training_memory
 from ..model import resolve
 from ..report import write_budget_files
 from ..training.callbacks import AtomicCheckpointIO, RunContext, SaveOnInterrupt, make_callbacks
 from ..training.launch import for_this_job
 from ..training.loggers import finish_wandb, log_image, log_table, make_loggers_from_config, wandb_run_dir
-from ..training.module import LitGPT
+from ..training.module import LitGPT, check_train
 
 # Lightning 2.6 builds torch's deprecated LeafSpec on every batch; torch 2.13 warns about it each run.
 # Not ours to fix, and it buries the run's own output.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+
+SHOWS_CONFIG = True  # run() calls inputs_checked once the data, model and callbacks are checked (builder.tasks)
+
+
+# an interrupted run exits as a shell reports a process killed by the signal (128 + its number): SLURM's requeue and
+# `a && b` see a run that did not finish, whose last.ckpt resumes it
+EXIT_SIGTERM, EXIT_SIGINT = 128 + 15, 128 + 2
+
+
+def resume_hint(out_dir: Path) -> str:
+    """What to add to the same command to resume this run where it stopped."""
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            return f"hydra.sweep.dir={hc.sweep.dir} ckpt_path=last (each job resumes from its own directory)"
+    return f"hydra.run.dir={out_dir} ckpt_path=last"
+
+
+def _run_dir_key() -> str:
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    return "hydra.sweep.dir" if multirun else "hydra.run.dir"
 
 
 def make_datamodule(cfg):
@@ -38,26 +66,64 @@ def make_datamodule(cfg):
     return TokenDataModule(**data)
 
 
-def find_checkpoint(ckpt_path: str | None, out_dir: Path, paths=None) -> str | None:
-    """``last``: the newest checkpoint (by time written) in this run directory, else under ``paths.runs_dir`` and
-    ``paths.sweeps_dir`` (``outputs/``, ``multirun/``).
+def _checkpoints(root: Path, pattern: str = "**/checkpoints/*.ckpt") -> list[Path]:
+    """Checkpoints below ``root``, oldest first (a hidden ``.name.ckpt.XXXX.tmp``: a write a kill cut short)."""
+    found = [p for p in root.glob(pattern) if not p.name.startswith(".")] if root.is_dir() else []
+    return sorted(found, key=lambda p: p.stat().st_mtime)
 
-    Periodic ``step-N.ckpt`` files count too, so a run killed with SIGKILL resumes from its last one."""
+
+def find_checkpoint(ckpt_path: str | None, out_dir: Path, paths=None) -> str | None:
+    """The checkpoint to resume from, or None to start from the beginning.
+
+    ``last`` is this run's own newest checkpoint (by time written) in ``out_dir/checkpoints``: the run directory
+    of a single run (resumed with the same ``hydra.run.dir``) or a sweep job's own directory — never another run's.
+    Periodic ``step-N.ckpt`` files count too, so a run killed with SIGKILL resumes from its last one. None there
+    yet (the first launch of a requeued job, a sweep job that never started): training starts from the beginning,
+    with a note that names the newest checkpoint under ``paths.runs_dir`` / ``paths.sweeps_dir``, if any."""
     if ckpt_path in (None, ""):
         return None
     if ckpt_path != "last":
         if not Path(ckpt_path).is_file():
-            raise ConfigError("ckpt_path", ckpt_path, "an existing checkpoint file, or `last`")
+            kind = special_file(ckpt_path)
+            raise ConfigError("ckpt_path", ckpt_path, "an existing checkpoint file, or `last` (this run directory's "
+                              "newest checkpoint)" + (f"; it is {kind}" if kind else ""))
         return ckpt_path
+    own = _checkpoints(Path(out_dir), "checkpoints/*.ckpt")
+    if own:
+        return str(own[-1])
     paths = paths or {}
-    roots = [Path(out_dir)] + [Path(str(paths[k])).expanduser() for k in ("runs_dir", "sweeps_dir") if paths.get(k)]
-    for root in roots:
-        found = [p for p in root.glob("**/checkpoints/*.ckpt") if not p.name.startswith(".")] if root.is_dir() else []
-        found.sort(key=lambda p: p.stat().st_mtime)  # (a hidden .name.ckpt.XXXX.tmp: a write a kill cut short)
-        if found:
-            return str(found[-1])
-    raise ConfigError("ckpt_path", "last", "a checkpoint to resume from; none found in "
-                      + " or under ".join(f"{r}/" for r in roots))
+    elsewhere = [c for k in ("runs_dir", "sweeps_dir") if paths.get(k) for c in _checkpoints(Path(str(paths[k])))]
+    hint = ""
+    if elsewhere:
+        newest = max(elsewhere, key=lambda p: p.stat().st_mtime)
+        hint = f" (to resume another run: ckpt_path={newest}, its newest, or that run's hydra.run.dir with ckpt_path=last)"
+    rank_zero_info(f"ckpt_path=last: no checkpoint of this run in {Path(out_dir) / 'checkpoints'} yet; training "
+                   f"starts from the beginning{hint}")
+    return None
+
+
+def finished_earlier(out_dir: Path, max_steps) -> dict | None:
+    """The summary of a run that already trained to ``max_steps`` in ``out_dir`` (a re-run sweep keeps it)."""
+    try:
+        summary = json.loads((Path(out_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    done = isinstance(summary, dict) and isinstance(max_steps, int) and max_steps > 0
+    return summary if done and int(summary.get("steps") or 0) >= max_steps else None
+
+
+def check_val_interval(trainer_kwargs: dict) -> None:
+    """``trainer.val_check_interval``: N training batches (N >= 1), or a fraction of each epoch (0 < f <= 1), for
+    which Lightning needs ``check_val_every_n_epoch`` (1 unless set)."""
+    value = trainer_kwargs.get("val_check_interval")
+    if value is None or isinstance(value, str):  # null: once an epoch; a string: a time Lightning parses
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (isinstance(value, int) and value < 1) or (isinstance(value, float) and not 0 < value <= 1):
+        raise ConfigError("trainer.val_check_interval", value, "a whole number of training batches >= 1, or a "
+                          "fraction of each epoch in (0, 1] (0.5: twice an epoch)")
+    if isinstance(value, float) and trainer_kwargs.get("check_val_every_n_epoch") is None:
+        trainer_kwargs["check_val_every_n_epoch"] = 1
 
 
 def make_strategy(trainer_kwargs: dict, checkpoint_io):
@@ -87,10 +153,19 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
         rank_zero_info(f"model.vocab_size: {model_cfg['vocab_size']} -> {dm.vocab_size} (the tokenizer's)")
         model_cfg["vocab_size"] = dm.vocab_size
     budget = parameter_budget(model_cfg, model_name)
+    check_training_memory(budget, cfg)  # a run that cannot fit is refused before anything is allocated
     trainer_kwargs = to_plain(cfg.trainer)
     train_cfg = to_plain(cfg.train)
-    total_steps = train_cfg["total_steps"] or trainer_kwargs.get("max_steps") or 1000
-    ckpt_path = find_checkpoint(cfg.ckpt_path, out_dir, to_plain(cfg.get("paths")))
+    check_train(train_cfg)
+    if trainer_kwargs.get("max_steps") is None:  # null: no step limit, Lightning's -1
+        trainer_kwargs["max_steps"] = -1
+    check_val_interval(trainer_kwargs)
+    if cfg.ckpt_path == "last" and (done := finished_earlier(out_dir, trainer_kwargs["max_steps"])):
+        print(f"ckpt_path=last: this run already trained {done['steps']} steps in {out_dir} (summary.json); nothing to train (raise trainer.max_steps to train on)")
+        return 0
+    ckpt_path = check_resumable(find_checkpoint(cfg.ckpt_path, out_dir, to_plain(cfg.get("paths"))), model_cfg)
+    if ckpt_path is None or out_dir.absolute() not in Path(ckpt_path).absolute().parents:
+        check_unused_run_dir(out_dir, resuming=cfg.ckpt_path == "last", key=_run_dir_key())  # a sweep job's folder
     logger_cfg = to_plain(cfg.logger) if cfg.logger else {}
 
     # everything that can be refused is checked before the first file is written
@@ -99,11 +174,14 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
         precision=str(trainer_kwargs.get("precision", "32")),
         has_logger=any(options not in (None, False) for options in logger_cfg.values()),
         progress_bar=trainer_kwargs.get("enable_progress_bar", True)))
+    inputs_checked(model_cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same init whatever the data step drew
-    module = LitGPT(model_cfg, train_cfg, dm.tokenizer.to_dict(), total_steps)
+    # the schedule's length: train.total_steps, else the trainer's estimate (max_steps, or max_epochs x batches)
+    module = LitGPT(model_cfg, train_cfg, dm.tokenizer.to_dict())
     loggers = make_loggers_from_config(logger_cfg, out_dir, config=to_plain(cfg))
     ckpt_dir = out_dir / "checkpoints"
-    callbacks = [c for group in built.values() for c in group] + [SaveOnInterrupt(ckpt_dir / "last.ckpt")]  # always on
+    on_interrupt = SaveOnInterrupt(ckpt_dir / "last.ckpt", resume_hint(out_dir))  # always on
+    callbacks = [c for group in built.values() for c in group] + [on_interrupt]
     trainer_kwargs.setdefault("enable_checkpointing", "model_checkpoint" in built)
     checkpoint_io = AtomicCheckpointIO()
     strategy = make_strategy(trainer_kwargs, checkpoint_io)
@@ -114,7 +192,14 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
     for_this_job(trainer)  # multirun + DDP: the extra processes run this job only (builder/training/launch.py)
     if trainer.is_global_zero:
         write_budget(budget, out_dir, loggers)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except SystemExit as stop:  # Lightning ends a fit cut short by SIGTERM with status 0, by Ctrl-C with 1
+        if isinstance(stop, SIGTERMException):
+            raise SystemExit(EXIT_SIGTERM) from None
+        if on_interrupt.interrupted:
+            raise SystemExit(EXIT_SIGINT) from None
+        raise
 
     if trainer.is_global_zero:
         best, throughput, probe = (built.get(name, [None])[0] for name in ("model_checkpoint", "throughput",

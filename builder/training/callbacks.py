@@ -33,7 +33,7 @@ from ..config.schema import (
     TextSamplesConfig,
     ThroughputConfig,
 )
-from ..errors import ConfigError
+from ..errors import ConfigError, NonFiniteLossError
 from ..files import atomic_path
 from ..generate import encode_prompt, generate
 from ..interp.capture import head_mask, record
@@ -119,15 +119,18 @@ class AttentionProbe(pl.Callback):
 
 
 class SaveOnInterrupt(pl.Callback):
-    """Ctrl-C or SIGTERM during training: write ``last.ckpt`` (atomically) before the run exits.
+    """Ctrl-C, SIGTERM or an error raised during training: write ``last.ckpt`` (atomically) before the run exits.
 
     Ctrl-C becomes a KeyboardInterrupt at the end of the current batch, as Lightning does with SIGTERM: raised where
     the signal lands, Python drops one that lands in a finaliser or a weakref callback (those run inside backward) and
-    training would go on. A second Ctrl-C interrupts at once. A failure of the run itself (a NaN loss, a bug) saves
-    nothing, so the last good checkpoint stays."""
+    training would go on. A second Ctrl-C interrupts at once. Any other error (a callback that fails at validation, a
+    write refused) saves the steps trained so far too — unless the loss or the weights are no longer finite (then
+    the last good checkpoint stays), or several processes train (one process's error is not the others': saving
+    would wait on them forever)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, resume_hint: str | None = None):
         self.path = Path(path)
+        self.resume_hint = resume_hint or f"ckpt_path={self.path}"
         self.saved: Path | None = None
         self.interrupted = False
         self._previous = None
@@ -159,13 +162,21 @@ class SaveOnInterrupt(pl.Callback):
 
     def on_exception(self, trainer, pl_module, exception):
         self._restore()
-        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or trainer.global_step == 0:
+        interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        if trainer.global_step == 0 or not (interrupted or self._worth_saving(trainer, pl_module, exception)):
             return
         trainer.save_checkpoint(self.path)
         self.saved = self.path
         if trainer.is_global_zero:
-            print(f"\ninterrupted at step {trainer.global_step}: saved {self.path}; resume with ckpt_path={self.path}",
-                  flush=True)
+            what = "interrupted" if interrupted else f"failed ({type(exception).__name__})"
+            print(f"\n{what} at step {trainer.global_step}: saved {self.path}; to resume, run the same command with "
+                  f"{self.resume_hint}", flush=True)
+
+    @staticmethod
+    def _worth_saving(trainer, pl_module, exception) -> bool:
+        if isinstance(exception, NonFiniteLossError) or trainer.world_size > 1:
+            return False
+        return all(bool(torch.isfinite(p).all()) for p in pl_module.parameters())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,8 +224,42 @@ def _lr_monitor(s: LRMonitorConfig, run: RunContext) -> list[pl.Callback]:
     return [LearningRateMonitor(logging_interval=s.logging_interval)] if run.has_logger else []
 
 
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich bar counting optimizer steps of the whole run (``40/2000``), as ``trainer.max_steps`` does.
+
+    Lightning's own counts the batches of the epoch and titles it ``Epoch 0/-2`` when no epoch limit is set
+    (``trainer.max_epochs=-1``), and ``2020/19`` after a resume. A run with no end at all (neither limit) counts the
+    epoch's batches, as Lightning does."""
+
+    def _steps(self) -> int | None:
+        total = self.trainer.estimated_stepping_batches
+        return int(total) if total != float("inf") and total > 0 else None
+
+    @property
+    def total_train_batches(self):
+        return self._steps() or super().total_train_batches
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        epochs = self.trainer.max_epochs
+        text = f"Epoch {current_epoch}" + (f"/{epochs - 1}" if epochs is not None and epochs > 0 else "")
+        return text if self._steps() is None else f"{text} · step"
+
+    def _add_task(self, total_batches, description: str, visible: bool = True):
+        train = description == self._get_train_description(self.trainer.current_epoch)  # (not a validation bar)
+        if not (train and self._steps() and self.progress is not None):
+            return super()._add_task(total_batches, description, visible)
+        style = self.theme.description  # as Lightning's, but a resumed run's bar starts where it stopped
+        return self.progress.add_task(f"[{style}]{description}" if style else description, total=total_batches,
+                                      visible=visible, completed=self.trainer.global_step)
+
+    def _update(self, progress_bar_id, current: int, visible: bool = True, hard: bool = False) -> None:
+        if progress_bar_id is not None and progress_bar_id == self.train_progress_bar_id and self._steps():
+            current = self.trainer.global_step
+        super()._update(progress_bar_id, current, visible, hard)
+
+
 def _rich_progress_bar(s: RichProgressBarConfig, run: RunContext) -> list[pl.Callback]:
-    return [RichProgressBar(leave=s.leave)] if run.progress_bar else []
+    return [StepProgressBar(leave=s.leave)] if run.progress_bar else []
 
 
 # the allow-list: callback name -> the function that builds it from its settings

@@ -1,7 +1,6 @@
 """Lightning loggers built from the ``logger`` config group, and one way to send them tables, text and images.
 
-Why not Lightning's loggers as they are: ``WandbLogger`` alone asks for a login or waits on an unreachable
-server; here wandb runs offline unless the person has logged in, and never hangs on the network.
+Not just Lightning's loggers: alone, WandbLogger prompts for a login and waits on an unreachable server; these never do.
 
 Composed config (``logger=[wandb,csv]`` on the command line)::
 

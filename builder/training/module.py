@@ -12,27 +12,30 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.strategies import FSDPStrategy
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from ..config.plain import to_plain
-from ..errors import NonFiniteLossError
+from ..errors import ConfigError, NonFiniteLossError
 from ..model import build_model
 
 
-def lr_lambda(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total_steps`` (flat after)."""
+def lr_lambda(step: int, warmup_steps: int, total_steps: int | None, min_ratio: float) -> float:
+    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total_steps`` (flat after).
+
+    ``total_steps=None``: the length is not known yet (no decay)."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
-    if total_steps <= warmup_steps:
+    if total_steps is None or total_steps <= warmup_steps:
         return 1.0
     progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class _Schedule:
-    """A picklable LambdaLR function (its state_dict holds only numbers)."""
+    """A picklable LambdaLR function (its state_dict holds only numbers: a checkpoint restores its length)."""
 
-    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float):
+    def __init__(self, warmup_steps: int, total_steps: int | None, min_ratio: float):
         self.warmup_steps, self.total_steps, self.min_ratio = warmup_steps, total_steps, min_ratio
 
     def __call__(self, step: int) -> float:
@@ -50,13 +53,59 @@ def no_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_train(train: dict) -> None:
+    """The ``train.*`` numbers the optimizer and schedule use, or a ConfigError naming the first bad one."""
+    lr = train.get("lr")
+    if not _is_number(lr) or lr <= 0:
+        raise ConfigError("train.lr", lr, "a positive number (the peak learning rate, e.g. 1e-3)")
+    min_lr = train.get("min_lr")
+    if not _is_number(min_lr) or not 0 <= min_lr <= lr:
+        raise ConfigError("train.min_lr", min_lr, f"a number from 0 to train.lr ({lr}): where the cosine decay ends")
+    warmup = train.get("warmup_steps")
+    if not _is_count(warmup) or warmup < 0:
+        raise ConfigError("train.warmup_steps", warmup, "a whole number of optimizer steps >= 0")
+    total = train.get("total_steps")
+    if total is not None and (not _is_count(total) or total < 1):
+        raise ConfigError("train.total_steps", total, "null (the trainer's estimate of the steps it will take: "
+                          "trainer.max_steps, or trainer.max_epochs x batches per epoch) or a whole number >= 1")
+    decay = train.get("weight_decay", 0.0)
+    if not _is_number(decay) or decay < 0:
+        raise ConfigError("train.weight_decay", decay, "a number >= 0")
+    betas = train.get("betas", [0.9, 0.95])
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
+        raise ConfigError("train.betas", betas, "two numbers in [0, 1), e.g. [0.9, 0.95]")
+    eps = train.get("eps", 1e-8)
+    if not _is_number(eps) or eps <= 0:
+        raise ConfigError("train.eps", eps, "a positive number, e.g. 1e-8")
+
+
 class LitGPT(pl.LightningModule):
-    def __init__(self, model: dict, train: dict, tokenizer: dict | None = None, total_steps: int = 1000):
+    """A GPT from ``model`` trained with the ``train.*`` settings.
+
+    The cosine schedule's length is ``total_steps`` when given and positive, else ``train.total_steps``, else
+    the trainer's own estimate of the optimizer steps it will take (``trainer.estimated_stepping_batches``:
+    ``trainer.max_steps``, or ``trainer.max_epochs`` x batches per epoch, whichever ends first), read when
+    training starts. A checkpoint keeps the length its run started with.
+    """
+
+    def __init__(self, model: dict, train: dict, tokenizer: dict | None = None, total_steps: int | None = None):
         super().__init__()
+        check_train(train)
         self.save_hyperparameters()
         self.model = build_model(model)
         self.train_cfg = train
-        self.total_steps = total_steps
+        explicit = total_steps if _is_count(total_steps) and total_steps > 0 else None
+        self.total_steps: int | None = explicit or train.get("total_steps")
+        self._schedule: _Schedule | None = None
+        self._rng_to_restore: dict | None = None
         # kept out of the module tree, so parameters keep their one name in the state dict
         object.__setattr__(self, "_forward", torch.compile(self.model) if train.get("compile") else self.model)
         self._val_losses: list[torch.Tensor] = []
@@ -114,8 +163,10 @@ class LitGPT(pl.LightningModule):
         fused = bool(t.get("fused_optimizer", True)) and device in ("cpu", "cuda") and not self._loss_scaled()
         optimizer = torch.optim.AdamW(groups, lr=t["lr"], betas=tuple(t["betas"]), eps=t["eps"],
                                       fused=fused or None, foreach=None if fused else True)
-        schedule = _Schedule(t["warmup_steps"], self.total_steps, t["min_lr"] / t["lr"])
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        # total_steps None: on_train_start reads the trainer's estimate. Reading it here would build the training
+        # loader before a checkpoint is restored, and Lightning would then never restore the loader's position
+        self._schedule = _Schedule(t["warmup_steps"], self.total_steps, t["min_lr"] / t["lr"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _loss_scaled(self) -> bool:
@@ -139,6 +190,37 @@ class LitGPT(pl.LightningModule):
             return
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
+    def on_train_start(self) -> None:
+        schedule = self._schedule
+        if schedule is not None and not (schedule.total_steps and schedule.total_steps > 0):
+            estimate = self.trainer.estimated_stepping_batches  # the loader is built (and restored) by now
+            if math.isfinite(estimate) and estimate > 0:
+                schedule.total_steps = int(estimate)
+            else:
+                rank_zero_warn("the run has no end (trainer.max_steps=-1 and trainer.max_epochs=-1): the learning rate "
+                               "stays at train.lr after warmup; set train.total_steps for a cosine decay")
+        if self._rng_to_restore is not None:  # after the loaders drew their seeds, as in the uninterrupted run
+            _set_rng(self._rng_to_restore)
+            self._rng_to_restore = None
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # plain containers only: weights_only=True must be able to load every checkpoint
         checkpoint["hyper_parameters"] = to_plain(dict(self.hparams))
+        # the random state (dropout), so a resumed run draws what the uninterrupted one would have
+        checkpoint["rng_states"] = _get_rng()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng_states")
+
+
+def _get_rng() -> dict:
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()  # this process's device (every process draws alike)
+    return states
+
+
+def _set_rng(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])

@@ -1,11 +1,22 @@
-"""Throughput and MFU: tokens per second, and model FLOPs per second over a peak."""
+"""Throughput and MFU: tokens per second, and model FLOPs per second over a peak; progress lines in logs."""
 
 from __future__ import annotations
 
+import math
+import sys
 import time
+from typing import get_args
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.precision.precision import (
+    _PRECISION_INPUT_INT,
+    _PRECISION_INPUT_STR,
+    _PRECISION_INPUT_STR_ALIAS,
+    _PRECISION_INPUT_STR_ALIAS_CONVERSION,
+)
+
+from ..errors import ConfigError
 
 # dense bf16/fp16 tensor-core peaks (FLOP/s) by device name, from the vendors' data sheets
 GPU_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12,
@@ -27,15 +38,32 @@ def matmul_peak(dtype: torch.dtype = torch.float32, size: int = 1024, seconds: f
     return 2 * size**3 * n / (time.perf_counter() - start)
 
 
-def peak_flops(precision: str, override: float | None = None) -> tuple[float, str]:
-    """The denominator of MFU and where it came from."""
+def lightning_precision(value) -> str:
+    """``trainer.precision`` as Lightning's full name: what the Trainer accepts (``"bf16-mixed"``, ``"32-true"``,
+    ... and the short forms ``32``, ``16``, ``64``, ``"bf16"``, integers too: Hydra reads ``trainer.precision=32``
+    as one), or a ConfigError listing them."""
+    short = {str(v) for v in get_args(_PRECISION_INPUT_INT)} | set(get_args(_PRECISION_INPUT_STR_ALIAS))
+    full = get_args(_PRECISION_INPUT_STR)
+    text = str(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+    if text in full:
+        return text
+    if text in short:
+        return _PRECISION_INPUT_STR_ALIAS_CONVERSION[text]
+    aliases = ", ".join(f"{k} = {v}" for k, v in _PRECISION_INPUT_STR_ALIAS_CONVERSION.items())
+    raise ConfigError("trainer.precision", value, f"one of {', '.join(full)}, or a short form ({aliases})")
+
+
+def peak_flops(precision, override: float | None = None) -> tuple[float, str]:
+    """The denominator of MFU and where it came from (``precision``: any form ``lightning_precision`` accepts)."""
+    precision = lightning_precision(precision)
     if override:
-        return float(override), "train.peak_flops"
+        return float(override), "callbacks.throughput.peak_flops"
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
         for key, value in GPU_PEAKS.items():
             if key in name:
-                return value if ("bf16" in precision or "16" in precision) else value / 2, f"{name} data sheet"
+                half = precision.startswith(("bf16", "16", "transformer-engine"))
+                return value if half else value / 2, f"{name} data sheet"
         dtype = torch.bfloat16 if "bf16" in precision else torch.float32
         return matmul_peak(dtype, 4096, device="cuda"), f"{name} matmul probe"
     dtype = torch.bfloat16 if "bf16" in precision else torch.float32
@@ -43,38 +71,91 @@ def peak_flops(precision: str, override: float | None = None) -> tuple[float, st
 
 
 class ThroughputMonitor(pl.Callback):
-    """Logs ``perf/tokens_per_s`` and ``perf/mfu`` (training FLOPs per token × tokens/s ÷ peak)."""
+    """Logs ``perf/tokens_per_s`` and ``perf/mfu`` (training FLOPs per token × tokens/s ÷ peak), measured over
+    ``window`` training batches.
+
+    Where no progress bar shows how training goes (standard output is not a terminal: a log file, SLURM, CI;
+    or ``trainer.enable_progress_bar=false``), it prints one line every ``trainer.log_every_n_steps`` optimizer
+    steps instead: step, train/loss, tokens/s and the time left.
+    """
 
     def __init__(self, flops_per_token: float, peak: float, window: int = 10):
-        self.flops_per_token, self.peak, self.window = flops_per_token, peak, window
-        self._tokens = 0
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ConfigError("callbacks.throughput.window", window, "a whole number of training batches >= 1 "
+                              "per tokens/s measurement")
+        if isinstance(peak, bool) or not isinstance(peak, (int, float)) or not math.isfinite(peak) or peak <= 0:
+            raise ConfigError("callbacks.throughput.peak_flops", peak, "a positive number of FLOP/s (e.g. 989e12), "
+                              "or null to take the GPU's data sheet or measure a matmul")
+        self.flops_per_token, self.peak, self.window = flops_per_token, float(peak), window
+        self._tokens = self._batches = 0  # in the current window
         self._start: float | None = None
         self.last_tokens_per_s: float | None = None
         self.total_tokens = 0
         self.total_time = 0.0
+        # progress lines (on_train_start decides whether this run prints them)
+        self.print_every: int | None = None
+        self._last_printed = -1
+        self._clock: tuple[float, int] | None = None  # (time, global step) when training (re)started
+
+    def on_train_start(self, trainer, pl_module):
+        no_bar = trainer.progress_bar_callback is None or not _is_terminal(sys.stdout)
+        self.print_every = max(1, int(trainer.log_every_n_steps or 1)) if no_bar and trainer.is_global_zero else None
+        self._clock = (time.perf_counter(), trainer.global_step)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self._start is None:
             self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        tokens = batch[0].numel() * trainer.world_size
-        self._tokens += tokens
-        if (batch_idx + 1) % self.window:
-            return
-        elapsed = time.perf_counter() - self._start
-        rate = self._tokens / elapsed
-        self.total_tokens += self._tokens
-        self.total_time += elapsed
-        self.last_tokens_per_s = rate
-        pl_module.log("perf/tokens_per_s", rate, prog_bar=True, on_step=True, on_epoch=False)
-        pl_module.log("perf/mfu", rate * self.flops_per_token / self.peak, on_step=True, on_epoch=False)
-        self._tokens, self._start = 0, None
+        self._tokens += batch[0].numel() * trainer.world_size
+        self._batches += 1  # counted here, not from batch_idx: a window may span epochs shorter than it
+        if self._batches == self.window:
+            elapsed = time.perf_counter() - self._start
+            rate = self._tokens / elapsed
+            self.total_tokens += self._tokens
+            self.total_time += elapsed
+            self.last_tokens_per_s = rate
+            pl_module.log("perf/tokens_per_s", rate, prog_bar=True, on_step=True, on_epoch=False)
+            pl_module.log("perf/mfu", rate * self.flops_per_token / self.peak, on_step=True, on_epoch=False)
+            self._tokens, self._batches, self._start = 0, 0, None
+        step = trainer.global_step
+        if self.print_every and step and step % self.print_every == 0 and step != self._last_printed:
+            self._last_printed = step  # (accumulated batches share a step: one line)
+            print(self.progress_line(trainer), flush=True)
+
+    def progress_line(self, trainer) -> str:
+        """``step 40/2000  train/loss 2.1234  12,345 tokens/s  ETA 0:03:10``."""
+        step = trainer.global_step
+        total = trainer.estimated_stepping_batches
+        loss = trainer.callback_metrics.get("train/loss")  # the latest batch's, as logged
+        rate = self.last_tokens_per_s
+        if rate is None and self._start is not None and self._tokens:  # the first window is not complete yet
+            rate = self._tokens / max(time.perf_counter() - self._start, 1e-9)
+        parts = [f"step {step}" + (f"/{int(total)}" if math.isfinite(total) else ""),
+                 f"train/loss {float(loss):.4f}" if isinstance(loss, torch.Tensor) else "train/loss n/a",
+                 f"{rate:,.0f} tokens/s" if rate is not None else "tokens/s n/a"]
+        started, first_step = self._clock if self._clock else (time.perf_counter(), 0)
+        if math.isfinite(total) and step > first_step:
+            left = (time.perf_counter() - started) / (step - first_step) * max(total - step, 0)
+            parts.append(f"ETA {_duration(left)}")
+        return "  ".join(parts)
 
     def on_validation_start(self, trainer, pl_module):
         # validation time is not training throughput: restart the window
-        self._tokens, self._start = 0, None
+        self._tokens, self._batches, self._start = 0, 0, None
 
     @property
     def mean_tokens_per_s(self) -> float | None:
         return self.total_tokens / self.total_time if self.total_time else None
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

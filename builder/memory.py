@@ -1,0 +1,163 @@
+"""Refusing a training run that cannot fit in memory, before anything is allocated.
+
+``check_training_memory(budget, cfg)`` (task=train, right after the parameter budget) estimates what training
+takes from the budget and ``data.batch_size`` × ``data.context_length``, and compares it with what the device has:
+the GPU's free memory (``torch.cuda.mem_get_info``) when training runs on CUDA, else the machine's ``MemAvailable``
+(``/proc/meminfo``; ``os.sysconf`` elsewhere). For P parameters, b windows of s tokens, d_model h, n_heads a,
+n_layers L and vocabulary V, in bytes:
+
+* weights, gradients and AdamW's two moments: 16·P, all fp32 (Lightning's mixed precision keeps fp32 weights);
+  8·P at ``trainer.precision`` 16-true / bf16-true, 32·P at 64-true;
+* activations kept for the backward pass: L · b·s·h·(34 + 5·a·s/h) at 16 bits (Korthikanti et al. 2022,
+  "Reducing Activation Recomputation in Large Transformer Models", §4.1), twice that at 32 bits; the 5·a·s/h
+  part is the a·s² attention scores, which fused attention (``scaled_dot_product_attention``) does not keep;
+* the logits: b·s·V × 12 (the logits, their fp32 log-softmax and its gradient).
+
+The run is refused only when even the least it needs (the scores left out) exceeds what is available, so the
+check never stops a run that fits; measured on the CPU, the least is 15-20 % under the peak (allocator,
+optimizer temporaries) and the full estimate 0-60 % above it. ``train.check_memory=false`` skips the check.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+
+GIB = 1 << 30
+
+
+def _bytes_per_value(precision) -> tuple[int, int]:
+    """(bytes an activation takes, bytes a parameter's weight + gradient + two AdamW moments take)."""
+    p = str(precision).lower()
+    if p.startswith("64"):
+        return 8, 32
+    if p.startswith(("16", "bf16", "transformer-engine")):
+        return 2, 8 if p.endswith("-true") else 16
+    return 4, 16  # 32-true, 32
+
+
+def training_memory(budget: dict, batch_size: int, context_length: int | None = None, precision="32-true",
+                    shards: int = 1) -> dict:
+    """The estimate (bytes) for one training process: ``states`` (weights, gradients, AdamW; divided over
+    ``shards`` FSDP processes), ``activations`` (scores left out), ``scores`` (the a·s² attention part),
+    ``logits``; ``least`` = states + activations + logits, ``most`` = least + scores; ``per_window`` is what one
+    more window of the batch adds to ``least``."""
+    m = budget["config"]
+    b, s = int(batch_size), int(context_length or m["context_length"])
+    act_bytes, state_bytes = _bytes_per_value(precision)
+    states = state_bytes * budget["total_params"] // max(1, shards)
+    activations = m["n_layers"] * s * m["d_model"] * 34 * act_bytes // 2  # one window's
+    logits = 12 * s * m["vocab_size"]
+    scores = m["n_layers"] * 5 * m["n_heads"] * s * s * act_bytes // 2
+    least = states + b * (activations + logits)
+    return {"states": states, "state_bytes_per_param": state_bytes, "activations": b * activations,
+            "logits": b * logits, "scores": b * scores, "per_window": activations + logits, "least": least,
+            "most": least + b * scores, "batch_size": b, "context_length": s, "precision": str(precision)}
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _cgroup_available() -> int | None:
+    """What a cgroup v2 memory limit (a container, a SLURM job) leaves; None without one."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        return None if limit == "max" else max(0, int(limit) - int(used))
+    except (OSError, ValueError):
+        return None
+
+
+def _devices(trainer) -> list[int] | int | str:
+    devices = trainer.get("devices", "auto")
+    if isinstance(devices, str) and "," in devices:
+        return [int(d) for d in devices.split(",") if d.strip()]
+    try:
+        return [int(d) for d in devices] if not isinstance(devices, (str, int)) else int(devices)
+    except (TypeError, ValueError):
+        return str(devices)
+
+
+def available_memory(trainer) -> dict | None:
+    """Where training will run and what it has there: ``{"bytes", "where", "processes", "shards"}`` (processes:
+    training processes sharing that memory; shards: FSDP processes the states are divided over). None when it
+    cannot be told (an accelerator other than CPU or CUDA; a fork-based strategy, which needs CUDA untouched)."""
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    strategy = str(trainer.get("strategy", "auto")).lower()
+    devices = _devices(trainer)
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        if "fork" in strategy or "notebook" in strategy:
+            return None
+        index = devices[0] if isinstance(devices, list) and devices else 0
+        if isinstance(devices, list):
+            count = len(devices)
+        else:
+            count = devices if isinstance(devices, int) and devices > 0 else torch.cuda.device_count()
+        free, _ = torch.cuda.mem_get_info(index)  # the GPU rank 0 trains on: no context on any other
+        return {"bytes": free, "where": f"GPU {index} ({torch.cuda.get_device_name(index)}) has", "processes": 1,
+                "shards": count if "fsdp" in strategy else 1}
+    if accelerator not in ("cpu", "auto"):
+        return None
+    found = [v for v in (_meminfo_available(), _cgroup_available()) if v is not None]
+    if not found:
+        return None
+    processes = devices if isinstance(devices, int) and devices > 0 else 1  # ddp_cpu: each process holds it all
+    return {"bytes": min(found), "where": "this machine has", "processes": processes, "shards": 1}
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:,.1f} GiB" if n >= GIB // 10 else f"{n / (1 << 20):,.1f} MiB"
+
+
+def _count(n: int) -> str:
+    return next((f"{n / unit:,.2f}{name}" for unit, name in ((1e9, "B"), (1e6, "M")) if n >= unit), f"{n:,}")
+
+
+def check_training_memory(budget: dict, cfg) -> dict | None:
+    """Refuse (ConfigError naming ``model`` or ``data.batch_size``) a training run whose estimate clearly exceeds the
+    device's memory; ``cfg`` is the composed config (``data``, ``trainer``, ``train``). Returns the estimate with
+    what is available (None when unchecked: ``train.check_memory=false``, not local rank 0, or unknown). Prints
+    nothing."""
+    if not cfg["train"].get("check_memory", True) or os.environ.get("LOCAL_RANK", "0") != "0":
+        return None  # one check a machine: the processes Lightning or torchrun starts for the other ranks skip it
+    device = available_memory(cfg["trainer"])
+    if device is None:
+        return None
+    precision = cfg["trainer"].get("precision", "32-true")
+    data = cfg["data"]
+    est = training_memory(budget, data["batch_size"], data.get("context_length"), precision, device["shards"])
+    est["available"], n = device["bytes"], device["processes"]
+    if est["least"] * n <= device["bytes"]:
+        return est
+    m = budget["config"]
+    processes = f" × {n} processes" if n > 1 else ""
+    need = (f"training needs at least {_gib(est['least'] * n)} ({_gib(est['states'])} for the weights, gradients "
+            f"and AdamW state at {est['state_bytes_per_param']} bytes a parameter, {_count(budget['total_params'])} "
+            f"parameters; {_gib(est['activations'] + est['logits'])} of activations for data.batch_size="
+            f"{est['batch_size']} windows of {est['context_length']} tokens at precision {precision}{processes}; "
+            f"up to {_gib(est['most'] * n)} with attention's scores kept), but {device['where']} "
+            f"{_gib(device['bytes'])} available")
+    skip = "or set train.check_memory=false to skip this check"
+    fits = (device["bytes"] // n - est["states"]) // est["per_window"]
+    if fits >= 1:
+        raise ConfigError("data.batch_size", est["batch_size"], f"a batch that fits in memory: {need}; use "
+                          f"data.batch_size={fits} or less (trainer.accumulate_grad_batches keeps the effective "
+                          f"batch), a smaller model or data.context_length, {skip}")
+    model = budget.get("model") or f"d_model={m['d_model']}, n_layers={m['n_layers']}"
+    raise ConfigError("model", model, f"a model whose training fits in memory (d_model={m['d_model']}, n_layers="
+                      f"{m['n_layers']}): {need}, and not even data.batch_size=1 fits beside the weights; pick a smaller "
+                      f"model or a device with more memory, {skip}")

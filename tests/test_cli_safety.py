@@ -1,0 +1,386 @@
+"""The command line fails safely: configs that would run code are refused before Hydra starts anything, a typo in
+a key or group gets the closest match, the help page lists what a person picks from, the config is shown short and
+only after the task checked its inputs, and broken files, settings and disks are one paragraph.
+
+Every mistake: exit status 2, one paragraph ("Error: ..."), no traceback, no run directory left behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, run_cli
+
+import builder
+from builder.config.plain import to_plain
+
+TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.context_length=16"]
+
+
+def refused(proc, out: Path, *words: str) -> str:
+    """The one paragraph of a refused run; checks the promise around it."""
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    for word in words:
+        assert word in errors[0], (word, errors[0])
+    assert not out.exists(), "a refused run leaves no run directory"
+    assert "├──" not in proc.stderr, "the config is shown only once the inputs are checked"
+    return errors[0]
+
+
+def tiny_checkpoint(path: Path, **extra) -> dict:
+    """A small checkpoint as task=train writes it (model config, tokenizer, state_dict), without training."""
+    from builder.data.tokenizers import CharTokenizer
+
+    cfg = to_plain(builder.compose([*TINY, "model.vocab_size=30"]).model)
+    model = builder.build_model(cfg)
+    tok = CharTokenizer("abcdefghijklmnopqrstuvwxyz .,")
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"model": cfg, "tokenizer": tok.to_dict()}, **extra}, path)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("files")
+    ckpt = root / "small.ckpt"
+    model_cfg = tiny_checkpoint(ckpt)
+    from builder.checkpoint import export_model
+
+    export = export_model(ckpt, root / "exported")
+    conf = root / "userconf" / "experiment"  # a person's own experiments, in a --config-dir
+    conf.mkdir(parents=True)
+    mark = root / "pwned"
+    (conf / "evil.yaml").write_text(f"# @package _global_\nhydra:\n  callbacks:\n    evil:\n      _target_: os.makedirs\n"
+                                    f"      name: {mark}\n")
+    (conf / "component_target.yaml").write_text("# @package _global_\nmodel:\n  norm:\n    _target_: os.system\n")
+    (conf / "typo.yaml").write_text("# @package _global_\nmodel:\n  nlayers: 3\n")
+    return {"root": root, "ckpt": ckpt, "model": model_cfg, "export": export, "conf": conf.parent, "mark": mark}
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. configs never name code to run
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args,words", [
+    (["+hydra.callbacks.evil._target_=os.makedirs", "+hydra.callbacks.evil.name={mark}"],
+     ["hydra.callbacks.evil", "os.makedirs", "never name code", "sweep_comparison"]),
+    (["-cd", "{conf}", "experiment=evil"], ["hydra.callbacks.evil", "os.makedirs", "never name code"]),
+    (["-m", "-cd", "{conf}", "experiment=heads_vs_width,evil"], ["hydra.callbacks.evil", "never name code"]),
+    (["hydra.searchpath=[file://{conf}]", "experiment=evil"], ["hydra.callbacks.evil", "never name code"]),
+    (["hydra.job_logging.handlers.console.class=subprocess.Popen"],
+     ["hydra.job_logging.handlers.console.class", "subprocess.Popen", "never name code"]),
+], ids=["override", "experiment-file", "multirun-experiment", "searchpath", "logging-class"])
+def test_hydra_callbacks_and_hooks_of_ours_only(tmp_path, files, args, words):
+    out = tmp_path / "run"
+    args = [a.format(**files) for a in args]
+    proc = run_cli(*args, "task=report", f"hydra.run.dir={out}", f"hydra.sweep.dir={out}")
+    refused(proc, out, *words)
+    assert not files["mark"].exists(), "Hydra instantiated the callback"
+
+
+@pytest.mark.parametrize("args,key", [
+    (["+train._target_=os.system"], "train._target_"),
+    (["+trainer._target_=os.system"], "trainer._target_"),
+    (["+paths._target_=os.system"], "paths._target_"),
+    (["+model.attention={{_target_:os.system}}"], "model.attention._target_"),
+    (["-cd", "{conf}", "experiment=component_target"], "model.norm._target_"),
+], ids=["train", "trainer", "paths", "model-dict", "experiment-file"])
+def test_target_under_keys_we_build_is_refused(tmp_path, files, args, key):
+    out = tmp_path / "run"
+    proc = run_cli(*[a.format(**files) for a in args], "task=report", f"hydra.run.dir={out}")
+    refused(proc, out, key, "os.system", "no _target_")
+
+
+def test_our_own_hydra_hooks_compose_and_pass():
+    """What we ship is not refused: every experiment, debug config, the Optuna study, the SLURM launcher, and
+    switching our sweep callback off."""
+    from builder.config.cli import compose_and_check, options
+    from builder.tasks import TASKS
+
+    for group in ("experiment", "debug"):
+        for name in options(group):
+            assert compose_and_check([f"{group}={name}"], TASKS), (group, name)
+    for args in (["hparams_search=optuna"], ["hydra/launcher=slurm"], ["~hydra.callbacks.sweep_comparison"],
+                 ["+hydra.callbacks.sweep_comparison.plot=false"], ["-m", "model.n_heads=2,4", "model/mask=causal,none"]):
+        assert compose_and_check(args, TASKS), args
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. key and group typos: the closest match, exit 2
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override,words", [
+    ("modle=tiny", ["modle", "did you mean 'model'"]),
+    ("+modle=tiny", ["modle", "did you mean 'model'"]),
+    ("model.nlayers=3", ["model.nlayers", "did you mean 'n_layers'"]),
+    ("+model.nlayers=3", ["model.nlayers", "did you mean 'n_layers'"]),
+    ("+model.foo=1", ["model.foo", "a key of model", "d_model", "init_std"]),
+    ("trainer.max_step=5", ["trainer.max_step", "did you mean 'max_steps'", "pytorch_lightning.Trainer"]),
+    ("tarin.lr=1", ["tarin.lr", "did you mean 'train'"]),
+    ("callbacks.text_samples.promt=x", ["callbacks.text_samples.promt", "did you mean 'prompt'"]),
+    ("+data.tokenzier=char", ["data.tokenzier", "did you mean 'tokenizer'"]),
+    ("model.n_layers=abc", ["model.n_layers", "abc", "Integer"]),
+])
+def test_key_and_group_typos_name_the_closest(tmp_path, override, words):
+    out = tmp_path / "run"
+    proc = run_cli("task=report", override, f"hydra.run.dir={out}")
+    error = refused(proc, out, *words)
+    assert "To append to your config use" not in error  # Hydra's advice (+key) is not the answer to a typo
+
+
+def test_typo_in_an_experiment_file_names_the_file(tmp_path, files):
+    out = tmp_path / "run"
+    proc = run_cli("-cd", str(files["conf"]), "task=report", "experiment=typo", f"hydra.run.dir={out}")
+    refused(proc, out, "model.nlayers=3", "did you mean 'n_layers'", "experiment/typo.yaml")
+
+
+def test_full_error_shows_the_traceback_of_a_typo(tmp_path):
+    proc = run_cli("task=report", "model.nlayers=3", f"hydra.run.dir={tmp_path / 'r'}", env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "n_layers" in proc.stderr
+
+
+def test_model_keys_are_the_schema_fields_and_unknown_ones_are_refused():
+    from builder.config.schema import ModelConfig
+    from builder.errors import ConfigError
+    from builder.model import MODEL_KEYS, resolve
+    from components import KINDS
+
+    assert set(MODEL_KEYS) | set(KINDS) == {f.name for f in dataclasses.fields(ModelConfig)}
+    cfg = to_plain(builder.compose(TINY).model)
+    with pytest.raises(ConfigError, match=r"model.nlayers=3 is not accepted: a key of model \(did you mean 'n_layers'"):
+        resolve({**cfg, "nlayers": 3})
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. the help page
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_help(text: str) -> None:
+    from builder.config.cli import groups, options
+    from builder.tasks import TASKS
+
+    tasks = text.split("== Tasks", 1)[1].split("==", 2)[1]
+    for task in TASKS:
+        assert re.search(rf"^\s+{task}\s", tasks, re.M), task
+    listing = text.split("== Groups", 1)[1].split("== Common keys", 1)[0]
+    for group in groups():
+        line = re.search(rf"^\s+{re.escape(group)}\s+(.+(?:\n\s{{20}}\S.*)*)", listing, re.M)
+        assert line, group
+        assert [o.strip() for o in line.group(1).split("(")[0].replace("\n", " ").split(",")] == options(group)
+    assert "schema" not in listing
+    assert "== Common keys" in text and "checkpoint=" in text and text.count("\n  hydraformer ") >= 3  # examples
+
+
+def test_help_page_lists_tasks_groups_options_keys_and_examples(tmp_path):
+    proc = run_cli("--help", "hydra/help=hydraformer", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    _check_help(proc.stdout)
+
+
+def test_help_is_the_default_page(tmp_path):
+    defaults = yaml.safe_load((REPO / "conf" / "config.yaml").read_text())["defaults"]
+    if {"override hydra/help": "hydraformer"} not in defaults:
+        pytest.skip("conf/config.yaml does not select the page yet: `- override hydra/help: hydraformer` in defaults")
+    proc = run_cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    _check_help(proc.stdout)
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. the config: short, after validation, the model really used
+# --------------------------------------------------------------------------------------------------
+
+
+def _tree(stderr: str) -> list[str]:
+    lines = stderr.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("config"))
+    end = next(i for i, line in enumerate(lines) if "every key:" in line)
+    return lines[start:end + 1]
+
+
+def test_report_shows_choices_and_changes_and_saves_everything(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("task=report", "model=gpt2_small", "model.n_layers=2", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = _tree(proc.stderr)
+    tree = "\n".join(lines[:-1])
+    assert len(lines) < 10, tree
+    assert "├── model: gpt2_small" in tree and "n_layers: 2" in tree and "d_model" not in tree
+    assert "data" not in tree and "trainer" not in tree  # task=report reads neither
+    assert lines[-1].endswith(f"every key: {out / 'config.yaml'}")
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"]["d_model"] == 768 and saved["model"]["n_layers"] == 2 and saved["trainer"]["max_steps"]
+    assert "├── model" in (out / "config_tree.txt").read_text()
+
+
+def test_sample_shows_the_checkpoints_model_after_loading_it(tmp_path, files):
+    out = tmp_path / "run"
+    proc = run_cli("task=sample", f"checkpoint={files['ckpt']}", "prompt=the", "max_new_tokens=3", "top_k=null",
+                   f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tree = "\n".join(_tree(proc.stderr))
+    assert f"model: from checkpoint={files['ckpt']}" in tree
+    assert "d_model: 32" in tree and "model: tiny" not in tree and "d_model: 128" not in tree
+    assert "top_k: null" in tree and "max_new_tokens: 3" in tree
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"] == files["model"]  # the checkpoint's model, not model=tiny's
+    assert "checkpoint=" in (out / "config.yaml").read_text().splitlines()[2]
+
+
+def test_a_failing_task_prints_no_config(tmp_path, files):
+    out = tmp_path / "run"
+    refused(run_cli("task=report", "model.n_heads=5", f"hydra.run.dir={out}"), out, "model.n_heads")
+    refused(run_cli("task=sample", f"checkpoint={files['ckpt']}", "prompt=THE", f"hydra.run.dir={out}"), out, "prompt")
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. broken files, settings and disks
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage,words", [
+    ("json", ["hydraformer.json is not readable JSON"]),
+    ("no_model", ["holds no model config"]),
+    ("missing_weights", ["model.safetensors is missing"]),
+    ("corrupt_weights", ["model.safetensors is not a readable safetensors file"]),
+])
+def test_malformed_export_directory(tmp_path, files, damage, words):
+    export = tmp_path / "export"
+    export.mkdir()
+    for f in files["export"].iterdir():
+        (export / f.name).write_bytes(f.read_bytes())
+    if damage == "json":
+        (export / "hydraformer.json").write_text("{not json")
+    elif damage == "no_model":
+        (export / "hydraformer.json").write_text(json.dumps({"model": 3}))
+    elif damage == "missing_weights":
+        (export / "model.safetensors").unlink()
+    else:
+        (export / "model.safetensors").write_bytes((export / "model.safetensors").read_bytes()[:100])
+    out = tmp_path / "run"
+    refused(run_cli("task=sample", f"checkpoint={export}", f"hydra.run.dir={out}"), out, "checkpoint=", str(export),
+            *words)
+
+
+@pytest.mark.parametrize("override,words", [
+    ("temperature=-1", ["temperature=-1", ">= 0"]),
+    ("top_k=0", ["top_k=0", ">= 1", "null"]),
+    ("max_new_tokens=-1", ["max_new_tokens=-1", ">= 0"]),
+])
+def test_sampling_options_out_of_range(tmp_path, files, override, words):
+    out = tmp_path / "run"
+    refused(run_cli("task=sample", f"checkpoint={files['ckpt']}", "prompt=the", override, f"hydra.run.dir={out}"),
+            out, *words)
+
+
+def test_truncated_and_foreign_files_cannot_be_resumed_from(tmp_path, files):
+    from builder.checkpoint import check_resumable
+    from builder.errors import ConfigError
+
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(files["ckpt"].read_bytes()[:3000])
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    for path, words in ((truncated, "could not be loaded safely"), (text, "could not be loaded safely"),
+                        (files["ckpt"], "no optimizer state")):
+        with pytest.raises(ConfigError, match=words) as err:
+            check_resumable(str(path))
+        assert str(err.value).startswith(f"ckpt_path='{path}'")
+    resumable = tmp_path / "last.ckpt"
+    cfg = tiny_checkpoint(resumable, optimizer_states=[], global_step=3)
+    assert check_resumable(str(resumable), cfg) == str(resumable) and check_resumable(None) is None
+    with pytest.raises(ConfigError, match="the model config differs: model.d_model: 32 in the checkpoint, 64 now"):
+        check_resumable(str(resumable), {**cfg, "d_model": 64})
+
+
+def test_ckpt_path_truncated_through_the_cli(tmp_path, files):
+    if "check_resumable" not in (REPO / "builder" / "tasks" / "train.py").read_text():
+        pytest.skip("builder/tasks/train.py does not call builder.checkpoint.check_resumable yet")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(files["ckpt"].read_bytes()[:3000])
+    out = tmp_path / "run"
+    env = {"HYDRAFORMER_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    refused(run_cli(*TINY, "logger=csv", f"ckpt_path={truncated}", f"hydra.run.dir={out}", env=env), out,
+            "ckpt_path=", str(truncated))
+
+
+@pytest.mark.parametrize("env,override,words", [
+    ({"WANDB_MODE": "nonsense"}, None, ["WANDB_MODE='nonsense'", "online, offline", "unset"]),
+    ({}, "logger.wandb.mode=onlin", ["logger.wandb.mode='onlin'", "did you mean 'online'"]),
+], ids=["env", "config"])
+def test_unknown_wandb_mode(tmp_path, env, override, words):
+    out = tmp_path / "run"
+    args = ["logger=wandb", "trainer.max_steps=1", f"hydra.run.dir={out}"] + ([override] if override else [])
+    refused(run_cli(*args, env={"HYDRAFORMER_CACHE": str(tmp_path / "cache"), **env}), out, *words)
+
+
+def _sys_refuses_folders() -> bool:
+    try:
+        os.mkdir("/sys/hydraformer-probe")
+    except OSError:
+        return True
+    os.rmdir("/sys/hydraformer-probe")
+    return False
+
+
+def test_cache_and_run_folders_that_cannot_be_written(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    out = tmp_path / "run"
+    train = ["logger=csv", "trainer.max_steps=1", f"hydra.run.dir={out}"]
+    refused(run_cli(*train, env={"HYDRAFORMER_CACHE": str(a_file), "WANDB_MODE": "offline"}), out,
+            f"HYDRAFORMER_CACHE='{a_file}'", "is a file")
+    refused(run_cli("task=report", f"hydra.run.dir={a_file / 'run'}"), out, "hydra.run.dir=", str(a_file), "is a file")
+    if not _sys_refuses_folders():
+        pytest.skip("/sys takes new folders here: no read-only place to point at")
+    refused(run_cli(*train, env={"HYDRAFORMER_CACHE": "/sys/hydraformer-cache", "WANDB_MODE": "offline"}), out,
+            "HYDRAFORMER_CACHE='/sys/hydraformer-cache'", "operation not permitted")
+    refused(run_cli("task=report", "paths.runs_dir=/sys/hydraformer-runs"), out, "paths.runs_dir='/sys/hydraformer-runs'")
+
+
+def test_no_space_left_on_device_is_one_paragraph(tmp_path):
+    """A real ENOSPC: the task's output goes to /dev/full."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, str(REPO / "run.py"), "task=report", f"hydra.run.dir={out}"], cwd=REPO,
+                              env={**env, "PYTHONUNBUFFERED": "1"}, stdout=full, stderr=subprocess.PIPE, text=True,
+                              timeout=300)
+    proc.stdout = ""
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "stdout='/dev/full' is not accepted" in proc.stderr and "no space left on device" in proc.stderr
+
+
+def test_a_full_disk_under_the_run_directory_names_the_setting_and_the_file(tmp_path):
+    """ENOSPC, EROFS, EACCES from a write below hydra.run.dir or the token cache (the mapping run_task applies)."""
+    from builder.tasks import file_system_error
+
+    cfg = builder.compose([f"paths.cache_dir={tmp_path / 'cache'}"])
+    out = tmp_path / "run"
+    for code, words in ((errno.ENOSPC, "no space left on device"), (errno.EROFS, "read-only file system"),
+                        (errno.EACCES, "permission denied")):
+        err = file_system_error(OSError(code, os.strerror(code), str(out / "checkpoints" / "last.ckpt")), cfg, out)
+        assert str(err).startswith(f"hydra.run.dir='{out}' is not accepted") and words in str(err)
+        assert str(out / "checkpoints" / "last.ckpt") in str(err)
+    err = file_system_error(OSError(errno.ENOSPC, "full", str(tmp_path / "cache" / "x.bin")), cfg, out)
+    assert str(err).startswith("data.cache_dir=") and "no space left on device" in str(err)
+    assert file_system_error(OSError(errno.ENOENT, "gone", "x"), cfg, out) is None
