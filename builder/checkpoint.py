@@ -142,7 +142,8 @@ def check_resumable(path, model_cfg: dict | None = None, key: str = "ckpt_path")
     file = Path(str(path)).expanduser()
     if not file.is_file():
         kind = special_file(file)
-        raise ConfigError(key, str(path), "an existing checkpoint file, or `last`" + (f"; it is {kind}" if kind else ""))
+        raise ConfigError(key, str(path), "an existing checkpoint file, or `last` (this run directory's newest "
+                          "checkpoint)" + (f"; it is {kind}" if kind else ""))
     ckpt = read_checkpoint(file, key, mmap=True)
     if "optimizer_states" not in ckpt or "global_step" not in ckpt:
         raise ConfigError(key, str(path), "a checkpoint written during training (checkpoints/last.ckpt, step-N.ckpt, "

@@ -315,17 +315,23 @@ def check_unused_run_dir(folder, *, resuming: bool, key: str = "hydra.run.dir") 
                           "timestamped directory)")
 
 
+def resumes_in(folder, task, ckpt_path) -> bool:
+    """Whether this run continues the training run in ``folder``: task=train with ``ckpt_path=last`` or a
+    checkpoint inside ``folder``."""
+    if task != "train" or not ckpt_path:
+        return False
+    return ckpt_path == "last" or Path(str(folder)).expanduser().absolute() in \
+        Path(str(ckpt_path)).expanduser().absolute().parents
+
+
 def _check_run_dir_unused(cfg: DictConfig, multirun: bool) -> None:
     """Before Hydra writes into it: the run (or sweep) directory holds no earlier run, unless task=train resumes."""
     try:
         folder = cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir
     except Exception:  # an interpolation only Hydra's run can resolve
         return
-    ckpt = cfg.get("ckpt_path")
-    inside = bool(ckpt) and ckpt != "last" and Path(str(folder)).expanduser().absolute() in \
-        Path(str(ckpt)).expanduser().absolute().parents
-    resuming = cfg.get("task") == "train" and (ckpt == "last" or inside)
-    check_unused_run_dir(folder, resuming=resuming, key="hydra.sweep.dir" if multirun else "hydra.run.dir")
+    check_unused_run_dir(folder, resuming=resumes_in(folder, cfg.get("task"), cfg.get("ckpt_path")),
+                         key="hydra.sweep.dir" if multirun else "hydra.run.dir")
 
 
 def check_composed(cfg: DictConfig, tasks=None) -> None:

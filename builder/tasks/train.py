@@ -8,9 +8,9 @@ import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-import torch
 from pytorch_lightning.strategies import FSDPStrategy
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -19,12 +19,12 @@ from components import Block
 
 from ..budget import parameter_budget
 from ..checkpoint import check_resumable
-from ..config.cli import check_unused_run_dir
+from ..config.cli import check_unused_run_dir, resumes_in
 from ..config.plain import to_plain
 from ..config.printing import inputs_checked
 from ..data.datamodule import TokenDataModule
 from ..errors import ConfigError
-from ..files import atomic_write, special_file
+from ..files import atomic_write
 from ..memory import check_training_memory
 from ..model import resolve
 from ..report import write_budget_files
@@ -83,11 +83,7 @@ def find_checkpoint(ckpt_path: str | None, out_dir: Path, paths=None) -> str | N
     if ckpt_path in (None, ""):
         return None
     if ckpt_path != "last":
-        if not Path(ckpt_path).is_file():
-            kind = special_file(ckpt_path)
-            raise ConfigError("ckpt_path", ckpt_path, "an existing checkpoint file, or `last` (this run directory's "
-                              "newest checkpoint)" + (f"; it is {kind}" if kind else ""))
-        return ckpt_path
+        return ckpt_path  # checked (a file, a complete checkpoint of this model) by builder.checkpoint.check_resumable
     own = _checkpoints(Path(out_dir), "checkpoints/*.ckpt")
     if own:
         return str(own[-1])
@@ -161,11 +157,12 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
         trainer_kwargs["max_steps"] = -1
     check_val_interval(trainer_kwargs)
     if cfg.ckpt_path == "last" and (done := finished_earlier(out_dir, trainer_kwargs["max_steps"])):
-        print(f"ckpt_path=last: this run already trained {done['steps']} steps in {out_dir} (summary.json); nothing to train (raise trainer.max_steps to train on)")
+        print(f"ckpt_path=last: this run already trained {done['steps']} steps in {out_dir} (summary.json); "
+              "nothing to train (raise trainer.max_steps to train on)")
         return 0
     ckpt_path = check_resumable(find_checkpoint(cfg.ckpt_path, out_dir, to_plain(cfg.get("paths"))), model_cfg)
-    if ckpt_path is None or out_dir.absolute() not in Path(ckpt_path).absolute().parents:
-        check_unused_run_dir(out_dir, resuming=cfg.ckpt_path == "last", key=_run_dir_key())  # a sweep job's folder
+    # a sweep job's folder (the precheck saw the sweep's), or a run directory an experiment's YAML set
+    check_unused_run_dir(out_dir, resuming=resumes_in(out_dir, "train", cfg.ckpt_path), key=_run_dir_key())
     logger_cfg = to_plain(cfg.logger) if cfg.logger else {}
 
     # everything that can be refused is checked before the first file is written
