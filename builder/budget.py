@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .model import build_model, resolve
+from .model import build_model, has_final_norm, norms_per_block, resolve
 
 GROUPS = ("token_embedding", "positions", "attention", "mlp", "norms", "unembedding")
 ATTENTION_MATRICES = ("W_q", "W_k", "W_v", "W_o")
@@ -43,8 +43,8 @@ def measured_groups(model: nn.Module) -> dict:
     for block in model.blocks:
         _count_module(groups["attention"], block.attention, seen)
         _count_module(groups["mlp"], block.mlp, seen)
-        _count_module(groups["norms"], block.norm_1, seen)
-        _count_module(groups["norms"], block.norm_2, seen)
+        for norm in block.norms():
+            _count_module(groups["norms"], norm, seen)
     _count_module(groups["norms"], model.final_norm, seen)
     _count_module(groups["unembedding"], model.unembedding, seen)
     groups["unembedding"]["tied"] = bool(model.tie_embeddings)
@@ -70,7 +70,7 @@ def formula_groups(m: dict, specs: dict) -> dict | None:
     _add(groups["positions"], *_sum_formula(specs["embedding"].formula()))
     _add(groups["attention"], *_sum_formula(specs["attention"].formula()), times=layers)
     _add(groups["mlp"], *_sum_formula(specs["mlp"].formula()), times=layers)
-    n_norms = 2 * layers + (1 if m["norm_layout"] == "pre" else 0)
+    n_norms = norms_per_block(m["norm_layout"]) * layers + (1 if has_final_norm(m["norm_layout"]) else 0)
     _add(groups["norms"], *_sum_formula(specs["norm"].formula()), times=n_norms)
     _add(groups["unembedding"], 0 if m["tie_embeddings"] else vocab * d, 0)
     groups["unembedding"]["tied"] = bool(m["tie_embeddings"])
@@ -196,4 +196,5 @@ def formula_total(cfg_model) -> dict:
         return parameter_budget(cfg_model)
     total = sum(g["total"] for g in groups.values())
     return {"total_params": total, "attention_share": groups["attention"]["total"] / total, "groups": groups,
-            "config": {k: m[k] for k in ("d_model", "n_layers", "n_heads", "d_head")}}
+            "config": {**{k: m[k] for k in ("d_model", "n_layers", "n_heads", "d_head")},
+                       "n_kv_heads": specs["attention"].kwargs.get("n_kv_heads", m["n_heads"])}}

@@ -12,6 +12,7 @@ from torch import nn
 import components
 from components import Block, RegistryError, Transformer
 from components.registry import closest
+from components.transformer import LAYOUTS
 
 from .config.plain import to_plain
 from .errors import ConfigError
@@ -23,8 +24,7 @@ BUILDER_KEYS = {"name", "layout"}
 # the keys of a model config besides one per component kind: ModelConfig's fields in builder/config/schema.py
 # (that module imports Hydra, which loading a model never does; tests/test_cli_safety.py holds the two equal)
 MODEL_KEYS = ("d_model", "n_layers", "n_heads", "d_head", "vocab_size", "context_length", "bias", "tie_embeddings",
-              "dropout", "init_std")
-LAYOUTS = ("pre", "post")
+              "dropout", "init_std", "scale_embeddings", "final_softcap")
 
 
 @dataclass
@@ -110,9 +110,13 @@ def resolve(cfg_model) -> tuple[dict, dict[str, Spec]]:
     dropout = m.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ConfigError("model.dropout", dropout, "a number in [0, 1)")
-    for key in ("bias", "tie_embeddings"):
-        if not isinstance(m.get(key, True), bool):
+    for key in ("bias", "tie_embeddings", "scale_embeddings"):
+        if not isinstance(m.get(key, False), bool):
             raise ConfigError(f"model.{key}", m.get(key), "true or false")
+    cap = m.get("final_softcap")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
+        raise ConfigError("model.final_softcap", cap, "a positive number (logits become cap * tanh(logits / cap)), "
+                          "or null for none")
 
     specs = {}
     for kind in components.KINDS:
@@ -165,17 +169,28 @@ def build_model(cfg_model) -> nn.Module:
     m, specs = resolve(cfg_model)
     positions = specs["embedding"].build()
     mask = specs["mask"].build()
+    layout = m["norm_layout"]
+    norm = specs["norm"].build
     blocks = [
-        Block(specs["attention"].build(), specs["mlp"].build(), specs["norm"].build(), specs["norm"].build(),
-              layout=m["norm_layout"], dropout=m["dropout"])
+        Block(specs["attention"].build(), specs["mlp"].build(), norm(), norm(), layout=layout, dropout=m["dropout"],
+              **({"post_norm_1": norm(), "post_norm_2": norm()} if layout == "sandwich" else {}))
         for _ in range(m["n_layers"])
     ]
-    final_norm = specs["norm"].build() if m["norm_layout"] == "pre" else None
     return Transformer(
         vocab_size=m["vocab_size"], d_model=m["d_model"], positions=positions, blocks=blocks,
-        final_norm=final_norm, mask=mask, tie_embeddings=m["tie_embeddings"], dropout=m["dropout"],
-        init_std=m.get("init_std", 0.02),
+        final_norm=norm() if has_final_norm(layout) else None, mask=mask, tie_embeddings=m["tie_embeddings"],
+        dropout=m["dropout"], init_std=m.get("init_std", 0.02), scale_embeddings=m.get("scale_embeddings", False),
+        final_softcap=m.get("final_softcap"),
     )
+
+
+def has_final_norm(layout: str) -> bool:
+    """Every layout but ``post`` normalises the last residual stream before the unembedding."""
+    return layout != "post"
+
+
+def norms_per_block(layout: str) -> int:
+    return 4 if layout == "sandwich" else 2
 
 
 def load_state(model: nn.Module, state: dict, key: str, path) -> None:

@@ -198,8 +198,10 @@ def preset_shares() -> list[dict]:
 
 
 def shares_table(rows: list[dict], markdown: bool = False) -> str:
-    return table(["preset", "d_model", "n_layers", "total", "attention share"],
-                  [[r["model"], str(r["d_model"]), str(r["n_layers"]), human(r["total_params"]),
+    """One row per preset: its family (the name's first part), width, depth, query/key-value heads, size, share."""
+    return table(["preset", "family", "d_model", "n_layers", "heads q/kv", "total", "attention share"],
+                  [[r["model"], r["model"].split("_")[0], str(r["d_model"]), str(r["n_layers"]),
+                    f"{r['n_heads']}/{r.get('n_kv_heads', r['n_heads'])}", human(r["total_params"]),
                     f"{100 * r['attention_share']:.1f}%"] for r in rows], markdown)
 
 
@@ -208,7 +210,8 @@ def write_budget_files(budgets: list[dict], out_dir: Path, shares: list[dict] | 
     out_dir = Path(out_dir)
     shares = preset_shares() if shares is None else shares
     text = "\n\n".join(render(b) for b in budgets) if len(budgets) == 1 else side_by_side(budgets)
-    text += "\n\nAttention share by preset (grows with width: 4d² of the 12d² in each block, against fixed embeddings)\n"
+    text += ("\n\nAttention share by preset (grows with width: 4d² of the 12d² in each block, against fixed embeddings; "
+             "shrinks when query heads share fewer key/value heads)\n")
     text += shares_table(shares)
     md = "# Parameter budget\n\n" + "\n\n".join(render(b, markdown=True) for b in budgets)
     if len(budgets) > 1:

@@ -53,7 +53,13 @@ class KVCache:
 
 @register("attention", "grouped_query")
 class GroupedQueryAttention(nn.Module):
-    """``n_heads`` query heads share ``n_kv_heads`` key/value heads (1 = multi-query)."""
+    """``n_heads`` query heads share ``n_kv_heads`` key/value heads (1 = multi-query).
+
+    Options the open decoder families need: ``qkv_bias`` (biases on q, k, v whatever ``bias`` says: Qwen2),
+    ``qk_norm`` (an RMSNorm over each head's q and k before the rotation: Qwen3), ``query_scale`` (what q·k is
+    multiplied by, 1/sqrt(d_head) when None: Gemma 2 uses query_pre_attn_scalar^-1/2) and ``softcap``
+    (scores become cap·tanh(scores/cap) before the mask: Gemma 2).
+    """
 
     def __init__(
         self,
@@ -63,14 +69,27 @@ class GroupedQueryAttention(nn.Module):
         n_kv_heads: int = 1,
         bias: bool = True,
         dropout: float = 0.0,
+        qkv_bias: bool | None = None,
+        qk_norm: bool = False,
+        qk_norm_eps: float = 1e-6,
+        query_scale: float | None = None,
+        softcap: float | None = None,
     ):
         super().__init__()
         if n_kv_heads <= 0 or n_heads % n_kv_heads:
             raise ValueError(f"n_kv_heads={n_kv_heads} must divide n_heads={n_heads}")
+        if query_scale is not None and query_scale <= 0:
+            raise ValueError(f"query_scale must be positive, got {query_scale!r}")
+        if softcap is not None and softcap <= 0:
+            raise ValueError(f"softcap must be positive, got {softcap!r}")
         self.n_heads, self.n_kv_heads, self.d_head = n_heads, n_kv_heads, d_head
-        self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * d_head, bias=bias)
+        self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * d_head, bias=bias if qkv_bias is None else qkv_bias)
         self.o = nn.Linear(n_heads * d_head, d_model, bias=bias)
         self.o.residual_projection = True  # GPT-2 init scales it by 1/sqrt(2 n_layers)
+        self.q_norm = nn.RMSNorm(d_head, eps=qk_norm_eps) if qk_norm else None
+        self.k_norm = nn.RMSNorm(d_head, eps=qk_norm_eps) if qk_norm else None
+        self.scale = query_scale if query_scale is not None else 1.0 / math.sqrt(d_head)
+        self.softcap = softcap
         self.dropout = dropout
         self.layer = 0  # set by the model: which block this is
         self.recorder = None  # a callable(layer, tensors) while a capture is active
@@ -81,21 +100,25 @@ class GroupedQueryAttention(nn.Module):
     def forward(self, x, mask: AttentionMask, positions, pos, cache: KVCache | None = None):
         b, t, _ = x.shape
         q, k, v = self.qkv(x).split(self.split_sizes(), dim=-1)
-        q = q.view(b, t, self.n_heads, self.d_head).transpose(1, 2)
-        k = k.view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)
+        q = q.view(b, t, self.n_heads, self.d_head)
+        k = k.view(b, t, self.n_kv_heads, self.d_head)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = v.view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)
         q, k = positions.rotate(q, k, pos, pos)
         if cache is not None:
             k, v = cache.extend(self.layer, k, v)
-        if self.recorder is None:
+        if self.recorder is None and self.softcap is None:
             y = F.scaled_dot_product_attention(
                 q, k, v,
                 attn_mask=mask.grid,
                 dropout_p=self.dropout if self.training else 0.0,
                 is_causal=mask.is_causal,
+                scale=self.scale,
                 enable_gqa=self.n_kv_heads != self.n_heads,
             )
-        else:
+        else:  # the fused kernel has no soft-capping; a recorder wants every step
             y = self._explicit(q, k, v, mask)
         return self.o(y.transpose(1, 2).reshape(b, t, self.n_heads * self.d_head))
 
@@ -104,28 +127,31 @@ class GroupedQueryAttention(nn.Module):
         repeat = self.n_heads // self.n_kv_heads
         k = k.repeat_interleave(repeat, dim=1)
         v = v.repeat_interleave(repeat, dim=1)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)
+        scores = (q @ k.transpose(-2, -1)) * self.scale
+        if self.softcap is not None:
+            scores = torch.tanh(scores / self.softcap) * self.softcap
         allowed = mask.dense(q.shape[2], k.shape[2], q.device)
         masked = scores if allowed is None else scores.masked_fill(~allowed, float("-inf"))
         pattern = masked.softmax(dim=-1)
         z = F.dropout(pattern, self.dropout, self.training) @ v  # [B, H, Tq, d_head]
-        w_o = self.o.weight.view(self.o.out_features, self.n_heads, self.d_head)
-        self.recorder(
-            self.layer,
-            {
-                "q": q, "k": k, "v": v,
-                "scores": scores,
-                "mask": allowed,
-                "pattern": pattern,
-                "z": z,
-                # each head's own update to the residual stream (W_o's bias is shared, not in it)
-                "result": torch.einsum("bhtd,mhd->bhtm", z, w_o),
-            },
-        )
+        if self.recorder is not None:
+            w_o = self.o.weight.view(self.o.out_features, self.n_heads, self.d_head)
+            self.recorder(
+                self.layer,
+                {
+                    "q": q, "k": k, "v": v,
+                    "scores": scores,
+                    "mask": allowed,
+                    "pattern": pattern,
+                    "z": z,
+                    # each head's own update to the residual stream (W_o's bias is shared, not in it)
+                    "result": torch.einsum("bhtd,mhd->bhtm", z, w_o),
+                },
+            )
         return z
 
     def breakdown(self) -> dict:
-        """Parameters of W_q, W_k, W_v, W_o as built (weights and biases)."""
+        """Parameters of W_q, W_k, W_v, W_o (and the q/k norms) as built (weights and biases)."""
         rows = self.split_sizes()
         fan_in = self.qkv.in_features
         has_bias = self.qkv.bias is not None
@@ -134,27 +160,36 @@ class GroupedQueryAttention(nn.Module):
             for name, r in zip(("W_q", "W_k", "W_v"), rows)
         }
         out["W_o"] = {"weight": self.o.weight.numel(), "bias": self.o.bias.numel() if self.o.bias is not None else 0}
+        if self.q_norm is not None:
+            out["qk_norm"] = {"weight": 2 * self.d_head, "bias": 0}
         return out
 
     @classmethod
-    def formula(cls, d_model, n_heads, d_head, n_kv_heads=1, bias=True, dropout=0.0) -> dict:
-        b = 1 if bias else 0
+    def formula(cls, d_model, n_heads, d_head, n_kv_heads=1, bias=True, dropout=0.0, qkv_bias=None, qk_norm=False,
+                **_) -> dict:
+        b = 1 if (bias if qkv_bias is None else qkv_bias) else 0
         q, kv = n_heads * d_head, n_kv_heads * d_head
-        return {
+        out = {
             "W_q": {"weight": d_model * q, "bias": b * q},
             "W_k": {"weight": d_model * kv, "bias": b * kv},
             "W_v": {"weight": d_model * kv, "bias": b * kv},
-            "W_o": {"weight": q * d_model, "bias": b * d_model},
+            "W_o": {"weight": q * d_model, "bias": d_model if bias else 0},
         }
+        if qk_norm:
+            out["qk_norm"] = {"weight": 2 * d_head, "bias": 0}
+        return out
 
 
 @register("attention", "multi_head")
 class MultiHeadAttention(GroupedQueryAttention):
     """Every head has its own W_q, W_k, W_v (GPT-2, GPT-3)."""
 
-    def __init__(self, d_model: int, n_heads: int, d_head: int, bias: bool = True, dropout: float = 0.0):
-        super().__init__(d_model, n_heads, d_head, n_kv_heads=n_heads, bias=bias, dropout=dropout)
+    def __init__(self, d_model: int, n_heads: int, d_head: int, bias: bool = True, dropout: float = 0.0,
+                 qkv_bias: bool | None = None, qk_norm: bool = False, qk_norm_eps: float = 1e-6,
+                 query_scale: float | None = None, softcap: float | None = None):
+        super().__init__(d_model, n_heads, d_head, n_kv_heads=n_heads, bias=bias, dropout=dropout, qkv_bias=qkv_bias,
+                         qk_norm=qk_norm, qk_norm_eps=qk_norm_eps, query_scale=query_scale, softcap=softcap)
 
     @classmethod
-    def formula(cls, d_model, n_heads, d_head, bias=True, dropout=0.0) -> dict:
-        return super().formula(d_model, n_heads, d_head, n_heads, bias, dropout)
+    def formula(cls, d_model, n_heads, d_head, bias=True, dropout=0.0, **options) -> dict:
+        return super().formula(d_model, n_heads, d_head, n_heads, bias, dropout, **options)

@@ -71,15 +71,27 @@ class SlidingWindowMask(CausalMask):
 
 @register("mask", "alternating")
 class AlternatingMask(SlidingWindowMask):
-    """GPT-3: even layers dense causal, odd layers a causal band of width ``window``."""
+    """Dense causal layers alternating with causal bands of width ``window``.
+
+    ``band_layers="odd"``: even layers dense, odd layers banded (GPT-3); ``"even"``: the other way round (Gemma 2).
+    """
+
+    def __init__(self, window: int = 256, band_layers: str = "odd"):
+        super().__init__(window)
+        if band_layers not in ("odd", "even"):
+            raise ValueError(f"band_layers must be 'odd' or 'even', got {band_layers!r}")
+        self.band_layers = band_layers
+
+    def banded(self, layer: int) -> bool:
+        return layer % 2 == (1 if self.band_layers == "odd" else 0)
 
     def allowed(self, q_pos, k_pos, layer):
-        if layer % 2 == 0:
-            return CausalMask.allowed(self, q_pos, k_pos, layer)
-        return super().allowed(q_pos, k_pos, layer)
+        if self.banded(layer):
+            return super().allowed(q_pos, k_pos, layer)
+        return CausalMask.allowed(self, q_pos, k_pos, layer)
 
     def plain_causal(self, layer):
-        return layer % 2 == 0
+        return not self.banded(layer)
 
     def layer_key(self, layer):
         return layer % 2

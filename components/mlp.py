@@ -68,8 +68,11 @@ class SwiGLUMLP(nn.Module):
         third = -(-8 * d_model // 3)  # ceil(8d/3)
         return -(-third // 8) * 8
 
+    def activation(self, h):
+        return F.silu(h)
+
     def forward(self, x):
-        return self.proj(F.silu(self.gate(x)) * self.up(x))
+        return self.proj(self.activation(self.gate(x)) * self.up(x))
 
     @classmethod
     def formula(cls, d_model, hidden=None, bias=True) -> dict:
@@ -79,3 +82,11 @@ class SwiGLUMLP(nn.Module):
             "up": _linear_count(d_model, hidden, bias),
             "proj": _linear_count(hidden, d_model, bias),
         }
+
+
+@register("mlp", "geglu")
+class GeGLUMLP(SwiGLUMLP):
+    """GELU(x W_gate) ⊙ (x W_up) → W_proj, GELU in its tanh approximation (Gemma)."""
+
+    def activation(self, h):
+        return F.gelu(h, approximate="tanh")

@@ -8,6 +8,8 @@ sequence past offset 0.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -80,28 +82,64 @@ class SinusoidalPositions(Positions):
 
 @register("embedding", "rotary")
 class RotaryPositions(Positions):
-    """RoPE: rotate pairs of q and k channels (first half with second half) by pos·θ_i."""
+    """RoPE: rotate pairs of q and k channels (first half with second half) by pos·θ_i.
 
-    def __init__(self, d_model: int, context_length: int, d_head: int, base: float = 10000.0):
+    ``fraction`` < 1 turns only the first ``int(fraction · d_head)`` channels of each head (GPT-NeoX's
+    ``rotary_pct``) and leaves the rest as they are. ``scale_factor`` applies Llama 3.1's frequency scaling:
+    wavelengths longer than ``original_context / low_freq_factor`` are stretched by ``scale_factor``, shorter than
+    ``original_context / high_freq_factor`` kept, and the band between blended smoothly.
+    """
+
+    def __init__(self, d_model: int, context_length: int, d_head: int, base: float = 10000.0,
+                 fraction: float = 1.0, scale_factor: float | None = None, low_freq_factor: float = 1.0,
+                 high_freq_factor: float = 4.0, original_context: int = 8192):
         super().__init__(d_model, context_length, d_head)
-        if d_head % 2:
-            raise ValueError(f"rotary positions need an even d_head, got {d_head}")
-        self.base = base
+        if isinstance(fraction, bool) or not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        self.rotated = int(d_head * fraction)
+        if self.rotated % 2 or self.rotated == 0:
+            raise ValueError(f"rotary positions turn pairs of channels: int(d_head * fraction) = "
+                             f"int({d_head} * {fraction}) = {self.rotated} must be even and positive")
+        if base <= 0:
+            raise ValueError(f"base must be positive, got {base!r}")
+        if scale_factor is not None and (scale_factor <= 0 or not 0 < low_freq_factor < high_freq_factor
+                                         or original_context <= 0):
+            raise ValueError("Llama 3 frequency scaling needs scale_factor > 0, 0 < low_freq_factor < "
+                             f"high_freq_factor and original_context > 0; got scale_factor={scale_factor}, "
+                             f"low_freq_factor={low_freq_factor}, high_freq_factor={high_freq_factor}, "
+                             f"original_context={original_context}")
+        self.base, self.fraction = base, fraction
+        self.scale_factor, self.low_freq_factor, self.high_freq_factor = scale_factor, low_freq_factor, high_freq_factor
+        self.original_context = original_context
+
+    def inv_freq(self, device=None) -> torch.Tensor:
+        """The rotation speed of each channel pair, ``[rotated // 2]`` (float32)."""
+        half = self.rotated // 2
+        inv_freq = 1.0 / (self.base ** (torch.arange(half, device=device, dtype=torch.float32) / half))
+        if self.scale_factor is None:
+            return inv_freq
+        wavelen = 2 * math.pi / inv_freq
+        long_wave = self.original_context / self.low_freq_factor
+        short_wave = self.original_context / self.high_freq_factor
+        stretched = torch.where(wavelen > long_wave, inv_freq / self.scale_factor, inv_freq)
+        smooth = (self.original_context / wavelen - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor)
+        blended = (1 - smooth) * stretched / self.scale_factor + smooth * stretched
+        between = (wavelen >= short_wave) & (wavelen <= long_wave)
+        return torch.where(between, blended, stretched)
 
     def _cos_sin(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        half = self.d_head // 2
-        inv_freq = 1.0 / (self.base ** (torch.arange(half, device=pos.device, dtype=torch.float32) / half))
-        angles = pos.to(torch.float32)[:, None] * inv_freq[None, :]
+        angles = pos.to(torch.float32)[:, None] * self.inv_freq(pos.device)[None, :]
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
-    @staticmethod
-    def _turn(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        x1, x2 = x[..., :half], x[..., half:]
-        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    def _turn(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        rot = self.rotated
+        turned, kept = (x, None) if rot == x.shape[-1] else (x[..., :rot], x[..., rot:])
+        half = rot // 2
+        x1, x2 = turned[..., :half], turned[..., half:]
+        out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return out if kept is None else torch.cat((out, kept), dim=-1)
 
     def rotate(self, q, k, q_pos, k_pos):
         q_angles = self._cos_sin(q_pos, q.dtype)
         k_angles = q_angles if k_pos is q_pos and k.dtype == q.dtype else self._cos_sin(k_pos, k.dtype)
         return self._turn(q, *q_angles), self._turn(k, *k_angles)
-

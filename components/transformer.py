@@ -13,16 +13,29 @@ from torch import nn
 from .attention import AttentionMask, KVCache
 from .positions import Embedding
 
+LAYOUTS = ("pre", "post", "parallel", "sandwich")
+
 
 class Block(nn.Module):
-    """attention then MLP, each wrapped in a residual; norms before (``pre``) or after (``post``)."""
+    """Attention then MLP, each wrapped in a residual. Where the norms sit is the ``layout``:
+
+    - ``pre``:      x + attn(norm_1(x)), then h + mlp(norm_2(h))                       (GPT-2, Llama)
+    - ``post``:     norm_1(x + attn(x)), then norm_2(h + mlp(h))                       (the original transformer)
+    - ``parallel``: x + attn(norm_1(x)) + mlp(norm_2(x)): both read the same input    (GPT-NeoX, Pythia)
+    - ``sandwich``: x + post_norm_1(attn(norm_1(x))), then h + post_norm_2(mlp(norm_2(h)))  (Gemma 2)
+    """
 
     def __init__(self, attention: nn.Module, mlp: nn.Module, norm_1: nn.Module, norm_2: nn.Module,
-                 layout: str = "pre", dropout: float = 0.0):
+                 layout: str = "pre", dropout: float = 0.0, post_norm_1: nn.Module | None = None,
+                 post_norm_2: nn.Module | None = None):
         super().__init__()
-        if layout not in ("pre", "post"):
-            raise ValueError(f"layout must be 'pre' or 'post', got {layout!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        if (layout == "sandwich") != (post_norm_1 is not None and post_norm_2 is not None):
+            raise ValueError("the sandwich layout, and only it, takes post_norm_1 and post_norm_2")
         self.norm_1, self.attention, self.norm_2, self.mlp = norm_1, attention, norm_2, mlp
+        if layout == "sandwich":
+            self.post_norm_1, self.post_norm_2 = post_norm_1, post_norm_2
         self.layout = layout
         self.drop = nn.Dropout(dropout)
 
@@ -30,8 +43,19 @@ class Block(nn.Module):
         if self.layout == "pre":
             x = x + self.drop(self.attention(self.norm_1(x), mask, positions, pos, cache))
             return x + self.drop(self.mlp(self.norm_2(x)))
+        if self.layout == "parallel":
+            attended = self.attention(self.norm_1(x), mask, positions, pos, cache)
+            return x + self.drop(attended) + self.drop(self.mlp(self.norm_2(x)))
+        if self.layout == "sandwich":
+            x = x + self.drop(self.post_norm_1(self.attention(self.norm_1(x), mask, positions, pos, cache)))
+            return x + self.drop(self.post_norm_2(self.mlp(self.norm_2(x))))
         x = self.norm_1(x + self.drop(self.attention(x, mask, positions, pos, cache)))
         return self.norm_2(x + self.drop(self.mlp(x)))
+
+    def norms(self) -> list[nn.Module]:
+        """Every norm of the block, in the order they run."""
+        extra = [self.post_norm_1, self.post_norm_2] if self.layout == "sandwich" else []
+        return [self.norm_1, self.norm_2, *extra]
 
 
 class Transformer(nn.Module):
@@ -39,12 +63,18 @@ class Transformer(nn.Module):
 
     ``attention_mask`` (``[B, T]``, 1 = token, 0 = padding) combines with the
     layer's mask kind; ``cache`` (a ``KVCache``) continues a sequence token by token.
+    ``scale_embeddings`` multiplies the token embeddings by sqrt(d_model) (Gemma); ``final_softcap`` turns the
+    logits into cap·tanh(logits/cap) (Gemma 2).
     """
 
     def __init__(self, vocab_size: int, d_model: int, positions: nn.Module, blocks: list[nn.Module],
                  final_norm: nn.Module | None, mask, tie_embeddings: bool = True, dropout: float = 0.0,
-                 init_std: float = 0.02):
+                 init_std: float = 0.02, scale_embeddings: bool = False, final_softcap: float | None = None):
         super().__init__()
+        if final_softcap is not None and final_softcap <= 0:
+            raise ValueError(f"final_softcap must be positive, got {final_softcap!r}")
+        self.embedding_scale = math.sqrt(d_model) if scale_embeddings else None
+        self.final_softcap = final_softcap
         self.token_embedding = Embedding(vocab_size, d_model)
         self.positions = positions
         self.drop = nn.Dropout(dropout)
@@ -115,7 +145,13 @@ class Transformer(nn.Module):
         if attention_mask is not None and attention_mask.shape[1] != start + t:
             raise ValueError(f"attention_mask covers {attention_mask.shape[1]} tokens, expected {start + t}")
         masks = self.layer_masks(pos, k_pos, attention_mask)
-        x = self.drop(self.positions(self.token_embedding(ids), pos))
+        x = self.token_embedding(ids)
+        if self.embedding_scale is not None:  # the factor rounded to the activations' dtype first, as Gemma does
+            x = x * torch.tensor(self.embedding_scale, dtype=x.dtype, device=x.device)
+        x = self.drop(self.positions(x, pos))
         for block, mask in zip(self.blocks, masks):
             x = block(x, mask, self.positions, pos, cache)
-        return self.unembedding(self.final_norm(x))
+        logits = self.unembedding(self.final_norm(x))
+        if self.final_softcap is not None:
+            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
+        return logits

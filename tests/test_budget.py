@@ -104,7 +104,7 @@ COMPONENT_CHOICES = {
     "embedding": ["learned", "sinusoidal", "rotary", "none"],
     "attention": ["multi_head", "grouped_query"],
     "mask": ["causal", "none", "sliding_window", "alternating", "prefix"],
-    "mlp": ["gelu", "relu", "swiglu"],
+    "mlp": ["gelu", "relu", "swiglu", "geglu"],
     "norm": ["layernorm", "rmsnorm"],
 }
 
@@ -112,12 +112,16 @@ COMPONENT_CHOICES = {
 @settings(max_examples=25, deadline=None)
 @given(st.fixed_dictionaries({k: st.sampled_from(v) for k, v in COMPONENT_CHOICES.items()}),
        st.integers(1, 3), st.sampled_from([1, 2, 4]), st.sampled_from([4, 8]), st.booleans(), st.booleans(),
-       st.sampled_from(["pre", "post"]), st.one_of(st.none(), st.sampled_from([6, 20])))
-def test_random_configs_count_like_the_formula(choice, layers, heads, d_head, bias, tie, layout, hidden):
+       st.sampled_from(["pre", "post", "parallel", "sandwich"]), st.one_of(st.none(), st.sampled_from([6, 20])),
+       st.sampled_from([None, True, False]), st.booleans())
+def test_random_configs_count_like_the_formula(choice, layers, heads, d_head, bias, tie, layout, hidden, qkv_bias,
+                                               qk_norm):
     overrides = [f"model/{k}={v}" for k, v in choice.items()] + [
         f"model.n_layers={layers}", f"model.n_heads={heads}", f"model.d_head={d_head}", "model.d_model=16",
         f"model.bias={str(bias).lower()}", f"model.tie_embeddings={str(tie).lower()}", f"model.norm.layout={layout}",
-        "model.vocab_size=37", "model.context_length=12", f"model.mlp.hidden={'null' if hidden is None else hidden}"]
+        "model.vocab_size=37", "model.context_length=12", f"model.mlp.hidden={'null' if hidden is None else hidden}",
+        f"+model.attention.qkv_bias={'null' if qkv_bias is None else str(qkv_bias).lower()}",
+        f"+model.attention.qk_norm={str(qk_norm).lower()}"]
     cfg = builder.compose(overrides)
     b = builder.parameter_budget(cfg.model)
     assert b["check"]["agree"], b["check"]

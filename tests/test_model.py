@@ -71,16 +71,16 @@ def test_explicit_path_gives_fused_logits(attention, mask, embedding):
         assert rec.result(layer).shape == (2, 4, 13, 32)
 
 
-@pytest.mark.parametrize("layout", ["pre", "post"])
+@pytest.mark.parametrize("layout", ["pre", "post", "parallel", "sandwich"])
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
-@pytest.mark.parametrize("mlp", ["gelu", "relu", "swiglu"])
+@pytest.mark.parametrize("mlp", ["gelu", "relu", "swiglu", "geglu"])
 def test_norms_and_mlps_explicit_equals_fused(layout, norm, mlp):
     model = small_model(f"model/norm={norm}", f"model.norm.layout={layout}", f"model/mlp={mlp}", "model.bias=false")
     ids = torch.randint(0, 50, (2, 9))
     fused = model(ids)
     with builder.capture_attention(model):
         torch.testing.assert_close(model(ids), fused, atol=1e-5, rtol=1e-4)
-    assert (layout == "pre") == (not isinstance(model.final_norm, torch.nn.Identity))
+    assert (layout != "post") == (not isinstance(model.final_norm, torch.nn.Identity))
 
 
 @pytest.mark.parametrize("mask", CAUSAL_MASKS, ids=lambda m: m[0].split("=")[1])

@@ -34,6 +34,8 @@ class ModelConfig:
     tie_embeddings: bool = True
     dropout: float = 0.0
     init_std: float = 0.02
+    scale_embeddings: bool = False  # token embeddings times sqrt(d_model) (Gemma)
+    final_softcap: float | None = None  # logits become cap * tanh(logits / cap) (Gemma 2: 30)
     embedding: Any = MISSING
     attention: Any = MISSING
     mask: Any = MISSING
