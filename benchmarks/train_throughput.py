@@ -1,7 +1,14 @@
-"""Training throughput: the builder's GPT-2-shaped model against transformers' GPT2LMHeadModel.
+"""Training throughput: the builder's models against the same shapes written by others.
 
     python benchmarks/train_throughput.py [--rounds 25] [--steps 1] [--modes fp32,bf16,fp32+compile,bf16+compile]
+    python benchmarks/train_throughput.py --against handwritten [--context 512]   # a plain-PyTorch GPT (below)
+    python benchmarks/train_throughput.py --arch llama                            # against LlamaForCausalLM
     python benchmarks/train_throughput.py --device cuda --preset gpt2_small --batch 16 --modes bf16,bf16+compile
+
+``--against transformers`` (the default) compares with transformers' GPT2LMHeadModel (``--arch gpt2``) or
+LlamaForCausalLM (``--arch llama``: rotary, RMSNorm, SwiGLU, 6 query heads on 2 key/value heads, no biases,
+untied); ``--against handwritten`` with ``HandGPT`` below, the fastest GPT-2 block plain PyTorch offers
+(fused QKV, SDPA, tied head): what the registry and its components must cost nothing against.
 
 Same shape for both (6 layers, 6 heads, d_model 384, context 256, vocab 65, batch 8), same
 parameter count, same optimizer (fused AdamW, as the builder's training uses; `--optimizer foreach`
@@ -35,26 +42,88 @@ from builder.training.throughput import matmul_peak, peak_flops  # noqa: E402
 SHAPE = {"n_layers": 6, "n_heads": 6, "d_model": 384, "context_length": 256, "vocab_size": 65}
 BATCH = 8
 GPT2_PARTS = {"embedding": "learned", "attention": "multi_head", "mask": "causal", "mlp": "gelu", "norm": "layernorm"}
+LLAMA_PARTS = {"embedding": "rotary", "attention": "grouped_query", "mask": "causal", "mlp": "swiglu", "norm": "rmsnorm"}
+LLAMA_KV_HEADS = 2
 
 
-def model_config(preset: str | None):
-    """The builder's config: the issue's small shape, or a preset (which must be GPT-2-shaped)."""
+def model_config(preset: str | None, arch: str = "gpt2", context: int | None = None):
+    """The builder's config: the small shape (GPT-2's or Llama's block), or a preset of that architecture."""
+    parts = GPT2_PARTS if arch == "gpt2" else LLAMA_PARTS
     if preset is None:
-        return builder.compose([f"model.{k}={v}" for k, v in SHAPE.items()] + ["model.dropout=0.0"]).model
-    cfg = builder.compose([f"model={preset}", "model.dropout=0.0"]).model
-    parts = {kind: cfg[kind].name for kind in GPT2_PARTS}
-    if parts != GPT2_PARTS or cfg.d_head not in (None, cfg.d_model // cfg.n_heads) or cfg.norm.get("layout", "pre") != "pre":
-        sys.exit(f"--preset {preset}: transformers' GPT-2 cannot take its shape ({parts}); pick a gpt2_* or gpt3_* preset")
+        shape = {**SHAPE, **({"context_length": context} if context else {})}
+        base = [] if arch == "gpt2" else ["model=llama2_7b", f"model.attention.n_kv_heads={LLAMA_KV_HEADS}",
+                                          "model.mlp.hidden=1024"]
+        return builder.compose(base + [f"model.{k}={v}" for k, v in shape.items()] + ["model.dropout=0.0"]).model
+    cfg = builder.compose([f"model={preset}", "model.dropout=0.0"] + ([f"model.context_length={context}"] if context
+                                                                       else [])).model
+    got = {kind: cfg[kind].name for kind in parts}
+    plain = cfg.norm.get("layout", "pre") == "pre" and all(
+        not cfg.attention.get(k) for k in ("qkv_bias", "qk_norm", "softcap", "query_scale"))
+    if got != parts or not plain or (arch == "gpt2" and cfg.d_head not in (None, cfg.d_model // cfg.n_heads)):
+        sys.exit(f"--preset {preset}: not a plain {arch} shape ({got}); pick "
+                 + ("a gpt2_* or gpt3_* preset" if arch == "gpt2" else "llama2_7b, llama3_8b or llama3_70b"))
     return cfg
 
 
-def theirs(cfg):
+class HandBlock(torch.nn.Module):
+    """LayerNorm -> fused QKV -> SDPA -> W_o, LayerNorm -> 4d GELU MLP, both residual."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
+        self.qkv, self.proj = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+        self.fc, self.out = torch.nn.Linear(d, 4 * d), torch.nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+
+
+class HandGPT(torch.nn.Module):
+    """GPT-2 written by hand in plain PyTorch: token + position embeddings, blocks, final norm, tied head."""
+
+    def __init__(self, vocab: int, d: int, layers: int, heads: int, context: int):
+        super().__init__()
+        self.wte, self.wpe = torch.nn.Embedding(vocab, d), torch.nn.Embedding(context, d)
+        self.blocks = torch.nn.ModuleList(HandBlock(d, heads) for _ in range(layers))
+        self.ln_f = torch.nn.LayerNorm(d)
+        self.head = torch.nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.wte.weight
+        for module in self.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+                torch.nn.init.normal_(module.weight, 0.0, 0.02)
+
+    def forward(self, idx):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+def theirs(cfg, arch: str = "gpt2", against: str = "transformers"):
+    """The other model of the same shape, and whether it returns transformers' output object."""
+    if against == "handwritten":
+        if arch != "gpt2":
+            sys.exit("--against handwritten writes GPT-2's block; use --arch gpt2")
+        return HandGPT(cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.context_length), False
     import transformers
 
+    if arch == "llama":
+        hf = transformers.LlamaConfig(
+            hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+            num_key_value_heads=cfg.attention.n_kv_heads, head_dim=cfg.d_head or cfg.d_model // cfg.n_heads,
+            intermediate_size=cfg.mlp.hidden, vocab_size=cfg.vocab_size, max_position_embeddings=cfg.context_length,
+            rms_norm_eps=cfg.norm.eps, tie_word_embeddings=cfg.tie_embeddings, bos_token_id=0, eos_token_id=0,
+            rope_parameters={"rope_type": "default", "rope_theta": cfg.embedding.base})
+        return transformers.LlamaForCausalLM(hf), True
     hf = transformers.GPT2Config(n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads,
                                  n_positions=cfg.context_length, vocab_size=cfg.vocab_size,
                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
-    return transformers.GPT2LMHeadModel(hf)
+    return transformers.GPT2LMHeadModel(hf), True
 
 
 def step_fn(model, hf: bool, bf16: bool, compiled: bool, optimizer: str = "fused", device: str = "cpu"):
@@ -75,21 +144,23 @@ def step_fn(model, hf: bool, bf16: bool, compiled: bool, optimizer: str = "fused
 
 
 def run(rounds: int, steps: int, bf16: bool, compiled: bool, optimizer: str = "fused", preset: str | None = None,
-        batch: int = BATCH, device: str = "cpu") -> dict:
+        batch: int = BATCH, device: str = "cpu", arch: str = "gpt2", against: str = "transformers",
+        context: int | None = None) -> dict:
     torch.manual_seed(0)
-    cfg = model_config(preset)
+    cfg = model_config(preset, arch, context)
     budget = builder.parameter_budget(cfg)
     need = 2 * 16 * budget["total_params"]  # two models: weights, grads, AdamW's m and v
     free = torch.cuda.mem_get_info()[0] if device == "cuda" else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if need > free:
         sys.exit(f"--preset {preset}: two fp32 models with gradients and AdamW state need {need / 2**30:.1f} GiB before "
                  f"activations; {device} has {free / 2**30:.1f} GiB free")
-    a, b = builder.build_model(cfg).to(device), theirs(cfg).to(device)
+    other, other_hf = theirs(cfg, arch, against)
+    a, b = builder.build_model(cfg).to(device), other.to(device)
     n_a, n_b = sum(p.numel() for p in a.parameters()), sum(p.numel() for p in b.parameters())
     flops = budget["flops_per_token"]["training"]
     g = torch.Generator().manual_seed(0)
     x, y = (torch.randint(0, cfg.vocab_size, (batch, cfg.context_length), generator=g).to(device) for _ in range(2))
-    sa, sb = (step_fn(m, hf, bf16, compiled, optimizer, device) for m, hf in ((a, False), (b, True)))
+    sa, sb = (step_fn(m, hf, bf16, compiled, optimizer, device) for m, hf in ((a, False), (b, other_hf)))
     for _ in range(3 if compiled else 2):  # warm-up (and compilation)
         sa(x, y)
         sb(x, y)
@@ -121,21 +192,26 @@ def main():
     parser.add_argument("--preset", default=None, help="a GPT-2-shaped model preset instead of the small shape")
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2", help="the block both models use")
+    parser.add_argument("--against", choices=["transformers", "handwritten"], default="transformers")
+    parser.add_argument("--context", type=int, default=None, help="the context length (default: the shape's)")
     args = parser.parse_args()
     where = (torch.cuda.get_device_name() if args.device == "cuda" else
              f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
-    print(f"{where}, torch {torch.__version__}; model {args.preset or SHAPE}, batch {args.batch}; {args.optimizer} "
+    shape = args.preset or {**SHAPE, **({"context_length": args.context} if args.context else {})}
+    print(f"{where}, torch {torch.__version__}; {args.arch} model {shape}, batch {args.batch}; {args.optimizer} "
           f"AdamW; median of {args.rounds} alternating rounds x {args.steps} steps")
     results = {}
     for mode in args.modes.split(","):
         r = run(args.rounds, args.steps, bf16="bf16" in mode, compiled="compile" in mode, optimizer=args.optimizer,
-                preset=args.preset, batch=args.batch, device=args.device)
+                preset=args.preset, batch=args.batch, device=args.device, arch=args.arch, against=args.against,
+                context=args.context)
         results[mode] = r
-        print(f"{mode:14s} builder {r['ours']:8.0f} tok/s   transformers {r['theirs']:8.0f} tok/s   "
+        print(f"{mode:14s} builder {r['ours']:8.0f} tok/s   {args.against} {r['theirs']:8.0f} tok/s   "
               f"ratio {r['ratio']:.2f}x   MFU {100 * r['mfu']:.1f}% (theirs {100 * r['mfu_theirs']:.1f}%) "
               f"of {r['peak'] / 1e9:.0f} GFLOP/s   params {r['params'][0]:,} vs {r['params'][1]:,}")
     if "fp32" in results and "bf16" in results:
-        print(f"bf16 builder vs transformers fp32: {results['bf16']['ours'] / results['fp32']['theirs']:.2f}x")
+        print(f"bf16 builder vs {args.against} fp32: {results['bf16']['ours'] / results['fp32']['theirs']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ def generate(model, ids: torch.Tensor, max_new_tokens: int, temperature: float =
     was_training = model.training
     model.eval()
     limit = model.context_length
-    cache = KVCache()
+    capacity = ids.shape[1] + max_new_tokens if limit is None else min(limit, ids.shape[1] + max_new_tokens)
+    cache = KVCache(capacity)
     logits = model(ids[:, -limit:] if limit else ids, cache=cache)[:, -1]
     out = ids
     for i in range(max_new_tokens):
@@ -38,7 +39,7 @@ def generate(model, ids: torch.Tensor, max_new_tokens: int, temperature: float =
         if i == max_new_tokens - 1:
             break
         if limit and cache.length + 1 > limit:
-            cache = KVCache()
+            cache = KVCache(capacity)
             logits = model(out[:, -max(1, limit // 2):], cache=cache)[:, -1]  # (context_length=1 keeps 1 token)
         else:
             logits = model(nxt, cache=cache)[:, -1]

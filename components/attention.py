@@ -33,22 +33,44 @@ class AttentionMask:
 
 
 class KVCache:
-    """Keys and values of the tokens seen so far, per layer, for incremental decoding."""
+    """Keys and values of the tokens seen so far, per layer, for incremental decoding.
 
-    def __init__(self):
+    Each layer's keys and values live in one buffer of ``capacity`` positions, allocated on first use and written
+    in place; ``extend`` returns views of the filled part, so a decoding step copies only its own token's k and v
+    (no ``torch.cat`` of the whole history per token). A sequence longer than the capacity doubles the buffer.
+    """
+
+    def __init__(self, capacity: int | None = None):
+        self.capacity = capacity
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
+        self.lengths: dict[int, int] = {}
 
     @property
     def length(self) -> int:
-        return next(iter(self.keys.values())).shape[2] if self.keys else 0
+        """Tokens held (those of the first layer: every layer holds as many once a forward pass ends)."""
+        return next(iter(self.lengths.values())) if self.lengths else 0
+
+    def _room(self, layer: int, like: torch.Tensor, needed: int) -> None:
+        held = self.keys.get(layer)
+        if held is not None and held.shape[2] >= needed:
+            return
+        size = max(needed, self.capacity or 0, 2 * held.shape[2] if held is not None else 0)
+        keys = like.new_empty(*like.shape[:2], size, like.shape[3])
+        values = like.new_empty(*like.shape[:2], size, like.shape[3])
+        if held is not None:
+            n = self.lengths[layer]
+            keys[:, :, :n], values[:, :, :n] = held[:, :, :n], self.values[layer][:, :, :n]
+        self.keys[layer], self.values[layer] = keys, values
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        if layer in self.keys:
-            k = torch.cat((self.keys[layer], k), dim=2)
-            v = torch.cat((self.values[layer], v), dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+        start = self.lengths.get(layer, 0)
+        end = start + k.shape[2]
+        self._room(layer, k, end)
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        self.lengths[layer] = end
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
 @register("attention", "grouped_query")

@@ -111,6 +111,7 @@ class RotaryPositions(Positions):
         self.base, self.fraction = base, fraction
         self.scale_factor, self.low_freq_factor, self.high_freq_factor = scale_factor, low_freq_factor, high_freq_factor
         self.original_context = original_context
+        self._memo = None  # (pos, dtype, (cos, sin)) of the last call: every layer of one forward shares them
 
     def inv_freq(self, device=None) -> torch.Tensor:
         """The rotation speed of each channel pair, ``[rotated // 2]`` (float32)."""
@@ -139,7 +140,17 @@ class RotaryPositions(Positions):
         out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
         return out if kept is None else torch.cat((out, kept), dim=-1)
 
+    def _angles(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for ``pos``, computed once per position tensor: the model hands every layer the same one."""
+        memo = self._memo
+        if memo is not None and memo[0] is pos and memo[1] == dtype:
+            return memo[2]
+        angles = self._cos_sin(pos, dtype)
+        if not torch.compiler.is_compiling():  # under compile the graph computes them once anyway
+            self._memo = (pos, dtype, angles)
+        return angles
+
     def rotate(self, q, k, q_pos, k_pos):
-        q_angles = self._cos_sin(q_pos, q.dtype)
-        k_angles = q_angles if k_pos is q_pos and k.dtype == q.dtype else self._cos_sin(k_pos, k.dtype)
+        q_angles = self._angles(q_pos, q.dtype)
+        k_angles = q_angles if k_pos is q_pos and k.dtype == q.dtype else self._angles(k_pos, k.dtype)
         return self._turn(q, *q_angles), self._turn(k, *k_angles)

@@ -1,5 +1,6 @@
 """The benchmark scripts run (tiny sizes): the README's performance figures come from them."""
 
+import os
 import re
 import subprocess
 import sys
@@ -29,3 +30,31 @@ def test_train_throughput_refuses_a_model_that_does_not_fit():
     proc = subprocess.run([sys.executable, "benchmarks/train_throughput.py", "--preset", "gpt3_175b", "--modes", "fp32"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "GiB" in proc.stderr and "gpt3_175b" in proc.stderr
+
+
+def test_train_throughput_against_handwritten_and_llama():
+    for args in (["--against", "handwritten", "--preset", "tiny"], ["--arch", "llama", "--context", "32"]):
+        proc = subprocess.run([sys.executable, "benchmarks/train_throughput.py", *args, "--batch", "2", "--rounds", "1",
+                               "--modes", "fp32"], cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = re.findall(r"^fp32 +builder +(\d+) tok/s +(handwritten|transformers) +(\d+) tok/s +ratio ([\d.]+)x"
+                          r".*params ([\d,]+) vs ([\d,]+)$", proc.stdout, re.M)
+        assert len(rows) == 1 and rows[0][4] == rows[0][5], proc.stdout  # the same parameter count
+
+
+def test_generate_speed_compares_equal_llama_models():
+    proc = subprocess.run([sys.executable, "benchmarks/generate_speed.py", "--tiny", "--rounds", "1", "--new", "8",
+                           "--prompt", "4"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^builder +[\d.]+ tok/s +transformers +[\d.]+ tok/s +ratio [\d.]+x$", proc.stdout, re.M), proc.stdout
+
+
+def test_gpu_check_runs_its_steps_on_cpu(tmp_path):
+    """The GPU check's CPU smoke mode: the same steps, tiny; the table names each one."""
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "GPU_CHECK_SMOKE": "1", "OUT": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert "| pytest -m gpu (tests/test_gpu.py) | 4 skipped" in table
+    assert re.search(r"train_throughput gpt2 .*builder +\d+ tok/s", table)
+    assert re.search(r"train_throughput llama .*builder +\d+ tok/s", table)

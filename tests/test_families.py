@@ -22,6 +22,7 @@ FAMILY_TOTALS = {
     "qwen3_8b": 8_190_735_360,
     "pythia_160m": 162_322_944,
     "gemma2_2b": 2_614_341_888,
+    "tinyllama_1b": 1_100_048_384,
 }
 
 
@@ -55,6 +56,8 @@ def _hf_configs():
                                         use_parallel_residual=True, tie_word_embeddings=False),
         "gemma2_2b": tf.Gemma2Config(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                                      num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=256000),
+        "tinyllama_1b": tf.LlamaConfig(**{**llama2, "hidden_size": 2048, "intermediate_size": 5632,
+                                          "num_hidden_layers": 22, "num_key_value_heads": 4}),
     }
 
 

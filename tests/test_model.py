@@ -137,6 +137,33 @@ def test_kv_cache_decoding_matches_full_forward(variant):
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
 
 
+def test_kv_cache_writes_in_place_and_grows_past_its_capacity():
+    model = small_model("model/embedding=rotary", "model/attention=grouped_query")
+    ids = torch.randint(0, 50, (2, 14))
+    full = model(ids)
+    cache = KVCache(capacity=8)
+    steps = [model(ids[:, :5], cache=cache)]
+    buffer = cache.keys[0]
+    assert buffer.shape[2] == 8 and cache.length == 5
+    for t in range(5, 8):
+        steps.append(model(ids[:, t: t + 1], cache=cache))
+        assert cache.keys[0] is buffer  # written in place: no copy of the history per token
+    for t in range(8, 14):
+        steps.append(model(ids[:, t: t + 1], cache=cache))
+    assert cache.keys[0].shape[2] == 16 and cache.length == 14  # doubled once
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_rotary_angles_are_computed_once_per_forward(monkeypatch):
+    model = small_model("model/embedding=rotary", "model.n_layers=3")
+    calls = []
+    real = model.positions._cos_sin
+    monkeypatch.setattr(model.positions, "_cos_sin", lambda pos, dtype: calls.append(len(pos)) or real(pos, dtype))
+    model(torch.randint(0, 50, (1, 9)))
+    model(torch.randint(0, 50, (1, 4)))
+    assert calls == [9, 4]
+
+
 def test_too_long_input_names_context_length():
     model = small_model()
     with pytest.raises(ValueError, match="context_length=16"):

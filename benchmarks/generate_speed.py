@@ -1,0 +1,109 @@
+"""Generation speed: the builder's KV-cached greedy decoding against transformers' ``generate`` with its cache.
+
+    python benchmarks/generate_speed.py [--rounds 7] [--prompt 32] [--new 128] [--batch 1] [--threads 2]
+
+A Llama-shaped model (rotary, RMSNorm, SwiGLU, 8 query heads on 2 key/value heads, no biases, untied;
+d_model 512, 8 layers, vocab 32,000) built by the builder and the same shape built as transformers'
+LlamaForCausalLM, both fp32 eager, timed in alternating rounds in one process (who goes first
+alternates): each round decodes ``--new`` tokens greedily after a ``--prompt``-token prompt. Prints the
+median tokens/s of each and the median of the per-round ratios. ``--tiny`` shrinks everything (a smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import builder  # noqa: E402
+from builder.generate import generate  # noqa: E402
+
+SHAPE = {"d_model": 512, "n_layers": 8, "n_heads": 8, "n_kv_heads": 2, "hidden": 1376, "vocab_size": 32000}
+TINY = {"d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "hidden": 96, "vocab_size": 300}
+
+
+def ours(shape: dict, context: int):
+    cfg = builder.compose([
+        "model=llama2_7b", f"model.d_model={shape['d_model']}", f"model.n_layers={shape['n_layers']}",
+        f"model.n_heads={shape['n_heads']}", f"model.attention.n_kv_heads={shape['n_kv_heads']}",
+        f"model.mlp.hidden={shape['hidden']}", f"model.vocab_size={shape['vocab_size']}",
+        f"model.context_length={context}"]).model
+    return builder.build_model(cfg).eval()
+
+
+def theirs(shape: dict, context: int):
+    import transformers
+
+    config = transformers.LlamaConfig(
+        hidden_size=shape["d_model"], num_hidden_layers=shape["n_layers"], num_attention_heads=shape["n_heads"],
+        num_key_value_heads=shape["n_kv_heads"], intermediate_size=shape["hidden"], vocab_size=shape["vocab_size"],
+        max_position_embeddings=context, rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=0,
+        eos_token_id=None, pad_token_id=0)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def time_ours(model, ids, new: int) -> float:
+    start = time.perf_counter()
+    out = generate(model, ids, new, temperature=0.0)
+    elapsed = time.perf_counter() - start
+    assert out.shape[1] == ids.shape[1] + new
+    return ids.shape[0] * new / elapsed
+
+
+@torch.no_grad()
+def time_theirs(model, ids, new: int) -> float:
+    start = time.perf_counter()
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                         do_sample=False, use_cache=True)
+    elapsed = time.perf_counter() - start
+    assert out.shape[1] == ids.shape[1] + new
+    return ids.shape[0] * new / elapsed
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--prompt", type=int, default=32)
+    parser.add_argument("--new", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true", help="a tiny shape: checks the script runs")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    shape = TINY if args.tiny else SHAPE
+    context = args.prompt + args.new
+    torch.manual_seed(0)
+    a, b = ours(shape, context), theirs(shape, context)
+    n_a, n_b = sum(p.numel() for p in a.parameters()), sum(p.numel() for p in b.parameters())
+    if n_a != n_b:
+        sys.exit(f"the two models differ in size: builder {n_a:,} vs transformers {n_b:,} parameters")
+    ids = torch.randint(0, shape["vocab_size"], (args.batch, args.prompt))
+    time_ours(a, ids, 4), time_theirs(b, ids, 4)  # warm-up
+    mine, other, ratios = [], [], []
+    for r in range(args.rounds):
+        if r % 2:
+            y, x = time_theirs(b, ids, args.new), time_ours(a, ids, args.new)
+        else:
+            x, y = time_ours(a, ids, args.new), time_theirs(b, ids, args.new)
+        mine.append(x)
+        other.append(y)
+        ratios.append(x / y)
+    import transformers
+
+    print(f"Llama-shaped {shape} ({n_a:,} parameters), batch {args.batch}, prompt {args.prompt}, {args.new} new "
+          f"tokens greedy, fp32, {args.threads} threads; torch {torch.__version__}, transformers "
+          f"{transformers.__version__}, {platform.machine()}; medians of {args.rounds} alternating rounds")
+    print(f"builder {statistics.median(mine):9.1f} tok/s   transformers {statistics.median(other):9.1f} tok/s   "
+          f"ratio {statistics.median(ratios):.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

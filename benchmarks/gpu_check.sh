@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU checks: one script for a lent GPU machine (H100 / H200), at most ~8 minutes.
+#
+#   here, once:  bash benchmarks/gpu_wheels.sh        # wheels of what the device image lacks -> .whl/
+#   device:      bash benchmarks/gpu_check.sh         # with .whl carried; the table lands in $OUT/gpu_check.md
+#   CPU smoke:   GPU_CHECK_SMOKE=1 bash benchmarks/gpu_check.sh   # the same steps, tiny, on this machine
+#
+# Steps: the gpu-marked tests (bf16-mixed run.py training with trainer=gpu, torch.compile, FSDP on one GPU,
+# capture and sampling on cuda), then benchmarks/train_throughput.py for gpt2_small (bf16, with and without
+# compile: tokens/s and MFU against the data sheet's dense bf16 peak) and the Llama-shaped tinyllama_1b.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$(mktemp -d)}"
+mkdir -p "$OUT"
+SMOKE="${GPU_CHECK_SMOKE:-0}"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/hf_site .whl/*.whl \
+    || { echo "gpu_check: installing the carried wheels failed"; exit 1; }
+  export PYTHONPATH="/tmp/hf_site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export WANDB_MODE=offline PYTHONUNBUFFERED=1 HYDRAFORMER_CACHE="${TMPDIR:-/tmp}/hydraformer_gpu_cache"
+TABLE="$OUT/gpu_check.md"
+python3 - > "$TABLE" <<'PY'
+import datetime, platform, torch
+where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})"
+print(f"# GPU check, {datetime.date.today()}: {where}, torch {torch.__version__}\n")
+print("| check | result |\n|---|---|")
+PY
+
+if [ "$SMOKE" = 1 ]; then
+  DEVICE=cpu; GPT2="--preset tiny --batch 2 --rounds 2"; LLAMA="--arch llama --batch 2 --rounds 1 --context 32"
+  MODES="fp32"
+else
+  DEVICE=cuda; GPT2="--preset gpt2_small --batch 16 --rounds 10"; LLAMA="--arch llama --preset tinyllama_1b --batch 4 --rounds 6"
+  MODES="bf16,bf16+compile"
+fi
+
+timeout 240 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
+echo "| pytest -m gpu (tests/test_gpu.py) | $(tail -n 1 "$OUT/gpu_tests.log" | tr -d '=|') |" >> "$TABLE"
+
+for name in gpt2 llama; do
+  if [ "$name" = gpt2 ]; then args="$GPT2"; else args="$LLAMA"; fi
+  # shellcheck disable=SC2086
+  timeout 150 python3 benchmarks/train_throughput.py --device "$DEVICE" --modes "$MODES" $args 2>&1 \
+    | tee "$OUT/throughput_$name.log"
+  grep -E "^(fp32|bf16)" "$OUT/throughput_$name.log" | while read -r line; do
+    echo "| train_throughput $name $args | $line |" >> "$TABLE"
+  done
+  grep -qE "^(fp32|bf16)" "$OUT/throughput_$name.log" || echo "| train_throughput $name $args | failed: see throughput_$name.log |" >> "$TABLE"
+done
+echo
+cat "$TABLE"
