@@ -5,7 +5,7 @@ The Python API (none of it imports Lightning or wandb):
     cfg = builder.compose(["model=gpt3_175b"])          # the config run.py composes
     model = builder.build_model(cfg.model)              # ids [B, T] -> logits [B, T, vocab]
     budget = builder.parameter_budget(cfg.model)        # where the parameters go
-    model, tokenizer, model_cfg = builder.load_model(PATH)   # a checkpoint, an export or a GPT-2 directory
+    model, tokenizer, model_cfg = builder.load_model(PATH)   # a checkpoint, an export or a Hugging Face dir
     with builder.capture_attention(model) as rec: ...   # every head's q, k, v, scores, mask, pattern, update
 
 The layers, each importing only those below it (tests/test_layers.py holds the rule):
@@ -13,7 +13,7 @@ The layers, each importing only those below it (tests/test_layers.py holds the r
     tasks                 one module per ``task=``: the glue run.py dispatches to
     training | interp     Lightning plumbing | capture, head scores, pictures, the page
     checkpoint | report   loading and exporting models | the budget as text, Markdown and a chart
-    hf                    Hugging Face GPT-2 directories
+    hf                    Hugging Face directories of the decoder families, in and out
     budget | generate | memory   counting parameters and FLOPs | sampling with a KV cache | will training fit
     model | data          config -> nn.Module | tokenizers, corpora, token cache, windows
     config                schema, compose, command-line checks, config printing

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from .data.tokenizers import tokenizer_from_dict
 from .errors import ConfigError
 from .files import atomic_path, atomic_write, special_file
-from .hf import load_hf_gpt2
+from .hf import load_hf, save_hf
 from .model import build_model, load_state
 
 EXPORT_WEIGHTS = "model.safetensors"
@@ -91,8 +91,10 @@ def _load_export(path: Path, key: str):
     return model.eval(), _tokenizer(meta.get("tokenizer"), key, path, "an export"), meta["model"]
 
 
-def load_model(path, key: str = "checkpoint"):
-    """A trained model from a checkpoint or export: returns ``(model, tokenizer_or_None, model_config)``."""
+def load_model(path, key: str = "checkpoint", *, dtype=None):
+    """A trained model from a checkpoint, an export or a Hugging Face directory: returns
+    ``(model, tokenizer_or_None, model_config)``. ``dtype`` (Hugging Face directories): None casts to fp32, "auto"
+    keeps the checkpoint's own (bf16 stays bf16), "bfloat16" / "float16" cast to those."""
     path = Path(str(path)).expanduser()
     if not path.exists():
         raise ConfigError(key, str(path), "an existing checkpoint file or export directory")
@@ -101,8 +103,8 @@ def load_model(path, key: str = "checkpoint"):
     if path.is_dir():
         if (path / EXPORT_CONFIG).is_file():
             return _load_export(path, key)
-        if (path / "config.json").is_file():  # a Hugging Face directory: GPT-2 imports, others get a clear error
-            return load_hf_gpt2(path, key)
+        if (path / "config.json").is_file():  # a Hugging Face directory: builder/hf.py's families, others refused
+            return load_hf(path, key, dtype)
         raise ConfigError(key, str(path), f"a checkpoint file or a directory holding {EXPORT_CONFIG}")
     ckpt = read_checkpoint(path, key)
     hp = ckpt["hyper_parameters"]
@@ -159,10 +161,19 @@ def check_resumable(path, model_cfg: dict | None = None, key: str = "ckpt_path")
     return path
 
 
-def export_model(checkpoint, out_dir: Path) -> Path:
-    """Write ``model.safetensors`` and ``hydraformer.json`` (model config + tokenizer) to ``out_dir/export``."""
-    model, tokenizer, model_cfg = load_model(checkpoint)
+EXPORT_FORMATS = ("hydraformer", "hf")
+
+
+def export_model(checkpoint, out_dir: Path, format: str = "hydraformer") -> Path:
+    """Write ``out_dir/export``: ``model.safetensors`` and ``hydraformer.json`` (model config + tokenizer), or with
+    ``format="hf"`` a Hugging Face directory (``config.json`` + ``model.safetensors`` + ``tokenizer.json`` when the
+    tokenizer is a ``tokenizers`` one) that transformers' AutoModelForCausalLM loads."""
+    if format not in EXPORT_FORMATS:
+        raise ConfigError("format", format, f"one of {', '.join(EXPORT_FORMATS)}")
+    model, tokenizer, model_cfg = load_model(checkpoint, dtype="auto")
     dest = Path(out_dir) / "export"
+    if format == "hf":
+        return save_hf(model, tokenizer, model_cfg, dest, "checkpoint", checkpoint)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if model.tie_embeddings:
         state.pop("unembedding.weight", None)  # the same tensor as token_embedding.weight

@@ -1,30 +1,41 @@
-"""Import a Hugging Face GPT-2 directory (``config.json`` + weights + tokenizer) as our own model.
+"""Hugging Face directories in and out: one declarative table per family, one path through them.
 
-    model, tokenizer, model_cfg = builder.hf.load_hf_gpt2("path/to/gpt2")
+    model, tokenizer, model_cfg = builder.hf.load_hf("path/to/llama")      # or builder.load_model(DIR)
+    builder.hf.save_hf(model, tokenizer, model_cfg, "out/dir")             # task=export format=hf
 
-Everything stays local and safe: weights come from safetensors or from ``torch.load(weights_only=True)``,
-so a ``pytorch_model.bin`` whose unpickling would run code is refused. Before the model is built, every tensor's
-name and shape (the safetensors headers, a memory-mapped ``.bin``) is checked against what ``config.json`` implies,
-on the meta device: a config.json claiming a wider model than its weights is refused before anything is allocated.
-A FIFO, device or socket in place of one of the directory's files is refused before it is opened. GPT-2's ``Conv1D`` layers store
-their weight as ``[in, out]``; ours are ``nn.Linear`` (``[out, in]``), so those weights are transposed.
+Each family (``FAMILIES``) is data, not code: which of our model-config settings every model of the family has
+(``ours``), which ``config.json`` keys copy onto which of ours (``keys``), which keys choose a setting (``choices``),
+which values we cannot run (``requires``), how rotary and the attention band are written (``rope``, ``mask``) and
+which tensor names are ours (``tensors``: our name → the family's names and a transform: ``T`` transposes GPT-2's
+``Conv1D``, ``qkv`` concatenates q_proj/k_proj/v_proj into our fused ``attention.qkv``, ``neox`` reorders
+GPT-NeoX's per-head interleaved ``query_key_value``). Both directions read the same table; an export is checked by
+reading its config back, so a model is written only in a family that expresses every setting it has.
+
+Everything stays local and safe: weights come from safetensors or from ``torch.load(weights_only=True)``, so a
+``pytorch_model.bin`` whose unpickling would run code is refused. Before the model is built, every tensor's name and
+shape (the safetensors headers, a memory-mapped ``.bin``) is checked against what ``config.json`` implies, on the meta
+device. A FIFO, device or socket in place of one of the directory's files is refused before it is opened.
+``transformers`` is never imported: its defaults for keys a ``config.json`` leaves out are in the tables.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import re
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from .data.tokenizers import GPT2BPETokenizer
+from .data.tokenizers import GPT2BPETokenizer, HFTokenizer, as_tokenizer_json
 from .errors import ConfigError
-from .files import special_file
-from .model import build_model, load_state
+from .files import atomic_path, atomic_write, special_file
+from .model import MODEL_DEFAULTS, MODEL_KEYS, SHARED_ARGS, build_model, load_state, resolve
 
 HF_CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
@@ -32,41 +43,654 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_BIN = "pytorch_model.bin"
 PYTORCH_BIN_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFETENSORS, SAFETENSORS_INDEX, PYTORCH_BIN, PYTORCH_BIN_INDEX)
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_FILES = ("vocab.json", "merges.txt", TOKENIZER_JSON)
 
 #: GPT-2's activation names that are the tanh-approximated GELU our ``gelu`` MLP computes
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 
-# GPT2Config's defaults, used when config.json leaves a key out (as transformers itself does)
-_DEFAULTS = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
-             "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
-             "initializer_range": 0.02, "tie_word_embeddings": True, "scale_attn_weights": True,
-             "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False}
 
-# per-block names: GPT-2's → ours, and whether the tensor is a Conv1D weight to transpose
-_BLOCK_NAMES = {
-    "ln_1.weight": ("norm_1.weight", False),
-    "ln_1.bias": ("norm_1.bias", False),
-    "attn.c_attn.weight": ("attention.qkv.weight", True),
-    "attn.c_attn.bias": ("attention.qkv.bias", False),
-    "attn.c_proj.weight": ("attention.o.weight", True),
-    "attn.c_proj.bias": ("attention.o.bias", False),
-    "ln_2.weight": ("norm_2.weight", False),
-    "ln_2.bias": ("norm_2.bias", False),
-    "mlp.c_fc.weight": ("mlp.fc.weight", True),
-    "mlp.c_fc.bias": ("mlp.fc.bias", False),
-    "mlp.c_proj.weight": ("mlp.proj.weight", True),
-    "mlp.c_proj.bias": ("mlp.proj.bias", False),
+class _Ref(str):
+    """A default that is another config.json key's value (``num_key_value_heads`` defaults to the head count)."""
+
+
+# component options, with the value that changes nothing: what a component without the option computes
+NEUTRAL = {
+    "attention.qkv_bias": None, "attention.qk_norm": False, "attention.qk_norm_eps": 1e-6,
+    "attention.query_scale": None, "attention.softcap": None,
+    "embedding.base": 10000.0, "embedding.fraction": 1.0, "embedding.scale_factor": None,
+    "embedding.low_freq_factor": 1.0, "embedding.high_freq_factor": 4.0, "embedding.original_context": 8192,
+    "norm.unit_offset": False, "mask.window": None, "mask.band_layers": "odd", "mlp.approximate": "tanh",
 }
-_TOP_NAMES = {
-    "wte.weight": "token_embedding.weight",
-    "wpe.weight": "positions.table.weight",
-    "ln_f.weight": "final_norm.weight",
-    "ln_f.bias": "final_norm.bias",
+_LLAMA3 = ("scale_factor", "low_freq_factor", "high_freq_factor", "original_context")
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one Hugging Face family's ``config.json`` and tensors map onto our model config and state dict."""
+
+    model_type: str
+    architecture: str
+    #: our model config (flat keys, ``attention.n_kv_heads``) that every model of the family has
+    ours: dict
+    #: (config.json key, our key, default when the key is absent or null: a value or ``_Ref(other key)``)
+    keys: tuple
+    #: (config.json key, default, {its value: our settings}); export writes the first value whose settings match
+    choices: tuple = ()
+    #: (config.json key, default, accepted values, what hydraformer lacks for the others); export writes the first
+    requires: tuple = ()
+    #: the config.json key of d_head, or None: d_head is d_model // n_heads
+    head_dim: str | None = None
+    #: rotary: defaults of base and fraction, whether a fraction below 1 exists, legacy keys; None: learned positions
+    rope: dict | None = None
+    #: how the attention band is written: causal (none), sliding_window (Mistral), qwen (use_sliding_window),
+    #: layer_types (Gemma 2: sliding_attention / full_attention per layer)
+    mask: str = "causal"
+    #: the base model's prefix in tensor names (lm_head / embed_out have none); files without it load too
+    prefix: str = "model."
+    #: our name ({i}: the block) → (the family's names, transform: None, "T", "qkv" or "neox")
+    tensors: dict = field(default_factory=dict)
+    #: regexes of what files hold besides weights (causal-mask buffers, rotary tables)
+    ignore: tuple = ()
+    #: written as they are on export
+    extra: dict = field(default_factory=dict)
+
+
+def _linear(ours: str, theirs: str, transform=None, bias: bool = True) -> dict:
+    rows = {f"{ours}.weight": ((f"{theirs}.weight",), transform)}
+    if bias:
+        rows[f"{ours}.bias"] = ((f"{theirs}.bias",), None)
+    return rows
+
+
+_GPT2_TENSORS = {
+    "token_embedding.weight": (("transformer.wte.weight",), None),
+    "positions.table.weight": (("transformer.wpe.weight",), None),
+    **_linear("final_norm", "transformer.ln_f"),
+    "unembedding.weight": (("lm_head.weight",), None),
+    **_linear("blocks.{i}.norm_1", "transformer.h.{i}.ln_1"),
+    **_linear("blocks.{i}.attention.qkv", "transformer.h.{i}.attn.c_attn", "T"),
+    **_linear("blocks.{i}.attention.o", "transformer.h.{i}.attn.c_proj", "T"),
+    **_linear("blocks.{i}.norm_2", "transformer.h.{i}.ln_2"),
+    **_linear("blocks.{i}.mlp.fc", "transformer.h.{i}.mlp.c_fc", "T"),
+    **_linear("blocks.{i}.mlp.proj", "transformer.h.{i}.mlp.c_proj", "T"),
 }
-# buffers older transformers versions saved with the weights (the causal mask and its fill value)
-_BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")
-_BLOCK = re.compile(r"h\.(\d+)\.(.+)$")
+_L = "model.layers.{i}"
+_LLAMA_TENSORS = {
+    "token_embedding.weight": (("model.embed_tokens.weight",), None),
+    "final_norm.weight": (("model.norm.weight",), None),
+    "unembedding.weight": (("lm_head.weight",), None),
+    "blocks.{i}.norm_1.weight": ((f"{_L}.input_layernorm.weight",), None),
+    "blocks.{i}.norm_2.weight": ((f"{_L}.post_attention_layernorm.weight",), None),
+    "blocks.{i}.attention.qkv.weight": (tuple(f"{_L}.self_attn.{p}_proj.weight" for p in "qkv"), "qkv"),
+    "blocks.{i}.attention.qkv.bias": (tuple(f"{_L}.self_attn.{p}_proj.bias" for p in "qkv"), "qkv"),
+    **_linear("blocks.{i}.attention.o", f"{_L}.self_attn.o_proj"),
+    "blocks.{i}.attention.q_norm.weight": ((f"{_L}.self_attn.q_norm.weight",), None),
+    "blocks.{i}.attention.k_norm.weight": ((f"{_L}.self_attn.k_norm.weight",), None),
+    **_linear("blocks.{i}.mlp.gate", f"{_L}.mlp.gate_proj"),
+    **_linear("blocks.{i}.mlp.up", f"{_L}.mlp.up_proj"),
+    **_linear("blocks.{i}.mlp.proj", f"{_L}.mlp.down_proj"),
+}
+_GEMMA2_TENSORS = {
+    **_LLAMA_TENSORS,
+    "blocks.{i}.post_norm_1.weight": ((f"{_L}.post_attention_layernorm.weight",), None),
+    "blocks.{i}.norm_2.weight": ((f"{_L}.pre_feedforward_layernorm.weight",), None),
+    "blocks.{i}.post_norm_2.weight": ((f"{_L}.post_feedforward_layernorm.weight",), None),
+}
+_N = "gpt_neox.layers.{i}"
+_NEOX_TENSORS = {
+    "token_embedding.weight": (("gpt_neox.embed_in.weight",), None),
+    **_linear("final_norm", "gpt_neox.final_layer_norm"),
+    "unembedding.weight": (("embed_out.weight",), None),
+    **_linear("blocks.{i}.norm_1", f"{_N}.input_layernorm"),
+    **_linear("blocks.{i}.norm_2", f"{_N}.post_attention_layernorm"),
+    "blocks.{i}.attention.qkv.weight": ((f"{_N}.attention.query_key_value.weight",), "neox"),
+    "blocks.{i}.attention.qkv.bias": ((f"{_N}.attention.query_key_value.bias",), "neox"),
+    **_linear("blocks.{i}.attention.o", f"{_N}.attention.dense"),
+    **_linear("blocks.{i}.mlp.fc", f"{_N}.mlp.dense_h_to_4h"),
+    **_linear("blocks.{i}.mlp.proj", f"{_N}.mlp.dense_4h_to_h"),
+}
+_ROTARY_BUFFERS = (r"\.rotary_emb\.inv_freq$",)
+
+# the keys every Llama-like config.json has (defaults: LlamaConfig's)
+_LLAMA_KEYS = (
+    ("hidden_size", "d_model", 4096), ("num_hidden_layers", "n_layers", 32), ("num_attention_heads", "n_heads", 32),
+    ("num_key_value_heads", "attention.n_kv_heads", _Ref("num_attention_heads")), ("vocab_size", "vocab_size", 32000),
+    ("max_position_embeddings", "context_length", 2048), ("intermediate_size", "mlp.hidden", 11008),
+    ("rms_norm_eps", "norm.eps", 1e-6), ("tie_word_embeddings", "tie_embeddings", False),
+    ("initializer_range", "init_std", 0.02),
+)
+_LLAMA_OURS = {"embedding.name": "rotary", "attention.name": "grouped_query", "mlp.name": "swiglu",
+               "norm.name": "rmsnorm", "norm.layout": "pre"}
+_SILU = (("hidden_act", "silu", {"silu": {}}),)
+_ROPE = {"theta": 10000.0, "fraction": 1.0, "partial": False}
+
+
+def _keys(*overrides) -> tuple:
+    """_LLAMA_KEYS with the defaults of some of our keys changed, and keys added."""
+    changed = {k[1]: k for k in overrides}
+    return tuple(changed.pop(k[1], k) for k in _LLAMA_KEYS) + tuple(changed.values())
+
+
+FAMILIES = {f.model_type: f for f in (
+    Family(
+        "gpt2", "GPT2LMHeadModel",
+        ours={"embedding.name": "learned", "attention.name": "multi_head", "mlp.name": "gelu",
+              "mlp.approximate": "tanh", "norm.name": "layernorm", "norm.layout": "pre", "bias": True},
+        keys=(("n_embd", "d_model", 768), ("n_layer", "n_layers", 12), ("n_head", "n_heads", 12),
+              ("vocab_size", "vocab_size", 50257),
+              ("n_positions", "context_length", _Ref("n_ctx")), ("n_inner", "mlp.hidden", None),
+              ("layer_norm_epsilon", "norm.eps", 1e-5), ("tie_word_embeddings", "tie_embeddings", True),
+              ("initializer_range", "init_std", 0.02)),
+        choices=(("activation_function", "gelu_new", {g: {} for g in TANH_GELUS}),),
+        requires=(("scale_attn_weights", True, (True,), "scores divided by sqrt(d_head) is the only scale of "
+                   "model.attention (scale_attn_weights=false leaves them unscaled)"),
+                  ("scale_attn_by_inverse_layer_idx", False, (False,), "no model.attention option divides layer i's "
+                   "scores by i + 1"),
+                  ("add_cross_attention", False, (False,), "hydraformer builds decoder-only models: no cross-attention "
+                   "component")),
+        prefix="transformer.", tensors=_GPT2_TENSORS, ignore=(r"\.attn\.(bias|masked_bias)$",),
+    ),
+    Family(
+        "llama", "LlamaForCausalLM", ours={**_LLAMA_OURS}, head_dim="head_dim", rope=_ROPE,
+        keys=(*_LLAMA_KEYS, ("attention_bias", "bias", False), ("mlp_bias", "bias", False)),
+        choices=_SILU, tensors=_LLAMA_TENSORS, ignore=_ROTARY_BUFFERS, extra={"pretraining_tp": 1},
+    ),
+    Family(
+        "mistral", "MistralForCausalLM", ours={**_LLAMA_OURS, "bias": False}, head_dim="head_dim", rope=_ROPE,
+        mask="sliding_window",
+        keys=_keys(("intermediate_size", "mlp.hidden", 14336), ("max_position_embeddings", "context_length", 131072),
+                   ("num_key_value_heads", "attention.n_kv_heads", 8)),
+        choices=_SILU, tensors=_LLAMA_TENSORS, ignore=_ROTARY_BUFFERS,
+    ),
+    Family(
+        "qwen2", "Qwen2ForCausalLM", ours={**_LLAMA_OURS, "bias": False, "attention.qkv_bias": True}, rope=_ROPE,
+        mask="qwen", head_dim="head_dim",  # not a Qwen2Config field, but Qwen2's attention reads it when it is there
+        keys=_keys(("vocab_size", "vocab_size", 151936), ("intermediate_size", "mlp.hidden", 22016),
+                   ("max_position_embeddings", "context_length", 32768)),
+        choices=_SILU, tensors=_LLAMA_TENSORS, ignore=_ROTARY_BUFFERS,
+    ),
+    Family(
+        "qwen3", "Qwen3ForCausalLM", ours={**_LLAMA_OURS, "attention.qk_norm": True, "bias": False},
+        head_dim="head_dim",
+        rope=_ROPE, mask="qwen",
+        keys=_keys(("vocab_size", "vocab_size", 151936), ("intermediate_size", "mlp.hidden", 22016),
+                   ("max_position_embeddings", "context_length", 32768), ("rms_norm_eps", "attention.qk_norm_eps", 1e-6)),
+        requires=(("attention_bias", False, (False,), "Qwen3's attention_bias puts biases on q, k, v and o with none on "
+                   "the MLP: model.attention.qkv_bias covers q, k, v only, model.bias every layer"),),
+        choices=_SILU, tensors=_LLAMA_TENSORS, ignore=_ROTARY_BUFFERS, extra={"attention_bias": False},
+    ),
+    Family(
+        "gpt_neox", "GPTNeoXForCausalLM",
+        ours={"embedding.name": "rotary", "attention.name": "multi_head", "mlp.name": "gelu",
+              "norm.name": "layernorm", "bias": True},
+        keys=(("hidden_size", "d_model", 6144), ("num_hidden_layers", "n_layers", 44),
+              ("num_attention_heads", "n_heads", 64),
+              ("vocab_size", "vocab_size", 50432), ("max_position_embeddings", "context_length", 2048),
+              ("intermediate_size", "mlp.hidden", 24576), ("layer_norm_eps", "norm.eps", 1e-5),
+              ("tie_word_embeddings", "tie_embeddings", False), ("initializer_range", "init_std", 0.02)),
+        choices=(("hidden_act", "gelu", {"gelu": {"mlp.approximate": "none"}, "gelu_new": {"mlp.approximate": "tanh"},
+                                         "gelu_pytorch_tanh": {"mlp.approximate": "tanh"}}),
+                 ("use_parallel_residual", True, {True: {"norm.layout": "parallel"}, False: {"norm.layout": "pre"}})),
+        requires=(("attention_bias", True, (True,), "GPT-NeoX's MLP and norms always have biases: attention without "
+                   "them has no model.bias setting"),),
+        rope={"theta": 10000.0, "fraction": 0.25, "partial": True,
+              "legacy": {"rotary_emb_base": "theta", "rotary_pct": "fraction"}},
+        prefix="gpt_neox.", tensors=_NEOX_TENSORS,
+        ignore=(r"\.attention\.(bias|masked_bias)$", *_ROTARY_BUFFERS),
+    ),
+    Family(
+        "gemma", "GemmaForCausalLM",
+        ours={**_LLAMA_OURS, "mlp.name": "geglu", "norm.unit_offset": True, "scale_embeddings": True, "bias": False},
+        head_dim="head_dim", rope=_ROPE,
+        keys=_keys(("vocab_size", "vocab_size", 256000), ("hidden_size", "d_model", 3072),
+                   ("intermediate_size", "mlp.hidden", 24576), ("num_hidden_layers", "n_layers", 28),
+                   ("num_attention_heads", "n_heads", 16), ("max_position_embeddings", "context_length", 8192),
+                   ("tie_word_embeddings", "tie_embeddings", True)),
+        # transformers reads Gemma's legacy "gelu" as the tanh approximation too
+        choices=(("hidden_act", "gelu_pytorch_tanh", {"gelu_pytorch_tanh": {}, "gelu": {}}),),
+        requires=(("attention_bias", False, (False,), "Gemma's attention_bias puts biases on q, k, v and o with none "
+                   "on the MLP: model.bias sets every layer's"),),
+        tensors=_LLAMA_TENSORS, ignore=_ROTARY_BUFFERS,
+    ),
+    Family(
+        "gemma2", "Gemma2ForCausalLM",
+        ours={**_LLAMA_OURS, "mlp.name": "geglu", "norm.unit_offset": True, "norm.layout": "sandwich",
+              "scale_embeddings": True, "bias": False},
+        head_dim="head_dim", rope=_ROPE, mask="layer_types",
+        keys=_keys(("vocab_size", "vocab_size", 256000), ("hidden_size", "d_model", 2304),
+                   ("intermediate_size", "mlp.hidden", 9216), ("num_hidden_layers", "n_layers", 26),
+                   ("num_attention_heads", "n_heads", 8), ("num_key_value_heads", "attention.n_kv_heads", 4),
+                   ("max_position_embeddings", "context_length", 8192), ("tie_word_embeddings", "tie_embeddings", True),
+                   ("attn_logit_softcapping", "attention.softcap", 50.0),
+                   ("final_logit_softcapping", "final_softcap", 30.0),
+                   ("query_pre_attn_scalar", "attention.query_scale", 256)),
+        choices=(("hidden_activation", "gelu_pytorch_tanh", {"gelu_pytorch_tanh": {}}),),
+        requires=(("attention_bias", False, (False,), "Gemma 2's attention_bias puts biases on q, k, v and o with none "
+                   "on the MLP: model.bias sets every layer's"),
+                  ("use_bidirectional_attention", None, (None, False), "bidirectional attention with sliding windows")),
+        tensors=_GEMMA2_TENSORS, ignore=_ROTARY_BUFFERS,
+    ),
+)}
+#: config.json values that are not copied as they are: (to ours, to config.json)
+CONVERT = {"query_pre_attn_scalar": (lambda q: float(q) ** -0.5, lambda s: _tidy(s ** -2))}
+SUPPORTED = ", ".join(FAMILIES)
+
+
+def _tidy(x: float):
+    """An integer when ``x`` is one up to rounding (query_pre_attn_scalar written back as 256, not 255.99999999999997)."""
+    return round(x) if abs(x - round(x)) < 1e-6 * max(1.0, abs(x)) else x
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# config.json → our model config
+
+
+class _Refused(Exception):
+    """One thing a family cannot express: (our key or config.json key, what it is here, what the family has)."""
+
+
+#: our keys whose null in config.json means "none" (no cap, no window, the default width), not "the default value"
+NULLABLE = ("mlp.hidden", "d_head", "attention.softcap", "final_softcap", "mask.window")
+#: defaults of keys that are only ever the target of a _Ref
+_REF_DEFAULTS = {"n_ctx": 1024}
+
+
+def _value(hf: dict, key: str, default, ours: str = "", read: dict | None = None):
+    """config.json's value of ``key``: its default when it is absent, or null where null is not a value of ours;
+    a ``_Ref`` default is the other key's value (``read``: the keys read so far, their defaults applied)."""
+    value = hf[key] if key in hf else default
+    if value is None and ours not in NULLABLE:
+        value = default
+    if isinstance(value, _Ref):
+        value = hf.get(value) if hf.get(value) is not None else (read or {}).get(value, _REF_DEFAULTS.get(value))
+    return value
+
+
+def _rope_in(fam: Family, hf: dict, refuse) -> dict:
+    """embedding.base / fraction / llama3 scaling from rope_parameters (transformers 5), or rope_scaling, rope_theta,
+    partial_rotary_factor and GPT-NeoX's rotary_emb_base / rotary_pct (older config.json files)."""
+    rope = fam.rope
+    params = hf.get("rope_scaling") or hf.get("rope_parameters") or {}  # transformers 5 prefers rope_scaling too
+    if not isinstance(params, dict):
+        refuse("rope_parameters", params, "a mapping (rope_type, rope_theta, ...)")
+    if params and all(isinstance(v, dict) for v in params.values()):  # one set per layer type
+        sets = list(params.values())
+        if any(s != sets[0] for s in sets):
+            refuse("rope_parameters", params, "one rotary setting for every layer (model.embedding=rotary has one)")
+        params = sets[0]
+    legacy = {ours: hf[key] for key, ours in rope.get("legacy", {}).items() if hf.get(key) is not None}
+    base = params.get("rope_theta", hf.get("rope_theta", legacy.get("theta", rope["theta"])))
+    fraction = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", legacy.get("fraction", rope["fraction"])))
+    kind = params.get("rope_type", params.get("type", "default"))
+    out = {"embedding.base": float(base), "embedding.fraction": float(fraction)}
+    if fraction != 1.0 and not rope["partial"]:
+        refuse("partial_rotary_factor", fraction, f"1.0: {fam.model_type} in transformers rotates every channel")
+    if kind == "llama3":
+        out.update({"embedding.scale_factor": float(params["factor"]),
+                    "embedding.low_freq_factor": float(params.get("low_freq_factor", 1.0)),
+                    "embedding.high_freq_factor": float(params.get("high_freq_factor", 4.0)),
+                    "embedding.original_context": int(params.get("original_max_position_embeddings", 8192))})
+    elif kind != "default":
+        refuse("rope_type", kind, "default or llama3 (model.embedding=rotary computes those frequencies; no "
+                                  f"hydraformer component computes {kind!r} ones)")
+    return out
+
+
+def _mask_in(fam: Family, hf: dict, n_layers: int, refuse) -> dict:
+    if fam.mask == "causal":
+        return {"mask.name": "causal"}
+    if fam.mask == "sliding_window":
+        window = hf.get("sliding_window")
+        return {"mask.name": "causal"} if window is None else {"mask.name": "sliding_window", "mask.window": int(window)}
+    if fam.mask == "qwen":
+        types = hf.get("layer_types") or []
+        if hf.get("use_sliding_window") or "sliding_attention" in types:
+            refuse("use_sliding_window", True, "false: sliding windows from layer max_window_layers on have no "
+                   "model.mask component (sliding_window bands every layer, alternating every other one)")
+        return {"mask.name": "causal"}
+    if fam.mask == "layer_types":
+        types = hf.get("layer_types") or ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)]
+        window = int(_value(hf, "sliding_window", 4096))
+        sliding = [t == "sliding_attention" for t in types]
+        if not all(t in ("sliding_attention", "full_attention") for t in types) or len(types) != n_layers:
+            refuse("layer_types", types, f"{n_layers} entries each sliding_attention or full_attention")
+        if not any(sliding):
+            return {"mask.name": "causal"}
+        if all(sliding):
+            return {"mask.name": "sliding_window", "mask.window": window}
+        for band in ("even", "odd"):
+            if sliding == [(i % 2 == 0) == (band == "even") for i in range(n_layers)]:
+                return {"mask.name": "alternating", "mask.window": window, "mask.band_layers": band}
+        refuse("layer_types", types, "sliding layers that alternate with full ones (model.mask=alternating, "
+               "band_layers even or odd), or all of one kind")
+    raise ValueError(f"unknown mask kind {fam.mask!r} in the {fam.model_type} table")
+
+
+def family_of(hf_cfg: dict) -> Family | None:
+    """The family a config.json describes (its model_type, else its architectures), or None."""
+    fam = FAMILIES.get(hf_cfg.get("model_type"))
+    if fam is None:
+        archs = hf_cfg.get("architectures") or []
+        fam = next((f for f in FAMILIES.values() if isinstance(archs, list) and f.architecture in archs), None)
+    return fam
+
+
+def hf_to_flat(fam: Family, hf: dict, refuse=None) -> dict:
+    """A config.json of ``fam`` as our model config, flat (``attention.n_kv_heads``); ``refuse(key, value, accepted)``
+    raises for what the family's model has and ours cannot compute."""
+    refuse = refuse or _refuse_plain
+    flat = dict(fam.ours)
+    seen, read = {}, {}
+    for hf_key, ours, default in fam.keys:
+        value = read[hf_key] = _value(hf, hf_key, default, ours, read)
+        if hf_key in CONVERT and value is not None:
+            value = CONVERT[hf_key][0](value)
+        if ours in seen and seen[ours][1] != value:
+            other = seen[ours][0]
+            refuse(hf_key, value, f"the value of {other} ({seen[ours][1]!r}): both are model.{ours} in hydraformer, "
+                   "which has no setting for one without the other")
+        seen[ours] = (hf_key, value)
+        flat[ours] = value
+    for hf_key, default, options in fam.choices:
+        value = _value(hf, hf_key, default)
+        if not isinstance(value, (str, bool, int, float, type(None))) or value not in options:
+            refuse(hf_key, value, f"one of {', '.join(repr(o) for o in options)} (no hydraformer component computes "
+                   f"{value!r} in a {fam.model_type})")
+        flat.update(options[value])
+    for hf_key, default, accepted, lacks in fam.requires:
+        value = hf.get(hf_key, default)
+        if value not in accepted:
+            refuse(hf_key, value, f"{' or '.join(repr(a) for a in accepted)}: {lacks}")
+    if fam.head_dim is not None and hf.get(fam.head_dim) is not None:
+        flat["d_head"] = int(hf[fam.head_dim])
+    else:
+        flat["d_head"] = None
+    if fam.rope is not None:
+        flat.update(_rope_in(fam, hf, refuse))
+    flat.update(_mask_in(fam, hf, flat["n_layers"], refuse))
+    flat["dropout"] = 0.0
+    return flat
+
+
+def _refuse_plain(key, value, accepted):
+    raise _Refused(key, value, accepted)
+
+
+def nest(flat: dict) -> dict:
+    """A flat model config as the nested dict ``build_model`` takes; options at their neutral value are left out, so
+    a model that needs none of a component's newer options builds with any version of it."""
+    out: dict = {}
+    for key, value in flat.items():
+        if key in NEUTRAL and NEUTRAL[key] == value and type(NEUTRAL[key]) is type(value):
+            continue
+        if key in ("scale_embeddings", "final_softcap") and MODEL_DEFAULTS[key] == value:
+            continue
+        if key == "attention.n_kv_heads" and flat.get("attention.name") == "multi_head":
+            continue
+        kind, _, option = key.partition(".")
+        if option:
+            out.setdefault(kind, {})[option] = value
+        else:
+            out[key] = value
+    return out
+
+
+def canonical(model_cfg) -> dict:
+    """Every setting of a model config, flat, with defaults filled in and equivalent spellings made one
+    (multi_head = grouped_query with n_kv_heads = n_heads, qkv_bias null = bias, ...): equal dicts, equal models."""
+    m, specs = resolve(model_cfg)
+    flat = {k: m.get(k, MODEL_DEFAULTS.get(k)) for k in (*MODEL_KEYS, *MODEL_DEFAULTS)}
+    flat["norm.layout"] = m["norm_layout"]
+    for kind, spec in specs.items():
+        flat[f"{kind}.name"] = spec.name
+        for p, param in inspect.signature(spec.cls.__init__).parameters.items():
+            if p == "self" or p in SHARED_ARGS or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+                continue
+            if p in spec.kwargs or param.default is not inspect.Parameter.empty:
+                flat[f"{kind}.{p}"] = spec.kwargs.get(p, param.default)
+    for key, value in NEUTRAL.items():
+        flat.setdefault(key, value)
+    if flat["attention.name"] == "multi_head":
+        flat["attention.name"], flat["attention.n_kv_heads"] = "grouped_query", flat["n_heads"]
+    if flat["attention.qkv_bias"] is None:
+        flat["attention.qkv_bias"] = flat["bias"]
+    if flat["attention.query_scale"] is None:
+        flat["attention.query_scale"] = flat["d_head"] ** -0.5
+    if flat.get("mlp.hidden") is None and hasattr(specs["mlp"].cls, "default_hidden"):
+        flat["mlp.hidden"] = specs["mlp"].cls.default_hidden(flat["d_model"])
+    irrelevant = []
+    if flat["embedding.name"] != "rotary":
+        irrelevant += [k for k in NEUTRAL if k.startswith("embedding.")]
+    elif flat["embedding.scale_factor"] is None:
+        irrelevant += [f"embedding.{k}" for k in _LLAMA3[1:]]
+    if not flat["attention.qk_norm"]:
+        irrelevant.append("attention.qk_norm_eps")
+    if flat["mask.name"] not in ("sliding_window", "alternating"):
+        irrelevant.append("mask.window")
+    if flat["mask.name"] != "alternating":
+        irrelevant.append("mask.band_layers")
+    if flat["mlp.name"] != "gelu":
+        irrelevant.append("mlp.approximate")
+    for key in irrelevant:
+        flat[key] = NEUTRAL[key]
+    return {k: v for k, v in flat.items() if not k.endswith("dropout")}
+
+
+def _differences(a: dict, b: dict) -> list[str]:
+    def same(x, y):
+        if isinstance(x, float) or isinstance(y, float):
+            return x is not None and y is not None and not isinstance(x, bool) and not isinstance(y, bool) \
+                and math.isclose(x, y, rel_tol=1e-9)
+        return x == y
+    return [k for k in sorted(a.keys() | b.keys()) if not same(a.get(k), b.get(k))]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# our model config → config.json
+
+
+def _rope_out(fam: Family, flat: dict, hf: dict, miss) -> None:
+    if fam.rope is None:
+        return
+    fraction = flat["embedding.fraction"]
+    params = {"rope_type": "default", "rope_theta": flat["embedding.base"]}
+    if fam.rope["partial"]:
+        params["partial_rotary_factor"] = fraction
+    elif fraction != 1.0:
+        miss("embedding.fraction", fraction, 1.0)
+    if flat["embedding.scale_factor"] is not None:
+        params.update({"rope_type": "llama3", "factor": flat["embedding.scale_factor"],
+                       "low_freq_factor": flat["embedding.low_freq_factor"],
+                       "high_freq_factor": flat["embedding.high_freq_factor"],
+                       "original_max_position_embeddings": flat["embedding.original_context"]})
+        hf["rope_scaling"] = dict(params)  # transformers 4
+    hf["rope_parameters"] = params
+    hf["rope_theta"] = flat["embedding.base"]  # transformers 4
+    for key, ours in fam.rope.get("legacy", {}).items():
+        hf[key] = params["rope_theta"] if ours == "theta" else fraction
+
+
+def _mask_out(fam: Family, flat: dict, hf: dict, miss) -> None:
+    name, window, n = flat["mask.name"], flat["mask.window"], flat["n_layers"]
+    if fam.mask in ("causal", "qwen") and name != "causal":
+        miss("mask.name", name, "causal")
+    if fam.mask == "sliding_window":
+        if name == "causal":
+            hf["sliding_window"] = None
+        elif name == "sliding_window":
+            hf["sliding_window"] = window
+        else:
+            miss("mask.name", name, "causal or sliding_window")
+    elif fam.mask == "qwen":
+        hf.update({"use_sliding_window": False, "sliding_window": None})
+    elif fam.mask == "layer_types":
+        if name == "causal":
+            types = [False] * n
+        elif name == "sliding_window":
+            types = [True] * n
+        elif name == "alternating":
+            types = [(i % 2 == 0) == (flat["mask.band_layers"] == "even") for i in range(n)]
+        else:
+            miss("mask.name", name, "causal, sliding_window or alternating")
+            return
+        hf["layer_types"] = ["sliding_attention" if s else "full_attention" for s in types]
+        hf["sliding_window"] = window if window is not None else 4096
+
+
+def flat_to_hf(fam: Family, flat: dict) -> tuple[dict, list[str]]:
+    """``fam``'s config.json for a canonical model config, and what ``fam`` cannot express of it (then the
+    config is not to be used)."""
+    problems: list[str] = []
+
+    def miss(key, here, there):
+        problems.append(f"model.{key}={here!r} (a {fam.model_type} has {there})")
+
+    hf = {"architectures": [fam.architecture], "model_type": fam.model_type}
+    for ours, value in fam.ours.items():
+        want = "grouped_query" if (ours, value) == ("attention.name", "multi_head") else value
+        if flat.get(ours) != want:
+            miss(ours, flat.get(ours), repr(value))
+    if fam.ours.get("attention.name") == "multi_head" and flat["attention.n_kv_heads"] != flat["n_heads"]:
+        miss("attention.n_kv_heads", flat["attention.n_kv_heads"], "one key/value head per query head")
+    for hf_key, ours, _ in fam.keys:
+        value = flat.get(ours)
+        if hf_key in CONVERT and value is not None:
+            value = CONVERT[hf_key][1](value)
+        if hf_key in hf and hf[hf_key] != value:
+            miss(ours, value, f"one {hf_key}, here also {hf[hf_key]!r}")
+        hf[hf_key] = value
+    for hf_key, _, options in fam.choices:
+        chosen = next((v for v, s in options.items() if all(flat.get(k) == x for k, x in s.items())), None)
+        if chosen is None:
+            ours = sorted({k for s in options.values() for k in s})
+            miss("/".join(ours), [flat.get(k) for k in ours], f"{hf_key} one of {', '.join(map(repr, options))}: "
+                 + ", ".join(f"{v!r} = {s}" for v, s in options.items()))
+        hf[hf_key] = chosen
+    for hf_key, _, accepted, _ in fam.requires:
+        hf[hf_key] = accepted[0]
+    if fam.head_dim is not None:
+        hf[fam.head_dim] = flat["d_head"]
+    elif flat["d_head"] * flat["n_heads"] != flat["d_model"]:
+        miss("d_head", flat["d_head"], f"d_head = d_model / n_heads = {flat['d_model'] / flat['n_heads']:g}")
+    _rope_out(fam, flat, hf, miss)
+    _mask_out(fam, flat, hf, miss)
+    hf.update(fam.extra)
+    if hf.get("n_inner") is not None and hf["n_inner"] == 4 * hf["n_embd"]:
+        hf["n_inner"] = None
+    if fam.model_type == "gpt2":
+        hf.update({"n_ctx": hf["n_positions"], "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0})
+    else:
+        hf["attention_dropout"] = 0.0
+    if not problems:  # read back: what the family's config says must be this model, setting for setting
+        try:
+            again = canonical(nest(hf_to_flat(fam, hf)))
+        except (_Refused, ConfigError) as err:
+            problems.append(f"its config reads back refused: {err}")
+        else:
+            problems += [f"model.{k}={flat.get(k)!r} (a {fam.model_type} has {again.get(k)!r})"
+                         for k in _differences(flat, again)]
+    return hf, problems
+
+
+def hf_config_for(model_cfg, key: str = "checkpoint", path="") -> tuple[Family, dict]:
+    """The first family whose table expresses ``model_cfg`` exactly, and its config.json; ConfigError naming, for
+    each family, the settings it lacks."""
+    flat = canonical(model_cfg)
+    why = {}
+    for fam in FAMILIES.values():
+        hf, problems = flat_to_hf(fam, flat)
+        if not problems:
+            return fam, hf
+        why[fam.model_type] = problems
+    shown = "; ".join(f"{name}: {', '.join(p[:2])}" for name, p in why.items())
+    raise ConfigError(key, str(path), f"a model that one of the Hugging Face families ({SUPPORTED}) expresses; none "
+                      f"expresses this one, each lacking a component or option: {shown}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tensors
+
+
+def _sizes(flat: dict) -> list[int]:
+    d, kv = flat["d_head"], flat["attention.n_kv_heads"]
+    return [flat["n_heads"] * d, kv * d, kv * d]
+
+
+def _to_hf_tensors(transform, t: torch.Tensor, flat: dict) -> list[torch.Tensor]:
+    if transform is None:
+        return [t]
+    if transform == "T":
+        return [t.t()]
+    if transform == "qkv":
+        return list(t.split(_sizes(flat), dim=0))
+    h, d = flat["n_heads"], flat["d_head"]  # neox: ours [3, H, d, ...] → theirs [H, 3, d, ...]
+    return [t.reshape(3, h, d, *t.shape[1:]).transpose(0, 1).reshape(t.shape)]
+
+
+def _from_hf_tensors(transform, ts: list[torch.Tensor], flat: dict) -> torch.Tensor:
+    if transform is None:
+        return ts[0]
+    if transform == "T":
+        return ts[0].t().contiguous()
+    if transform == "qkv":
+        return torch.cat(ts, dim=0)
+    t, h, d = ts[0], flat["n_heads"], flat["d_head"]
+    return t.reshape(h, 3, d, *t.shape[1:]).transpose(0, 1).reshape(t.shape).contiguous()
+
+
+def _rows(fam: Family, n_layers: int):
+    """(our name, the family's names, transform) for every tensor the table knows, blocks unrolled."""
+    for ours, (theirs, transform) in fam.tensors.items():
+        for i in range(n_layers) if "{i}" in ours else [0]:
+            yield ours.format(i=i), tuple(t.format(i=i) for t in theirs), transform
+
+
+def to_hf_state(fam: Family, state: dict, flat: dict) -> dict:
+    """Our state dict in the family's names and layouts (a tied unembedding is left out, as transformers does)."""
+    out = {}
+    for ours, theirs, transform in _rows(fam, flat["n_layers"]):
+        if ours not in state or (ours == "unembedding.weight" and flat["tie_embeddings"]):
+            continue
+        out.update(zip(theirs, _to_hf_tensors(transform, state[ours], flat)))
+    return out
+
+
+def _check_shapes(fam: Family, flat: dict, model_cfg: dict, shapes: dict, key: str, path) -> None:
+    """Refuse weights whose names or shapes are not what ``model_cfg`` (built on the meta device) implies, naming
+    each tensor both ways; nothing is allocated."""
+    with torch.device("meta"):
+        try:
+            meta = build_model(model_cfg)
+        except ConfigError as err:
+            raise ConfigError(key, str(path), f"a {HF_CONFIG} whose model builds; its {err}") from None
+    own = meta.state_dict()
+    expected = {h: (ours, tuple(t.shape)) for ours, theirs, tf in _rows(fam, flat["n_layers"]) if ours in own
+                and not (ours == "unembedding.weight" and flat["tie_embeddings"])
+                for h, t in zip(theirs, _to_hf_tensors(tf, own[ours], flat))}
+    tied = set(fam.tensors["unembedding.weight"][0]) if flat["tie_embeddings"] else set()  # older saves hold lm_head
+    lines = [f"{ours}: missing from the checkpoint ({h})" for h, (ours, _) in expected.items() if h not in shapes]
+    lines += [f"{ours}: checkpoint {h} {shapes[h]} vs model {shape}" for h, (ours, shape) in expected.items()
+              if h in shapes and tuple(shapes[h]) != shape]
+    lines += [f"{h}: not in the model" for h in shapes if h not in expected and h not in tied and not _ignored(fam, h)]
+    if lines:
+        shown = "; ".join(lines[:8]) + (f"; ... {len(lines) - 8} more" if len(lines) > 8 else "")
+        raise ConfigError(key, str(path), f"weights that fit the configured model; mismatched tensors: {shown} (the "
+                          f"model's shapes are what {HF_CONFIG} implies; nothing was built)")
+
+
+def _ignored(fam: Family, name: str) -> bool:
+    return any(re.search(p, name) for p in fam.ignore)
+
+
+def _normalise_names(fam: Family, names, n_layers: int) -> dict:
+    """File name → table name: a base model saved without its prefix (``h.0.ln_1.weight``) reads as with it."""
+    known = {h for _, theirs, _ in _rows(fam, n_layers) for h in theirs}
+    return {n: (fam.prefix + n if n not in known and fam.prefix + n in known else n) for n in names}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# files
 
 
 def _read_config(path: Path) -> dict | None:
@@ -80,84 +704,29 @@ def _read_config(path: Path) -> dict | None:
     return cfg if isinstance(cfg, dict) else None
 
 
-def _is_gpt2(cfg: dict) -> bool:
-    archs = cfg.get("architectures") or []
-    return cfg.get("model_type") == "gpt2" or (isinstance(archs, list) and "GPT2LMHeadModel" in archs)
+def is_hf_dir(path) -> bool:
+    """True for a directory whose ``config.json`` describes a family hydraformer reads."""
+    path = Path(str(path)).expanduser()
+    cfg = _read_config(path) if path.is_dir() else None
+    return cfg is not None and family_of(cfg) is not None
 
 
 def is_hf_gpt2_dir(path) -> bool:
     """True for a directory whose ``config.json`` describes a GPT-2 (``model_type: gpt2`` or GPT2LMHeadModel)."""
     path = Path(str(path)).expanduser()
-    if not path.is_dir():
-        return False
-    cfg = _read_config(path)
-    return cfg is not None and _is_gpt2(cfg)
-
-
-def gpt2_model_config(hf_cfg: dict, key: str = "checkpoint", path="") -> dict:
-    """Our model config (a plain dict for ``build_model``) for a GPT-2 ``config.json``; refuses what we cannot run."""
-    c = {**_DEFAULTS, **{k: v for k, v in hf_cfg.items() if v is not None or k == "n_inner"}}
-    act = c["activation_function"]
-    if act not in TANH_GELUS:
-        raise ConfigError(key, str(path), f"a GPT-2 with activation_function one of {', '.join(TANH_GELUS)} "
-                          f"(the tanh-approximated GELU); config.json has activation_function={act!r}")
-    if c["scale_attn_weights"] is not True:
-        raise ConfigError(key, str(path), "a GPT-2 with scale_attn_weights=true (scores divided by sqrt(d_head)); "
-                          f"config.json has scale_attn_weights={c['scale_attn_weights']!r}")
-    if c["scale_attn_by_inverse_layer_idx"]:
-        raise ConfigError(key, str(path), "a GPT-2 without scale_attn_by_inverse_layer_idx; config.json sets it to true")
-    if c["add_cross_attention"]:
-        raise ConfigError(key, str(path), "a decoder-only GPT-2; config.json sets add_cross_attention=true")
-    context = hf_cfg.get("n_positions") or hf_cfg.get("n_ctx") or c["n_positions"]
-    return {
-        "d_model": c["n_embd"],
-        "n_layers": c["n_layer"],
-        "n_heads": c["n_head"],
-        "d_head": None,
-        "vocab_size": c["vocab_size"],
-        "context_length": context,
-        "bias": True,
-        "tie_embeddings": bool(c["tie_word_embeddings"]),
-        "dropout": 0.0,
-        "init_std": float(c["initializer_range"]),
-        "embedding": {"name": "learned"},
-        "attention": {"name": "multi_head"},
-        "mask": {"name": "causal"},
-        "mlp": {"name": "gelu", "hidden": c["n_inner"]},
-        "norm": {"name": "layernorm", "layout": "pre", "eps": float(c["layer_norm_epsilon"])},
-    }
-
-
-def convert_gpt2_state(hf_state: dict, tie_embeddings: bool = True) -> dict:
-    """GPT-2 tensor names and layouts → ours. Names we do not know are kept as they are, so
-    ``load_state`` lists them as 'not in the model' instead of dropping them silently."""
-    out = {}
-    for name, tensor in hf_state.items():
-        short = name.removeprefix("transformer.")
-        if _BUFFERS.match(short):
-            continue
-        if short == "lm_head.weight":
-            if not tie_embeddings:
-                out["unembedding.weight"] = tensor
-            continue  # tied: the same matrix as wte
-        if short in _TOP_NAMES:
-            out[_TOP_NAMES[short]] = tensor
-            continue
-        block = _BLOCK.match(short)
-        if block and block.group(2) in _BLOCK_NAMES:
-            ours, transpose = _BLOCK_NAMES[block.group(2)]
-            out[f"blocks.{block.group(1)}.{ours}"] = tensor.t().contiguous() if transpose else tensor
-            continue
-        out[name] = tensor
-    if tie_embeddings and "token_embedding.weight" in out:
-        out["unembedding.weight"] = out["token_embedding.weight"]
-    return out
+    cfg = _read_config(path) if path.is_dir() else None
+    return cfg is not None and family_of(cfg) is FAMILIES["gpt2"]
 
 
 def _refuse_special(files, key: str, path: Path) -> None:
     for file in files:
         if kind := special_file(file):
-            raise ConfigError(key, str(path), f"a Hugging Face GPT-2 directory of regular files; {file.name} is {kind}")
+            raise ConfigError(key, str(path), f"a Hugging Face directory of regular files; {file.name} is {kind}")
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _load_one(file: Path, key: str, path: Path) -> dict:
@@ -176,11 +745,6 @@ def _load_one(file: Path, key: str, path: Path) -> dict:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(key, str(path), f"a state dict of tensors in {file.name}; it holds a {type(state).__name__}")
     return state
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _shapes_of(file: Path, key: str, path: Path) -> dict:
@@ -209,8 +773,10 @@ def _shards(index: Path, key: str, path: Path) -> list[Path]:
                               f"not a plain file name: {shard!r}")
         _refuse_special([path / shard], key, path)
         if not (path / shard).is_file():
+            held = sorted(name for name, s in weight_map.items() if s == shard)
+            more = f" and {len(held) - 3} more" if len(held) > 3 else ""
             raise ConfigError(key, str(path), f"every shard {index.name} names, as a file in the same directory; "
-                              f"missing: {shard!r}")
+                              f"missing: {shard!r}, which holds {', '.join(held[:3])}{more}")
     return [path / shard for shard in shards]
 
 
@@ -221,70 +787,150 @@ def _weight_files(path: Path, key: str) -> list[Path]:
         file = path / name
         if file.is_file():
             return _shards(file, key, path) if name.endswith(".index.json") else [file]
-    raise ConfigError(key, str(path), f"a Hugging Face GPT-2 directory with weights; none of {', '.join(WEIGHT_FILES)} "
+    raise ConfigError(key, str(path), f"a Hugging Face directory with weights; none of {', '.join(WEIGHT_FILES)} "
                       "was found")
 
 
-def read_gpt2_weights(path, key: str = "checkpoint") -> dict:
-    """The raw GPT-2 state dict of a directory: model.safetensors, its shards, or pytorch_model.bin (safely)."""
+def read_hf_weights(path, key: str = "checkpoint") -> dict:
+    """The raw state dict of a directory: model.safetensors, its shards, or pytorch_model.bin (safely)."""
     path = Path(str(path)).expanduser()
     return {name: t for file in _weight_files(path, key) for name, t in _load_one(file, key, path).items()}
 
 
-def read_gpt2_shapes(path, key: str = "checkpoint") -> dict[str, tuple[int, ...]]:
-    """Every tensor's GPT-2 name and shape in a directory's weights, without reading the tensors."""
+def read_hf_shapes(path, key: str = "checkpoint") -> dict[str, tuple[int, ...]]:
+    """Every tensor's name and shape in a directory's weights, without reading the tensors."""
     path = Path(str(path)).expanduser()
     return {name: s for file in _weight_files(path, key) for name, s in _shapes_of(file, key, path).items()}
 
 
-def check_gpt2_shapes(model_cfg: dict, shapes: dict, key: str = "checkpoint", path="") -> None:
-    """Refuse weights (``read_gpt2_shapes``) whose names or shapes do not fit ``model_cfg``: compared with a model
-    built on the meta device, so a config.json that claims more than its weights allocates nothing."""
-    with torch.device("meta"):
-        model = build_model(model_cfg)
-        state = {name: torch.empty(shape) for name, shape in shapes.items()}
-    try:
-        load_state(model, convert_gpt2_state(state, model.tie_embeddings), key, path)
-    except ConfigError as err:
-        raise ConfigError(key, str(path), f"{err.accepted} (the model's shapes are what {HF_CONFIG} implies; "
-                          "nothing was built)") from None
-
-
-def load_gpt2_tokenizer(path, key: str = "checkpoint"):
-    """vocab.json + merges.txt, else tokenizer.json, as a ``GPT2BPETokenizer``; None when neither is there."""
+def load_hf_tokenizer(path, fam: Family | None = None, key: str = "checkpoint"):
+    """A GPT-2's vocab.json + merges.txt, else tokenizer.json (through the ``tokenizers`` library); None when
+    neither is there."""
     path = Path(str(path)).expanduser()
-    vocab, merges, tok_json = path / "vocab.json", path / "merges.txt", path / "tokenizer.json"
+    vocab, merges, tok_json = path / "vocab.json", path / "merges.txt", path / TOKENIZER_JSON
+    gpt2 = fam is None or fam.model_type == "gpt2"
     try:
-        if vocab.is_file() and merges.is_file():
+        if gpt2 and vocab.is_file() and merges.is_file():
             return GPT2BPETokenizer.from_files(vocab, merges)
         if tok_json.is_file():
-            return GPT2BPETokenizer.from_str(tok_json.read_text())
+            return (GPT2BPETokenizer if gpt2 else HFTokenizer).from_str(tok_json.read_text())
     except Exception as err:
-        raise ConfigError(key, str(path), f"a readable GPT-2 tokenizer (vocab.json + merges.txt, or tokenizer.json): "
+        raise ConfigError(key, str(path), f"a readable tokenizer (vocab.json + merges.txt, or tokenizer.json): "
                           f"{_first_line(err)}") from None
     return None
 
 
-def load_hf_gpt2(path, key: str = "checkpoint"):
-    """A Hugging Face GPT-2 directory as ``(model, tokenizer_or_None, model_config_dict)``, model in eval mode."""
+def hf_model_config(hf_cfg: dict, key: str = "checkpoint", path="") -> tuple[Family, dict, dict]:
+    """(family, flat model config, our model config) for a config.json; ConfigError for a family or a setting
+    hydraformer cannot run, naming what it supports and what it lacks."""
+    fam = family_of(hf_cfg)
+    if fam is None:
+        raise ConfigError(key, str(path), f"a Hugging Face directory of a family hydraformer expresses (config.json "
+                          f"with model_type one of {SUPPORTED}); its config.json has model_type="
+                          f"{hf_cfg.get('model_type')!r}, architectures={hf_cfg.get('architectures')!r}")
+
+    def refuse(hf_key, value, accepted):
+        raise ConfigError(key, str(path), f"a {fam.model_type} hydraformer can express: {hf_key} {accepted}; its "
+                          f"config.json has {hf_key}={value!r}")
+
+    flat = hf_to_flat(fam, hf_cfg, refuse)
+    return fam, flat, nest(flat)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _dtype(dtype, state: dict, key: str):
+    """None / "float32": cast to fp32 (the default); "auto": keep the checkpoint's own floating dtype."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype or torch.float32
+    if dtype == "auto":
+        return next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
+    if dtype not in DTYPES:
+        raise ConfigError("dtype", dtype, f"auto (the checkpoint's own) or one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _assemble(fam: Family, flat: dict, model_cfg: dict, raw: dict, dtype: torch.dtype, key: str, path):
+    """The model with the checkpoint's tensors (names and shapes already checked): built on the meta device and
+    given the tensors themselves, so no weights are drawn at random first and none held twice."""
+    with torch.device("meta"):
+        model = build_model(model_cfg)
+    own = model.state_dict()
+    state = {ours: _from_hf_tensors(tf, [raw[h] for h in theirs], flat).to(dtype)
+             for ours, theirs, tf in _rows(fam, flat["n_layers"])
+             if ours in own and not (ours == "unembedding.weight" and flat["tie_embeddings"])}
+    if flat["tie_embeddings"]:
+        state["unembedding.weight"] = state["token_embedding.weight"]
+    load_state(model, {k: v.to("meta") for k, v in state.items()}, key, path)  # names and shapes, as our model has them
+    model.load_state_dict(state, assign=True)
+    if flat["tie_embeddings"]:
+        model.unembedding.weight = model.token_embedding.weight
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # a component with a buffer of its own
+        model = build_model(model_cfg)
+        load_state(model, state, key, path)
+        model.to(dtype)
+    return model
+
+
+def load_hf(path, key: str = "checkpoint", dtype=None):
+    """A Hugging Face directory of any family in ``FAMILIES`` as ``(model, tokenizer_or_None, model_config)``, in
+    eval mode. ``dtype``: None or "float32" casts the weights to fp32; "auto" keeps the checkpoint's (bf16 stays
+    bf16); "bfloat16" / "float16" cast to those."""
     path = Path(str(path)).expanduser()
     _refuse_special([path / name for name in (HF_CONFIG, *WEIGHT_FILES, *TOKENIZER_FILES)], key, path)
     if not (path / HF_CONFIG).is_file():
-        raise ConfigError(key, str(path), f"a Hugging Face GPT-2 directory holding {HF_CONFIG}")
+        raise ConfigError(key, str(path), f"a Hugging Face directory holding {HF_CONFIG}")
     hf_cfg = _read_config(path)
     if hf_cfg is None:
-        raise ConfigError(key, str(path), f"a Hugging Face GPT-2 directory; its {HF_CONFIG} is not a JSON object")
-    if not _is_gpt2(hf_cfg):
-        raise ConfigError(key, str(path), "a Hugging Face GPT-2 directory (config.json with model_type 'gpt2' or "
-                          f"architectures GPT2LMHeadModel); its config.json has model_type={hf_cfg.get('model_type')!r}, "
-                          f"architectures={hf_cfg.get('architectures')!r}")
-    model_cfg = gpt2_model_config(hf_cfg, key, path)
-    check_gpt2_shapes(model_cfg, read_gpt2_shapes(path, key), key, path)  # before anything is allocated
-    model = build_model(model_cfg)
-    state = convert_gpt2_state(read_gpt2_weights(path, key), model.tie_embeddings)
-    load_state(model, state, key, path)
-    tokenizer = load_gpt2_tokenizer(path, key)
+        raise ConfigError(key, str(path), f"a Hugging Face directory; its {HF_CONFIG} is not a JSON object")
+    fam, _, model_cfg = hf_model_config(hf_cfg, key, path)
+    try:
+        flat = canonical(model_cfg)
+    except ConfigError as err:
+        raise ConfigError(key, str(path), f"a {HF_CONFIG} whose model builds; its {err}") from None
+    shapes = read_hf_shapes(path, key)
+    names = _normalise_names(fam, shapes, flat["n_layers"])
+    _check_shapes(fam, flat, model_cfg, {names[n]: s for n, s in shapes.items()}, key, path)  # before allocating
+    raw = read_hf_weights(path, key)
+    raw = {names.get(n, n): t for n, t in raw.items()}
+    target = _dtype(dtype, raw, key)
+    model = _assemble(fam, flat, model_cfg, raw, target, key, path)
+    tokenizer = load_hf_tokenizer(path, fam, key)
     if tokenizer is not None and tokenizer.vocab_size > model_cfg["vocab_size"]:
         raise ConfigError(key, str(path), f"a tokenizer whose ids fit the model's vocab_size={model_cfg['vocab_size']}; "
                           f"the tokenizer has {tokenizer.vocab_size} ids")
     return model.eval(), tokenizer, model_cfg
+
+
+def load_hf_gpt2(path, key: str = "checkpoint"):
+    """A Hugging Face GPT-2 directory as ``(model, tokenizer_or_None, model_config_dict)``; other families refused."""
+    path = Path(str(path)).expanduser()
+    cfg = _read_config(path) if (path / HF_CONFIG).is_file() and not special_file(path / HF_CONFIG) else None
+    if cfg is not None and family_of(cfg) is not FAMILIES["gpt2"]:
+        raise ConfigError(key, str(path), "a Hugging Face GPT-2 directory (config.json with model_type 'gpt2' or "
+                          f"architectures GPT2LMHeadModel); its config.json has model_type={cfg.get('model_type')!r}, "
+                          f"architectures={cfg.get('architectures')!r}")
+    return load_hf(path, key)
+
+
+def save_hf(model, tokenizer, model_cfg, dest, key: str = "checkpoint", path="") -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json`` and ``tokenizer_config.json``: the same ids
+    through transformers' AutoTokenizer) that transformers' AutoModelForCausalLM loads as this model; the family is
+    the first whose table expresses it."""
+    fam, hf_cfg = hf_config_for(model_cfg, key, path)
+    flat = canonical(model_cfg)
+    state = model.state_dict()
+    dtype = next(iter(state.values())).dtype
+    hf_cfg["dtype"] = hf_cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
+    hf_cfg.update({"bos_token_id": None, "eos_token_id": None, "pad_token_id": None})
+    tensors = {h: t.detach().contiguous().clone() for h, t in to_hf_state(fam, state, flat).items()}
+    dest = Path(dest)
+    with atomic_path(dest / SAFETENSORS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    tok_json = as_tokenizer_json(tokenizer) if tokenizer is not None else None
+    if tok_json is not None:  # transformers' AutoTokenizer reads it through tokenizer_config.json
+        atomic_write(dest / TOKENIZER_JSON, tok_json)
+        atomic_write(dest / "tokenizer_config.json", json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}) + "\n")
+    atomic_write(dest / HF_CONFIG, json.dumps(hf_cfg, indent=2) + "\n")
+    return dest

@@ -25,6 +25,9 @@ BUILDER_KEYS = {"name", "layout"}
 # (that module imports Hydra, which loading a model never does; tests/test_cli_safety.py holds the two equal)
 MODEL_KEYS = ("d_model", "n_layers", "n_heads", "d_head", "vocab_size", "context_length", "bias", "tie_embeddings",
               "dropout", "init_std", "scale_embeddings", "final_softcap")
+# what a model config may leave out (a plain dict need not spell out the schema's defaults)
+MODEL_DEFAULTS = {"d_head": None, "bias": True, "tie_embeddings": True, "dropout": 0.0, "init_std": 0.02,
+                  "scale_embeddings": False, "final_softcap": None}
 
 
 @dataclass
@@ -96,6 +99,7 @@ def resolve(cfg_model) -> tuple[dict, dict[str, Spec]]:
         if key not in accepted:
             raise ConfigError(f"model.{key}", m[key], f"a key of model{closest(str(key), accepted)}; accepted: "
                               f"{', '.join(accepted)}")
+    m = {**MODEL_DEFAULTS, **m}
     for key in ("d_model", "n_layers", "n_heads", "vocab_size", "context_length"):
         _positive_int(m, key)
     if m.get("d_head") is None:

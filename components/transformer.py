@@ -16,6 +16,10 @@ from .positions import Embedding
 LAYOUTS = ("pre", "post", "parallel", "sandwich")
 
 
+def _same(x):
+    return x
+
+
 class Block(nn.Module):
     """Attention then MLP, each wrapped in a residual. Where the norms sit is the ``layout``:
 
@@ -40,17 +44,18 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, mask: AttentionMask, positions, pos, cache=None):
+        drop = self.drop if self.drop.p else _same  # no dropout module call per sublayer when p = 0
         if self.layout == "pre":
-            x = x + self.drop(self.attention(self.norm_1(x), mask, positions, pos, cache))
-            return x + self.drop(self.mlp(self.norm_2(x)))
+            x = x + drop(self.attention(self.norm_1(x), mask, positions, pos, cache))
+            return x + drop(self.mlp(self.norm_2(x)))
         if self.layout == "parallel":
             attended = self.attention(self.norm_1(x), mask, positions, pos, cache)
-            return x + self.drop(attended) + self.drop(self.mlp(self.norm_2(x)))
+            return x + drop(attended) + drop(self.mlp(self.norm_2(x)))
         if self.layout == "sandwich":
-            x = x + self.drop(self.post_norm_1(self.attention(self.norm_1(x), mask, positions, pos, cache)))
-            return x + self.drop(self.post_norm_2(self.mlp(self.norm_2(x))))
-        x = self.norm_1(x + self.drop(self.attention(x, mask, positions, pos, cache)))
-        return self.norm_2(x + self.drop(self.mlp(x)))
+            x = x + drop(self.post_norm_1(self.attention(self.norm_1(x), mask, positions, pos, cache)))
+            return x + drop(self.post_norm_2(self.mlp(self.norm_2(x))))
+        x = self.norm_1(x + drop(self.attention(x, mask, positions, pos, cache)))
+        return self.norm_2(x + drop(self.mlp(x)))
 
     def norms(self) -> list[nn.Module]:
         """Every norm of the block, in the order they run."""
@@ -141,14 +146,16 @@ class Transformer(nn.Module):
                 f"(model.context_length={limit}); feed at most {limit} tokens"
             )
         pos = torch.arange(start, start + t, device=ids.device)
-        k_pos = torch.arange(0, start + t, device=ids.device)
+        k_pos = pos if start == 0 else torch.arange(0, start + t, device=ids.device)
         if attention_mask is not None and attention_mask.shape[1] != start + t:
             raise ValueError(f"attention_mask covers {attention_mask.shape[1]} tokens, expected {start + t}")
         masks = self.layer_masks(pos, k_pos, attention_mask)
         x = self.token_embedding(ids)
         if self.embedding_scale is not None:  # the factor rounded to the activations' dtype first, as Gemma does
             x = x * torch.tensor(self.embedding_scale, dtype=x.dtype, device=x.device)
-        x = self.drop(self.positions(x, pos))
+        x = self.positions(x, pos)
+        if self.drop.p:
+            x = self.drop(x)
         for block, mask in zip(self.blocks, masks):
             x = block(x, mask, self.positions, pos, cache)
         logits = self.unembedding(self.final_norm(x))

@@ -144,13 +144,16 @@ def test_tokenizer_json_fallback(tmp_path):
 
 
 def test_other_model_type_is_refused(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "falcon", "architectures": ["FalconForCausalLM"]}))
     assert not is_hf_gpt2_dir(tmp_path)
     with pytest.raises(ConfigError, match="model_type") as err:
         builder.load_model(tmp_path)
-    assert "llama" in str(err.value)
-    with pytest.raises(ConfigError, match="model_type"):
+    assert "falcon" in str(err.value) and "gpt2, llama, mistral" in str(err.value)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    assert not is_hf_gpt2_dir(tmp_path)
+    with pytest.raises(ConfigError, match="model_type") as err:  # the GPT-2 loader still takes GPT-2 only
         load_hf_gpt2(tmp_path)
+    assert "llama" in str(err.value)
 
 
 def test_unsupported_activation_is_refused(tmp_path):

@@ -157,8 +157,12 @@ class Config:
     models: list[str] | None = None
     # task=train: resume from a checkpoint file, or `last` for the newest last.ckpt
     ckpt_path: str | None = None
-    # task=sample / export / attend / heads: the checkpoint, export or GPT-2 directory to read
+    # task=sample / export / attend / heads: the checkpoint, export or Hugging Face directory (GPT-2, Llama, Mistral,
+    # Qwen2/3, GPT-NeoX/Pythia, Gemma/Gemma 2) to read
     checkpoint: str | None = None
+    # a Hugging Face checkpoint's weights: null = cast to float32, auto = keep its own (bf16 stays bf16), bfloat16, float16
+    dtype: str | None = None
+    format: str = "hydraformer"  # task=export: hydraformer (model.safetensors + hydraformer.json) | hf (Hugging Face)
     prompt: str = "The "  # task=sample
     max_new_tokens: int = 200
     temperature: float = 0.8

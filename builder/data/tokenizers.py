@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..errors import DataError
 
@@ -270,10 +270,33 @@ class GPT2BPETokenizer(_HFByteLevelTokenizer):
         return cls(_byte_level_pipeline(Tokenizer(model)))
 
 
-_TOKENIZER_CLASSES = {"char": CharTokenizer, "word": WordTokenizer, "byte_bpe": ByteBPETokenizer,
-                      "gpt2_bpe": GPT2BPETokenizer}
+class HFTokenizer(_HFByteLevelTokenizer):
+    """Any ``tokenizer.json`` the ``tokenizers`` library reads (Llama's, Qwen's, Gemma's, Pythia's ...), as it is."""
 
-AnyTokenizer = CharTokenizer | WordTokenizer | ByteBPETokenizer | GPT2BPETokenizer
+    kind = "hf_tokenizer"
+
+
+_TOKENIZER_CLASSES = {"char": CharTokenizer, "word": WordTokenizer, "byte_bpe": ByteBPETokenizer,
+                      "gpt2_bpe": GPT2BPETokenizer, "hf_tokenizer": HFTokenizer}
+
+AnyTokenizer = CharTokenizer | WordTokenizer | ByteBPETokenizer | GPT2BPETokenizer | HFTokenizer
+
+
+def as_tokenizer_json(tokenizer) -> str | None:
+    """``tokenizer`` as a ``tokenizer.json`` the ``tokenizers`` library (and transformers) reads with the same ids:
+    its own for BPE tokenizers, a WordLevel vocabulary split per character (char) or at whitespace (word)."""
+    if getattr(tokenizer, "hf_tokenizer", None) is not None:
+        return tokenizer.to_str()
+    if isinstance(tokenizer, CharTokenizer):
+        tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(tokenizer.chars)}, unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tok.decoder = decoders.Fuse()
+        return tok.to_str()
+    if isinstance(tokenizer, WordTokenizer):
+        tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(tokenizer.words)}, unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return tok.to_str()
+    return None
 
 
 def tokenizer_from_dict(d: dict) -> AnyTokenizer:
@@ -285,9 +308,9 @@ def tokenizer_from_dict(d: dict) -> AnyTokenizer:
         return CharTokenizer(d["chars"])
     if kind == "word":
         return WordTokenizer(d["words"])
-    if kind in ("byte_bpe", "gpt2_bpe"):
+    if kind in ("byte_bpe", "gpt2_bpe", "hf_tokenizer"):
         return _TOKENIZER_CLASSES[kind].from_str(d["tokenizer_json"])
-    raise ValueError(f"unknown tokenizer kind {kind!r}; accepted: {', '.join(ACCEPTED_TOKENIZERS)}")
+    raise ValueError(f"unknown tokenizer kind {kind!r}; accepted: {', '.join(_TOKENIZER_CLASSES)}")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -1,16 +1,24 @@
-"""task=export: a checkpoint as ``model.safetensors`` + ``hydraformer.json`` (model config and tokenizer)."""
+"""task=export: a checkpoint as ``model.safetensors`` + ``hydraformer.json`` (model config and tokenizer), or with
+``format=hf`` as a Hugging Face directory (``config.json`` + ``model.safetensors`` [+ ``tokenizer.json``]) that
+transformers' AutoModelForCausalLM loads: the family is the one whose table in builder/hf.py expresses the model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import export_model
+from ..checkpoint import EXPORT_FORMATS, export_model
 from ..errors import ConfigError
 
 
 def run(cfg, out_dir: Path) -> int:
     if not cfg.checkpoint:
         raise ConfigError("checkpoint", None, "a checkpoint path: python run.py task=export checkpoint=PATH")
-    dest = export_model(cfg.checkpoint, out_dir)
-    print(f"exported to {dest} (model.safetensors + hydraformer.json)")
+    fmt = cfg.get("format", "hydraformer")
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError("format", fmt, f"one of {', '.join(EXPORT_FORMATS)} (task=export format=hf writes a "
+                          "Hugging Face directory)")
+    dest = export_model(cfg.checkpoint, out_dir, fmt)
+    what = "config.json + model.safetensors, a Hugging Face directory" if fmt == "hf" else \
+        "model.safetensors + hydraformer.json"
+    print(f"exported to {dest} ({what})")
     return 0

@@ -35,7 +35,7 @@ def run(cfg, out_dir: Path) -> int:
     check_sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k)
     if not cfg.checkpoint:
         raise ConfigError("checkpoint", None, "a checkpoint path: python run.py task=sample checkpoint=PATH")
-    model, tokenizer, model_cfg = load_model(cfg.checkpoint)
+    model, tokenizer, model_cfg = load_model(cfg.checkpoint, dtype=cfg.get("dtype"))
     if tokenizer is None:
         raise ConfigError("checkpoint", cfg.checkpoint, "a checkpoint that carries its tokenizer")
     ids = torch.tensor([encode_prompt(tokenizer, cfg.prompt)])
