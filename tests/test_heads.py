@@ -260,6 +260,7 @@ def test_heads_task_on_a_tiny_adjectives_checkpoint(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((heads_dir / "heads.json").read_text())
     assert list(report["patterns"]) == list(PATTERNS) and report["skipped"] == {}
+    assert report["kv_heads"] == [[2, 2], [2, 2]] and "grouped-query" not in proc.stdout
     for pattern, entries in report["patterns"].items():
         assert sorted((e["layer"], e["head"]) for e in entries) == [(la, h) for la in range(2) for h in range(2)]
         assert all(0.0 <= e["score"] <= 1.0 for e in entries), pattern
@@ -267,7 +268,9 @@ def test_heads_task_on_a_tiny_adjectives_checkpoint(tmp_path):
         name = f"best_{pattern}_L{best['layer']}_H{best['head']}.png"
         assert report["drawings"][pattern] == name and (heads_dir / name).stat().st_size > 0
         # the printed table's first row for this pattern is this best head, with its score
-        assert re.search(rf"^{pattern} +1 +{best['layer']} +{best['head']} +{best['score']:.3f}$", proc.stdout, re.M)
+        # (multi-head attention: every head reads its own keys and values, "own" in the kv column)
+        assert best["kv_head"] == best["head"] and best["kv_shared"] == 1
+        assert re.search(rf"^{pattern} +1 +{best['layer']} +{best['head']} +own +{best['score']:.3f}$", proc.stdout, re.M)
     assert "heads.json" in proc.stdout
 
     proc = run_cli("task=heads", f"hydra.run.dir={tmp_path / 'none'}", env=env)

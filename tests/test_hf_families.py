@@ -261,3 +261,41 @@ def test_export_format_is_checked(tmp_path):
 
     with pytest.raises(ConfigError, match="hydraformer, hf"):
         export.run(OmegaConf.create({"checkpoint": str(tmp_path), "format": "onnx"}), tmp_path)
+
+
+def _with_tokenizer(directory):
+    """A small BPE tokenizer.json beside a saved model (its ids fit the model's vocabulary)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["the cat sat on the mat", "the dog sat on the log"] * 10,
+                            trainers.BpeTrainer(vocab_size=60, special_tokens=["<unk>"], show_progress=False))
+    assert tok.get_vocab_size() <= VOCAB
+    tok.save(str(directory / "tokenizer.json"))
+
+
+@pytest.mark.parametrize("family", list(SHAPES))
+def test_attend_and_heads_on_every_family_directory(family, tmp_path):
+    """task=attend (pictures and the page) and task=heads on a Hugging Face directory of each family: grouped
+    heads say which query heads share a key/value head, banded layers say their band."""
+    shape = SHAPES[family][0]
+    _hf_model(family, **shape).save_pretrained(tmp_path / "hf")
+    _with_tokenizer(tmp_path / "hf")
+    env = {"HYDRAFORMER_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    attend = run_cli("task=attend", f"checkpoint={tmp_path / 'hf'}", "text=the cat sat on the mat",
+                     f"hydra.run.dir={tmp_path / 'attend'}", env=env)
+    assert attend.returncode == 0, attend.stderr[-3000:]
+    page = (tmp_path / "attend" / "attention.html").read_text()
+    assert "<script" in page and list((tmp_path / "attend").glob("*.png"))
+    heads, kv = shape.get("num_attention_heads", shape.get("n_head")), shape.get("num_key_value_heads")
+    if kv is not None and kv != heads:
+        assert f"{heads} query heads share {kv} key/value heads" in attend.stdout
+    if family in ("mistral", "gemma2"):
+        assert f"band {shape['sliding_window']}" in attend.stdout
+    if family in ("llama", "gemma2", "gpt_neox"):
+        scored = run_cli("task=heads", f"checkpoint={tmp_path / 'hf'}", f"hydra.run.dir={tmp_path / 'heads'}", env=env)
+        assert scored.returncode == 0, scored.stderr[-3000:]
+        report = json.loads((tmp_path / "heads" / "heads.json").read_text())
+        n_layers = shape.get("num_hidden_layers", shape.get("n_layer"))
+        assert len(report["kv_heads"]) == n_layers and report["kv_heads"][0] == [heads, kv or heads]

@@ -3,6 +3,8 @@
     with builder.capture_attention(model) as rec:
         logits = model(ids)
     rec.pattern(0)   # [B, H, T, T]: rows sum to 1, masked cells exactly 0
+    rec.kv_head(0, 5)  # which key/value head query head 5 reads (grouped-query attention)
+    rec.mask_note(1)   # "causal", "band 4" (a sliding-window layer), "bidirectional", "prefix 16", ...
 
 While the context is open, each attention layer runs its explicit path (scores, mask,
 softmax, weighted sum) and hands the tensors to the recorder; outside it the fused
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,15 +27,26 @@ class AttentionRecord:
     mask ``[B|1, 1, Tq, Tk]`` (True = may attend, None = all), z (weighted values) and result
     (each head's update to the residual stream, ``[B, H, T, d_model]``)."""
 
-    def __init__(self):
+    def __init__(self, fields=None, layers=None):
+        """``fields`` / ``layers``: keep only these (default: every field of every layer) — a long input of a
+        big model records ``[B, H, T, d_model]`` per layer for ``result`` alone."""
+        self.fields = None if fields is None else frozenset(fields)
+        self.only = None if layers is None else frozenset(layers)
         self.layers: dict[int, dict[str, torch.Tensor]] = {}
+        self.heads: dict[int, tuple[int, int]] = {}  # layer -> (n_heads, n_kv_heads), from the modules
+        self.notes: dict[int, str] = {}  # layer -> its mask rule in words (mask_note), from the model's rule
 
     def __call__(self, layer: int, tensors: dict) -> None:
-        self.layers[layer] = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in tensors.items()}
+        if self.only is not None and layer not in self.only:
+            return
+        self.layers[layer] = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in tensors.items()
+                              if self.fields is None or k in self.fields}
 
     def get(self, field: str, layer: int):
         if layer not in self.layers:
             raise KeyError(f"layer {layer} was not recorded; recorded layers: {sorted(self.layers)}")
+        if field not in self.layers[layer]:
+            raise KeyError(f"{field!r} was not recorded; recorded fields: {sorted(self.layers[layer])}")
         return self.layers[layer][field]
 
     def q(self, layer: int):
@@ -63,15 +77,139 @@ class AttentionRecord:
     def n_layers(self) -> int:
         return len(self.layers)
 
+    def n_kv_heads(self, layer: int) -> int:
+        """Key/value heads of ``layer`` (equal to its query heads for multi-head attention)."""
+        return self.heads[layer][1] if layer in self.heads else self.pattern(layer).shape[1]
+
+    def kv_head(self, layer: int, head: int) -> int:
+        """The key/value head query head ``head`` of ``layer`` reads."""
+        n_heads, n_kv = self.heads.get(layer, (None, None))
+        return head if n_heads is None else kv_head_of(head, n_heads, n_kv)
+
+    def sharing(self, layer: int, head: int) -> list[int]:
+        """Every query head of ``layer`` that reads the same key/value head as ``head`` (itself included)."""
+        n_heads, n_kv = self.heads.get(layer, (None, None))
+        return [head] if n_heads is None else kv_group(self.kv_head(layer, head), n_heads, n_kv)
+
+    def mask_note(self, layer: int) -> str:
+        """The layer's mask in words: from the model's rule when known, else from the recorded grid."""
+        if layer in self.notes:
+            return self.notes[layer]
+        m = self.mask(layer)
+        return describe_grid(None if m is None else m[0, 0])
+
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
     return [block.attention for block in model.blocks]
 
 
+# ---------------------------------------------------------------------------------- grouped-query heads
+
+
+def kv_head_of(head: int, n_heads: int, n_kv_heads: int) -> int:
+    """Grouped-query attention: query head ``h`` reads key/value head ``h // (n_heads // n_kv_heads)``."""
+    if n_kv_heads <= 0 or n_heads % n_kv_heads:
+        raise ValueError(f"n_kv_heads={n_kv_heads} must divide n_heads={n_heads}")
+    return head // (n_heads // n_kv_heads)
+
+
+def kv_group(kv: int, n_heads: int, n_kv_heads: int) -> list[int]:
+    """The query heads that read key/value head ``kv``."""
+    size = n_heads // n_kv_heads
+    return list(range(kv * size, (kv + 1) * size))
+
+
+def head_layout(model: nn.Module) -> list[tuple[int, int] | None]:
+    """``(n_heads, n_kv_heads)`` of every layer (a module without ``n_kv_heads`` has one per query head; None for
+    one that does not say how many heads it has)."""
+    out = []
+    for m in attention_modules(model):
+        n_heads = getattr(m, "n_heads", None)
+        if n_heads is None:
+            out.append(None)
+            continue
+        out.append((int(n_heads), int(getattr(m, "n_kv_heads", None) or n_heads)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- masks
+
+
+def describe_grid(allowed) -> str:
+    """A ``[T, T]`` boolean grid (True = may attend; None = everything) in words:
+    ``"bidirectional"``, ``"causal"``, ``"band W"`` (a token sees itself and the W - 1 before it),
+    ``"prefix P"`` or ``"custom"``. A band at least as wide as the grid reads as causal."""
+    if allowed is None:
+        return "bidirectional"
+    if isinstance(allowed, torch.Tensor):
+        a = allowed.detach().to(torch.bool).cpu()
+    else:  # numpy (the page's masks): copied, so a read-only array is fine
+        a = torch.tensor(np.asarray(allowed, dtype=bool))
+    t = a.shape[-1]
+    if a.ndim != 2 or a.shape[0] != t:
+        return "custom"
+    if bool(a.all()):
+        return "bidirectional"
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    if torch.equal(a, causal):
+        return "causal"
+    width = int(a.sum(dim=1).max())
+    if torch.equal(a, causal & ~causal.tril(-width)):
+        return f"band {width}"
+    prefix = int(a[0].sum())
+    if torch.equal(a, causal | (torch.arange(t)[None, :] < prefix)):
+        return f"prefix {prefix}"
+    return "custom"
+
+
+def describe_rule(rule, layer: int) -> str | None:
+    """A model's mask rule (``components/masks.py``: ``allowed(q_pos, k_pos, layer)``) for ``layer`` in words,
+    probed on enough positions that a band shows as one even where a given input is shorter than it."""
+    allowed = getattr(rule, "allowed", None)
+    if allowed is None:
+        return None
+    for name in ("window", "prefix"):
+        value = getattr(rule, name, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            return None
+    n = max(int(getattr(rule, "window", 0) or 0), int(getattr(rule, "prefix", 0) or 0), 6) + 2
+    pos = torch.arange(n)
+    try:
+        grid = allowed(pos, pos, layer)
+    except Exception:  # an unusual rule: fall back to the recorded grid
+        return None
+    return describe_grid(grid)
+
+
+def mask_notes(model: nn.Module) -> list[str | None]:
+    """Every layer's mask rule in words (None where the model has no rule this can read)."""
+    rule = getattr(model, "mask", None)
+    seen: dict = {}
+    out = []
+    for i in range(len(model.blocks)):
+        try:
+            key = ("key", rule.layer_key(i)) if hasattr(rule, "layer_key") else ("layer", i)
+        except Exception:
+            key = ("layer", i)
+        if key not in seen:
+            seen[key] = describe_rule(rule, i)
+        out.append(seen[key])
+    return out
+
+
+# ------------------------------------------------------------------------------------------- capture
+
+
 @contextmanager
-def capture_attention(model: nn.Module):
-    record = AttentionRecord()
+def capture_attention(model: nn.Module, fields=None, layers=None):
+    """Record every attention layer while open (``fields`` / ``layers``: keep only these; see AttentionRecord)."""
+    record = AttentionRecord(fields, layers)
     modules = attention_modules(model)
+    for i, (layout, note) in enumerate(zip(head_layout(model), mask_notes(model))):
+        if layout is not None:
+            record.heads[getattr(modules[i], "layer", i)] = layout
+        if note is not None:
+            record.notes[getattr(modules[i], "layer", i)] = note
     previous = [m.recorder for m in modules]
     for m in modules:
         m.recorder = record
@@ -82,14 +220,16 @@ def capture_attention(model: nn.Module):
             m.recorder = prev
 
 
-def record(model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> AttentionRecord:
+def record(model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None, fields=None,
+           layers=None) -> AttentionRecord:
     """Run ``model`` once on ``ids`` (moved to the model's device) in eval mode without gradients, and return
-    what every head did; the model's training mode is put back, whatever happens."""
+    what every head did (``fields`` / ``layers``: only these); the model's training mode is put back, whatever
+    happens."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), capture_attention(model) as rec:
+        with torch.no_grad(), capture_attention(model, fields, layers) as rec:
             model(ids.to(device), attention_mask=None if attention_mask is None else attention_mask.to(device))
     finally:
         model.train(was_training)

@@ -3,6 +3,9 @@
     scores = score_heads(model, tokenizer)
     scores["adjective_noun"][0]   # {"layer": 1, "head": 2, "score": 0.83}: the best head first
 
+Every entry also says which key/value head the query head reads (``"kv_head"``) and how many query heads
+share it (``"kv_shared"``: 1 for multi-head attention; the table prints ``own``, else ``1 (heads 4-7)``).
+
 Patterns (each score is a mean attention weight, so it lies in [0, 1]):
 
 * ``adjective_noun``: from each noun that has adjectives, the attention mass on its own adjectives
@@ -25,7 +28,8 @@ import torch
 
 from ..data.adjectives import LECTURE_SENTENCE, generate
 from ..tables import table
-from .capture import head_mask, record
+from .capture import head_layout, head_mask, kv_head_of, record
+from .pictures import head_title
 from .plots import draw_head
 
 PATTERNS = ("adjective_noun", "previous_token", "first_token", "induction")
@@ -116,14 +120,27 @@ def random_ids(vocab_size: int, rows: int, length: int, seed: int, distinct: boo
 
 def _patterns(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Every head's pattern: ``[L, B, H, T, T]``."""
-    rec = record(model, ids, attention_mask)
+    rec = record(model, ids, attention_mask, fields=("pattern",))
     return torch.stack([rec.pattern(layer).float().cpu() for layer in range(len(model.blocks))])
 
 
-def _ranked(per_head: torch.Tensor) -> list[dict]:
-    """``[L, H]`` scores → entries sorted best first (ties: lower layer, then lower head)."""
-    entries = [{"layer": layer, "head": head, "score": float(per_head[layer, head])}
-               for layer in range(per_head.shape[0]) for head in range(per_head.shape[1])]
+def _kv_layouts(model, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+    """``(n_heads, n_kv_heads)`` per layer; a module that does not say has one key/value head per query head."""
+    layouts = head_layout(model)
+    return [(layouts[i] if i < len(layouts) and layouts[i] is not None else (n_heads, n_heads)) for i in range(n_layers)]
+
+
+def _ranked(per_head: torch.Tensor, layouts: list[tuple[int, int]] | None = None) -> list[dict]:
+    """``[L, H]`` scores → entries sorted best first (ties: lower layer, then lower head), each with the key/value
+    head it reads and how many query heads share that one."""
+    n_layers, n_heads = per_head.shape
+    layouts = layouts or [(n_heads, n_heads)] * n_layers
+    entries = []
+    for layer in range(n_layers):
+        total, n_kv = layouts[layer]
+        for head in range(n_heads):
+            entries.append({"layer": layer, "head": head, "score": float(per_head[layer, head]),
+                            "kv_head": kv_head_of(head, total, n_kv), "kv_shared": total // n_kv})
     return sorted(entries, key=lambda e: (-e["score"], e["layer"], e["head"]))
 
 
@@ -146,6 +163,12 @@ def score_heads(model, tokenizer, probes: Sequence | None = None) -> dict:
     vocab = _vocab_size(model)
     out: dict = {}
     skipped: dict[str, str] = {}
+    layouts = None  # known once a pattern is recorded: (n_heads, n_kv_heads) per layer
+
+    def ranked(per_head: torch.Tensor) -> list[dict]:
+        nonlocal layouts
+        layouts = layouts or _kv_layouts(model, per_head.shape[0], per_head.shape[1])
+        return _ranked(per_head, layouts)
 
     sentences = list(probes) if probes is not None else generate(N_PROBE_SENTENCES, seed=PROBE_SEED)
     batch = adjective_probes(tokenizer, sentences, context)
@@ -156,7 +179,7 @@ def score_heads(model, tokenizer, probes: Sequence | None = None) -> dict:
         ids, attention_mask, targets, nouns = batch
         p = _patterns(model, ids, attention_mask)  # [L, B, H, T, T]
         mass = (p * targets[None, :, None]).sum(-1)  # [L, B, H, T]
-        out["adjective_noun"] = _ranked((mass * nouns[None, :, None]).sum(dim=(1, 3)) / nouns.sum())
+        out["adjective_noun"] = ranked((mass * nouns[None, :, None]).sum(dim=(1, 3)) / nouns.sum())
 
     length = min(RANDOM_LENGTH, context or RANDOM_LENGTH)
     if length < 2:
@@ -164,8 +187,8 @@ def score_heads(model, tokenizer, probes: Sequence | None = None) -> dict:
             out[name], skipped[name] = [], f"model.context_length={context}: no query has a previous token"
     else:
         p = _patterns(model, random_ids(vocab, RANDOM_ROWS, length, PROBE_SEED))
-        out["previous_token"] = _ranked(_diagonal_mean(p, offset=1, start=1))
-        out["first_token"] = _ranked(p[..., 1:, 0].mean(dim=(1, 3)))
+        out["previous_token"] = ranked(_diagonal_mean(p, offset=1, start=1))
+        out["first_token"] = ranked(p[..., 1:, 0].mean(dim=(1, 3)))
 
     half = min(INDUCTION_HALF, (context or 2 * INDUCTION_HALF) // 2)
     if half < 2:
@@ -174,7 +197,7 @@ def score_heads(model, tokenizer, probes: Sequence | None = None) -> dict:
         r = random_ids(vocab, RANDOM_ROWS, half, PROBE_SEED + 1, distinct=True)
         p = _patterns(model, torch.cat([r, r], dim=1))
         # query t in [half, 2 half) looks at t - half + 1: the diagonal at offset half - 1
-        out["induction"] = _ranked(_diagonal_mean(p, offset=half - 1, start=half))
+        out["induction"] = ranked(_diagonal_mean(p, offset=half - 1, start=half))
 
     out["skipped"] = skipped
     return {name: out[name] for name in (*PATTERNS, "skipped")}
@@ -213,24 +236,35 @@ def draw_best(model, tokenizer, scores: dict, out_dir: Path) -> dict[str, str]:
     for pattern, (best,) in best_heads(scores, 1).items():
         ids = drawing_probe(pattern, model, tokenizer)
         layer, head = best["layer"], best["head"]
-        rec = record(model, ids)
+        rec = record(model, ids, fields=("pattern", "mask"), layers=[layer])
         tokens = ([tokenizer.decode([int(i)]) for i in ids[0]] if tokenizer is not None
                   else [str(int(i)) for i in ids[0]])
         name = f"best_{pattern}_L{layer}_H{head}.png"
         draw_head(Path(out_dir) / name, tokens, rec.pattern(layer)[0, head].float().cpu(),
                   head_mask(rec, layer, ids.shape[1]),
-                  f"{pattern}: layer {layer} head {head} (score {best['score']:.3f})")
+                  f"{pattern}: {head_title(rec, layer, head)} (score {best['score']:.3f})")
         drawn[pattern] = name
     return drawn
 
 
+def _kv_cell(e: dict) -> str:
+    """``own`` (multi-head attention) or ``1 (heads 4-7)``: the key/value head and the query heads sharing it."""
+    if "kv_head" not in e:
+        return ""
+    shared, kv = e.get("kv_shared", 1), e["kv_head"]
+    return f"{kv} (heads {kv * shared}-{(kv + 1) * shared - 1})" if shared > 1 else "own"
+
+
 def format_table(scores: dict, k: int = 3) -> str:
-    """The ``k`` best heads of each pattern as a text table (a skipped pattern says why)."""
-    rows = []
+    """The ``k`` best heads of each pattern as a text table (a skipped pattern says why); the kv column says
+    which key/value head each query head reads and who shares it (``own`` for multi-head attention)."""
+    rows, reasons = [], []
     for pattern in PATTERNS:
         entries = scores.get(pattern) or []
         if not entries:
-            reason = scores.get("skipped", {}).get(pattern, "no heads")
-            rows.append([pattern, "skipped", "", "", reason])
-        rows += [[pattern, rank, e["layer"], e["head"], f"{e['score']:.3f}"] for rank, e in enumerate(entries[:k], 1)]
-    return table(["pattern", "rank", "layer", "head", "score"], rows, align="lrrrr")
+            rows.append([pattern, "skipped", "", "", "", ""])
+            reasons.append(f"{pattern} skipped: {scores.get('skipped', {}).get(pattern, 'no heads')}")
+        rows += [[pattern, rank, e["layer"], e["head"], _kv_cell(e), f"{e['score']:.3f}"]
+                 for rank, e in enumerate(entries[:k], 1)]
+    text = table(["pattern", "rank", "layer", "head", "kv", "score"], rows, align="lrrrlr")
+    return "\n".join([text, *reasons])  # the reasons below the table, so the score column stays narrow

@@ -53,8 +53,7 @@ def masked_hatching(masked: np.ndarray):
 def _heatmap(ax, grid, mask, tokens, cmap="Blues", vmin=None, vmax=None, values=False, fontsize=7, axis_labels=True):
     grid = np.asarray(grid, dtype=float)
     shown = np.ma.masked_where(~mask, grid) if mask is not None else np.ma.masked_invalid(grid)
-    colormap = matplotlib.colormaps[cmap].copy()
-    colormap.set_bad(MASKED_COLOR)
+    colormap = matplotlib.colormaps[cmap].with_extremes(bad=MASKED_COLOR)
     im = ax.imshow(shown, cmap=colormap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="equal")
     t = grid.shape[0]
     if mask is not None and (~mask).any():
@@ -96,8 +95,12 @@ def draw_head(path, tokens: list[str], pattern, mask=None, title: str = "") -> P
 
 
 def draw_patterns(path, tokens: list[str], patterns, masks=None, layer_ids=None, head_ids=None,
-                  title: str = "") -> Path:
-    """A grid, layers × heads, each cell one head's pattern ``patterns[l, h]`` with tokens on both axes."""
+                  title: str = "", kv_heads=None, layer_notes=None) -> Path:
+    """A grid, layers × heads, each cell one head's pattern ``patterns[l, h]`` with tokens on both axes.
+
+    ``kv_heads[l][h]``: the key/value head each drawn head reads (grouped-query attention), shown in its title
+    (``L0 H5 · kv1``); ``layer_notes[l]``: the layer's mask in words, shown when it is not plain causal
+    (``L1 H0 · band 4``)."""
     patterns = _np(patterns)
     n_layers, n_heads, t, _ = patterns.shape
     masks = None if masks is None else _np(masks).astype(bool).reshape(n_layers, t, t)
@@ -105,19 +108,26 @@ def draw_patterns(path, tokens: list[str], patterns, masks=None, layer_ids=None,
     head_ids = list(head_ids) if head_ids is not None else list(range(n_heads))
     labelled = t <= 24
     cell = 2.6 if labelled else 1.8
-    fig = Figure(figsize=(cell * n_heads + 1, cell * n_layers + 1))
+    lines = (title.count("\n") + 1 if title else 0) + 1  # the suptitle's lines: room for each, and for each row's titles
+    fig = Figure(figsize=(cell * n_heads + 1, (cell + 0.3) * n_layers + 0.5 + 0.2 * lines))
     axes = fig.subplots(n_layers, n_heads, squeeze=False)
     for i in range(n_layers):
         for j in range(n_heads):
             ax = axes[i][j]
             _heatmap(ax, patterns[i, j], None if masks is None else masks[i], tokens if labelled else None,
                      vmin=0, vmax=1, fontsize=5, axis_labels=False)
-            ax.set_title(f"L{layer_ids[i]} H{head_ids[j]}", fontsize=8)
+            name = f"L{layer_ids[i]} H{head_ids[j]}"
+            if kv_heads is not None:
+                name += f" · kv{kv_heads[i][j]}"
+            if layer_notes is not None and layer_notes[i] not in ("", "causal"):
+                name += f" · {layer_notes[i]}"
+            ax.set_title(name, fontsize=8)
     fig.suptitle((title + "\n" if title else "") + "rows: queries, columns: keys; grey hatched = masked", fontsize=9)
     return _save(fig, path)
 
 
-def draw_steps(path, tokens: list[str], scores, mask, pattern, update_norms, title: str = "") -> Path:
+def draw_steps(path, tokens: list[str], scores, mask, pattern, update_norms, title: str = "",
+               score_label: str = "query · key / sqrt(d_head)") -> Path:
     """The lecture's steps for one head: q·k scores → after the mask → softmax → size of each token's update."""
     scores, pattern, update_norms = _np(scores), _np(pattern), _np(update_norms)
     mask = None if mask is None else _np(mask).astype(bool)
@@ -127,7 +137,7 @@ def draw_steps(path, tokens: list[str], scores, mask, pattern, update_norms, tit
     axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
     lim = float(np.abs(scores).max()) or 1.0
     _heatmap(axes[0], scores, None, tokens, cmap="RdBu_r", vmin=-lim, vmax=lim, values=t <= 10, fontsize=6)
-    axes[0].set_title("1. query · key / sqrt(d_head)", fontsize=9)
+    axes[0].set_title(f"1. {score_label}", fontsize=9)
     _heatmap(axes[1], scores, mask, tokens, cmap="RdBu_r", vmin=-lim, vmax=lim, values=t <= 10, fontsize=6)
     axes[1].set_title("2. after the mask (grey = -inf)", fontsize=9)
     _heatmap(axes[2], pattern, mask, tokens, vmin=0, vmax=1, values=t <= 10, fontsize=6)

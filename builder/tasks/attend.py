@@ -1,4 +1,4 @@
-"""task=attend: every picture of the lecture for one phrase, from a checkpoint, an export or a GPT-2 directory."""
+"""task=attend: every picture of the lecture for one phrase, from a checkpoint, an export or a Hugging Face directory."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from ..interp.pictures import write_attention_pictures
 
 def run(cfg, out_dir: Path) -> int:
     if not cfg.checkpoint:
-        raise ConfigError("checkpoint", None, "a checkpoint, export or GPT-2 directory: "
+        raise ConfigError("checkpoint", None, "a checkpoint, export or Hugging Face directory: "
                           "python run.py task=attend checkpoint=PATH text='...'")
-    model, tokenizer, _ = load_model(cfg.checkpoint)
+    model, tokenizer, _ = load_model(cfg.checkpoint, dtype=cfg.get("dtype"))
     files = write_attention_pictures(model, tokenizer, cfg.text, out_dir, cfg.layers, cfg.heads,
                                      title=Path(str(cfg.checkpoint)).name)
     print(f"attention of {len(model.blocks)} layers x {model.blocks[0].attention.n_heads} heads on {cfg.text!r}:")
+    for line in files["summary"]:
+        print(f"  {line}")
     print(f"  {files['patterns']}\n  {files['steps']}\n  {files['html']}")
     for p in files["heads"]:
         print(f"  {p}")

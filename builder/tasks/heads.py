@@ -8,6 +8,7 @@ from pathlib import Path
 from ..checkpoint import load_model
 from ..errors import ConfigError
 from ..files import atomic_write
+from ..interp.capture import head_layout
 from ..interp.heads import PATTERNS, draw_best, format_table, score_heads
 
 
@@ -16,13 +17,18 @@ def run(cfg, out_dir: Path) -> int:
     if checkpoint in (None, ""):
         raise ConfigError("checkpoint", checkpoint, "a checkpoint written by task=train or an export directory "
                           "(checkpoint=outputs/.../checkpoints/last.ckpt)")
-    model, tokenizer, _ = load_model(checkpoint)
+    model, tokenizer, _ = load_model(checkpoint, dtype=cfg.get("dtype"))
     scores = score_heads(model, tokenizer)
     out_dir = Path(out_dir)
     drawings = draw_best(model, tokenizer, scores, out_dir)
+    layouts = head_layout(model)  # (n_heads, n_kv_heads) per layer
     report = {"checkpoint": str(checkpoint), "patterns": {p: scores[p] for p in PATTERNS},
-              "skipped": scores["skipped"], "drawings": drawings}
+              "skipped": scores["skipped"], "drawings": drawings, "kv_heads": [pair and list(pair) for pair in layouts]}
     atomic_write(out_dir / "heads.json", json.dumps(report, indent=2) + "\n")
+    for n_heads, n_kv in sorted({pair for pair in layouts if pair}):
+        if n_kv != n_heads:
+            print(f"grouped-query attention: {n_heads} query heads share {n_kv} key/value heads "
+                  f"({n_heads // n_kv} each); the kv column says which one each head reads, and who shares it\n")
     print(format_table(scores))
     print(f"\n  scores   : {out_dir / 'heads.json'}")
     for pattern, name in drawings.items():

@@ -1,25 +1,48 @@
 (function () {
 "use strict";
 const $ = (id) => document.getElementById(id);
-try {
-const D = JSON.parse($("hf-data").textContent);
-const T = D.T, L = D.L, H = D.H, Q = D.q, TT = T * T;
-const SMALL = T <= 64;
-const st = { l: 0, h: 0, view: "single", hover: -1, pinned: false, scale: "linear" };
-
-// ---- data -------------------------------------------------------------------------------
+function fail(err) {
+  const info = $("info");
+  if (info) { info.className = "info error"; info.textContent = "This page could not be drawn: " + err; }
+  document.body.dataset.ready = "error";
+}
+// ---- data: every blob is deflated, then base64; the browser inflates them before the first draw ----------
 function bytesOf(b64) {
   const bin = atob(b64), n = bin.length, out = new Uint8Array(n);
   for (let i = 0; i < n; i++) out[i] = bin.charCodeAt(i);
   return out;
 }
+async function inflate(b64) {
+  if (b64 === null) return null;
+  const stream = new Blob([bytesOf(b64)]).stream().pipeThrough(new DecompressionStream("deflate"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+let D;
+const times = { script: performance.now() };  // ms since navigation: when each loading step ended
+try {
+  D = JSON.parse($("hf-data").textContent);
+  times.parsed = performance.now();
+} catch (err) { fail(err); throw err; }
+Promise.all([Promise.all(D.keep.map(inflate)), Promise.all(D.w.map((heads) => Promise.all(heads.map(inflate))))])
+  .then(([keepBits, planes]) => {
+    D.keep = keepBits; D.w = planes;
+    times.inflated = performance.now();
+    try { main(); } catch (err) { fail(err); throw err; }
+    times.drawn = performance.now();
+  }, (err) => { fail(err); throw err; });
+
+function main() {
+const T = D.T, L = D.L, H = D.H, Q = D.q, TT = T * T;
+const SMALL = T <= 64;
+const st = { l: 0, h: 0, view: "single", hover: -1, pinned: false, scale: "linear" };
+
 const keeps = new Array(L).fill(null);
 function keepOf(l) {
   if (keeps[l]) return keeps[l];
   const k = new Uint8Array(TT);
   if (D.keep[l] === null) k.fill(1);
   else {
-    const b = bytesOf(D.keep[l]);
+    const b = D.keep[l];
     for (let i = 0; i < b.length; i++) {
       const v = b[i], base = i << 3;
       if (v === 0) continue;
@@ -35,11 +58,12 @@ function matrix(l, h) {
   const key = l * H + h;
   let m = cache.get(key);
   if (m) { cache.delete(key); cache.set(key, m); return m; }
-  const keep = keepOf(l), b = bytesOf(D.w[l][h]), off = D.masked ? -1 : 0;
+  // the stored cells' low bytes, then their high bytes
+  const keep = keepOf(l), b = D.w[l][h], n = b.length >> 1, off = D.masked ? -1 : 0;
   m = new Float32Array(TT);
   let j = 0;
   for (let i = 0; i < TT; i++) {
-    if (keep[i]) { m[i] = (b[j] | (b[j + 1] << 8)) / Q; j += 2; } else m[i] = off;
+    if (keep[i]) { m[i] = (b[j] | (b[n + j] << 8)) / Q; j++; } else m[i] = off;
   }
   cache.set(key, m);
   while (cache.size > CAP) cache.delete(cache.keys().next().value);
@@ -64,7 +88,36 @@ const shown = (t) => (t === "" ? "\u2205" : t.replace(/\n/g, "\u21b5").replace(/
 const quoted = (i) => JSON.stringify(D.tokens[i]);
 const label = (i) => { const s = shown(D.tokens[i]); return s.length > 14 ? s.slice(0, 13) + "\u2026" : s; };
 const fmt = (v) => v.toFixed(3);
-const where = () => "layer " + D.layer_ids[st.l] + ", head " + D.head_ids[st.h];
+
+// ---- grouped-query heads, mask notes ------------------------------------------------------
+// D.groups[l] = [n_heads, n_kv_heads] of the model's layer (null: every head has its own keys and values)
+const groupOf = (l) => (D.groups && D.groups[l]) || null;
+const grouped = (l) => { const g = groupOf(l); return g !== null && g[1] < g[0]; };
+function kvOf(l, h) {  // the key/value head that shown head h (an index) reads
+  const g = groupOf(l), id = D.head_ids[h];
+  return g === null ? id : Math.floor(id / (g[0] / g[1]));
+}
+function mates(l, h) {  // the model's query heads (ids) that read the same keys and values as head h
+  const g = groupOf(l);
+  if (g === null) return [D.head_ids[h]];
+  const size = g[0] / g[1], kv = kvOf(l, h), out = [];
+  for (let i = kv * size; i < (kv + 1) * size; i++) out.push(i);
+  return out;
+}
+const noteOf = (l) => (D.notes && D.notes[l]) || "";
+const KV_HUES = [210, 28, 140, 280, 0, 175, 50, 320];
+const kvColour = (kv) => "hsl(" + KV_HUES[kv % KV_HUES.length] + ", 70%, " + (kv >= KV_HUES.length ? 35 : 50) + "%)";
+function noteText(l) {
+  const n = noteOf(l), band = /^band (\d+)$/.exec(n), prefix = /^prefix (\d+)$/.exec(n);
+  if (band) return "sliding window: each token sees itself and the " + (+band[1] - 1) + " tokens before it (band " +
+    band[1] + "); grey cells lie outside the band";
+  if (prefix) return "prefix: the first " + prefix[1] + " tokens see each other both ways, later ones are causal";
+  if (n === "causal") return "causal: each token sees itself and every token before it";
+  if (n === "bidirectional") return "no mask: every token sees every token";
+  return n;
+}
+const kvTag = (l, h) => (grouped(l) ? " \u00b7 kv " + kvOf(l, h) : "");
+const where = () => "layer " + D.layer_ids[st.l] + ", head " + D.head_ids[st.h] + kvTag(st.l, st.h);
 
 // ---- controls ---------------------------------------------------------------------------
 $("title").textContent = D.title || "Attention patterns";
@@ -78,6 +131,38 @@ function fillSelect(sel, ids, word) {
 }
 fillSelect($("layer"), D.layer_ids, "layer");
 fillSelect($("head"), D.head_ids, "head");
+function labelOptions() {  // "layer 1 · band 4"; "head 5 · kv 1" (the heads of the layer shown)
+  [...$("layer").options].forEach((o, l) => {
+    const n = noteOf(l);
+    o.textContent = "layer " + D.layer_ids[l] + (n && n !== "causal" ? " \u00b7 " + n : "");
+  });
+  [...$("head").options].forEach((o, h) => { o.textContent = "head " + D.head_ids[h] + kvTag(st.l, h); });
+}
+const kvLine = $("kv");
+function showGroups() {
+  kvLine.textContent = "";
+  const add = (text, cls, tag) => { const s = document.createElement(tag || "span"); s.textContent = text;
+    if (cls) s.className = cls; kvLine.appendChild(s); return s; };
+  const g = groupOf(st.l), id = D.head_ids[st.h];
+  if (!grouped(st.l)) add("head " + id + ": kv = own" + (g ? " (multi-head attention: " + g[0] + " heads, each with its own keys and values)" : ""));
+  else {
+    const kv = kvOf(st.l, st.h), dot = add("", "kvdot");
+    dot.style.background = kvColour(kv);
+    add("head " + id + " reads key/value head " + kv + ", shared by query heads ");
+    mates(st.l, st.h).forEach((m, i) => {
+      if (i) add(", ");
+      // a head of this page that shares the keys and values: a button that shows it
+      const shown = D.head_ids.indexOf(m), link = shown >= 0 && m !== id;
+      const b = add(String(m), "mate" + (m === id ? " self" : "") + (shown < 0 ? " absent" : ""), link ? "button" : "span");
+      b.dataset.head = String(m);
+      if (link) { b.type = "button"; b.title = "show head " + m; b.addEventListener("click", () => select(st.l, shown)); }
+    });
+    add(" \u00b7 " + g[0] + " query heads share " + g[1] + " key/value head" + (g[1] > 1 ? "s" : "") + " (" +
+        g[0] / g[1] + " each)");
+  }
+  const n = noteText(st.l);
+  if (n) add(" \u00b7 layer " + D.layer_ids[st.l] + ": " + n, "note");
+}
 $("layer").addEventListener("change", (e) => select(+e.target.value, st.h));
 $("head").addEventListener("change", (e) => select(st.l, +e.target.value));
 $("scale").addEventListener("change", (e) => { st.scale = e.target.value; gridKey = ""; redraw(); });
@@ -319,28 +404,41 @@ function drawGrid() {
     for (let h = 0; h < H; h++) {
       const fig = document.createElement("figure"), cv = document.createElement("canvas");
       const cap = document.createElement("figcaption");
-      fig.dataset.head = String(h);
+      fig.dataset.head = String(h); fig.dataset.id = String(D.head_ids[h]);
       cv.width = S; cv.height = S;
       cv.style.imageRendering = S < 140 ? "pixelated" : "auto";
       const ctx = cv.getContext("2d"), img = ctx.createImageData(S, S);
       pixels(img, pooled(matrix(st.l, h), S), S);
       ctx.putImageData(img, 0, 0);
-      cap.textContent = "layer " + D.layer_ids[st.l] + " \u00b7 head " + D.head_ids[h];
+      cap.textContent = "layer " + D.layer_ids[st.l] + " \u00b7 head " + D.head_ids[h] + kvTag(st.l, h);
+      if (grouped(st.l)) {
+        const dot = document.createElement("span");
+        dot.className = "kvdot"; dot.style.background = kvColour(kvOf(st.l, h));
+        cap.prepend(dot);
+        fig.dataset.kv = String(kvOf(st.l, h));
+      }
       fig.appendChild(cv); fig.appendChild(cap);
       fig.addEventListener("click", () => { select(st.l, h); setView("single"); });
       grid.appendChild(fig);
     }
   }
-  for (const fig of grid.children) fig.classList.toggle("current", +fig.dataset.head === st.h);
+  const kv = grouped(st.l) ? String(kvOf(st.l, st.h)) : null;
+  for (const fig of grid.children) {
+    fig.classList.toggle("current", +fig.dataset.head === st.h);
+    fig.classList.toggle("kvmate", kv !== null && fig.dataset.kv === kv && +fig.dataset.head !== st.h);
+  }
 }
 
 // ---- state changes ----------------------------------------------------------------------
 function redraw() {
   if (st.view === "single") drawBig(); else drawGrid();
+  showGroups();
   hover(st.hover);
 }
 function select(l, h) {
+  const layerChanged = (l | 0) !== st.l;
   st.l = Math.max(0, Math.min(L - 1, l | 0)); st.h = Math.max(0, Math.min(H - 1, h | 0));
+  if (layerChanged) labelOptions();
   $("layer").value = String(st.l); $("head").value = String(st.h);
   redraw();
 }
@@ -358,6 +456,7 @@ function find(ids, id, what) {
 }
 
 layoutBig();
+labelOptions();
 setView("single");
 defaultInfo();
 window.__hf = {
@@ -374,13 +473,10 @@ window.__hf = {
     const r = over.getBoundingClientRect();
     return { x: r.left + G.ml + (k + 0.5) * G.cs, y: r.top + G.mt + (q + 0.5) * G.cs, size: G.cs };
   },
-  state: () => ({ layer: D.layer_ids[st.l], head: D.head_ids[st.h], view: st.view, hover: st.hover, T: T, L: L, H: H }),
+  times: () => Object.assign({}, times),
+  state: () => ({ layer: D.layer_ids[st.l], head: D.head_ids[st.h], view: st.view, hover: st.hover, T: T, L: L, H: H,
+                  kv: kvOf(st.l, st.h), mates: mates(st.l, st.h), grouped: grouped(st.l), note: noteOf(st.l) }),
 };
 document.body.dataset.ready = "1";
-} catch (err) {
-  const info = $("info");
-  if (info) { info.className = "info error"; info.textContent = "This page could not be drawn: " + err; }
-  document.body.dataset.ready = "error";
-  throw err;
 }
 })();
