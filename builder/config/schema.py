@@ -144,7 +144,7 @@ CALLBACK_SCHEMAS = {
 
 @dataclass
 class Config:
-    task: str = "train"  # train | report | sample | export | attend | heads | compare
+    task: str = "train"  # train | report | sample | export | attend | heads | lens | compare
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -167,7 +167,7 @@ class Config:
     max_new_tokens: int = 200
     temperature: float = 0.8
     top_k: int | None = 40
-    text: str = LECTURE_PHRASE  # task=attend: the phrase to look at
+    text: str = LECTURE_PHRASE  # task=attend / lens: the phrase to look at
     layers: list[int] | None = None  # task=attend: e.g. [0,3]; None = all
     heads: list[int] | None = None  # task=attend: e.g. [1,2]; None = all
     # task=compare: a sweep directory (multirun/<date>/<time>) or `last` -> sweep.md|csv|png

@@ -157,3 +157,59 @@ def _save(fig: Figure, path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     return path
+
+
+def lens_figure(tokens: list[str], guesses: list[list[str]], probs, labels: list[str], prediction: list[str],
+                title: str = "") -> Figure:
+    """The logit lens: rows are the residual stream after the embedding and after each layer, columns the
+    positions; each cell names the stream's top next-token guess, coloured by its probability. The bottom row is
+    the model's own prediction (the last layer's row must match it)."""
+    probs = np.asarray(probs, dtype=float)  # [streams, T]
+    n, t = probs.shape
+    width = min(28, max(6, 0.9 * t + 3))
+    fig = Figure(figsize=(width, 0.45 * (n + 1) + 2.2))
+    ax = fig.subplots()
+    im = ax.imshow(probs, cmap="Greens", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    for i in range(n):
+        for j in range(t):
+            ax.text(j, i, token_labels([guesses[i][j]])[0], ha="center", va="center", fontsize=7,
+                    color="white" if probs[i, j] > 0.6 else "black")
+    for j in range(t):
+        ax.text(j, n, token_labels([prediction[j]])[0], ha="center", va="center", fontsize=7, fontweight="bold")
+    ax.set_ylim(n + 0.5, -0.5)
+    ax.set_yticks(range(n + 1), labels + ["model's prediction"], fontsize=8)
+    ax.set_xticks(range(t), token_labels(tokens), rotation=90, fontsize=8)
+    ax.set_xlabel("position (the token read; each cell guesses the token after it)", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="probability of the top guess")
+    ax.set_title((title + "\n" if title else "") + "top next-token guess read off the residual stream after each "
+                 "layer (final norm + unembedding)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def attribution_figure(parts: dict[str, float], logit: float, token: str, position_token: str, top: int = 20) -> Figure:
+    """Direct attribution: the ``top`` largest shares of a logit (heads, MLPs, embeddings, biases), signed bars,
+    with the sum of every part beside the model's logit."""
+    ranked = sorted(parts.items(), key=lambda kv: -abs(kv[1]))
+    shown = ranked[:top]
+    rest = sum(v for _, v in ranked[top:])
+    names = [k for k, _ in shown] + ([f"{len(ranked) - top} other parts"] if len(ranked) > top else [])
+    values = [v for _, v in shown] + ([rest] if len(ranked) > top else [])
+    fig = Figure(figsize=(7.5, 0.3 * len(names) + 1.8))
+    ax = fig.subplots()
+    ax.barh(range(len(names)), values, color=["#2b8cbe" if v >= 0 else "#e34a33" for v in values])
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.set_xlabel("share of the logit (through the final norm, its scale frozen, and the unembedding row)", fontsize=8)
+    ax.set_title(f"who wrote the logit of {token_labels([token])[0]!r} after {token_labels([position_token])[0]!r}: "
+                 f"parts sum to {sum(parts.values()):.3f}, the model's logit is {logit:.3f}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, path) -> Path:
+    """Write a Figure as a PNG (atomically)."""
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    return Path(path)
