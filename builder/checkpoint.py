@@ -174,6 +174,13 @@ def export_model(checkpoint, out_dir: Path, format: str = "hydraformer") -> Path
     dest = Path(out_dir) / "export"
     if format == "hf":
         return save_hf(model, tokenizer, model_cfg, dest, "checkpoint", checkpoint)
+    return save_export(model, tokenizer, model_cfg, dest)
+
+
+def save_export(model, tokenizer, model_cfg, dest) -> Path:
+    """Write a model (``build_model``'s, with its plain model config and tokenizer or None) as an export directory
+    ``dest``: ``model.safetensors`` and ``hydraformer.json``, which ``load_model`` reads back."""
+    dest = Path(dest)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if model.tie_embeddings:
         state.pop("unembedding.weight", None)  # the same tensor as token_embedding.weight

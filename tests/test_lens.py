@@ -62,8 +62,7 @@ def test_lens_task_on_an_export(tmp_path, cli):
     """task=lens through run.py: lens.png, attribution.png and lens.json, whose numbers agree with the model."""
     import json
 
-    from safetensors.torch import save_file
-
+    from builder.checkpoint import save_export
     from builder.config.plain import to_plain
     from builder.data.tokenizers import CharTokenizer
 
@@ -71,13 +70,7 @@ def test_lens_task_on_an_export(tmp_path, cli):
     tok = CharTokenizer.from_text(text)
     cfg = builder.compose(SMALL + [f"model.vocab_size={tok.vocab_size}"]).model
     torch.manual_seed(0)
-    model = builder.build_model(cfg)
-    export = tmp_path / "export"
-    export.mkdir()
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "unembedding.weight"}
-    save_file(state, str(export / "model.safetensors"))
-    (export / "hydraformer.json").write_text(json.dumps({"format": "hydraformer-export-v1", "model": to_plain(cfg),
-                                                         "tokenizer": tok.to_dict()}))
+    export = save_export(builder.build_model(cfg), tok, to_plain(cfg), tmp_path / "export")
     proc = cli("task=lens", f"checkpoint={export}", "text=the cat sat", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads((tmp_path / "run" / "lens.json").read_text())

@@ -144,7 +144,7 @@ CALLBACK_SCHEMAS = {
 
 @dataclass
 class Config:
-    task: str = "train"  # train | report | sample | export | attend | heads | lens | compare
+    task: str = "train"  # train | report | sample | export | attend | heads | lens | embed | compare
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -170,6 +170,12 @@ class Config:
     text: str = LECTURE_PHRASE  # task=attend / lens: the phrase to look at
     layers: list[int] | None = None  # task=attend: e.g. [0,3]; None = all
     heads: list[int] | None = None  # task=attend: e.g. [1,2]; None = all
+    # task=embed: nearest tokens of each word, a direction from word pairs, a 2-D map of groups (each optional)
+    words: list[str] | None = None  # e.g. [cat,fluffy]
+    pairs: list[list[str]] | None = None  # e.g. [[man,woman],[king,queen]]
+    groups: Any = None  # {name: [words]}, e.g. {nouns: [cat,dog], adjectives: [fluffy,blue]} (Any: Hydra merges a dict in)
+    space: str = "embedding"  # embedding | unembedding (the same matrix when tied)
+    neighbours: int = 8  # task=embed: nearest tokens shown per word
     # task=compare: a sweep directory (multirun/<date>/<time>) or `last` -> sweep.md|csv|png
     sweep_dir: str | None = None
 

@@ -213,3 +213,57 @@ def save_figure(fig: Figure, path) -> Path:
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     return Path(path)
+
+
+def nearest_figure(neighbours: dict[str, list[tuple[str, float]]], space: str = "embedding") -> Figure:
+    """For each word, its nearest tokens by cosine similarity, as bars."""
+    words = list(neighbours)
+    k = max((len(v) for v in neighbours.values()), default=1)
+    fig = Figure(figsize=(3.2 * max(1, len(words)), 0.32 * k + 1.6))
+    axes = fig.subplots(1, max(1, len(words)), squeeze=False)[0]
+    for ax, word in zip(axes, words):
+        pairs = neighbours[word]
+        ax.barh(range(len(pairs)), [c for _, c in pairs], color="#6baed6")
+        ax.set_yticks(range(len(pairs)), token_labels([t for t, _ in pairs]), fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(min(0.0, min((c for _, c in pairs), default=0.0)), 1.0)
+        ax.set_title(f"nearest to {token_labels([word])[0]!r}", fontsize=9)
+        ax.set_xlabel(f"cosine similarity ({space})", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def direction_figure(projections: dict[str, float], alignment: dict[str, float], title: str = "") -> Figure:
+    """Each word's coordinate along a direction made from word pairs, sorted; the pairs' alignment in the title."""
+    ranked = sorted(projections.items(), key=lambda kv: kv[1])
+    fig = Figure(figsize=(6.5, 0.3 * len(ranked) + 1.8))
+    ax = fig.subplots()
+    ax.barh(range(len(ranked)), [v for _, v in ranked], color=["#e34a33" if v < 0 else "#2b8cbe" for _, v in ranked])
+    ax.set_yticks(range(len(ranked)), token_labels([w for w, _ in ranked]), fontsize=8)
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.set_xlabel("projection on the direction (mean of the pairs' differences, unit length)", fontsize=8)
+    aligned = ", ".join(f"{k} {v:.2f}" for k, v in alignment.items())
+    ax.set_title((title + "\n" if title else "") + f"each pair's difference vs the direction (cosine): {aligned}",
+                 fontsize=8, wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+def map_figure(words: list[str], groups: list[str], xy, explained, title: str = "") -> Figure:
+    """Chosen tokens in the plane of the two principal components of their vectors, coloured by group."""
+    xy = np.asarray(xy, dtype=float)
+    fig = Figure(figsize=(6.5, 5.5))
+    ax = fig.subplots()
+    names = list(dict.fromkeys(groups))
+    colours = matplotlib.colormaps["tab10"]
+    for n, g in enumerate(names):
+        sel = [i for i, x in enumerate(groups) if x == g]
+        ax.scatter(xy[sel, 0], xy[sel, 1], color=colours(n % 10), label=g, s=28)
+        for i in sel:
+            ax.annotate(token_labels([words[i]])[0], xy[i], fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.legend(fontsize=8)
+    ax.set_xlabel(f"PC1 ({100 * explained[0]:.0f}% of the variance)", fontsize=8)
+    ax.set_ylabel(f"PC2 ({100 * explained[1]:.0f}%)", fontsize=8)
+    ax.set_title((title + "\n" if title else "") + "token vectors, first two principal components", fontsize=9)
+    fig.tight_layout()
+    return fig
