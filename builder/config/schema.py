@@ -144,7 +144,7 @@ CALLBACK_SCHEMAS = {
 
 @dataclass
 class Config:
-    task: str = "train"  # train | report | sample | export | attend | heads | lens | embed | compare
+    task: str = "train"  # train | report | sample | export | attend | heads | lens | embed | context | compare
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -176,6 +176,9 @@ class Config:
     groups: Any = None  # {name: [words]}, e.g. {nouns: [cat,dog], adjectives: [fluffy,blue]} (Any: Hydra merges a dict in)
     space: str = "embedding"  # embedding | unembedding (the same matrix when tied)
     neighbours: int = 8  # task=embed: nearest tokens shown per word
+    # task=context: one word followed through the layers in several contexts
+    word: str | None = None  # e.g. mole
+    contexts: list[str] | None = None  # e.g. ['the mole dug a tunnel','one mole of carbon','a mole on the skin']
     # task=compare: a sweep directory (multirun/<date>/<time>) or `last` -> sweep.md|csv|png
     sweep_dir: str | None = None
 

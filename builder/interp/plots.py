@@ -267,3 +267,47 @@ def map_figure(words: list[str], groups: list[str], xy, explained, title: str = 
     ax.set_title((title + "\n" if title else "") + "token vectors, first two principal components", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def context_figure(views: dict) -> Figure:
+    """One word in several contexts: the contexts' pairwise similarity after each layer (top row), its mean falling
+    as the senses separate (bottom left), and the size of each head's update to the word (bottom right)."""
+    sims = np.asarray(views["similarity"], dtype=float)  # [L + 1, C, C]
+    n, c = sims.shape[0], sims.shape[1]
+    low = min(0.0, float(sims.min()))
+    fig = Figure(figsize=(max(8.0, 2.2 * n), 6.4 + 0.18 * c))
+    grid = fig.add_gridspec(2, n)
+    names = [f"{i + 1}" for i in range(c)]
+    for layer in range(n):
+        ax = fig.add_subplot(grid[0, layer])
+        im = ax.imshow(sims[layer], cmap="viridis", vmin=low, vmax=1, interpolation="nearest")
+        if c <= 6:
+            for i in range(c):
+                for j in range(c):
+                    ax.text(j, i, f"{sims[layer, i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="black" if sims[layer, i, j] > low + 0.6 * (1 - low) else "white")
+        ax.set_xticks(range(c), names, fontsize=7)
+        ax.set_yticks(range(c), names, fontsize=7)
+        ax.set_title(views["labels"][layer], fontsize=8)
+    fig.colorbar(im, ax=fig.axes[: n], fraction=0.02, pad=0.01, label="cosine")
+    half = max(1, n // 2)
+    ax = fig.add_subplot(grid[1, :half])
+    ax.plot(range(n), views["mean_similarity"], marker="o")
+    ax.set_xticks(range(n), views["labels"], rotation=30, fontsize=7)
+    ax.set_ylabel("mean similarity of the contexts", fontsize=8)
+    ax.set_ylim(-1.05, 1.05)
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax = fig.add_subplot(grid[1, half:])
+    sizes = np.asarray(views["update_sizes"], dtype=float)
+    im2 = ax.imshow(sizes, cmap="Oranges", aspect="auto", interpolation="nearest")
+    ax.set_xlabel("head", fontsize=8)
+    ax.set_ylabel("layer", fontsize=8)
+    ax.set_xticks(range(sizes.shape[1]))
+    ax.set_yticks(range(sizes.shape[0]))
+    for h in views["top_heads"]:
+        ax.add_patch(Rectangle((h["head"] - 0.5, h["layer"] - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
+    fig.colorbar(im2, ax=ax, fraction=0.05, pad=0.02, label="size of the head's update to the word (mean)")
+    contexts = "\n".join(f"{i + 1}: {t if len(t) <= 90 else t[:89] + chr(0x2026)}" for i, t in enumerate(views["contexts"]))
+    fig.suptitle(f"{views['word']!r} in context (similarity of its vectors, layer by layer)\n{contexts}", fontsize=8)
+    fig.tight_layout()
+    return fig

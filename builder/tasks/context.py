@@ -1,0 +1,34 @@
+"""task=context: one word in several contexts — how each layer refines its vector, and which heads did it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..checkpoint import load_model
+from ..config.plain import to_plain
+from ..errors import ConfigError
+from ..files import atomic_write
+from ..interp.context import context_views
+from ..interp.plots import context_figure, save_figure
+
+
+def run(cfg, out_dir: Path) -> int:
+    if not cfg.checkpoint:
+        raise ConfigError("checkpoint", None, "a checkpoint, export or Hugging Face directory: python run.py "
+                          "task=context checkpoint=PATH word=mole contexts=['the mole dug','a mole of carbon']")
+    word, contexts = cfg.get("word"), to_plain(cfg.get("contexts"))
+    if not word:
+        raise ConfigError("word", word, "the word to follow through the layers, e.g. word=mole")
+    model, tokenizer, _ = load_model(cfg.checkpoint, dtype=cfg.get("dtype"))
+    views = context_views(model, tokenizer, str(word), contexts)
+    out_dir = Path(out_dir)
+    png = save_figure(context_figure(views), out_dir / "context.png")
+    atomic_write(out_dir / "context.json", json.dumps(views, indent=2) + "\n")
+    print(f"{word!r} in {len(contexts)} contexts; mean similarity of its vectors: " + ", ".join(
+        f"{label} {s:+.2f}" for label, s in zip(views["labels"], views["mean_similarity"])))
+    for h in views["top_heads"]:
+        looked = " | ".join(", ".join(f"{t!r} {p:.2f}" for t, p in ctx) for ctx in h["looked_at"])
+        print(f"  L{h['layer']}H{h['head']} moved it most (update size {h['update_size']:.3f}), looking at: {looked}")
+    print(f"  {png}\n  {out_dir / 'context.json'}")
+    return 0
