@@ -144,20 +144,24 @@ def draw_chart(budgets: list[dict], shares: list[dict], path: Path) -> None:
     ax, ax2 = fig.subplots(2, 1, gridspec_kw={"height_ratios": [1.2 + 0.45 * len(budgets), 3]})
     left = [0.0] * len(budgets)
     for g in list(GROUPS) + ["other"]:
+        # each group's share of all parameters, weights and biases together: the figure budget.md prints
+        totals = [100 * b["groups"].get(g, {}).get("total", 0) / b["total_params"] for b in budgets]
+        if not any(totals):
+            continue
+        label = g if len(budgets) > 1 else f"{g} {totals[0]:.2f}%"
         for part, hatch in (("weight", None), ("bias", "///")):
             vals = [100 * b["groups"].get(g, {}).get(part, 0) / b["total_params"] for b in budgets]
-            if not any(vals):
-                continue
-            ax.barh(names, vals, left=left, color=colors[g], hatch=hatch, edgecolor="white",
-                    label=g if part == "weight" else None)
-            for i, v in enumerate(vals):
-                if part == "weight" and v >= 6:
-                    ax.text(left[i] + v / 2, i, f"{g}\n{v:.1f}%", ha="center", va="center", fontsize=7, color="white")
+            if any(vals):
+                ax.barh(names, vals, left=left, color=colors[g], hatch=hatch, edgecolor="white",
+                        label=label if part == "weight" else None)
             left = [a + v for a, v in zip(left, vals)]
+        for i, v in enumerate(totals):
+            if v >= 9:  # narrower groups are named in the legend only, so no label is clipped or overlaps
+                ax.text(left[i] - v / 2, i, f"{g}\n{v:.2f}%", ha="center", va="center", fontsize=7, color="white")
     for i, b in enumerate(budgets):
         ax.text(101, i, human(b["total_params"]), va="center", fontsize=8)
     ax.set_xlim(0, 112)
-    ax.set_xlabel("share of all parameters (%); biases hatched", fontsize=8)
+    ax.set_xlabel("share of all parameters (%): weights and biases together, as budget.md (biases hatched)", fontsize=8)
     ax.invert_yaxis()
     title = "Where the parameters go" + (f": {names[0]}" if len(budgets) == 1 else "")
     if len(budgets) == 1 and budgets[0]["per_head"]:
@@ -165,13 +169,13 @@ def draw_chart(budgets: list[dict], shares: list[dict], path: Path) -> None:
         title += (f"\nattention weights {ph['all_layers_weights']:,} = {ph['n_layers']} layers x {ph['n_heads']} heads"
                   f" x {ph['per_head_weights']:,} (W_q, W_k, W_v, W_o)")
     ax.set_title(title, fontsize=9)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=7, fontsize=7, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=4, fontsize=7, frameon=False)
 
     xs = [r["total_params"] for r in shares]
     ys = [100 * r["attention_share"] for r in shares]
     ax2.plot(xs, ys, "o", color="#dd8452", ms=4)
-    for r, x, y in zip(shares, xs, ys):
-        ax2.annotate(r["model"], (x, y), textcoords="offset points", xytext=(3, 4), fontsize=6)
+    for i, (r, x, y) in enumerate(zip(shares, xs, ys)):  # labels alternate above and below, so neighbours overlap less
+        ax2.annotate(r["model"], (x, y), textcoords="offset points", xytext=(3, 4 if i % 2 == 0 else -9), fontsize=6)
     for b in budgets:
         ax2.plot([b["total_params"]], [100 * b["attention_share"]], "o", ms=10, mfc="none", mec="black")
     ax2.axhline(100 / 3, color="grey", lw=0.8, ls="--")

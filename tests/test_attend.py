@@ -95,3 +95,27 @@ def test_hatching_covers_exactly_the_masked_cells(kind):
         assert not covered[rows, cols].any()  # no cell hatched twice
         covered[rows, cols] = True
     assert (covered == ~allowed).all()
+
+
+def test_pictures_teach_long_inputs_and_pick_a_telling_head(tmp_path):
+    """The steps picture stays a readable size and, with no head named, shows the head that looks hardest at one
+    token other than itself and the first; a named head is drawn as named."""
+    from PIL import Image
+
+    import builder
+    from builder.data.tokenizers import CharTokenizer
+    from builder.interp.capture import record
+    from builder.interp.pictures import focused_head, write_attention_pictures
+
+    text = PHRASE + " and then it slept"
+    tok = CharTokenizer.from_text(text)
+    torch.manual_seed(0)
+    model = builder.build_model(builder.compose([f"model.vocab_size={tok.vocab_size}"]).model).eval()
+    files = write_attention_pictures(model, tok, text, tmp_path, title="tiny")
+    rec = record(model, torch.tensor([tok.encode(text)]), fields=("pattern",))
+    layer, head = focused_head(rec, list(range(4)), list(range(4)))
+    assert files["steps"].name == f"steps_L{layer}_H{head}.png"
+    width, height = Image.open(files["steps"]).size
+    assert width <= 1800 and height <= 1700  # was 3300 x 902 with unreadable labels
+    named = write_attention_pictures(model, tok, text, tmp_path / "named", layers=[3], heads=[0], title="tiny")
+    assert named["steps"].name == "steps_L3_H0.png"

@@ -85,6 +85,25 @@ def layer_summary(model, rec) -> list[str]:
     return lines
 
 
+def focused_head(rec, layers: list[int], heads: list[int]) -> tuple[int, int]:
+    """The head whose queries, on average, put the most weight on one token other than themselves and the first
+    token (where heads with nothing to do park their attention): the most telling head for the steps picture."""
+    best, choice = -1.0, (layers[0], heads[0])
+    for layer in layers:
+        p = rec.pattern(layer)[0].float()  # [H, T, T]
+        t = p.shape[-1]
+        if t < 3:
+            return choice
+        other = p.clone()
+        other[:, :, 0] = 0
+        other.diagonal(dim1=-2, dim2=-1).zero_()
+        focus = other[:, 2:].amax(-1).mean(-1)  # queries from the third token on have a choice to make
+        for head in heads:
+            if float(focus[head]) > best:
+                best, choice = float(focus[head]), (layer, head)
+    return choice
+
+
 def write_attention_pictures(model, tokenizer, text: str, out_dir: Path, layers=None, heads=None,
                              title: str = "") -> dict:
     """patterns.png, head_L*_H*.png, steps_L*_H*.png and attention.html for ``text``; returns their paths
@@ -122,11 +141,12 @@ def write_attention_pictures(model, tokenizer, text: str, out_dir: Path, layers=
         files["heads"].append(draw_head(out_dir / f"head_L{layer}_H{head}.png", tokens,
                                         rec.pattern(layer)[0, head].float().cpu(), head_mask(rec, layer, t),
                                         title=f"{title} {head_title(rec, layer, head)}"))
-    layer, head = singles[0]
+    layer, head = singles[0] if layers is not None and heads is not None else focused_head(rec, chosen_layers, chosen_heads)
+    why = "" if layers is not None and heads is not None else " (the head that looks hardest at one other token)"
     files["steps"] = draw_steps(out_dir / f"steps_L{layer}_H{head}.png", tokens, rec.scores(layer)[0, head].float().cpu(),
                                 head_mask(rec, layer, t), rec.pattern(layer)[0, head].float().cpu(),
                                 rec.result(layer)[0, head].float().norm(dim=-1).cpu(),
-                                title=f"{title} {head_title(rec, layer, head)}: from scores to the update",
+                                title=f"{title} {head_title(rec, layer, head)}{why}: from scores to the update",
                                 score_label=score_label(model.blocks[layer].attention))
     layouts = head_layout(model)
     kv_heads = [layouts[lay] for lay in chosen_layers] if all(layouts[lay] for lay in chosen_layers) else None

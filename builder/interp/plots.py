@@ -50,7 +50,8 @@ def masked_hatching(masked: np.ndarray):
     return PatchCollection(rects, facecolor="none", edgecolor=MASKED_EDGE, linewidth=0.0, hatch="///")
 
 
-def _heatmap(ax, grid, mask, tokens, cmap="Blues", vmin=None, vmax=None, values=False, fontsize=7, axis_labels=True):
+def _heatmap(ax, grid, mask, tokens, cmap="Blues", vmin=None, vmax=None, values=False, fontsize=7, axis_labels=True,
+             max_labels: int = 64):
     grid = np.asarray(grid, dtype=float)
     shown = np.ma.masked_where(~mask, grid) if mask is not None else np.ma.masked_invalid(grid)
     colormap = matplotlib.colormaps[cmap].with_extremes(bad=MASKED_COLOR)
@@ -60,10 +61,13 @@ def _heatmap(ax, grid, mask, tokens, cmap="Blues", vmin=None, vmax=None, values=
         ax.add_collection(masked_hatching(~np.asarray(mask, dtype=bool)))
         ax.set_xlim(-0.5, grid.shape[1] - 0.5)
         ax.set_ylim(t - 0.5, -0.5)
-    if tokens is not None and len(tokens) <= 64:
+    if tokens is not None:  # every token when they fit, else every k-th (its position in front), so rows stay findable
         labels = token_labels(tokens)
-        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=fontsize)
-        ax.set_yticks(range(len(labels)), labels, fontsize=fontsize)
+        step = -(-len(labels) // max_labels)
+        ticks = list(range(0, len(labels), step))
+        shown = [labels[i] if step == 1 else f"{i}:{labels[i]}" for i in ticks]
+        ax.set_xticks(ticks, shown, rotation=90, fontsize=fontsize)
+        ax.set_yticks(ticks, shown, fontsize=fontsize)
     else:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -107,15 +111,15 @@ def draw_patterns(path, tokens: list[str], patterns, masks=None, layer_ids=None,
     layer_ids = list(layer_ids) if layer_ids is not None else list(range(n_layers))
     head_ids = list(head_ids) if head_ids is not None else list(range(n_heads))
     labelled = t <= 24
-    cell = 2.6 if labelled else 1.8
+    cell = 2.6 if labelled else 2.2
     lines = (title.count("\n") + 1 if title else 0) + 1  # the suptitle's lines: room for each, and for each row's titles
     fig = Figure(figsize=(cell * n_heads + 1, (cell + 0.3) * n_layers + 0.5 + 0.2 * lines))
     axes = fig.subplots(n_layers, n_heads, squeeze=False)
     for i in range(n_layers):
         for j in range(n_heads):
             ax = axes[i][j]
-            _heatmap(ax, patterns[i, j], None if masks is None else masks[i], tokens if labelled else None,
-                     vmin=0, vmax=1, fontsize=5, axis_labels=False)
+            im = _heatmap(ax, patterns[i, j], None if masks is None else masks[i], tokens, vmin=0, vmax=1, fontsize=5,
+                          axis_labels=False, max_labels=24 if labelled else 8)
             name = f"L{layer_ids[i]} H{head_ids[j]}"
             if kv_heads is not None:
                 name += f" · kv{kv_heads[i][j]}"
@@ -123,30 +127,45 @@ def draw_patterns(path, tokens: list[str], patterns, masks=None, layer_ids=None,
                 name += f" · {layer_notes[i]}"
             ax.set_title(name, fontsize=8)
     fig.suptitle((title + "\n" if title else "") + "rows: queries, columns: keys; grey hatched = masked", fontsize=9)
-    return _save(fig, path)
+    fig.tight_layout()
+    fig.colorbar(im, ax=axes, fraction=0.02 if n_heads > 2 else 0.05, pad=0.01, label="attention weight (softmax)")
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    return Path(path)
 
 
 def draw_steps(path, tokens: list[str], scores, mask, pattern, update_norms, title: str = "",
                score_label: str = "query · key / sqrt(d_head)") -> Path:
-    """The lecture's steps for one head: q·k scores → after the mask → softmax → size of each token's update."""
+    """The lecture's steps for one head, two by two: q·k scores → after the mask → softmax → the size of each
+    token's update, each score panel with its colour scale."""
     scores, pattern, update_norms = _np(scores), _np(pattern), _np(update_norms)
     mask = None if mask is None else _np(mask).astype(bool)
     t = scores.shape[0]
-    size = min(7, max(3.2, 0.3 * t + 1.5))
-    fig = Figure(figsize=(4 * size + 2, size + 1.2))
-    axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
+    size = min(6.5, max(3.4, 0.22 * t + 2))
+    fig = Figure(figsize=(2 * size + 2.4, 2 * size + 1.6))
+    axes = fig.subplots(2, 2).flatten()
     lim = float(np.abs(scores).max()) or 1.0
-    _heatmap(axes[0], scores, None, tokens, cmap="RdBu_r", vmin=-lim, vmax=lim, values=t <= 10, fontsize=6)
-    axes[0].set_title(f"1. {score_label}", fontsize=9)
-    _heatmap(axes[1], scores, mask, tokens, cmap="RdBu_r", vmin=-lim, vmax=lim, values=t <= 10, fontsize=6)
-    axes[1].set_title("2. after the mask (grey = -inf)", fontsize=9)
-    _heatmap(axes[2], pattern, mask, tokens, vmin=0, vmax=1, values=t <= 10, fontsize=6)
-    axes[2].set_title("3. softmax over each row", fontsize=9)
+    fs = 7 if t <= 24 else 5
+    im = _heatmap(axes[0], scores, None, tokens, cmap="RdBu_r", vmin=-lim, vmax=lim, values=t <= 10, fontsize=fs,
+                  max_labels=32)
+    fig.colorbar(im, ax=axes[0], fraction=0.046, pad=0.04, label="score")
+    axes[0].set_title(f"1. {score_label}\n(a row's common offset is ignored by its softmax: horizontal stripes\n"
+                      "are one query scoring every key higher or lower, not a pattern)", fontsize=8)
+    im = _heatmap(axes[1], scores, mask, tokens, cmap="RdBu_r", vmin=-lim, vmax=lim, values=t <= 10, fontsize=fs,
+                  max_labels=32)
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04, label="score")
+    axes[1].set_title("2. after the mask (grey hatched = -inf: may not look)", fontsize=8)
+    im = _heatmap(axes[2], pattern, mask, tokens, vmin=0, vmax=1, values=t <= 10, fontsize=fs, max_labels=32)
+    fig.colorbar(im, ax=axes[2], fraction=0.046, pad=0.04, label="attention weight")
+    axes[2].set_title("3. softmax over each row: the weights sum to 1", fontsize=8)
     labels = token_labels(tokens)
     axes[3].barh(range(t), update_norms, color="#dd8452")
-    axes[3].set_yticks(range(t), labels if t <= 64 else [""] * t, fontsize=6)
+    step = -(-t // 32)
+    axes[3].set_yticks(range(0, t, step), [labels[i] if step == 1 else f"{i}:{labels[i]}" for i in range(0, t, step)],
+                       fontsize=fs)
     axes[3].invert_yaxis()
-    axes[3].set_title("4. size of the update each token\nreceives: ||Σ weight·value·W_o||", fontsize=9)
+    axes[3].set_xlabel("size of the update (L2 norm)", fontsize=8)
+    axes[3].set_title("4. the update each token receives from this head:\n||Σ weight · value · W_o||", fontsize=8)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
