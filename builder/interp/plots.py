@@ -7,6 +7,7 @@ Everything is drawn on ``matplotlib.figure.Figure`` objects: no backend is chose
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +17,16 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ..files import atomic_path
+
+
+class ShownFigure(Figure):
+    """A Figure that notebooks display inline (``_repr_png_``) without pyplot or an inline backend."""
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=100)
+        return buf.getvalue()
+
 
 MASKED_COLOR = "#d9d9d9"
 MASKED_EDGE = "#8c8c8c"  # the hatch lines over masked cells
@@ -90,7 +101,7 @@ def draw_head(path, tokens: list[str], pattern, mask=None, title: str = "") -> P
     mask = None if mask is None else mask.astype(bool)
     t = pattern.shape[0]
     size = min(14, max(4, 0.45 * t + 2))
-    fig = Figure(figsize=(size + 1, size))
+    fig = ShownFigure(figsize=(size + 1, size))
     ax = fig.subplots()
     im = _heatmap(ax, pattern, mask, tokens, vmin=0, vmax=1, values=True)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="attention weight (softmax)")
@@ -100,6 +111,12 @@ def draw_head(path, tokens: list[str], pattern, mask=None, title: str = "") -> P
 
 def draw_patterns(path, tokens: list[str], patterns, masks=None, layer_ids=None, head_ids=None,
                   title: str = "", kv_heads=None, layer_notes=None) -> Path:
+    """``patterns_figure`` written to ``path`` as a PNG."""
+    return save_figure(patterns_figure(tokens, patterns, masks, layer_ids, head_ids, title, kv_heads, layer_notes), path)
+
+
+def patterns_figure(tokens: list[str], patterns, masks=None, layer_ids=None, head_ids=None, title: str = "",
+                    kv_heads=None, layer_notes=None) -> Figure:
     """A grid, layers × heads, each cell one head's pattern ``patterns[l, h]`` with tokens on both axes.
 
     ``kv_heads[l][h]``: the key/value head each drawn head reads (grouped-query attention), shown in its title
@@ -113,7 +130,7 @@ def draw_patterns(path, tokens: list[str], patterns, masks=None, layer_ids=None,
     labelled = t <= 24
     cell = 2.6 if labelled else 2.2
     lines = (title.count("\n") + 1 if title else 0) + 1  # the suptitle's lines: room for each, and for each row's titles
-    fig = Figure(figsize=(cell * n_heads + 1, (cell + 0.3) * n_layers + 0.5 + 0.2 * lines))
+    fig = ShownFigure(figsize=(cell * n_heads + 1, (cell + 0.3) * n_layers + 0.5 + 0.2 * lines))
     axes = fig.subplots(n_layers, n_heads, squeeze=False)
     for i in range(n_layers):
         for j in range(n_heads):
@@ -129,9 +146,7 @@ def draw_patterns(path, tokens: list[str], patterns, masks=None, layer_ids=None,
     fig.suptitle((title + "\n" if title else "") + "rows: queries, columns: keys; grey hatched = masked", fontsize=9)
     fig.tight_layout()
     fig.colorbar(im, ax=axes, fraction=0.02 if n_heads > 2 else 0.05, pad=0.01, label="attention weight (softmax)")
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    return Path(path)
+    return fig
 
 
 def draw_steps(path, tokens: list[str], scores, mask, pattern, update_norms, title: str = "",
@@ -142,7 +157,7 @@ def draw_steps(path, tokens: list[str], scores, mask, pattern, update_norms, tit
     mask = None if mask is None else _np(mask).astype(bool)
     t = scores.shape[0]
     size = min(6.5, max(3.4, 0.22 * t + 2))
-    fig = Figure(figsize=(2 * size + 2.4, 2 * size + 1.6))
+    fig = ShownFigure(figsize=(2 * size + 2.4, 2 * size + 1.6))
     axes = fig.subplots(2, 2).flatten()
     lim = float(np.abs(scores).max()) or 1.0
     fs = 7 if t <= 24 else 5
@@ -186,7 +201,7 @@ def lens_figure(tokens: list[str], guesses: list[list[str]], probs, labels: list
     probs = np.asarray(probs, dtype=float)  # [streams, T]
     n, t = probs.shape
     width = min(28, max(6, 0.9 * t + 3))
-    fig = Figure(figsize=(width, 0.45 * (n + 1) + 2.2))
+    fig = ShownFigure(figsize=(width, 0.45 * (n + 1) + 2.2))
     ax = fig.subplots()
     im = ax.imshow(probs, cmap="Greens", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     for i in range(n):
@@ -214,7 +229,7 @@ def attribution_figure(parts: dict[str, float], logit: float, token: str, positi
     rest = sum(v for _, v in ranked[top:])
     names = [k for k, _ in shown] + ([f"{len(ranked) - top} other parts"] if len(ranked) > top else [])
     values = [v for _, v in shown] + ([rest] if len(ranked) > top else [])
-    fig = Figure(figsize=(7.5, 0.3 * len(names) + 1.8))
+    fig = ShownFigure(figsize=(7.5, 0.3 * len(names) + 1.8))
     ax = fig.subplots()
     ax.barh(range(len(names)), values, color=["#2b8cbe" if v >= 0 else "#e34a33" for v in values])
     ax.set_yticks(range(len(names)), names, fontsize=8)
@@ -238,7 +253,7 @@ def nearest_figure(neighbours: dict[str, list[tuple[str, float]]], space: str = 
     """For each word, its nearest tokens by cosine similarity, as bars."""
     words = list(neighbours)
     k = max((len(v) for v in neighbours.values()), default=1)
-    fig = Figure(figsize=(3.2 * max(1, len(words)), 0.32 * k + 1.6))
+    fig = ShownFigure(figsize=(3.2 * max(1, len(words)), 0.32 * k + 1.6))
     axes = fig.subplots(1, max(1, len(words)), squeeze=False)[0]
     for ax, word in zip(axes, words):
         pairs = neighbours[word]
@@ -255,7 +270,7 @@ def nearest_figure(neighbours: dict[str, list[tuple[str, float]]], space: str = 
 def direction_figure(projections: dict[str, float], alignment: dict[str, float], title: str = "") -> Figure:
     """Each word's coordinate along a direction made from word pairs, sorted; the pairs' alignment in the title."""
     ranked = sorted(projections.items(), key=lambda kv: kv[1])
-    fig = Figure(figsize=(6.5, 0.3 * len(ranked) + 1.8))
+    fig = ShownFigure(figsize=(6.5, 0.3 * len(ranked) + 1.8))
     ax = fig.subplots()
     ax.barh(range(len(ranked)), [v for _, v in ranked], color=["#e34a33" if v < 0 else "#2b8cbe" for _, v in ranked])
     ax.set_yticks(range(len(ranked)), token_labels([w for w, _ in ranked]), fontsize=8)
@@ -271,7 +286,7 @@ def direction_figure(projections: dict[str, float], alignment: dict[str, float],
 def map_figure(words: list[str], groups: list[str], xy, explained, title: str = "") -> Figure:
     """Chosen tokens in the plane of the two principal components of their vectors, coloured by group."""
     xy = np.asarray(xy, dtype=float)
-    fig = Figure(figsize=(6.5, 5.5))
+    fig = ShownFigure(figsize=(6.5, 5.5))
     ax = fig.subplots()
     names = list(dict.fromkeys(groups))
     colours = matplotlib.colormaps["tab10"]
@@ -294,7 +309,7 @@ def context_figure(views: dict) -> Figure:
     sims = np.asarray(views["similarity"], dtype=float)  # [L + 1, C, C]
     n, c = sims.shape[0], sims.shape[1]
     low = min(0.0, float(sims.min()))
-    fig = Figure(figsize=(max(8.0, 2.2 * n), 6.4 + 0.18 * c))
+    fig = ShownFigure(figsize=(max(8.0, 2.2 * n), 6.4 + 0.18 * c))
     grid = fig.add_gridspec(2, n)
     names = [f"{i + 1}" for i in range(c)]
     for layer in range(n):
@@ -328,5 +343,5 @@ def context_figure(views: dict) -> Figure:
     fig.colorbar(im2, ax=ax, fraction=0.05, pad=0.02, label="size of the head's update to the word (mean)")
     contexts = "\n".join(f"{i + 1}: {t if len(t) <= 90 else t[:89] + chr(0x2026)}" for i, t in enumerate(views["contexts"]))
     fig.suptitle(f"{views['word']!r} in context (similarity of its vectors, layer by layer)\n{contexts}", fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(top=0.8 - 0.03 * c, hspace=0.5, wspace=0.45)
     return fig
