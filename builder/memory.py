@@ -116,7 +116,8 @@ def available_memory(trainer) -> dict | None:
     if not found:
         return None
     processes = devices if isinstance(devices, int) and devices > 0 else 1  # ddp_cpu: each process holds it all
-    return {"bytes": min(found), "where": "this machine has", "processes": processes, "shards": 1}
+    return {"bytes": min(found), "where": "this machine has", "processes": processes,
+            "shards": processes if "fsdp" in strategy else 1}  # fsdp_cpu: each holds its shard of the states
 
 
 def _gib(n: int) -> str:

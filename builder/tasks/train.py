@@ -18,7 +18,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from components import Block
 
 from ..budget import parameter_budget
-from ..checkpoint import check_resumable
+from ..checkpoint import _same_model, check_resumable
 from ..config.cli import check_unused_run_dir, resumes_in
 from ..config.plain import to_plain
 from ..config.printing import inputs_checked
@@ -29,6 +29,7 @@ from ..memory import check_training_memory
 from ..model import resolve
 from ..report import write_budget_files
 from ..training.callbacks import AtomicCheckpointIO, RunContext, SaveOnInterrupt, make_callbacks
+from ..training.fsdp import FullyShardedStrategy, is_sharded_checkpoint
 from ..training.launch import for_this_job
 from ..training.loggers import finish_wandb, log_image, log_table, make_loggers_from_config, wandb_run_dir
 from ..training.module import LitGPT, check_train
@@ -69,7 +70,12 @@ def make_datamodule(cfg):
 def _checkpoints(root: Path, pattern: str = "**/checkpoints/*.ckpt") -> list[Path]:
     """Checkpoints below ``root``, oldest first (a hidden ``.name.ckpt.XXXX.tmp``: a write a kill cut short)."""
     found = [p for p in root.glob(pattern) if not p.name.startswith(".")] if root.is_dir() else []
-    return sorted(found, key=lambda p: p.stat().st_mtime)
+    return sorted(found, key=_written)
+
+
+def _written(path: Path) -> float:
+    """When a checkpoint was last written: a sharded one (a directory) is rewritten file by file in place."""
+    return max([path.stat().st_mtime] + ([f.stat().st_mtime for f in path.iterdir()] if path.is_dir() else []))
 
 
 def find_checkpoint(ckpt_path: str | None, out_dir: Path, paths=None) -> str | None:
@@ -91,7 +97,7 @@ def find_checkpoint(ckpt_path: str | None, out_dir: Path, paths=None) -> str | N
     elsewhere = [c for k in ("runs_dir", "sweeps_dir") if paths.get(k) for c in _checkpoints(Path(str(paths[k])))]
     hint = ""
     if elsewhere:
-        newest = max(elsewhere, key=lambda p: p.stat().st_mtime)
+        newest = max(elsewhere, key=_written)
         hint = f" (to resume another run: ckpt_path={newest}, its newest, or that run's hydra.run.dir with ckpt_path=last)"
     rank_zero_info(f"ckpt_path=last: no checkpoint of this run in {Path(out_dir) / 'checkpoints'} yet; training "
                    f"starts from the beginning{hint}")
@@ -123,10 +129,38 @@ def check_val_interval(trainer_kwargs: dict) -> None:
 
 
 def make_strategy(trainer_kwargs: dict, checkpoint_io):
+    """The Trainer's strategy: ``fsdp`` (FSDPStrategy, each Block a unit), ``fsdp2`` (torch's fully_shard per Block,
+    the model built sharded: builder/training/fsdp.py), else Lightning's own name. ``trainer.checkpoint_format``
+    (sharded | full; fsdp2 only) is taken out of ``trainer_kwargs``: it is not a Trainer argument."""
     strategy = trainer_kwargs.get("strategy", "auto")
+    checkpoint_format = trainer_kwargs.pop("checkpoint_format", None)
+    if checkpoint_format is not None and strategy != "fsdp2":
+        raise ConfigError("trainer.checkpoint_format", checkpoint_format, "unset: only trainer.strategy=fsdp2 "
+                          f"(trainer=fsdp_cpu) writes sharded or full checkpoints; this run's strategy is {strategy!r}")
     if strategy == "fsdp":
         return FSDPStrategy(auto_wrap_policy={Block}, sharding_strategy="FULL_SHARD", checkpoint_io=checkpoint_io)
+    if strategy == "fsdp2":
+        fsdp2 = FullyShardedStrategy(checkpoint_format or "sharded")
+        fsdp2.checkpoint_io = checkpoint_io  # a full checkpoint is written atomically, as every other
+        return fsdp2
     return strategy
+
+
+def check_sharded_resumable(path, model_cfg: dict, strategy) -> None:
+    """A sharded checkpoint (a directory) resumes only under fsdp2, and only the model it holds."""
+    if not isinstance(strategy, FullyShardedStrategy):
+        raise ConfigError("ckpt_path", str(path), "a checkpoint file: this directory holds a sharded (fsdp2) "
+                          "checkpoint, which only trainer.strategy=fsdp2 resumes")
+    try:  # the shards hold the weights and optimizer state; meta.pt the rest (loops, schedule, hyperparameters)
+        meta = torch.load(Path(path) / "meta.pt", map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ConfigError("ckpt_path", str(path), "a sharded checkpoint whose meta.pt loads with weights_only=True: "
+                          f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
+    hp = meta.get("hyper_parameters") if isinstance(meta, dict) else None
+    if not isinstance(hp, dict) or not isinstance(hp.get("model"), dict) or "global_step" not in meta:
+        raise ConfigError("ckpt_path", str(path), "a sharded hydraformer checkpoint written during training: its "
+                          "meta.pt holds no model config or training state")
+    _same_model(hp["model"], model_cfg, "ckpt_path", path)
 
 
 @rank_zero_only
@@ -160,7 +194,13 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
         print(f"ckpt_path=last: this run already trained {done['steps']} steps in {out_dir} (summary.json); "
               "nothing to train (raise trainer.max_steps to train on)")
         return 0
-    ckpt_path = check_resumable(find_checkpoint(cfg.ckpt_path, out_dir, to_plain(cfg.get("paths"))), model_cfg)
+    checkpoint_io = AtomicCheckpointIO()
+    strategy = make_strategy(trainer_kwargs, checkpoint_io)  # (trainer.checkpoint_format refused here if misplaced)
+    ckpt_path = find_checkpoint(cfg.ckpt_path, out_dir, to_plain(cfg.get("paths")))
+    if ckpt_path and is_sharded_checkpoint(ckpt_path):
+        check_sharded_resumable(ckpt_path, model_cfg, strategy)
+    else:
+        ckpt_path = check_resumable(ckpt_path, model_cfg)
     # a sweep job's folder (the precheck saw the sweep's), or a run directory an experiment's YAML set
     check_unused_run_dir(out_dir, resuming=resumes_in(out_dir, "train", cfg.ckpt_path), key=_run_dir_key())
     logger_cfg = to_plain(cfg.logger) if cfg.logger else {}
@@ -174,14 +214,13 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
     inputs_checked(model_cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the same init whatever the data step drew
     # the schedule's length: train.total_steps, else the trainer's estimate (max_steps, or max_epochs x batches)
-    module = LitGPT(model_cfg, train_cfg, dm.tokenizer.to_dict())
+    # fsdp2: the model is built in configure_model, sharded (from this random state: the same weights as here)
+    module = LitGPT(model_cfg, train_cfg, dm.tokenizer.to_dict(), defer_model=isinstance(strategy, FullyShardedStrategy))
     loggers = make_loggers_from_config(logger_cfg, out_dir, config=to_plain(cfg))
     ckpt_dir = out_dir / "checkpoints"
     on_interrupt = SaveOnInterrupt(ckpt_dir / "last.ckpt", resume_hint(out_dir))  # always on
     callbacks = [c for group in built.values() for c in group] + [on_interrupt]
     trainer_kwargs.setdefault("enable_checkpointing", "model_checkpoint" in built)
-    checkpoint_io = AtomicCheckpointIO()
-    strategy = make_strategy(trainer_kwargs, checkpoint_io)
     trainer_kwargs["strategy"] = strategy
     # the data module shards its own sampler (builder/data/windows.py EpochSampler): exact DDP = bigger batch
     trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out_dir), callbacks=callbacks, logger=loggers or False,

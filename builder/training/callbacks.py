@@ -18,7 +18,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from pytorch_lightning.strategies import ModelParallelStrategy
+from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from components.registry import closest
@@ -51,6 +52,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
+def _takes_part(trainer) -> bool:
+    """Whether this process runs a callback's forward pass: process 0, and under fsdp2 every process (the sharded
+    model's forward gathers each block from all of them; process 0 alone would wait for the others forever)."""
+    return trainer.is_global_zero or isinstance(trainer.strategy, ModelParallelStrategy)
+
+
 class SampleText(pl.Callback):
     """At every validation, continue a fixed prompt with a fixed seed; log it and append it to samples.txt."""
 
@@ -73,14 +80,15 @@ class SampleText(pl.Callback):
                        if device.type == "cpu" else None)
         return self.tokenizer.decode(out[0].tolist())
 
-    @rank_zero_only
     def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not _takes_part(trainer):
             return
-        try:
+        try:  # under fsdp2 every process runs the sharded forward; process 0 writes
             text = self.sample(pl_module.model, pl_module.device)
         except FloatingPointError as err:
             text = f"(no sample: {err})"
+        if not trainer.is_global_zero:
+            return
         step = trainer.global_step
         self.rows.append([step, self.prompt, text])
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -100,13 +108,14 @@ class AttentionProbe(pl.Callback):
         self.tokens = [tokenizer.decode([i]) for i in self.ids]
         self.paths: list[Path] = []
 
-    @rank_zero_only
     def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not _takes_part(trainer):
             return
         model = pl_module.model
         ids = torch.tensor([self.ids[-model.context_length:] if model.context_length else self.ids])
-        rec = record(model, ids)
+        rec = record(model, ids, fields=("pattern", "mask"))  # under fsdp2 every process runs the sharded forward
+        if not trainer.is_global_zero:
+            return
         n = len(model.blocks)
         t = ids.shape[1]
         patterns = torch.stack([rec.pattern(layer)[0] for layer in range(n)]).float().cpu()

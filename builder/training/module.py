@@ -11,13 +11,14 @@ import math
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.strategies import FSDPStrategy
+from pytorch_lightning.strategies import FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from ..config.plain import to_plain
 from ..errors import ConfigError, NonFiniteLossError
 from ..model import build_model
+from .fsdp import build_sharded, clip_sharded_gradients
 
 
 def lr_lambda(step: int, warmup_steps: int, total_steps: int | None, min_ratio: float) -> float:
@@ -94,22 +95,47 @@ class LitGPT(pl.LightningModule):
     the trainer's own estimate of the optimizer steps it will take (``trainer.estimated_stepping_batches``:
     ``trainer.max_steps``, or ``trainer.max_epochs`` x batches per epoch, whichever ends first), read when
     training starts. A checkpoint keeps the length its run started with.
+
+    ``defer_model=True`` builds the model in ``configure_model``, once the Trainer's strategy is set up: under
+    ``strategy: fsdp2`` (builder/training/fsdp.py) on the meta device and sharded, so no process ever holds the whole
+    model, with the values a single process would have drawn here (the random state is kept for that).
     """
 
-    def __init__(self, model: dict, train: dict, tokenizer: dict | None = None, total_steps: int | None = None):
+    def __init__(self, model: dict, train: dict, tokenizer: dict | None = None, total_steps: int | None = None,
+                 defer_model: bool = False):
         super().__init__()
         check_train(train)
-        self.save_hyperparameters()
-        self.model = build_model(model)
+        self.save_hyperparameters(ignore=["defer_model"])
         self.train_cfg = train
         explicit = total_steps if _is_count(total_steps) and total_steps > 0 else None
         self.total_steps: int | None = explicit or train.get("total_steps")
         self._schedule: _Schedule | None = None
         self._rng_to_restore: dict | None = None
-        # kept out of the module tree, so parameters keep their one name in the state dict
-        object.__setattr__(self, "_forward", torch.compile(self.model) if train.get("compile") else self.model)
         self._val_losses: list[torch.Tensor] = []
         self.skipped_nonfinite = 0
+        self.model: nn.Module | None = None
+        self._init_rng = torch.get_rng_state() if defer_model else None  # where a build here would have drawn from
+        if not defer_model:
+            self._set_model(build_model(model))
+
+    def _set_model(self, model: nn.Module) -> None:
+        self.model = model
+        # kept out of the module tree, so parameters keep their one name in the state dict
+        object.__setattr__(self, "_forward", torch.compile(model) if self.train_cfg.get("compile") else model)
+
+    def configure_model(self) -> None:
+        """Build a deferred model (``defer_model=True``): sharded under FSDP2, else as ``__init__`` would have."""
+        if self.model is not None:
+            return
+        cfg = self.hparams["model"]
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, ModelParallelStrategy):
+            mesh = strategy.device_mesh["data_parallel"]
+            self._set_model(build_sharded(cfg, mesh, strategy.root_device, str(self._trainer.precision), self._init_rng))
+            return
+        if self._init_rng is not None:
+            torch.set_rng_state(self._init_rng)
+        self._set_model(build_model(cfg))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self._forward(ids)
@@ -178,6 +204,9 @@ class LitGPT(pl.LightningModule):
             return
         algorithm = str(gradient_clip_algorithm or "norm").split(".")[-1].lower()
         strategy = self.trainer.strategy
+        if isinstance(strategy, ModelParallelStrategy):  # FSDP2: the norm of DTensor shards is of the whole model
+            clip_sharded_gradients(self.parameters(), gradient_clip_val, algorithm)
+            return
         if isinstance(strategy, FSDPStrategy) and algorithm == "norm":
             # the norm of sharded gradients is FSDP's to compute (torch's clip_grad_norm_ sees one shard)
             strategy.model.clip_grad_norm_(gradient_clip_val)

@@ -1,0 +1,213 @@
+"""FSDP2 (torch's ``fully_shard``) under Lightning's ``ModelParallelStrategy``: ``strategy: fsdp2``.
+
+The model is built on the meta device (no values), each transformer :class:`~components.Block` and then the whole
+model are sharded with ``fully_shard`` over all processes, and only then is memory allocated: each process holds
+its shard of every parameter and never the whole model. The values are the ones a single process would draw:
+:func:`record_init` builds the model once more under a fake-tensor mode (shapes, no storage) and writes down every
+initialisation call (``nn.init.*``, ``Tensor.normal_`` ...) in order; :func:`materialize` replays them from the same
+random state one full tensor at a time (the largest parameter is the most held at once) and keeps each process's
+shard. So a 2-process run starts from exactly the weights of a 1-process run with the same seed — and ends with
+them, given the doubled batch (tests/test_fsdp.py).
+
+Checkpoints: ``trainer.checkpoint_format: sharded`` (default) writes each ``.ckpt`` as a directory of shards (torch
+distributed checkpoint; nothing is gathered); ``full`` gathers the weights and optimizer state onto process 0 and
+writes one file, which ``builder.load_model``, ``task=sample`` and ``task=export`` read. Either resumes
+(``ckpt_path=``). ``python -m torch.distributed.checkpoint.format_utils dcp_to_torch <dir> <file>`` turns a
+sharded one into a file.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from pytorch_lightning.strategies import ModelParallelStrategy
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.overrides import TorchFunctionMode
+
+from components import Block
+
+from ..errors import ConfigError
+from ..model import build_model
+
+CHECKPOINT_FORMATS = ("sharded", "full")
+# in-place initialisers that overwrite every value without reading any (the tensor's earlier values do not matter)
+_OVERWRITE = {"uniform_", "normal_", "zero_", "fill_", "random_", "exponential_", "cauchy_", "log_normal_",
+              "geometric_", "bernoulli_", "copy_"}
+
+
+class FullyShardedStrategy(ModelParallelStrategy):
+    """Lightning's ModelParallelStrategy as plain FSDP: one data-parallel mesh dimension over every process (no
+    tensor parallelism). The LightningModule shards itself in ``configure_model`` (:func:`build_sharded`)."""
+
+    def __init__(self, checkpoint_format: str = "sharded", **kwargs):
+        if checkpoint_format not in CHECKPOINT_FORMATS:
+            raise ConfigError("trainer.checkpoint_format", checkpoint_format,
+                              f"one of {', '.join(CHECKPOINT_FORMATS)} (sharded: a directory of shards per checkpoint; "
+                              "full: one file gathered on process 0)")
+        super().__init__(save_distributed_checkpoint=checkpoint_format == "sharded", **kwargs)
+        self.checkpoint_format = checkpoint_format
+
+    def save_checkpoint(self, checkpoint, filepath, storage_options=None) -> None:
+        """A sharded checkpoint is written into a hidden ``.NAME.tmp`` directory beside its place, then renamed
+        over it (a full one goes through the trainer's AtomicCheckpointIO): a run killed mid-write never leaves a
+        half-written ``last.ckpt``, nor a mix of two steps' shards."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+        if self.global_rank == 0:
+            for stale in (tmp, old):
+                _remove(stale)
+        self.barrier()
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        self.barrier()  # every shard and meta.pt written
+        if self.global_rank == 0:
+            if path.exists():
+                path.rename(old)
+            tmp.rename(path)
+            _remove(old)
+        self.barrier()
+
+    def setup_environment(self) -> None:
+        if self._data_parallel_size == "auto" and self._tensor_parallel_size == "auto":
+            self._data_parallel_size, self._tensor_parallel_size = self.num_nodes * self.num_processes, 1
+        super().setup_environment()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+# --------------------------------------------------------------------------------------------------
+# the initialisation a single process would draw, replayed one tensor at a time
+# --------------------------------------------------------------------------------------------------
+
+
+class _InitRecorder(TorchFunctionMode):
+    """Writes down every in-place initialisation call on a tensor: ``(tensor, function, args, kwargs)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        target = args[0] if args else kwargs.get("tensor")  # nn.init.* pass the tensor by keyword
+        if isinstance(target, torch.Tensor) and name.endswith("_") and not name.startswith("_") and \
+                name != "requires_grad_":
+            self.calls.append((target, func, args, kwargs))
+        return func(*args, **kwargs)
+
+
+def record_init(model_cfg: dict) -> tuple[nn.Module, list[tuple]]:
+    """The model built with fake tensors (shapes, no storage, no random draws) and its initialisation calls."""
+
+    with FakeTensorMode(), _InitRecorder() as recorder:
+        fake = build_model(model_cfg)
+    return fake, recorder.calls
+
+
+def _overwrites(func, args, kwargs) -> bool:
+    name = func.__name__
+    if getattr(func, "__module__", None) == "torch.nn.init":
+        return True  # every nn.init function fills the whole tensor
+    if name == "copy_":
+        source = args[1] if len(args) > 1 else kwargs.get("src")
+        return isinstance(source, torch.Tensor) and not _is_fake(source)
+    return name in _OVERWRITE
+
+
+def _is_fake(t: torch.Tensor) -> bool:
+
+    return isinstance(t, FakeTensor) or t.is_meta
+
+
+def materialize(model: nn.Module, fake: nn.Module, calls: list[tuple], rng_state: torch.Tensor | None = None) -> None:
+    """Fill ``model``'s parameters (already allocated, possibly sharded DTensors) with the values ``calls`` draw.
+
+    The calls run in their order on full-size temporaries, from ``rng_state`` (the CPU generator's state when the
+    single-process model would have been built; the current one if None), so the random stream is consumed exactly
+    as a real build consumes it; a tensor's temporary lives from its last overwriting call to its last call, then its
+    slice of it is copied into this process's shard."""
+
+    names: dict[int, list[str]] = {}
+    for name, p in fake.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    if any(True for _ in fake.buffers()):
+        raise NotImplementedError("fsdp2 materialises parameters only; this model has buffers")
+    last = {id(t): i for i, (t, *_rest) in enumerate(calls)}
+    params = dict(model.named_parameters(remove_duplicate=False))
+    filled: set[str] = set()
+    live: dict[int, torch.Tensor] = {}
+    if rng_state is not None:
+        torch.set_rng_state(rng_state)
+    with torch.no_grad():
+        for i, (target, func, args, kwargs) in enumerate(calls):
+            key = id(target)
+            if _overwrites(func, args, kwargs) or key not in live:
+                live[key] = torch.empty(target.shape, dtype=target.dtype)
+            tmp = live[key]
+            func(*[tmp if a is target else a for a in args], **{k: tmp if v is target else v for k, v in kwargs.items()})
+            if last[key] != i:
+                continue
+            full = live.pop(key)
+            for name in names.get(key, []):
+                p = params[name]
+                if isinstance(p.data, DTensor):
+                    shard = distribute_tensor(full.to(p.device, p.dtype), p.device_mesh, p.placements, src_data_rank=None)
+                    p.data.to_local().copy_(shard.to_local())
+                else:
+                    p.data.copy_(full)
+                filled.add(name)
+    missing = sorted(set(params) - filled)
+    if missing:
+        raise RuntimeError(f"fsdp2: no initialisation was recorded for {', '.join(missing)}")
+
+
+def build_sharded(model_cfg: dict, mesh, device: torch.device, precision: str = "32-true",
+                  rng_state: torch.Tensor | None = None) -> nn.Module:
+    """The model of ``model_cfg``: each Block then the whole model ``fully_shard``-ed over ``mesh``, its shards on
+    ``device`` holding the values a single process builds from ``rng_state``. bf16-mixed: the shards stay fp32,
+    forward and backward run in bf16 (gathered in bf16), gradients are reduced in fp32."""
+
+    fake, calls = record_init(model_cfg)
+    with torch.device("meta"):
+        model = build_model(model_cfg)
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if str(precision).startswith("bf16-mixed") else MixedPrecisionPolicy()
+    for module in model.modules():
+        if isinstance(module, Block):
+            fully_shard(module, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)  # the root is used again at once
+    model.to_empty(device=device)
+    materialize(model, fake, calls, rng_state)
+    return model
+
+
+def clip_sharded_gradients(parameters, max_value: float, algorithm: str = "norm") -> None:
+    """Clip gradients that may be DTensor shards: the norm is of the whole model (every process's shard)."""
+
+    params = [p for p in parameters if p.grad is not None]
+    if algorithm != "norm":
+        torch.nn.utils.clip_grad_value_(params, max_value)
+        return
+    total = torch.nn.utils.get_total_norm([p.grad for p in params], 2.0)
+    if isinstance(total, DTensor):
+        total = total.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_value, total)
+
+
+def is_sharded_checkpoint(path) -> bool:
+    """A checkpoint written by ``checkpoint_format: sharded``: a directory with Lightning's ``meta.pt`` beside the
+    shards' ``.metadata``."""
+    p = Path(str(path))
+    return p.is_dir() and (p / "meta.pt").is_file() and (p / ".metadata").is_file()

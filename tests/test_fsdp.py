@@ -1,0 +1,104 @@
+"""FSDP2 (trainer=fsdp_cpu: torch's fully_shard under Lightning's ModelParallelStrategy) through run.py: two real
+CPU processes over gloo, the model built sharded, sharded and full checkpoints, a resume."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_cli, train_env
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+import builder
+from builder.tasks.train import make_strategy
+from builder.training.fsdp import FullyShardedStrategy, is_sharded_checkpoint
+
+SMALL = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.context_length=32",
+         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1",
+         "callbacks.throughput.window=2", "callbacks.text_samples.prompt=the ", "callbacks.text_samples.max_new_tokens=8",
+         "callbacks.attention_probe.text=the cat sat", "logger=csv", "train.warmup_steps=0", "train.total_steps=4",
+         "trainer.val_check_interval=2", "callbacks.model_checkpoint.every_n_train_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fsdp")
+    return train_env(root, HOME=str(root), WANDB_API_KEY="")
+
+
+def train(env, name, *overrides):
+    out = env["root"] / name
+    proc = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", *overrides, env=env["env"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc
+
+
+def weights(ckpt: Path, tmp: Path) -> dict:
+    """A checkpoint's model weights: a file, or a sharded directory gathered into one file first."""
+    if ckpt.is_dir():
+        dcp_to_torch_save(ckpt, tmp / f"{ckpt.parent.parent.name}_{ckpt.name}.pt")
+        ckpt = tmp / f"{ckpt.parent.parent.name}_{ckpt.name}.pt"
+    return torch.load(ckpt, weights_only=True)["state_dict"]
+
+
+def assert_same_params(a: dict, b: dict) -> None:
+    # a sharded state dict names a tied weight once (token_embedding.weight for unembedding.weight too)
+    assert set(a) - {"model.unembedding.weight"} == set(b) - {"model.unembedding.weight"}
+    for k in set(a) & set(b):
+        torch.testing.assert_close(a[k], b[k], atol=2e-6, rtol=1e-5, msg=k)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    rows = csv.DictReader(open(next(run_dir.glob("csv/**/metrics.csv"))))
+    return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(env):
+    """Two processes, batch 4 each, four steps, sharded checkpoints at steps 2 and 4."""
+    return train(env, "fsdp", "trainer=fsdp_cpu", "data.batch_size=4", "trainer.max_steps=4")
+
+
+def test_two_fsdp_processes_equal_one_process_with_double_batch(env, fsdp_run):
+    out, proc = fsdp_run
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr and "Done: 4 steps" in proc.stdout
+    step2 = out / "checkpoints" / "step-2.ckpt"
+    assert is_sharded_checkpoint(step2) and is_sharded_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert len(list(step2.glob("*.distcp"))) == 2  # one shard file per process
+    single, _ = train(env, "single", "trainer=cpu", "data.batch_size=8", "trainer.max_steps=2")
+    assert_same_params(weights(step2, env["root"]), weights(single / "checkpoints" / "last.ckpt", env["root"]))
+    # the sample and the attention probe ran with both processes taking part, written once
+    assert (out / "samples.txt").read_text().count("--- step 2 ---") == 1
+    assert (out / "attention" / "patterns_step2.png").exists() and (out / "attention" / "patterns_step4.png").exists()
+
+
+def test_sharded_checkpoint_resumes_to_the_uninterrupted_run_and_saves_full(env, fsdp_run):
+    out, _ = fsdp_run
+    resumed, proc = train(env, "resumed", "trainer=fsdp_cpu", "data.batch_size=4", "trainer.max_steps=4",
+                          "trainer.checkpoint_format=full", f"ckpt_path={out / 'checkpoints' / 'step-2.ckpt'}")
+    assert "Restoring states from the checkpoint path" in proc.stdout + proc.stderr
+    last = resumed / "checkpoints" / "last.ckpt"
+    assert last.is_file()  # full: one file, gathered on process 0
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["global_step"] == 4
+    assert_same_params(ckpt["state_dict"], weights(out / "checkpoints" / "last.ckpt", env["root"]))
+    a, r = losses(out), losses(resumed)
+    assert len(r) == 2 and len(a) == 4  # the resumed run trained steps 3 and 4 only
+    for step in r:
+        assert r[step] == pytest.approx(a[step], abs=1e-5), step
+    model, tokenizer, _ = builder.load_model(last)  # what task=sample and task=export read
+    assert model(torch.tensor([tokenizer.encode("the cat")])).shape[-1] == tokenizer.vocab_size
+
+
+def test_fsdp_cpu_preset_and_checkpoint_format():
+    cfg = builder.compose(["trainer=fsdp_cpu"])
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.devices == 2
+    kwargs = dict(cfg.trainer)
+    strategy = make_strategy(kwargs, None)
+    assert isinstance(strategy, FullyShardedStrategy) and strategy.checkpoint_format == "sharded"
+    assert "checkpoint_format" not in kwargs  # not a Trainer argument
+    assert make_strategy({**cfg.trainer, "checkpoint_format": "full"}, None)._save_distributed_checkpoint is False
+    with pytest.raises(builder.ConfigError, match="trainer.checkpoint_format"):
+        make_strategy({**cfg.trainer, "checkpoint_format": "zip"}, None)
+    with pytest.raises(builder.ConfigError, match="only trainer.strategy=fsdp2"):
+        make_strategy({"strategy": "ddp", "checkpoint_format": "full"}, None)
