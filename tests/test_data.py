@@ -507,16 +507,18 @@ def test_configs_match_constructor():
         if f.name not in ("context_length", "seed", "cache_dir", "num_workers", "path"):
             assert f.default == signature[f.name].default, f.name
     conf = Path(__file__).resolve().parents[1] / "conf" / "data"
-    for name in ("embedded", "text", "adjectives"):
-        overrides = [f"data={name}"] + (["data.path=corpus.txt"] if name == "text" else [])
+    paths = {"text": "corpus.txt", "tokens": "train.bin"}  # the presets whose path is ???
+    for name in ("embedded", "text", "adjectives", "tokens"):
+        overrides = [f"data={name}"] + ([f"data.path={paths[name]}"] if name in paths else [])
         cfg = builder.compose(overrides + ["model.context_length=77", "seed=5"])
         assert set(cfg.data) == params, name
         assert cfg.data.context_length == 77 and cfg.data.seed == 5 and cfg.data.source == name
-        assert cfg.data.path == ("corpus.txt" if name == "text" else None)
+        assert cfg.data.path == paths.get(name)
         assert Path(cfg.data.cache_dir).expanduser() == default_cache_dir()  # the constructor's None means the same
         written = yaml.safe_load((conf / f"{name}.yaml").read_text())
         assert set(written) - {"defaults"} <= {"source", "path", "tokenizer"}, name
     assert yaml.safe_load((conf / "text.yaml").read_text())["path"] == "???"
+    assert yaml.safe_load((conf / "tokens.yaml").read_text())["path"] == "???"
 
 
 def _setup_in_child(args):

@@ -47,8 +47,8 @@ class ModelConfig:
 class DataConfig:
     """A corpus and how it is cut into windows: TokenDataModule's arguments (builder/data/datamodule.py)."""
 
-    source: str = "embedded"  # embedded | text | adjectives
-    path: str | None = MISSING  # text only: a UTF-8 file or a folder; each data preset sets it (null, or ??? for text)
+    source: str = "embedded"  # embedded | text | adjectives | lecture | tokens
+    path: str | None = MISSING  # text: a UTF-8 file or a folder; tokens: train.bin; each preset sets it (null or ???)
     tokenizer: str = "char"  # char | word | byte_bpe | gpt2_bpe
     bpe_vocab_size: int = 1024  # byte_bpe: target vocabulary size (>= 256)
     vocab_file: str | None = None  # gpt2_bpe: local vocab.json
@@ -62,6 +62,9 @@ class DataConfig:
     num_workers: int | None = None  # null: 4 loader workers with a GPU, none on CPU (the memmap reads are cheap)
     seed: int = II("seed")  # also seeds the generated adjectives sentences
     n_sentences: int = 20_000  # adjectives only: sentences generated (one per line, ~11 words each)
+    text_field: str = "text"  # text: the field of .jsonl records / the column of .parquet files read as text
+    vocab_size: int | None = None  # tokens: ids in the token file (null: meta.json beside it, else the tokenizer's)
+    dtype: str | None = None  # tokens: uint16 | uint32 (null: meta.json's, else uint16 when the vocabulary fits)
 
 
 @dataclass
@@ -144,7 +147,7 @@ CALLBACK_SCHEMAS = {
 
 @dataclass
 class Config:
-    task: str = "train"  # train | report | sample | export | attend | heads | lens | embed | context | compare
+    task: str = "train"  # train | report | sample | export | attend | heads | lens | embed | context | tour | compare
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -157,6 +160,7 @@ class Config:
     models: list[str] | None = None
     # task=train: resume from a checkpoint file, or `last` for the newest last.ckpt
     ckpt_path: str | None = None
+    tour: bool = False  # task=train: end with the tour of the trained model, lecture.html (see task=tour)
     # task=sample / export / attend / heads: the checkpoint, export or Hugging Face directory (GPT-2, Llama, Mistral,
     # Qwen2/3, GPT-NeoX/Pythia, Gemma/Gemma 2) to read
     checkpoint: str | None = None
@@ -167,7 +171,7 @@ class Config:
     max_new_tokens: int = 200
     temperature: float = 0.8
     top_k: int | None = 40
-    text: str = LECTURE_PHRASE  # task=attend / lens: the phrase to look at
+    text: str = LECTURE_PHRASE  # task=attend / lens / tour: the phrase to look at
     layers: list[int] | None = None  # task=attend: e.g. [0,3]; None = all
     heads: list[int] | None = None  # task=attend: e.g. [1,2]; None = all
     # task=embed: nearest tokens of each word, a direction from word pairs, a 2-D map of groups (each optional)

@@ -26,7 +26,8 @@ import numpy as np
 
 from ..files import atomic_path
 from .corpus import Corpus
-from .tokenizers import CHUNK_CHARS, AnyTokenizer, sha256_json, split_text, token_dtype
+from .stream import PIECE_CHARS, cut_rule, encode_pieces
+from .tokenizers import AnyTokenizer, sha256_json, token_dtype
 
 CACHE_ENV_VAR = "HYDRAFORMER_CACHE"
 # The first line of every cache file, and part of the hashed file name: bump it when the layout changes, so
@@ -132,16 +133,18 @@ def write_token_cache(dest: Path, pieces: Iterable[np.ndarray], fingerprint: str
     return count
 
 
-def build_token_cache(corpus: Corpus, tokenizer: AnyTokenizer, dest: Path) -> int:
-    """Tokenise ``corpus`` piece by piece into the cache file ``dest`` (atomically); return the number of tokens."""
+def build_token_cache(corpus: Corpus, tokenizer: AnyTokenizer, dest: Path, *, workers: int | None = None,
+                      piece_chars: int = PIECE_CHARS) -> int:
+    """Tokenise ``corpus`` into the cache file ``dest`` (atomically); return the number of tokens.
 
-    def pieces() -> Iterable[np.ndarray]:
-        for piece in corpus.documents():
-            for chunk in split_text(piece, CHUNK_CHARS * 8):
-                if chunk:
-                    yield tokenizer.encode_array(chunk)
-
-    return write_token_cache(dest, pieces(), tokenizer.fingerprint(), token_dtype(tokenizer.vocab_size))
+    The corpus is read in bounded blocks, cut into pieces that encode exactly as the whole text does
+    (builder/data/stream.py) and encoded on ``workers`` cores (default all): memory stays bounded whatever the
+    corpus's size, and the tokens are those of ``tokenizer.encode_array(corpus.text())``.
+    """
+    pieces = corpus.documents(cut_rule(tokenizer), piece_chars)
+    return write_token_cache(
+        dest, encode_pieces(tokenizer, pieces, workers), tokenizer.fingerprint(), token_dtype(tokenizer.vocab_size)
+    )
 
 
 def _read_header(raw: bytes) -> dict | str:
@@ -220,18 +223,21 @@ def token_cache_problem(path: Path, fingerprint: str, dtype: Any, *, full: bool 
 class TokenFile:
     """Picklable, read-only view ``[start, stop)`` of the tokens of a cache file, memory-mapped lazily.
 
-    Positions count tokens from the first one (the header is skipped). Pickling (e.g. to DataLoader workers
-    under the ``spawn`` start method) sends only the path and bounds; each process maps the file itself, so the
-    file is never copied into memory.
+    Positions count tokens from the first one (the ``offset`` bytes before it, the header, are skipped; 0 for a
+    flat token file such as nanoGPT's ``train.bin``). Pickling (e.g. to DataLoader workers under the ``spawn``
+    start method) sends only the path and bounds; each process maps the file itself, so the file is never copied
+    into memory.
     """
 
-    def __init__(self, path: str | os.PathLike, dtype: Any, start: int = 0, stop: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, dtype: Any, start: int = 0, stop: int | None = None,
+                 offset: int = HEADER_SIZE) -> None:
         self.path = Path(path)
         self.dtype = np.dtype(dtype)
+        self.offset = int(offset)
         size = self.path.stat().st_size
-        if size < HEADER_SIZE:
-            raise ValueError(f"{self.path} ({size} bytes) is shorter than a token cache header ({HEADER_SIZE} bytes)")
-        total = (size - HEADER_SIZE) // self.dtype.itemsize
+        if size < self.offset:
+            raise ValueError(f"{self.path} ({size} bytes) is shorter than a token cache header ({self.offset} bytes)")
+        total = (size - self.offset) // self.dtype.itemsize
         self.start = int(start)
         self.stop = total if stop is None else int(stop)
         if not 0 <= self.start <= self.stop <= total:
@@ -242,14 +248,14 @@ class TokenFile:
     def array(self) -> np.ndarray:
         """The view as a read-only ``np.memmap``."""
         if self._mm is None:
-            self._mm = np.memmap(self.path, dtype=self.dtype, mode="r", offset=HEADER_SIZE)
+            self._mm = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset)
         return self._mm[self.start : self.stop]
 
     def view(self, start: int, stop: int) -> TokenFile:
         """A sub-view, with ``start``/``stop`` relative to this view."""
         if not 0 <= start <= stop <= len(self):
             raise ValueError(f"bad sub-range [{start}, {stop}) of a view of {len(self)} tokens")
-        return TokenFile(self.path, self.dtype, self.start + start, self.start + stop)
+        return TokenFile(self.path, self.dtype, self.start + start, self.start + stop, self.offset)
 
     def __len__(self) -> int:
         return self.stop - self.start

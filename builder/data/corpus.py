@@ -1,4 +1,5 @@
-"""Corpora: the English text shipped with CPython, a UTF-8 file or folder, or the generated adjectives language."""
+"""Corpora: the English text shipped with CPython, a UTF-8 file or folder (``.jsonl`` and ``.parquet`` files give
+their ``text_field``), or the generated adjectives language. Files are read in bounded blocks, never whole."""
 
 from __future__ import annotations
 
@@ -11,10 +12,17 @@ from components.registry import closest
 
 from ..errors import ConfigError, DataError
 from ..files import special_file
-from . import adjectives
+from . import adjectives, senses
+from .stream import PIECE_CHARS, READ_BYTES, cut_pieces, jsonl_texts, parquet_texts, read_text_blocks
+from .tokenizers import sha256_json
 
-ACCEPTED_SOURCES = ("embedded", "text", "adjectives")
+ACCEPTED_SOURCES = ("embedded", "text", "adjectives", "lecture")
+# generated in memory from (n_sentences, seed): the adjectives language, and it mixed with the senses language
+GENERATED = {"adjectives": adjectives.corpus_text, "lecture": senses.lecture_text}
 DOC_SEPARATOR = "\n\n"
+STRUCTURED_SUFFIXES = (".jsonl", ".parquet")  # one document per record, from the field ``text_field``
+# bumped when the token stream a corpus gives changes (v3: the whole text encoded as one, cut only where exact)
+CORPUS_KEY_VERSION = "v3"
 
 
 def unknown_choice(key: str, value, accepted) -> str:
@@ -39,17 +47,21 @@ class Corpus:
     one sentence per line).
 
     A folder contributes all its non-hidden files (recursively, sorted by relative path), joined with
-    ``"\\n\\n"``. Files are read one at a time.
+    ``"\\n\\n"``. A ``.jsonl`` file gives the string ``text_field`` of each line and a ``.parquet`` file that
+    column (pyarrow), records joined with ``"\\n\\n"`` too. Files are read one block at a time.
     """
 
+    block_bytes = READ_BYTES  # bytes of a file read at a time
+
     def __init__(self, source: str = "embedded", path: str | os.PathLike | None = None,
-                 n_sentences: int = 20_000, seed: int = 0) -> None:
+                 n_sentences: int = 20_000, seed: int = 0, text_field: str = "text") -> None:
         if source not in ACCEPTED_SOURCES:
             raise DataError(unknown_choice("source", source, ACCEPTED_SOURCES))
         self.source = source
         self.path: Path | None = None
         self._files: list[Path] = []
         self.n_sentences, self.seed = int(n_sentences), int(seed)
+        self.text_field = str(text_field)
         if source == "text":
             if path is None or str(path) == "":
                 raise DataError("data.path is required when data.source='text' (a UTF-8 file or a folder)")
@@ -71,42 +83,67 @@ class Corpus:
 
     @property
     def description(self) -> str:
-        if self.source == "adjectives":
-            return f"adjectives language ({self.n_sentences} sentences, seed {self.seed})"
+        if self.source in GENERATED:
+            return f"{self.source} language ({self.n_sentences} sentences, seed {self.seed})"
         return "embedded pydoc_data.topics" if self.source == "embedded" else str(self.path)
 
     @property
     def files(self) -> list[Path]:
         return list(self._files)
 
-    @staticmethod
-    def _read_file(f: Path) -> str:
-        data = f.read_bytes()
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(
-                f"data.path: file {str(f)!r} is not valid UTF-8: bad byte 0x{data[e.start]:02x} "
-                f"at byte offset {e.start} ({e.reason})"
-            ) from None
+    def _file_blocks(self, f: Path) -> Iterator[str]:
+        suffix = f.suffix.lower()
+        if suffix not in STRUCTURED_SUFFIXES:
+            yield from read_text_blocks(f, self.block_bytes)
+            return
+        texts = jsonl_texts(f, self.text_field) if suffix == ".jsonl" else parquet_texts(f, self.text_field)
+        for i, text in enumerate(texts):
+            if i:
+                yield DOC_SEPARATOR
+            yield text
 
     def _pieces(self) -> Iterator[tuple[bool, str]]:
         """(is_separator, text) pieces; their concatenation is the full corpus text."""
         if self.source == "embedded":
             yield False, embedded_text()
             return
-        if self.source == "adjectives":
-            yield False, adjectives.corpus_text(self.n_sentences, self.seed)
+        if self.source in GENERATED:
+            yield False, GENERATED[self.source](self.n_sentences, self.seed)
             return
         for i, f in enumerate(self._files):
             if i:
                 yield True, DOC_SEPARATOR
-            yield False, self._read_file(f)
+            for block in self._file_blocks(f):
+                yield False, block
 
-    def documents(self) -> Iterator[str]:
-        """The corpus as a stream of pieces whose concatenation is the full text (separators included)."""
+    def blocks(self) -> Iterator[str]:
+        """The corpus as bounded blocks whose concatenation is the full text (separators included)."""
         for _, piece in self._pieces():
             yield piece
+
+    def documents(self, rule: str = "space", piece_chars: int = PIECE_CHARS) -> Iterator[str]:
+        """The corpus as pieces of about ``piece_chars`` characters whose concatenation is the full text, cut only
+        by ``rule`` (``"space"``: just before a space or newline that ends a word; ``"any"``: anywhere; see
+        builder/data/stream.py), so no word is split between two pieces."""
+        return cut_pieces(self.blocks(), rule, piece_chars)
+
+    def key(self) -> str:
+        """What the corpus's token cache is keyed by, without reading a file: each file's path, size and
+        modification time (and ``text_field`` for ``.jsonl``/``.parquet``); the content's sha256 for the
+        in-memory corpora. Raises ``DataError`` for text files that are all empty."""
+        if self.source != "text":
+            digest, _ = self.scan()
+            return sha256_json({"corpus": CORPUS_KEY_VERSION, "sha256": digest})
+        files = []
+        for f in self._files:
+            st = f.stat()
+            files.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
+        if not any(size for _, size, _ in files):
+            raise DataError(f"data.path: corpus {self.description!r} is empty")
+        fields: dict = {"corpus": CORPUS_KEY_VERSION, "files": files}
+        if any(f.suffix.lower() in STRUCTURED_SUFFIXES for f in self._files):
+            fields["text_field"] = self.text_field
+        return sha256_json(fields)
 
     def scan(self) -> tuple[str, int]:
         """Read everything once: return (sha256 of the UTF-8 text, number of characters).
@@ -125,7 +162,6 @@ class Corpus:
         return h.hexdigest(), n
 
     def text(self) -> str:
-        """The whole corpus as one string (raises ``DataError`` if it is empty)."""
+        """The whole corpus as one string (raises ``DataError`` if it is empty): for small corpora and tests."""
         self.scan()
-        return "".join(self.documents())
-
+        return "".join(self.blocks())

@@ -5,7 +5,10 @@ The only module of ``builder.data`` that imports Lightning (loading a model for 
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..files import atomic_write
 from .cache import (
     TokenFile,
@@ -27,6 +30,8 @@ from .cache import (
     token_cache_problem,
 )
 from .corpus import ACCEPTED_SOURCES, Corpus, unknown_choice
+from .stream import build_lock, char_vocabulary
+from .token_files import FlatTokens, open_flat_tokens
 from .tokenizers import (
     ACCEPTED_TOKENIZERS,
     AnyTokenizer,
@@ -36,8 +41,12 @@ from .tokenizers import (
     WordTokenizer,
     sha256_json,
     token_dtype,
+    tokenizer_from_dict,
 )
 from .windows import EpochSampler, RandomWindowDataset, ValWindowDataset
+
+# data.source: the corpora of builder/data/corpus.py, and ``tokens``: a flat token file (builder/data/token_files.py)
+DATA_SOURCES = (*ACCEPTED_SOURCES, "tokens")
 
 
 class ResumableDataLoader(DataLoader):
@@ -99,15 +108,20 @@ class TokenDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         n_sentences: int = 20_000,
+        text_field: str = "text",
+        vocab_size: int | None = None,
+        dtype: str | None = None,
     ) -> None:
         super().__init__()
-        if source not in ACCEPTED_SOURCES:
-            raise DataError(unknown_choice("source", source, ACCEPTED_SOURCES))
+        if source not in DATA_SOURCES:
+            raise DataError(unknown_choice("source", source, DATA_SOURCES))
         if tokenizer not in ACCEPTED_TOKENIZERS:
             raise DataError(unknown_choice("tokenizer", tokenizer, ACCEPTED_TOKENIZERS))
         if source == "text" and (path is None or str(path) == ""):
             raise DataError("data.path is required when data.source='text' (a UTF-8 file or a folder)")
-        if source in ("embedded", "adjectives") and path is not None:
+        if source == "tokens" and (path is None or str(path) == ""):
+            raise DataError("data.path is required when data.source='tokens' (a flat uint16/uint32 token file)")
+        if source in ("embedded", "adjectives", "lecture") and path is not None:
             raise DataError(f"data.path={str(path)!r} is only used with data.source='text' (got source={source!r})")
         if tokenizer == "gpt2_bpe":
             for key, value in (("vocab_file", vocab_file), ("merges_file", merges_file)):
@@ -133,7 +147,16 @@ class TokenDataModule(pl.LightningDataModule):
         self.val_batches = _check_int("val_batches", val_batches, 0)
         self.num_workers = _check_int("num_workers", num_workers, 0)
         self.seed = _check_int("seed", seed, 0)
-        self.n_sentences = _check_int("n_sentences", n_sentences, 1)  # source='adjectives' only
+        self.n_sentences = _check_int("n_sentences", n_sentences, 1)  # source='adjectives' / 'lecture' only
+        if not isinstance(text_field, str) or not text_field:
+            raise DataError(
+                f"data.text_field={text_field!r} is not accepted: the name of the text field of .jsonl/.parquet records"
+            )
+        self.text_field = text_field  # .jsonl / .parquet files of source='text'
+        self.vocab_size_setting = None if vocab_size is None else _check_int("vocab_size", vocab_size, 1, 1 << 32)
+        if dtype is not None and dtype not in ("uint16", "uint32"):
+            raise DataError(f"data.dtype={dtype!r} is not accepted: uint16, uint32 or null (the token file's ids)")
+        self.dtype_setting = dtype  # source='tokens' only
 
         # filled by setup()
         self.tokenizer: AnyTokenizer | None = None
@@ -145,81 +168,134 @@ class TokenDataModule(pl.LightningDataModule):
         self._tokens: TokenFile | None = None
         self.train_tokens: TokenFile | None = None  # first (1 - val_fraction) of the stream
         self.val_tokens: TokenFile | None = None  # the rest
+        self.flat: FlatTokens | None = None  # source='tokens': the files read and what they hold
+        self.setup_seconds: float | None = None  # how long the last _build took
         self.train_dataset: RandomWindowDataset | None = None
         self.val_dataset: ValWindowDataset | None = None
 
     # ------------------------------------------------------------------ building
-    def _make_tokenizer(self, corpus: Corpus, source_hash: str) -> AnyTokenizer:
+    def _saved_tokenizer(self, corpus: Corpus, key: str) -> tuple[AnyTokenizer, Path]:
+        """The tokenizer of this corpus (by key): read from the cache folder, else built from the corpus and saved.
+
+        char and word read the corpus once for their vocabulary, byte_bpe trains; a second run reads the file."""
         kind = self.tokenizer_kind
-        if kind == "char":
-            return CharTokenizer.from_text(corpus.documents())
-        if kind == "word":
-            return WordTokenizer.from_text(corpus.documents())
-        if kind == "gpt2_bpe":
+        cls = {"char": CharTokenizer, "word": WordTokenizer, "byte_bpe": ByteBPETokenizer}[kind]
+        fields = {"kind": kind, "source": key}
+        if kind == "byte_bpe":
+            fields["vocab_size"] = self.bpe_vocab_size
+        tok_file = self.cache_dir / f"{kind}-{sha256_json(fields)[:24]}.json"
+        if tok_file.is_file():
+            try:
+                text = tok_file.read_text(encoding="utf-8")
+                return (cls.from_str(text) if kind == "byte_bpe" else tokenizer_from_dict(json.loads(text))), tok_file
+            except Exception as err:  # a damaged file: built again, never trusted
+                rank_zero_warn(f"tokenizer file {tok_file} cannot be read ({type(err).__name__}: {err}): rebuilding it")
+        try:
+            if kind == "byte_bpe":
+                blob = ByteBPETokenizer.train(corpus.documents(), vocab_size=self.bpe_vocab_size).to_str()
+            elif kind == "char":
+                blob = json.dumps(char_vocabulary(corpus.documents("any")).to_dict())
+            else:
+                blob = json.dumps(WordTokenizer.from_text(corpus.documents("space")).to_dict())
+        except ValueError as err:  # no characters or words (e.g. .jsonl records whose text fields are all empty)
+            if isinstance(err, (DataError, ConfigError)):  # a file's own message
+                raise
+            raise DataError(f"data.path: corpus {corpus.description!r} gives no text to tokenise: {err}") from None
+        atomic_write(tok_file, blob.encode("utf-8"))
+        text = tok_file.read_text(encoding="utf-8")
+        return (cls.from_str(text) if kind == "byte_bpe" else tokenizer_from_dict(json.loads(text))), tok_file
+
+    def _make_tokenizer(self, corpus: Corpus, key: str) -> AnyTokenizer:
+        if self.tokenizer_kind == "gpt2_bpe":
             return GPT2BPETokenizer.from_files(Path(self.vocab_file).expanduser(), Path(self.merges_file).expanduser())
-        # byte_bpe: trained tokenizer is cached (keyed by source + vocab size) next to the token caches
-        key = sha256_json({"kind": kind, "source": source_hash, "vocab_size": self.bpe_vocab_size})
-        tok_file = self.cache_dir / f"byte_bpe-{key[:24]}.json"
-        if not tok_file.is_file():
-            trained = ByteBPETokenizer.train(corpus.documents(), vocab_size=self.bpe_vocab_size)
-            blob = trained.to_str().encode("utf-8")
-            # first writer wins, so concurrent (DDP) processes share one tokenizer
-            atomic_write(tok_file, blob, replace=False)
-        self.tokenizer_file = tok_file
-        return ByteBPETokenizer.from_str(tok_file.read_text(encoding="utf-8"))
+        tokenizer, self.tokenizer_file = self._saved_tokenizer(corpus, key)
+        return tokenizer
+
+    def _build_tokens(self) -> tuple[AnyTokenizer, TokenFile, TokenFile | None, str, str]:
+        """source='tokens': (tokenizer, training tokens, validation tokens or None, key, description)."""
+        flat = open_flat_tokens(
+            self.path, self.cache_dir, vocab_size=self.vocab_size_setting, dtype=self.dtype_setting,
+            tokenizer=self.tokenizer_kind, vocab_file=self.vocab_file, merges_file=self.merges_file,
+        )
+        self.flat = flat
+        return flat.tokenizer, flat.train, flat.val, flat.key, str(flat.train.path)
+
+    def _build_corpus(self) -> tuple[AnyTokenizer, TokenFile, str, str, bool, Path]:
+        corpus = Corpus(self.source, self.path, n_sentences=self.n_sentences, seed=self.seed, text_field=self.text_field)
+        key = corpus.key()  # the files' paths, sizes and times: no file is read
+        remove_stale_temp_files(self.cache_dir)  # left by builds that were killed
+
+        def waiting(seconds: float) -> None:  # every rank says it: the one waiting is not the one building
+            if seconds == 0.0:
+                print(f"waiting for another process to build the token cache of {corpus.description!r}",
+                      file=sys.stderr, flush=True)
+
+        # one process builds (the first to take the lock: Lightning's local rank 0 in prepare_data); the others
+        # wait here, then find the cache valid
+        with build_lock(self.cache_dir, key, waiting):
+            tokenizer = self._make_tokenizer(corpus, key)
+            dtype = token_dtype(tokenizer.vocab_size)
+            fingerprint = tokenizer.fingerprint()
+            cache_file = token_cache_path(self.cache_dir, key, fingerprint, dtype)
+            found = cache_file.is_file()
+            problem = token_cache_problem(cache_file, fingerprint, dtype) if found else None
+            if problem is not None:
+                rank_zero_warn(f"token cache {cache_file} {problem}: rebuilding it")
+            hit = found and problem is None
+            if not hit:
+                build_token_cache(corpus, tokenizer, cache_file)
+        return tokenizer, TokenFile(cache_file, dtype), key, corpus.description, hit, cache_file
 
     def _build(self) -> None:
-        corpus = Corpus(self.source, self.path, n_sentences=self.n_sentences, seed=self.seed)
-        source_hash, _ = corpus.scan()
-        tokenizer = self._make_tokenizer(corpus, source_hash)
-        dtype = token_dtype(tokenizer.vocab_size)
-        fingerprint = tokenizer.fingerprint()
-        cache_file = token_cache_path(self.cache_dir, source_hash, fingerprint, dtype)
-        remove_stale_temp_files(self.cache_dir)  # left by builds that were killed
-        found = cache_file.is_file()
-        problem = token_cache_problem(cache_file, fingerprint, dtype) if found else None
-        if problem is not None:
-            rank_zero_warn(f"token cache {cache_file} {problem}: rebuilding it")
-        hit = found and problem is None
-        if not hit:
-            build_token_cache(corpus, tokenizer, cache_file)
-        tokens = TokenFile(cache_file, dtype)
+        start = time.perf_counter()
+        val_file: TokenFile | None = None
+        if self.source == "tokens":
+            tokenizer, tokens, val_file, key, description = self._build_tokens()
+            hit, cache_file = True, tokens.path
+        else:
+            tokenizer, tokens, key, description, hit, cache_file = self._build_corpus()
 
         n = len(tokens)
-        n_train = int(n * (1.0 - self.val_fraction))
+        if val_file is not None:  # val.bin beside train.bin: all of train.bin trains
+            n_train = n
+        else:
+            n_train = int(n * (1.0 - self.val_fraction))
         span = self.context_length + 1
         if n_train < span:
             raise DataError(
-                f"corpus {corpus.description!r} gives {n} tokens; the training split ({n_train} tokens) is shorter "
+                f"corpus {description!r} gives {n} tokens; the training split ({n_train} tokens) is shorter "
                 f"than data.context_length + 1 = {span}; use a larger corpus, a smaller data.context_length "
                 f"or a smaller data.val_fraction"
             )
-        if self.val_fraction > 0 and self.val_batches > 0 and n - n_train < span:
+        n_val = len(val_file) if val_file is not None else n - n_train
+        if self.val_fraction > 0 and self.val_batches > 0 and n_val < span:
             raise DataError(
-                f"corpus {corpus.description!r} gives {n} tokens; the validation split ({n - n_train} tokens) is "
-                f"shorter than data.context_length + 1 = {span}; raise data.val_fraction, lower "
-                f"data.context_length, or set data.val_fraction=0"
+                f"corpus {description!r} gives {n_val} validation tokens, fewer than data.context_length + 1 = "
+                f"{span}; raise data.val_fraction, lower data.context_length, or set data.val_fraction=0"
             )
 
         self.tokenizer = tokenizer
-        self.source_hash = source_hash
+        self.source_hash = key
         self.cache_file = cache_file
         self.cache_hit = hit
         self.num_tokens = n
         self._tokens = tokens
         self.train_tokens = tokens.view(0, n_train)
-        self.val_tokens = tokens.view(n_train, n)
+        self.val_tokens = val_file if val_file is not None else tokens.view(n_train, n)
         self.train_dataset = RandomWindowDataset(
             self.train_tokens, self.context_length, self.samples_per_epoch, self.seed
         )
         self.val_dataset = ValWindowDataset(self.val_tokens, self.context_length, self.val_batches * self.batch_size)
+        self.setup_seconds = time.perf_counter() - start
 
     def prepare_data(self) -> None:
         if self._tokens is None:
             self._build()
 
     def setup(self, stage: str | None = None) -> None:
-        # every (DDP) process calls this; the build is idempotent and all file writes are atomic
+        # every (DDP) process calls this, after local rank 0's prepare_data built the cache; without a Trainer
+        # (or with a cache folder that is not shared) the first process to take the build lock builds it, the
+        # others wait for it; all file writes are atomic
         if self._tokens is None:
             self._build()
 
@@ -231,6 +307,8 @@ class TokenDataModule(pl.LightningDataModule):
     @property
     def vocab_size(self) -> int:
         self._require_setup()
+        if self.flat is not None:
+            return self.flat.vocab_size
         return self.tokenizer.vocab_size
 
     @property

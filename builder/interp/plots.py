@@ -151,6 +151,12 @@ def patterns_figure(tokens: list[str], patterns, masks=None, layer_ids=None, hea
 
 def draw_steps(path, tokens: list[str], scores, mask, pattern, update_norms, title: str = "",
                score_label: str = "query · key / sqrt(d_head)") -> Path:
+    """``steps_figure`` written to ``path`` as a PNG."""
+    return save_figure(steps_figure(tokens, scores, mask, pattern, update_norms, title, score_label), path)
+
+
+def steps_figure(tokens: list[str], scores, mask, pattern, update_norms, title: str = "",
+                 score_label: str = "query · key / sqrt(d_head)") -> Figure:
     """The lecture's steps for one head, two by two: q·k scores → after the mask → softmax → the size of each
     token's update, each score panel with its colour scale."""
     scores, pattern, update_norms = _np(scores), _np(pattern), _np(update_norms)
@@ -182,7 +188,8 @@ def draw_steps(path, tokens: list[str], scores, mask, pattern, update_norms, tit
     axes[3].set_xlabel("size of the update (L2 norm)", fontsize=8)
     axes[3].set_title("4. the update each token receives from this head:\n||Σ weight · value · W_o||", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    fig.tight_layout()
+    return fig
 
 
 def _save(fig: Figure, path) -> Path:

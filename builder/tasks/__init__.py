@@ -45,10 +45,10 @@ class JobFailed(RuntimeError):
 # task name -> the module whose ``run(cfg, out_dir[, model_name])`` does it. Imported when the task runs:
 # start-up (task=report must not pay for Lightning or wandb).
 TASKS = {name: f"{__name__}.{name}" for name in ("report", "train", "sample", "export", "attend", "heads", "lens",
-                                                      "embed", "context", "compare")}
+                                                      "embed", "context", "tour", "compare")}
 TAKES_MODEL_NAME = ("report", "train")
 # tasks whose model is read from ``checkpoint=``: the composed ``model`` section is not theirs to show
-READS_CHECKPOINT = ("sample", "export", "attend", "heads", "lens", "embed", "context")
+READS_CHECKPOINT = ("sample", "export", "attend", "heads", "lens", "embed", "context", "tour")
 # The config is shown once a task has checked its inputs: a task module with ``SHOWS_CONFIG = True`` calls
 # builder.config.printing.inputs_checked itself when it is past its checks; any other gets it shown just before it runs.
 

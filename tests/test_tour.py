@@ -1,0 +1,55 @@
+"""task=tour: lecture.html walks the lecture with the model's own pictures; self-contained, escaped, and it draws
+in headless Chromium with no script error (the embedded attention page reports it is drawn)."""
+
+import json
+import re
+
+import torch
+from browser import Browser
+
+import builder
+from builder.checkpoint import save_export
+from builder.config.plain import to_plain
+from builder.data import adjectives, senses
+from builder.data.tokenizers import CharTokenizer, WordTokenizer
+
+
+def _export(tmp_path, tok, name="export"):
+    cfg = builder.compose(["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.context_length=64",
+                           f"model.vocab_size={tok.vocab_size}"]).model
+    torch.manual_seed(0)
+    return save_export(builder.build_model(cfg), tok, to_plain(cfg), tmp_path / name)
+
+
+def test_tour_of_a_word_level_model(tmp_path, cli):
+    tok = WordTokenizer.from_text(" ".join(adjectives.VOCABULARY + senses.VOCABULARY))
+    export = _export(tmp_path, tok, "<i>model&co")
+    proc = cli("task=tour", f"checkpoint='{export}'", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = (tmp_path / "run" / "lecture.html").read_text()
+    for n, title in enumerate(["Tokens", "Directions in embedding space", "One head", "Many heads",
+                               "Meaning refined by context", "The final vector", "Where the parameters go"], 1):
+        assert f"<h2>{n}. {title}" in page
+    assert page.count("&lt;i&gt;model&amp;co") == 2 and "<i>model" not in page  # text is escaped (title, heading)
+    assert "{html" not in page
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", page)  # nothing fetched: self-contained
+    measured = json.loads((tmp_path / "run" / "lecture.json").read_text())  # a model of the lecture's language
+    assert set(measured) == {"sense_probes", "sense_head", "word_classes", "lens_agreement"}
+    assert measured["lens_agreement"] == 1.0 and "sense probe (held-out accuracy" in proc.stdout
+    assert "Measured: a linear probe for the sense" in page
+    assert page.count("data:image/png;base64,") == 7 and "<iframe" in page  # 2 embedding, steps, grid, context, lens x2
+    with Browser() as browser:
+        browser.open((tmp_path / "run" / "lecture.html").as_uri())
+        browser.wait_for("window.__messages.some(m => m && m.hydraformer)", timeout=20)
+        states = browser.eval("window.__messages.map(m => m.hydraformer)")
+        drawn = browser.eval("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+        assert not browser.errors, browser.errors
+    assert states == ["ready"] and drawn
+
+
+def test_tour_of_a_character_model_says_what_it_cannot_show(tmp_path, cli):
+    export = _export(tmp_path, CharTokenizer.from_text("a fluffy blue creature roamed the verdant forest"))
+    proc = cli("task=tour", f"checkpoint={export}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = (tmp_path / "run" / "lecture.html").read_text()
+    assert "character-level model" in page and "no word of several senses" in page
