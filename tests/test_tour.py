@@ -53,3 +53,23 @@ def test_tour_of_a_character_model_says_what_it_cannot_show(tmp_path, cli):
     assert proc.returncode == 0, proc.stderr[-3000:]
     page = (tmp_path / "run" / "lecture.html").read_text()
     assert "character-level model" in page and "no word of several senses" in page
+
+
+def test_experiment_lecture_makes_the_lecture_happen(tmp_path, cli):
+    """experiment=lecture trains the word-level model of the lecture's language and ends with its tour: the sense of
+    a homonym is unreadable at the embedding and read at the last layer, one head carries it from the cue, word
+    classes cluster in the embedding, and the lens ends at the model's prediction."""
+    from conftest import train_env
+
+    env = train_env(tmp_path)["env"]
+    proc = cli("experiment=lecture", "logger=csv", "trainer.enable_progress_bar=false",
+               f"hydra.run.dir={tmp_path / 'run'}", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    measured = json.loads((tmp_path / "run" / "lecture.json").read_text())
+    probe = measured["sense_probes"]
+    assert probe["accuracy"][0] <= probe["chance"] + 0.05  # the same vector in every sentence: chance
+    assert probe["accuracy"][-1] >= 0.95
+    assert measured["sense_head"]["score"] > 0.5  # most of the homonym's attention goes to its cue word
+    assert min(measured["word_classes"].values()) >= 0.8
+    assert measured["lens_agreement"] == 1.0
+    assert (tmp_path / "run" / "lecture.html").is_file() and "sense probe" in proc.stdout

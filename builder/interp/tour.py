@@ -160,3 +160,16 @@ def write_tour(path, model, tokenizer, model_cfg: dict, text: str, title: str = 
     if measured is not None:
         atomic_write(path.with_name("lecture.json"), json.dumps(measured, indent=2) + "\n")
     return atomic_write(path, page.encode("utf-8")), measured
+
+
+def summary(measured: dict) -> str:
+    """The measurements in a few lines."""
+    sp, sh, wc = measured["sense_probes"], measured["sense_head"], measured["word_classes"]
+    probes = ", ".join(f"{label} {100 * a:.1f}%" for label, a in zip(sp["labels"], sp["accuracy"]))
+    return (f"sense probe (held-out accuracy; chance {100 * sp['chance']:.1f}%): {probes}; >= 95% from "
+            f"{sp['rises_at'] or 'no layer'}\n"
+            f"sense head: L{sh['layer']}H{sh['head']} ({100 * sh['score']:.1f}% of the homonym's attention on its cue)\n"
+            f"word classes: {100 * wc['adjectives']:.0f}% of an adjective's nearest tokens are adjectives, "
+            f"{100 * wc['nouns']:.0f}% of a noun's are nouns\n"
+            f"lens: the last layer's guess is the model's prediction at {100 * measured['lens_agreement']:.1f}% of "
+            "positions")

@@ -25,6 +25,8 @@ from ..config.printing import inputs_checked
 from ..data.datamodule import TokenDataModule
 from ..errors import ConfigError
 from ..files import atomic_write
+from ..interp.tour import summary as tour_summary
+from ..interp.tour import write_tour
 from ..memory import check_training_memory
 from ..model import resolve
 from ..report import write_budget_files
@@ -258,8 +260,22 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
         }
         atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         print_summary(summary)
+        if cfg.get("tour"):
+            _tour(cfg, module, dm.tokenizer, model_cfg, out_dir, sharded=isinstance(strategy, FullyShardedStrategy))
     finish_wandb()
     return 0
+
+
+def _tour(cfg, module, tokenizer, model_cfg: dict, out_dir: Path, sharded: bool) -> None:
+    """tour=true: lecture.html (and, for a model of the lecture's language, lecture.json) of the trained model."""
+    if sharded:
+        print("tour=true: skipped, the weights are sharded across processes; run task=tour on a full checkpoint")
+        return
+    page, measured = write_tour(out_dir / "lecture.html", module.model.to("cpu").eval(), tokenizer, model_cfg, cfg.text,
+                                title=f"The lecture, with the model trained in {out_dir.name}")
+    if measured is not None:
+        print(tour_summary(measured))
+    print(f"  the lecture   : {page} (open it from disk; no network)")
 
 
 def _metric(trainer, key: str):
