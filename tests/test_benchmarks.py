@@ -58,3 +58,11 @@ def test_gpu_check_runs_its_steps_on_cpu(tmp_path):
     assert "| pytest -m gpu (tests/test_gpu.py) | 4 skipped" in table
     assert re.search(r"train_throughput gpt2 .*builder +\d+ tok/s", table)
     assert re.search(r"train_throughput llama .*builder +\d+ tok/s", table)
+
+
+def test_capture_memory_reports_each_mode():
+    proc = subprocess.run([sys.executable, "benchmarks/capture_memory.py", "--preset", "tiny", "--tokens", "32",
+                           "--layers", "0"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for label in ("model built", "capture, pattern only", "capture, every field", "task=attend pictures"):
+        assert re.search(rf"^{label}.* +[\d,]+ MB", proc.stdout, re.M), proc.stdout

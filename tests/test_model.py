@@ -168,3 +168,16 @@ def test_too_long_input_names_context_length():
     model = small_model()
     with pytest.raises(ValueError, match="context_length=16"):
         model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_capture_keeps_only_the_fields_asked_for():
+    model = small_model()
+    ids = torch.randint(0, 50, (1, 9))
+    from builder.interp.capture import record
+
+    rec = record(model, ids, fields=("pattern",), layers=[1])
+    assert rec.pattern(1).shape == (1, 4, 9, 9)
+    with pytest.raises(KeyError, match=r"'result' was not recorded; recorded fields: \['pattern'\]"):
+        rec.result(1)
+    with pytest.raises(KeyError, match=r"layer 0 was not recorded; recorded layers: \[1\]"):
+        rec.pattern(0)
