@@ -202,7 +202,7 @@ def test_inflated_config_json_is_refused_before_building(tmp_path, weights, clai
     d = _hf_dir(tmp_path / "gpt2", weights, **claim)
     out = tmp_path / "run"
     proc = run_capped({}, "task=sample", f"checkpoint={d}", f"hydra.run.dir={out}", timeout=120)
-    err = assert_refused(proc, out, f"checkpoint='{d}'", "checkpoint (", "vs model (", "config.json")
+    err = assert_refused(proc, out, f"checkpoint='{d}'", ": checkpoint transformer.", "vs model (", "config.json")
     assert str(next(iter(claim.values()))) in err
 
 
