@@ -67,9 +67,8 @@ def context_views(model: nn.Module, tokenizer, word: str, contexts: list[str], t
             rec = record(model, batch, fields=("result", "pattern"))
             size = torch.stack([rec.result(i)[0, :, pos].float().norm(dim=-1) for i in range(len(model.blocks))])
             moved.append(size)  # [L, H]
-            looked.append([[rec.pattern(i)[0, h, pos].float() for h in range(size.shape[1])]
-                           for i in range(len(model.blocks))])
-            looked[-1] = (ids, looked[-1])
+            looked.append((ids, [[rec.pattern(i)[0, h, pos].float() for h in range(size.shape[1])]
+                                 for i in range(len(model.blocks))]))
     finally:
         model.train(was_training)
     stacked = torch.stack(vectors)  # [C, L + 1, d]

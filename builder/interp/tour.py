@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from pathlib import Path
 
@@ -35,9 +34,8 @@ pre{background:#f6f6f6;padding:.8em;overflow:auto;font-size:.85em}.note{color:#6
 
 
 def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    """A view's Figure (plots.ShownFigure: it encodes its own PNG) as an inline image."""
+    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(fig._repr_png_()).decode()}">'
 
 
 def _section(title: str, text: str, body: str) -> str:
