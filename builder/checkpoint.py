@@ -20,10 +20,11 @@ from .data.tokenizers import tokenizer_from_dict
 from .errors import ConfigError
 from .files import atomic_path, atomic_write, special_file
 from .hf import load_hf, save_hf
-from .model import build_model, load_state
+from .model import build_model, check_state, load_state
 
 EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "hydraformer.json"
+SHARDED_META = "meta.pt"  # Lightning's name for a sharded checkpoint's non-tensor state
 CHECKPOINT = "a hydraformer checkpoint (.ckpt written by task=train) or an export directory"
 EXPORT = f"an export directory written by task=export ({EXPORT_CONFIG} + {EXPORT_WEIGHTS})"
 
@@ -91,6 +92,51 @@ def _load_export(path: Path, key: str):
     return model.eval(), _tokenizer(meta.get("tokenizer"), key, path, "an export"), meta["model"]
 
 
+def is_sharded_checkpoint(path) -> bool:
+    """A checkpoint written by ``trainer.checkpoint_format: sharded`` (fsdp2): a directory holding Lightning's
+    ``meta.pt`` (step, hyperparameters) beside torch distributed checkpoint's ``.metadata`` and shard files."""
+    p = Path(str(path))
+    return p.is_dir() and (p / SHARDED_META).is_file() and (p / ".metadata").is_file()
+
+
+def _load_sharded(path: Path, key: str):
+    """The model of a sharded checkpoint, read in this one process: only the model's tensors are read (no optimizer
+    state), each straight into its place in the model, whatever number of processes wrote the shards."""
+    from torch.distributed.checkpoint import FileSystemReader  # (reason: torch.distributed only for this format)
+    from torch.distributed.checkpoint import load as dcp_load
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    what = "a sharded checkpoint (fsdp2)"
+    try:
+        meta = torch.load(path / SHARDED_META, map_location="cpu", weights_only=True)
+        reader = FileSystemReader(path)
+        stored = reader.read_metadata().state_dict_metadata
+    except Exception as err:  # a truncated meta.pt or .metadata, another program's files
+        raise ConfigError(key, str(path), f"{what} whose {SHARDED_META} and .metadata are readable: "
+                          f"{_first_line(err)}") from None
+    hp = meta.get("hyper_parameters") if isinstance(meta, dict) else None
+    if not isinstance(hp, dict) or "model" not in hp:
+        raise ConfigError(key, str(path), f"{what} of hydraformer: its {SHARDED_META} holds no model config")
+    model = _build(hp["model"], key, path, what)
+    prefix = "state_dict.model."
+    saved = {k.removeprefix(prefix): getattr(v, "size", None) for k, v in stored.items() if k.startswith(prefix)}
+    own = model.state_dict()
+    if model.tie_embeddings and "unembedding.weight" not in saved:  # a tied weight is stored under one name
+        own.pop("unembedding.weight", None)
+    # names and shapes checked first (load_state's message), from the metadata alone: nothing is read yet
+    check_state(own, {k: torch.empty(tuple(s), device="meta") for k, s in saved.items() if s is not None}, key, path)
+    targets = {f"model.{k}": v for k, v in own.items()}
+    try:
+        with warnings.catch_warnings():  # torch warns that it reads in one process: what we ask of it
+            warnings.simplefilter("ignore", UserWarning)
+            dcp_load({"state_dict": targets}, storage_reader=reader, no_dist=True)
+    except (Exception, CheckpointException) as err:  # a missing or truncated shard file (CheckpointException
+        # is a BaseException wrapping each rank's own error: ours, the one rank)
+        cause = next(iter(err.failures.values()))[0] if isinstance(err, CheckpointException) else err
+        raise ConfigError(key, str(path), f"{what} with every shard file present and whole: {_first_line(cause)}") from None
+    return model.eval(), _tokenizer(hp.get("tokenizer"), key, path, what), hp["model"]
+
+
 def load_model(path, key: str = "checkpoint", *, dtype=None):
     """A trained model from a checkpoint, an export or a Hugging Face directory: returns
     ``(model, tokenizer_or_None, model_config)``. ``dtype`` (Hugging Face directories): None casts to fp32, "auto"
@@ -105,7 +151,10 @@ def load_model(path, key: str = "checkpoint", *, dtype=None):
             return _load_export(path, key)
         if (path / "config.json").is_file():  # a Hugging Face directory: builder/hf.py's families, others refused
             return load_hf(path, key, dtype)
-        raise ConfigError(key, str(path), f"a checkpoint file or a directory holding {EXPORT_CONFIG}")
+        if is_sharded_checkpoint(path):  # trainer=fsdp / fsdp_cpu's checkpoint_format: sharded
+            return _load_sharded(path, key)
+        raise ConfigError(key, str(path), f"a checkpoint file, a sharded checkpoint directory ({SHARDED_META} + "
+                          f".metadata) or a directory holding {EXPORT_CONFIG}")
     ckpt = read_checkpoint(path, key)
     hp = ckpt["hyper_parameters"]
     model = _build(hp["model"], key, path, "a checkpoint")

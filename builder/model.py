@@ -199,7 +199,13 @@ def norms_per_block(layout: str) -> int:
 
 def load_state(model: nn.Module, state: dict, key: str, path) -> None:
     """Load ``state`` into ``model``; mismatched shapes or names are listed, nothing is half-loaded."""
-    own = model.state_dict()
+    check_state(model.state_dict(), state, key, path)
+    model.load_state_dict(state)
+
+
+def check_state(own: dict, state: dict, key: str, path) -> None:
+    """ConfigError listing every tensor of ``state`` whose name or shape does not fit ``own`` (a model's state dict;
+    the values need only a ``.shape``: meta tensors do)."""
     problems = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                 for k, v in state.items() if k in own and own[k].shape != v.shape]
     missing = [k for k in own if k not in state]
@@ -209,4 +215,3 @@ def load_state(model: nn.Module, state: dict, key: str, path) -> None:
             f"{k}: not in the model" for k in unexpected]
         shown = "; ".join(lines[:8]) + (f"; ... {len(lines) - 8} more" if len(lines) > 8 else "")
         raise ConfigError(key, str(path), f"weights that fit the configured model; mismatched tensors: {shown}")
-    model.load_state_dict(state)

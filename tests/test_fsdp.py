@@ -2,6 +2,7 @@
 CPU processes over gloo, the model built sharded, sharded and full checkpoints, a resume."""
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,12 @@ def test_two_fsdp_processes_equal_one_process_with_double_batch(env, fsdp_run):
     assert len(list(step2.glob("*.distcp"))) == 2  # one shard file per process
     single, _ = train(env, "single", "trainer=cpu", "data.batch_size=8", "trainer.max_steps=2")
     assert_same_params(weights(step2, env["root"]), weights(single / "checkpoints" / "last.ckpt", env["root"]))
+    # builder.load_model (task=sample, export ...) reads the sharded directory itself, in one process
+    model, tokenizer, _ = builder.load_model(step2)
+    reference, reference_tokenizer, _ = builder.load_model(single / "checkpoints" / "last.ckpt")
+    assert_same_params(model.state_dict(), reference.state_dict())
+    assert model.unembedding.weight is model.token_embedding.weight
+    assert tokenizer.encode("the cat") == reference_tokenizer.encode("the cat")
     # the sample and the attention probe ran with both processes taking part, written once
     assert (out / "samples.txt").read_text().count("--- step 2 ---") == 1
     assert (out / "attention" / "patterns_step2.png").exists() and (out / "attention" / "patterns_step4.png").exists()
@@ -102,3 +109,19 @@ def test_fsdp_cpu_preset_and_checkpoint_format():
         make_strategy({**cfg.trainer, "checkpoint_format": "zip"}, None)
     with pytest.raises(builder.ConfigError, match="only trainer.strategy=fsdp2"):
         make_strategy({"strategy": "ddp", "checkpoint_format": "full"}, None)
+
+
+def test_a_damaged_sharded_checkpoint_is_refused_by_name(env, fsdp_run, tmp_path):
+    out, _ = fsdp_run
+    broken = tmp_path / "step-2.ckpt"
+    shutil.copytree(out / "checkpoints" / "step-2.ckpt", broken)
+    shard = sorted(broken.glob("*.distcp"))[1]
+    shard.write_bytes(shard.read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(builder.ConfigError, match=r"checkpoint=.*step-2.ckpt.*every shard file present and whole"):
+        builder.load_model(broken)
+    shard.unlink()
+    with pytest.raises(builder.ConfigError, match=r"every shard file present and whole.*__1_0.distcp"):
+        builder.load_model(broken)
+    (broken / ".metadata").write_bytes(b"not a pickle")
+    with pytest.raises(builder.ConfigError, match=r"meta.pt and .metadata are readable"):
+        builder.load_model(broken)

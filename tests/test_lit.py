@@ -38,15 +38,26 @@ def test_no_weight_decay_on_biases_norms_embeddings():
     assert foreach.configure_optimizers()["optimizer"].defaults["foreach"] is True
 
 
-def test_fsdp_preset_wraps_each_block():
+def test_fsdp_preset_is_fsdp2_in_bf16():
+    """trainer=fsdp takes the path trainer=fsdp_cpu's two-process tests run (tests/test_fsdp.py), on every GPU."""
+    from builder.tasks.train import make_strategy
+    from builder.training.fsdp import FullyShardedStrategy
+
+    cfg = builder.compose(["trainer=fsdp"])
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.devices == -1 and cfg.trainer.accelerator == "gpu"
+    strategy = make_strategy(dict(cfg.trainer), None)
+    assert isinstance(strategy, FullyShardedStrategy) and strategy.checkpoint_format == "sharded"
+    with pytest.raises(builder.ConfigError, match=r"trainer.precision='16-mixed'.*bf16-mixed.*loss scaler"):
+        make_strategy({**cfg.trainer, "precision": "16-mixed"}, None)
+
+
+def test_lightning_fsdp_strategy_still_wraps_each_block():
     from pytorch_lightning.strategies import FSDPStrategy
 
     from builder.tasks.train import make_strategy
     from components import Block
 
-    cfg = builder.compose(["trainer=fsdp"])
-    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.devices == -1
-    strategy = make_strategy(dict(cfg.trainer), None)
+    strategy = make_strategy({"strategy": "fsdp", "precision": "bf16-mixed"}, None)
     assert isinstance(strategy, FSDPStrategy)
     assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
 

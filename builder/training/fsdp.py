@@ -31,6 +31,7 @@ from torch.overrides import TorchFunctionMode
 
 from components import Block
 
+from ..checkpoint import is_sharded_checkpoint  # noqa: F401 (the trainer's check, named here too)
 from ..errors import ConfigError
 from ..model import build_model
 
@@ -204,10 +205,3 @@ def clip_sharded_gradients(parameters, max_value: float, algorithm: str = "norm"
     if isinstance(total, DTensor):
         total = total.full_tensor()
     torch.nn.utils.clip_grads_with_norm_(params, max_value, total)
-
-
-def is_sharded_checkpoint(path) -> bool:
-    """A checkpoint written by ``checkpoint_format: sharded``: a directory with Lightning's ``meta.pt`` beside the
-    shards' ``.metadata``."""
-    p = Path(str(path))
-    return p.is_dir() and (p / "meta.pt").is_file() and (p / ".metadata").is_file()
