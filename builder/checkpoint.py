@@ -103,8 +103,8 @@ def _load_sharded(path: Path, key: str):
     """The model of a sharded checkpoint, read in this one process: only the model's tensors are read (no optimizer
     state), each straight into its place in the model, whatever number of processes wrote the shards."""
     from torch.distributed.checkpoint import FileSystemReader  # (reason: torch.distributed only for this format)
-    from torch.distributed.checkpoint import load as dcp_load
-    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint import load as dcp_load  # (reason: as above)
+    from torch.distributed.checkpoint.api import CheckpointException  # (reason: as above)
 
     what = "a sharded checkpoint (fsdp2)"
     try:
