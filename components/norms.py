@@ -38,6 +38,8 @@ class RMSNorm(nn.RMSNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.unit_offset:
+            if _hand_backward(x):
+                return _RMSNormCPU.apply(x, self.weight, self.eps if self.eps is not None else torch.finfo(x.dtype).eps)
             return super().forward(x)
         normed = F.rms_norm(x.float(), self.normalized_shape, None, self.eps)
         return (normed * (1.0 + self.weight.float())).type_as(x)
@@ -45,3 +47,39 @@ class RMSNorm(nn.RMSNorm):
     @classmethod
     def formula(cls, d_model, eps=1e-6, unit_offset=False) -> dict:
         return {"norm": {"weight": d_model, "bias": 0}}
+
+
+def _hand_backward(x: torch.Tensor) -> bool:
+    """Whether :class:`_RMSNormCPU` serves: fp32 on the CPU, in eager training (torch.compile fuses the plain form
+    itself; CUDA has a fused kernel for both directions; autocast keeps its own rules)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+
+
+class _RMSNormCPU(torch.autograd.Function):
+    """RMSNorm with a written-out backward for the CPU, where torch differentiates ``rms_norm`` op by op (pow, mean,
+    rsqrt, three products ... each a pass over the activations and a tensor kept for the backward).
+
+    Forward is torch's fused kernel, which also returns r = 1/rms; with n = x·r and gn = g·w the backward is
+    dx = r·(gn − n·mean(gn·n)) and dw = Σ g·n: five passes, the saved tensors only x and r. Same values as the
+    op-by-op form to float rounding (tests/test_components.py); about 2x faster forward + backward at a
+    [8, 256, 384] activation on 2 threads."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        shape = [x.shape[-1]]
+        y, rstd = torch.ops.aten._fused_rms_norm(x, shape, weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, rstd = ctx.saved_tensors
+        normed = x * rstd
+        grad_weight = None
+        if weight is not None and ctx.needs_input_grad[1]:
+            grad_weight = (grad * normed).sum(dim=tuple(range(grad.ndim - 1)))
+        grad_normed = grad * weight if weight is not None else grad.clone()
+        mean_dot = torch.linalg.vecdot(grad_normed, normed).unsqueeze(-1).div_(x.shape[-1])
+        grad_x = grad_normed.addcmul_(normed, mean_dot, value=-1).mul_(rstd)
+        return grad_x, grad_weight, None

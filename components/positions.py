@@ -129,16 +129,17 @@ class RotaryPositions(Positions):
         return torch.where(between, blended, stretched)
 
     def _cos_sin(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[T, rotated]`` tables: cos of each pair's angle on both of its channels, and sin with the sign each
+        channel takes (−sin on the first half, +sin on the second), so a turn is x·cos + swap(x)·sin."""
         angles = pos.to(torch.float32)[:, None] * self.inv_freq(pos.device)[None, :]
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        cos, sin = angles.cos(), angles.sin()
+        return torch.cat((cos, cos), dim=-1).to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype)
 
     def _turn(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         rot = self.rotated
-        turned, kept = (x, None) if rot == x.shape[-1] else (x[..., :rot], x[..., rot:])
-        half = rot // 2
-        x1, x2 = turned[..., :half], turned[..., half:]
-        out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-        return out if kept is None else torch.cat((out, kept), dim=-1)
+        if rot == x.shape[-1]:
+            return _Turn.apply(x, cos, sin)
+        return torch.cat((_Turn.apply(x[..., :rot], cos, sin), x[..., rot:]), dim=-1)
 
     def _angles(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin for ``pos``, computed once per position tensor: the model hands every layer the same one."""
@@ -154,3 +155,28 @@ class RotaryPositions(Positions):
         q_angles = self._angles(q_pos, q.dtype)
         k_angles = q_angles if k_pos is q_pos and k.dtype == q.dtype else self._angles(k_pos, k.dtype)
         return self._turn(q, *q_angles), self._turn(k, *k_angles)
+
+
+def _turned(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
+    """x·cos + sign·swap(x)·sin, swap exchanging the two halves of the last dimension: three passes."""
+    half = x.shape[-1] // 2
+    swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos).addcmul_(swapped, sin, value=sign)
+
+
+class _Turn(torch.autograd.Function):
+    """The rotation of each channel pair (x1, x2) by its angle: (x1·cos − x2·sin, x2·cos + x1·sin).
+
+    Its backward is the rotation by minus the angle (a rotation's transpose is its inverse), the same three passes
+    on the gradient with nothing saved but the tables; differentiating the formula op by op instead takes four
+    half-width products, their sums, a concatenation and the slices' scatter back, each way."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _turned(x, cos, sin, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _turned(grad, cos, sin, -1.0), None, None

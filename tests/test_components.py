@@ -98,6 +98,35 @@ def test_rotary_matches_reference_and_is_relative():
     torch.testing.assert_close(s[..., 5, 0], s[..., 6 - 1, 0])
 
 
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_rotary_backward_is_the_inverse_rotation(fraction):
+    """The turn's written-out backward (the rotation by minus the angle) against autograd of the formula,
+    and torch's numerical gradient check in float64."""
+    from components.positions import _Turn
+
+    rope = get("embedding", "rotary")(d_model=32, context_length=16, d_head=8, fraction=fraction)
+    pos = torch.arange(7)
+    q = torch.randn(2, 4, 7, 8, requires_grad=True)
+    k = torch.randn(2, 1, 7, 8, requires_grad=True)
+    gq, gk = torch.randn(2, 4, 7, 8), torch.randn(2, 1, 7, 8)
+    rq, rk = rope.rotate(q, k, pos, pos)
+    got = torch.autograd.grad((rq, rk), (q, k), (gq, gk))
+
+    angles = pos.float()[:, None] * rope.inv_freq()[None]
+    cos, sin, half, rot = angles.cos(), angles.sin(), rope.rotated // 2, rope.rotated
+
+    def formula(x):  # differentiated op by op
+        x1, x2, kept = x[..., :half], x[..., half:rot], x[..., rot:]
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos, kept), dim=-1)
+
+    want = torch.autograd.grad((formula(q), formula(k)), (q, k), (gq, gk))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-5)
+    cos64, sin64 = (t.double() for t in rope._cos_sin(pos, torch.float64))
+    assert torch.autograd.gradcheck(lambda x: _Turn.apply(x, cos64, sin64),
+                                    (torch.randn(2, 3, 7, rot, dtype=torch.float64, requires_grad=True),))
+
+
 def test_learned_and_sinusoidal_positions():
     learned = get("embedding", "learned")(d_model=6, context_length=10, d_head=3)
     x, pos = torch.zeros(1, 4, 6), torch.arange(3, 7)
@@ -170,3 +199,31 @@ def test_norms_match_reference():
     torch.nn.init.normal_(rms.weight)
     want = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-6) * rms.weight
     torch.testing.assert_close(rms(x), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_rmsnorm_written_out_backward_equals_autograd(affine):
+    """fp32 CPU training takes RMSNorm's written-out backward; the values and both gradients are autograd's of
+    the plain formula, and torch's numerical gradient check passes in float64."""
+    from components.norms import _RMSNormCPU
+
+    rms = get("norm", "rmsnorm")(d_model=16)
+    if affine:
+        torch.nn.init.normal_(rms.weight)
+    else:
+        rms.weight = None  # as nn.RMSNorm(elementwise_affine=False) has it
+    x = (torch.randn(3, 5, 16) * 2 + 0.5).requires_grad_()
+    g = torch.randn(3, 5, 16)
+    y = rms(x)
+    assert type(y.grad_fn).__name__ == "_RMSNormCPUBackward"
+    params = (x,) if rms.weight is None else (x, rms.weight)
+    got = torch.autograd.grad(y, params, g)
+    plain = x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + 1e-6) * (1 if rms.weight is None else rms.weight)
+    torch.testing.assert_close(y, plain, atol=1e-6, rtol=1e-5)
+    for a, b in zip(got, torch.autograd.grad(plain, params, g)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        assert rms(x).grad_fn is None  # inference: torch's own fused kernel
+    x64 = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    w64 = torch.randn(8, dtype=torch.float64, requires_grad=True) if affine else None
+    assert torch.autograd.gradcheck(lambda x, w: _RMSNormCPU.apply(x, w, 1e-6), (x64, w64))
