@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .data.tokenizers import tokenizer_from_dict
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .files import atomic_path, atomic_write, special_file
 from .hf import load_hf, save_hf
 from .model import build_model, check_state, load_state
@@ -27,11 +27,6 @@ EXPORT_CONFIG = "hydraformer.json"
 SHARDED_META = "meta.pt"  # Lightning's name for a sharded checkpoint's non-tensor state
 CHECKPOINT = "a hydraformer checkpoint (.ckpt written by task=train) or an export directory"
 EXPORT = f"an export directory written by task=export ({EXPORT_CONFIG} + {EXPORT_WEIGHTS})"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def read_checkpoint(path, key: str = "checkpoint", *, mmap: bool = False) -> dict:
@@ -44,7 +39,7 @@ def read_checkpoint(path, key: str = "checkpoint", *, mmap: bool = False) -> dic
         if mmap:  # a legacy (non-zip) file cannot be mapped: read it, for the real answer
             return read_checkpoint(path, key)
         raise ConfigError(key, str(path), f"{CHECKPOINT}; this file could not be loaded safely with "
-                          f"weights_only=True: {_first_line(err)}") from None
+                          f"weights_only=True: {first_line(err)}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or not isinstance(ckpt.get("hyper_parameters"), dict) \
             or "model" not in ckpt["hyper_parameters"]:
         raise ConfigError(key, str(path), "a hydraformer checkpoint: this file holds no model config and state_dict")
@@ -65,14 +60,14 @@ def _tokenizer(tok, key: str, path: Path, what: str):
     try:
         return tokenizer_from_dict(tok)
     except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError(key, str(path), f"{what} with a tokenizer hydraformer can rebuild: {_first_line(err)}") from None
+        raise ConfigError(key, str(path), f"{what} with a tokenizer hydraformer can rebuild: {first_line(err)}") from None
 
 
 def _load_export(path: Path, key: str):
     try:
         meta = json.loads((path / EXPORT_CONFIG).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ConfigError(key, str(path), f"{EXPORT}; its {EXPORT_CONFIG} is not readable JSON: {_first_line(err)}") \
+        raise ConfigError(key, str(path), f"{EXPORT}; its {EXPORT_CONFIG} is not readable JSON: {first_line(err)}") \
             from None
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
         raise ConfigError(key, str(path), f"{EXPORT}; its {EXPORT_CONFIG} holds no model config (a \"model\" object)")
@@ -84,7 +79,7 @@ def _load_export(path: Path, key: str):
         state = load_file(weights)
     except (SafetensorError, OSError, ValueError) as err:
         raise ConfigError(key, str(path), f"{EXPORT}; its {EXPORT_WEIGHTS} is not a readable safetensors file "
-                          f"(truncated or corrupt?): {_first_line(err)}") from None
+                          f"(truncated or corrupt?): {first_line(err)}") from None
     if model.tie_embeddings:
         state.setdefault("unembedding.weight", state.get("token_embedding.weight"))
     state = {k: v for k, v in state.items() if v is not None}
@@ -113,7 +108,7 @@ def _load_sharded(path: Path, key: str):
         stored = reader.read_metadata().state_dict_metadata
     except Exception as err:  # a truncated meta.pt or .metadata, another program's files
         raise ConfigError(key, str(path), f"{what} whose {SHARDED_META} and .metadata are readable: "
-                          f"{_first_line(err)}") from None
+                          f"{first_line(err)}") from None
     hp = meta.get("hyper_parameters") if isinstance(meta, dict) else None
     if not isinstance(hp, dict) or "model" not in hp:
         raise ConfigError(key, str(path), f"{what} of hydraformer: its {SHARDED_META} holds no model config")
@@ -133,7 +128,7 @@ def _load_sharded(path: Path, key: str):
     except (Exception, CheckpointException) as err:  # a missing or truncated shard file (CheckpointException
         # is a BaseException wrapping each rank's own error: ours, the one rank)
         cause = next(iter(err.failures.values()))[0] if isinstance(err, CheckpointException) else err
-        raise ConfigError(key, str(path), f"{what} with every shard file present and whole: {_first_line(cause)}") from None
+        raise ConfigError(key, str(path), f"{what} with every shard file present and whole: {first_line(cause)}") from None
     return model.eval(), _tokenizer(hp.get("tokenizer"), key, path, what), hp["model"]
 
 
@@ -169,7 +164,7 @@ def _flat(node, prefix: str = "model") -> dict:
     return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}.{key}").items()}
 
 
-def _same_model(saved: dict, current: dict, key: str, path) -> None:
+def check_same_model(saved: dict, current: dict, key: str, path) -> None:
     """Resuming continues the model a checkpoint holds: any difference in the model config is refused, listing the
     keys (a key one side lacks counts when the other side sets it). Training settings may change."""
     old, new = _flat(saved), _flat(current)
@@ -200,7 +195,7 @@ def check_resumable(path, model_cfg: dict | None = None, key: str = "ckpt_path")
         raise ConfigError(key, str(path), "a checkpoint written during training (checkpoints/last.ckpt, step-N.ckpt, "
                           "best-N.ckpt): this one holds the weights only, no optimizer state to resume")
     if model_cfg is not None:
-        _same_model(ckpt["hyper_parameters"]["model"], model_cfg, key, path)
+        check_same_model(ckpt["hyper_parameters"]["model"], model_cfg, key, path)
         with torch.device("meta"):  # shapes only: nothing is allocated
             model = build_model(model_cfg)
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}

@@ -18,3 +18,10 @@ class DataError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the message names the step and what to change."""
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none): the part of another
+    library's error worth quoting inside a ConfigError."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

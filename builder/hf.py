@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .data.tokenizers import GPT2BPETokenizer, HFTokenizer, as_tokenizer_json
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .files import atomic_path, atomic_write, special_file
 from .model import MODEL_DEFAULTS, MODEL_KEYS, SHARED_ARGS, build_model, load_state, resolve
 
@@ -724,11 +724,6 @@ def _refuse_special(files, key: str, path: Path) -> None:
             raise ConfigError(key, str(path), f"a Hugging Face directory of regular files; {file.name} is {kind}")
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def _load_one(file: Path, key: str, path: Path) -> dict:
     """A weights file's tensors; a zip-format ``.bin`` (torch >= 1.6) is memory-mapped, not read."""
     if file.suffix == ".safetensors":
@@ -736,12 +731,12 @@ def _load_one(file: Path, key: str, path: Path) -> dict:
             return load_file(str(file))
         except Exception as err:
             raise ConfigError(key, str(path), f"readable safetensors weights; {file.name} could not be read: "
-                              f"{_first_line(err)}") from None
+                              f"{first_line(err)}") from None
     try:
         state = torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
     except Exception as err:  # not a zip/pickle, or a pickle that wants to run code
         raise ConfigError(key, str(path), f"weights loadable safely with torch.load(weights_only=True); "
-                          f"{file.name} was refused: {_first_line(err)}") from None
+                          f"{file.name} was refused: {first_line(err)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(key, str(path), f"a state dict of tensors in {file.name}; it holds a {type(state).__name__}")
     return state
@@ -757,7 +752,7 @@ def _shapes_of(file: Path, key: str, path: Path) -> dict:
             return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     except Exception as err:
         raise ConfigError(key, str(path), f"readable safetensors weights; {file.name} could not be read: "
-                          f"{_first_line(err)}") from None
+                          f"{first_line(err)}") from None
 
 
 def _shards(index: Path, key: str, path: Path) -> list[Path]:
@@ -766,7 +761,7 @@ def _shards(index: Path, key: str, path: Path) -> list[Path]:
         shards = sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise ConfigError(key, str(path), f"a shard index with a 'weight_map'; {index.name} could not be read: "
-                          f"{_first_line(err)}") from None
+                          f"{first_line(err)}") from None
     for shard in shards:
         if not isinstance(shard, str) or Path(shard).name != shard:
             raise ConfigError(key, str(path), f"every shard {index.name} names, as a file in the same directory; "
@@ -816,7 +811,7 @@ def load_hf_tokenizer(path, fam: Family | None = None, key: str = "checkpoint"):
             return (GPT2BPETokenizer if gpt2 else HFTokenizer).from_str(tok_json.read_text())
     except Exception as err:
         raise ConfigError(key, str(path), f"a readable tokenizer (vocab.json + merges.txt, or tokenizer.json): "
-                          f"{_first_line(err)}") from None
+                          f"{first_line(err)}") from None
     return None
 
 

@@ -22,6 +22,34 @@ def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: floa
                           capture_output=True, text=True, timeout=timeout)
 
 
+def home_env(tmp_path_factory, name: str, **extra_env: str) -> dict:
+    """``train_env`` in a fresh folder that is also HOME, with no wandb key: nothing of this machine's user leaks in."""
+    root = tmp_path_factory.mktemp(name)
+    return train_env(root, HOME=str(root), WANDB_API_KEY="", **extra_env)
+
+
+def train_run(env: dict, name: str, *overrides: str, timeout: float = 300):
+    """``run.py`` training on ``train_env``'s corpus into ``env["root"] / name``; asserts it succeeded and returns
+    (run directory, completed process)."""
+    out = env["root"] / name
+    proc = run_cli("data=text", f"data.path={env['corpus']}", *overrides, f"hydra.run.dir={out}", env=env["env"],
+                   timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc
+
+
+def jittered_model(overrides: list[str], seed: int = 0, std: float = 0.3):
+    """The model ``overrides`` compose, every parameter redrawn from N(0, std): away from the init, so norms' gains,
+    biases and the rest all take part (a check at the init could miss a term that is zero or one there)."""
+    import builder  # (reason: conftest is imported before the tests' own imports)
+
+    torch.manual_seed(seed)
+    model = builder.build_model(builder.compose(overrides).model).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, 0.0, std)
+    return model
+
+
 CORPUS = "the cat sat on the mat. the dog sat on the log. " * 400
 
 

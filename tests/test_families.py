@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from conftest import jittered_model
 
 import builder
 from components import AttentionMask, KVCache, get
@@ -194,11 +195,7 @@ VARIANTS = {
 
 
 def family_model(name, seed=0):
-    torch.manual_seed(seed)
-    model = builder.build_model(builder.compose(SMALL + VARIANTS[name]).model).eval()
-    for p in model.parameters():  # away from the init: norms' gains, biases and all
-        torch.nn.init.normal_(p, 0.0, 0.3)
-    return model
+    return jittered_model(SMALL + VARIANTS[name], seed)
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, train_env
+from conftest import home_env, train_run
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 import builder
@@ -23,15 +23,11 @@ SMALL = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.conte
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fsdp")
-    return train_env(root, HOME=str(root), WANDB_API_KEY="")
+    return home_env(tmp_path_factory, "fsdp")
 
 
 def train(env, name, *overrides):
-    out = env["root"] / name
-    proc = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", *overrides, env=env["env"])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc
+    return train_run(env, name, *SMALL, *overrides)
 
 
 def weights(ckpt: Path, tmp: Path) -> dict:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli, train_env
+from conftest import home_env, train_run
 
 import builder
 from builder.generate import generate
@@ -23,16 +23,11 @@ SMALL = ["model.d_model=64", "model.n_layers=2", "model.n_heads=4", "model.conte
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gpu")
-    return train_env(root, HOME=str(root), WANDB_API_KEY="")
+    return home_env(tmp_path_factory, "gpu")
 
 
 def train(env, name, *overrides):
-    out = env["root"] / name
-    proc = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", *overrides,
-                   env=env["env"], timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc
+    return train_run(env, name, *SMALL, *overrides)
 
 
 def test_bf16_training_on_one_gpu(env):

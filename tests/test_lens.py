@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import jittered_model
 
 import builder
 from builder.errors import ConfigError
@@ -18,11 +19,7 @@ VARIANTS = {
 
 
 def model_of(name):
-    torch.manual_seed(0)
-    model = builder.build_model(builder.compose(VARIANTS[name] + SMALL).model).eval()
-    for p in model.parameters():
-        torch.nn.init.normal_(p, 0.0, 0.3)
-    return model
+    return jittered_model(VARIANTS[name] + SMALL)
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli, train_env
+from conftest import REPO, home_env, run_cli
 from omegaconf import OmegaConf
 
 from builder.tasks.compare import BASIC_SWEEPER, PLAN_FILE, compare_sweep, plan_jobs, read_plan, write_plan
@@ -30,8 +30,7 @@ TINY = ["model.d_model=32", "model.n_layers=2", "model.context_length=32", "logg
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep_listing")
-    return train_env(root, HOME=str(root), WANDB_API_KEY="", WANDB_SILENT="true")
+    return home_env(tmp_path_factory, "sweep_listing", WANDB_SILENT="true")
 
 
 def data(env) -> list[str]:

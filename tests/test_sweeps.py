@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_cli, train_env
+from conftest import REPO, home_env, run_cli
 from wandb_offline import find_runs, read_run
 
 TINY = ["model.d_model=32", "model.n_layers=2", "model.context_length=32", "logger=csv",
@@ -98,8 +98,7 @@ def assert_same_params(a: dict, b: dict) -> None:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweeps")
-    return train_env(root, HOME=str(root), WANDB_API_KEY="", WANDB_SILENT="true")
+    return home_env(tmp_path_factory, "sweeps", WANDB_SILENT="true")
 
 
 @pytest.fixture(scope="module")

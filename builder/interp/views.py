@@ -89,30 +89,54 @@ def patterns(model, tokenizer, text: str, layers=None, heads=None, title: str = 
                            layer_notes=[rec.mask_note(i) for i in layers])
 
 
+def lens_words(model, tokenizer, ids: torch.Tensor) -> dict:
+    """The logit lens (``interp.lens.logit_lens``: ``raw``) in words: the ``tokens``, each layer's top ``guesses``
+    and their ``probs`` at every position, and the model's own ``prediction``."""
+    out = logit_lens(model, ids)
+    return {"raw": out, "tokens": token_strings(tokenizer, ids[0].tolist()),
+            "guesses": [[_word(tokenizer, row[0]) for row in stream] for stream in out["top_ids"]],
+            "probs": [[row[0] for row in stream] for stream in out["top_probs"]],
+            "prediction": [_word(tokenizer, i) for i in out["prediction"]]}
+
+
+def lens_picture(words: dict, title: str) -> Figure:
+    return lens_figure(words["tokens"], words["guesses"], words["probs"], words["raw"]["labels"], words["prediction"],
+                       title)
+
+
 def lens(model, tokenizer, text: str, title: str = "") -> Figure:
     """Each layer's top next-token guess at every position (the logit lens)."""
-    ids = encode_text(tokenizer, text, model)
-    out = logit_lens(model, ids)
-    word = lambda i: token_strings(tokenizer, [i])[0]  # noqa: E731
-    guesses = [[word(row[0]) for row in stream] for stream in out["top_ids"]]
-    probs = [[row[0] for row in stream] for stream in out["top_probs"]]
-    return lens_figure(token_strings(tokenizer, ids[0].tolist()), guesses, probs, out["labels"],
-                       [word(i) for i in out["prediction"]], title or repr(text))
+    return lens_picture(lens_words(model, tokenizer, encode_text(tokenizer, text, model)), title or repr(text))
+
+
+def attribution_words(model, tokenizer, ids: torch.Tensor, position: int = -1) -> dict:
+    """``interp.lens.direct_attribution`` with the predicted token (``token_text``) and the one it follows
+    (``after``) in words."""
+    out = direct_attribution(model, ids, position)
+    return {**out, "token_text": _word(tokenizer, out["token"]),
+            "after": token_strings(tokenizer, ids[0].tolist())[out["position"]]}
+
+
+def attribution_picture(words: dict) -> Figure:
+    return attribution_figure(words["parts"], words["logit"], words["token_text"], words["after"])
 
 
 def attribution(model, tokenizer, text: str, position: int = -1) -> Figure:
     """Who wrote the predicted token's logit at ``position``: embeddings, each head, each MLP."""
-    ids = encode_text(tokenizer, text, model)
-    out = direct_attribution(model, ids, position)
-    tokens = token_strings(tokenizer, ids[0].tolist())
-    return attribution_figure(out["parts"], out["logit"], token_strings(tokenizer, [out["token"]])[0],
-                              tokens[out["position"]])
+    return attribution_picture(attribution_words(model, tokenizer, encode_text(tokenizer, text, model), position))
+
+
+def nearest_words(model, tokenizer, words, k: int = 8, space: str = "embedding") -> dict:
+    """{word: [(token, cosine), ...]}: each word's ``k`` nearest tokens in ``space``, in words."""
+    return {w: [(_word(tokenizer, i), c) for i, c in nearest_tokens(model, tokenizer, w, k, space)] for w in words}
 
 
 def nearest(model, tokenizer, words, k: int = 8, space: str = "embedding") -> Figure:
-    near = {w: [(token_strings(tokenizer, [i])[0], c) for i, c in nearest_tokens(model, tokenizer, w, k, space)]
-            for w in words}
-    return nearest_figure(near, space)
+    return nearest_figure(nearest_words(model, tokenizer, words, k, space), space)
+
+
+def _word(tokenizer, token_id: int) -> str:
+    return token_strings(tokenizer, [token_id])[0]
 
 
 def direction(model, tokenizer, pairs, words=(), space: str = "embedding") -> Figure:

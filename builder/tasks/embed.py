@@ -9,8 +9,8 @@ from ..checkpoint import load_model
 from ..config.plain import to_plain
 from ..errors import ConfigError
 from ..files import atomic_write
-from ..interp.embed import embedding_map, nearest_tokens, pair_direction, same_group_fraction
-from ..interp.pictures import token_strings
+from ..interp import views
+from ..interp.embed import embedding_map, pair_direction, same_group_fraction
 from ..interp.plots import direction_figure, map_figure, nearest_figure, save_figure
 
 
@@ -27,8 +27,7 @@ def run(cfg, out_dir: Path) -> int:
     space = cfg.get("space") or "embedding"
     report, files = {"space": space}, []
     if words:
-        near = {w: [(token_strings(tokenizer, [i])[0], c) for i, c in nearest_tokens(model, tokenizer, w, cfg.neighbours,
-                                                                                     space)] for w in words}
+        near = views.nearest_words(model, tokenizer, words, cfg.neighbours, space)
         report["nearest"] = near
         files.append(save_figure(nearest_figure(near, space), out_dir / "nearest.png"))
         for w, pairs_of in near.items():

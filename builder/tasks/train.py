@@ -18,7 +18,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from components import Block
 
 from ..budget import parameter_budget
-from ..checkpoint import _same_model, check_resumable
+from ..checkpoint import check_resumable, check_same_model
 from ..config.cli import check_unused_run_dir, resumes_in
 from ..config.plain import to_plain
 from ..config.printing import inputs_checked
@@ -171,7 +171,7 @@ def check_sharded_resumable(path, model_cfg: dict, strategy) -> None:
     if not isinstance(hp, dict) or not isinstance(hp.get("model"), dict) or "global_step" not in meta:
         raise ConfigError("ckpt_path", str(path), "a sharded hydraformer checkpoint written during training: its "
                           "meta.pt holds no model config or training state")
-    _same_model(hp["model"], model_cfg, "ckpt_path", path)
+    check_same_model(hp["model"], model_cfg, "ckpt_path", path)
 
 
 @rank_zero_only
