@@ -12,6 +12,8 @@ import pytest
 import torch
 from conftest import REPO, run_cli, train_env
 
+import builder
+
 SMALL = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.context_length=32", "logger=csv",
          "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "callbacks.text_samples.prompt=the ",
          "callbacks.attention_probe=null", "train.warmup_steps=0"]
@@ -106,6 +108,36 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(env):
         ckpt = torch.load(path, weights_only=True)
         assert ckpt["global_step"] <= failed_at
         assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_a_deferred_nan_check_names_the_first_bad_step_and_keeps_no_stepped_checkpoint(env):
+    """train.finite_check_every=4 (what a GPU does by default, every trainer.log_every_n_steps: no host sync per
+    step): the first NaN is still named with its own step, and no checkpoint holds weights it stepped."""
+    out = env["tmp"] / "nan_deferred"
+    proc = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", "train.lr=1e6",
+                   "trainer.max_steps=50", "trainer.val_check_interval=1000", "train.finite_check_every=4",
+                   "callbacks.model_checkpoint.every_n_train_steps=1", env=env["env"])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    message = proc.stderr.split("train/loss is ")[1]
+    assert message.startswith(("nan at step", "inf at step")) and "checked every 4 steps" in message
+    failed_at = int(message.split("at step ")[1].split()[0])
+    seen_at = int(message.split("seen at step ")[1].split(":")[0])
+    assert failed_at <= seen_at < failed_at + 4
+    kept = list(out.glob("checkpoints/*.ckpt"))
+    for path in kept:
+        ckpt = torch.load(path, weights_only=True)
+        assert ckpt["global_step"] <= failed_at
+        assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+@pytest.mark.parametrize("train,words", [({"finite_check_every": 0}, "a whole number of steps >= 1"),
+                                         ({"finite_check_every": 4, "skip_nonfinite": True}, "checked at once")])
+def test_bad_finite_check_every_is_refused(train, words):
+    from builder.training.module import check_train
+
+    with pytest.raises(builder.ConfigError, match=rf"train.finite_check_every=.*{words}"):
+        check_train({"lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 0, **train})
 
 
 def test_skip_nonfinite_counts_and_finishes(env):

@@ -79,6 +79,10 @@ class TrainConfig:
     fused_optimizer: bool = True  # fused AdamW (CPU and CUDA); false: foreach
     compile: bool = False  # torch.compile the model
     skip_nonfinite: bool = False  # true: skip and count batches with a NaN/inf loss (single process); false: stop
+    # how often the training loss is checked for NaN/inf, in steps. null: every step on a CPU (free), every
+    # trainer.log_every_n_steps on a GPU (each check waits for the GPU: a host sync). Checkpoints, validation and
+    # the run's end check first, so no checkpoint holds weights a NaN/inf loss has stepped
+    finite_check_every: int | None = None
     # refuse a run whose memory estimate (weights, gradients, AdamW, activations: builder/memory.py) clearly exceeds
     # the device's free memory, before anything is allocated; false: skip the check
     check_memory: bool = True

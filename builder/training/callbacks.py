@@ -172,7 +172,9 @@ class SaveOnInterrupt(pl.Callback):
     def on_exception(self, trainer, pl_module, exception):
         self._restore()
         interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
-        if trainer.global_step == 0 or not (interrupted or self._worth_saving(trainer, pl_module, exception)):
+        unsafe = getattr(pl_module, "nonfinite_error", lambda: None)() is not None  # a NaN/inf loss not yet looked
+        # at (train.finite_check_every) has stepped these weights
+        if trainer.global_step == 0 or unsafe or not (interrupted or self._worth_saving(trainer, pl_module, exception)):
             return
         trainer.save_checkpoint(self.path)
         self.saved = self.path
@@ -260,6 +262,14 @@ class StepProgressBar(RichProgressBar):
         style = self.theme.description  # as Lightning's, but a resumed run's bar starts where it stopped
         return self.progress.add_task(f"[{style}]{description}" if style else description, total=total_batches,
                                       visible=visible, completed=self.trainer.global_step)
+
+    def _update_metrics(self, trainer, pl_module) -> None:
+        # reading the logged metrics reads them back from the device: on a GPU, a wait for its queue. Lightning's
+        # bar does it after every batch; here a GPU run's bar shows them every trainer.log_every_n_steps steps
+        every = max(1, int(trainer.log_every_n_steps or 1))
+        if trainer.training and pl_module.device.type == "cuda" and trainer.global_step % every:
+            return
+        super()._update_metrics(trainer, pl_module)
 
     def _update(self, progress_bar_id, current: int, visible: bool = True, hard: bool = False) -> None:
         if progress_bar_id is not None and progress_bar_id == self.train_progress_bar_id and self._steps():

@@ -86,6 +86,13 @@ def check_train(train: dict) -> None:
     eps = train.get("eps", 1e-8)
     if not _is_number(eps) or eps <= 0:
         raise ConfigError("train.eps", eps, "a positive number, e.g. 1e-8")
+    every = train.get("finite_check_every")
+    if every is not None and (not _is_count(every) or every < 1):
+        raise ConfigError("train.finite_check_every", every, "null (every step on a CPU, every "
+                          "trainer.log_every_n_steps on a GPU) or a whole number of steps >= 1")
+    if every not in (None, 1) and train.get("skip_nonfinite"):
+        raise ConfigError("train.finite_check_every", every, "1 or null with train.skip_nonfinite=true: a batch is "
+                          "skipped before its backward, so its loss must be checked at once")
 
 
 class LitGPT(pl.LightningModule):
@@ -113,6 +120,7 @@ class LitGPT(pl.LightningModule):
         self._rng_to_restore: dict | None = None
         self._val_losses: list[torch.Tensor] = []
         self.skipped_nonfinite = 0
+        self._unchecked: list[tuple[int, int, torch.Tensor]] = []  # (step, batch, loss) not yet checked for NaN/inf
         self.model: nn.Module | None = None
         self._init_rng = torch.get_rng_state() if defer_model else None  # where a build here would have drawn from
         if not defer_model:
@@ -147,7 +155,12 @@ class LitGPT(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self.loss(batch)
-        if not torch.isfinite(loss):
+        every = self._finite_check_every()
+        if every > 1:  # no host sync here: the losses are looked at together every `every` steps
+            self._unchecked.append((self.global_step, batch_idx, loss.detach()))
+            if (self.global_step + 1) % every == 0:
+                self.raise_if_nonfinite()
+        elif not torch.isfinite(loss):
             if self.train_cfg.get("skip_nonfinite"):
                 self.skipped_nonfinite += 1
                 self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), on_step=True, on_epoch=False)
@@ -158,6 +171,42 @@ class LitGPT(pl.LightningModule):
                 "train.skip_nonfinite=true to skip such batches and count them")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
         return loss
+
+    def _finite_check_every(self) -> int:
+        every = self.train_cfg.get("finite_check_every")
+        if every is None:  # a CPU reads the loss for free; on a GPU each read waits for the queued work
+            on_gpu = self._trainer is not None and self._trainer.strategy.root_device.type == "cuda"
+            every = max(1, int(self._trainer.log_every_n_steps or 1)) if on_gpu else 1
+        return 1 if self.train_cfg.get("skip_nonfinite") else int(every)
+
+    def nonfinite_error(self) -> NonFiniteLossError | None:
+        """The error for the first NaN/inf training loss not yet looked at (``train.finite_check_every``), else
+        None; one host sync for all of them."""
+        if not self._unchecked:
+            return None
+        losses = torch.stack([loss for _, _, loss in self._unchecked]).float()
+        bad = ~torch.isfinite(losses)
+        if not bool(bad.any()):
+            self._unchecked.clear()
+            return None
+        first = int(bad.nonzero()[0, 0])
+        step, batch_idx, _ = self._unchecked[first]
+        return NonFiniteLossError(
+            f"train/loss is {losses[first].item()} at step {step} (batch {batch_idx}; seen at step "
+            f"{self._unchecked[-1][0]}: the loss is checked every {self._finite_check_every()} steps, "
+            "train.finite_check_every); the run stops and keeps its last good checkpoint, written before that step. "
+            "Lower train.lr (or raise train.warmup_steps), or set train.skip_nonfinite=true to skip such batches "
+            "and count them")
+
+    def raise_if_nonfinite(self) -> None:
+        if (error := self.nonfinite_error()) is not None:
+            raise error
+
+    def on_validation_epoch_start(self) -> None:
+        self.raise_if_nonfinite()  # the weights validation would judge must be from finite losses
+
+    def on_train_end(self) -> None:
+        self.raise_if_nonfinite()
 
     def validation_step(self, batch, batch_idx):
         self._val_losses.append(self.loss(batch).detach())
@@ -233,6 +282,7 @@ class LitGPT(pl.LightningModule):
             self._rng_to_restore = None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.raise_if_nonfinite()  # never a checkpoint of weights a NaN/inf loss has stepped
         # plain containers only: weights_only=True must be able to load every checkpoint
         checkpoint["hyper_parameters"] = to_plain(dict(self.hparams))
         # the random state (dropout), so a resumed run draws what the uninterrupted one would have

@@ -15,6 +15,7 @@ from lightning_fabric.plugins.precision.precision import (
     _PRECISION_INPUT_STR_ALIAS,
     _PRECISION_INPUT_STR_ALIAS_CONVERSION,
 )
+from lightning_fabric.utilities.throughput import get_available_flops
 
 from ..errors import ConfigError
 
@@ -53,6 +54,11 @@ def lightning_precision(value) -> str:
     raise ConfigError("trainer.precision", value, f"one of {', '.join(full)}, or a short form ({aliases})")
 
 
+def half_precision(precision: str) -> bool:
+    """Whether a Lightning precision name computes its matmuls in 16 bits (tensor cores' dense peak)."""
+    return precision.startswith(("bf16", "16", "transformer-engine"))
+
+
 def peak_flops(precision, override: float | None = None) -> tuple[float, str]:
     """The denominator of MFU and where it came from (``precision``: any form ``lightning_precision`` accepts)."""
     precision = lightning_precision(precision)
@@ -62,9 +68,13 @@ def peak_flops(precision, override: float | None = None) -> tuple[float, str]:
         name = torch.cuda.get_device_name()
         for key, value in GPU_PEAKS.items():
             if key in name:
-                half = precision.startswith(("bf16", "16", "transformer-engine"))
-                return value if half else value / 2, f"{name} data sheet"
+                return value if half_precision(precision) else value / 2, f"{name} data sheet"
         dtype = torch.bfloat16 if "bf16" in precision else torch.float32
+        # Lightning's table next (it lists more devices; some of its entries are sparse or two-GPU figures,
+        # which is why the data sheets' dense ones above come first), else a measured matmul
+        listed = get_available_flops(torch.device("cuda"), torch.bfloat16 if half_precision(precision) else dtype)
+        if listed:
+            return float(listed), f"{name}: Lightning's table"
         return matmul_peak(dtype, 4096, device="cuda"), f"{name} matmul probe"
     dtype = torch.bfloat16 if "bf16" in precision else torch.float32
     return matmul_peak(dtype), f"CPU {str(dtype).split('.')[-1]} matmul probe, {torch.get_num_threads()} threads"
@@ -104,12 +114,14 @@ class ThroughputMonitor(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self._start is None:
+            _wait_for_device(pl_module)
             self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._tokens += batch[0].numel() * trainer.world_size
         self._batches += 1  # counted here, not from batch_idx: a window may span epochs shorter than it
         if self._batches == self.window:
+            _wait_for_device(pl_module)  # the window's kernels done: once a window, never once a step
             elapsed = time.perf_counter() - self._start
             rate = self._tokens / elapsed
             self.total_tokens += self._tokens
@@ -147,6 +159,14 @@ class ThroughputMonitor(pl.Callback):
     @property
     def mean_tokens_per_s(self) -> float | None:
         return self.total_tokens / self.total_time if self.total_time else None
+
+
+def _wait_for_device(pl_module) -> None:
+    """On a GPU the host runs ahead of the kernels it queued: wait for them, so the clock measures the work.
+    (Lightning's own ThroughputMonitor does this after every batch; here it is at a window's two ends only.)"""
+    device = getattr(pl_module, "device", None)
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _is_terminal(stream) -> bool:
