@@ -22,7 +22,7 @@ def generate(model, ids: torch.Tensor, max_new_tokens: int, temperature: float =
     limit = model.context_length
     capacity = ids.shape[1] + max_new_tokens if limit is None else min(limit, ids.shape[1] + max_new_tokens)
     cache = KVCache(capacity)
-    logits = model(ids[:, -limit:] if limit else ids, cache=cache)[:, -1]
+    logits = model(ids[:, -limit:] if limit else ids, cache=cache, last_only=True)[:, -1]
     out = ids
     for i in range(max_new_tokens):
         if not torch.isfinite(logits).all():
@@ -40,7 +40,7 @@ def generate(model, ids: torch.Tensor, max_new_tokens: int, temperature: float =
             break
         if limit and cache.length + 1 > limit:
             cache = KVCache(capacity)
-            logits = model(out[:, -max(1, limit // 2):], cache=cache)[:, -1]  # (context_length=1 keeps 1 token)
+            logits = model(out[:, -max(1, limit // 2):], cache=cache, last_only=True)[:, -1]  # (context_length=1 keeps 1 token)
         else:
             logits = model(nxt, cache=cache)[:, -1]
     model.train(was_training)

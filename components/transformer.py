@@ -136,7 +136,7 @@ class Transformer(nn.Module):
         return out
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
         t = ids.shape[1]
         start = cache.length if cache is not None else 0
         limit = self.context_length
@@ -158,6 +158,8 @@ class Transformer(nn.Module):
             x = self.drop(x)
         for block, mask in zip(self.blocks, masks):
             x = block(x, mask, self.positions, pos, cache)
+        if last_only:  # the next token's logits only (generation): the unembedding is the largest matmul per token
+            x = x[:, -1:]
         logits = self.unembedding(self.final_norm(x))
         if self.final_softcap is not None:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap

@@ -135,6 +135,12 @@ def test_kv_cache_decoding_matches_full_forward(variant):
     for t in range(5, 12):
         steps.append(model(ids[:, t: t + 1], cache=cache))
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
+    # what generation asks for: the last position's logits only, from a prompt and from each step
+    cache = KVCache()
+    first = model(ids[:, :5], cache=cache, last_only=True)
+    assert first.shape == (2, 1, full.shape[-1])
+    torch.testing.assert_close(first, full[:, 4:5], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model(ids[:, 5:6], cache=cache, last_only=True), full[:, 5:6], atol=1e-5, rtol=1e-4)
 
 
 def test_kv_cache_writes_in_place_and_grows_past_its_capacity():
