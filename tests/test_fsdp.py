@@ -93,6 +93,21 @@ def test_sharded_checkpoint_resumes_to_the_uninterrupted_run_and_saves_full(env,
     assert model(torch.tensor([tokenizer.encode("the cat")])).shape[-1] == tokenizer.vocab_size
 
 
+def test_the_gpu_fsdp_preset_trains_in_bf16_on_two_cpu_processes(env, fsdp_run):
+    """trainer=fsdp is the GPUs' preset (bf16-mixed: gathered and computed in bf16, reduced in fp32); here on two
+    CPU processes: it trains, its shards stay fp32, and its losses follow fp32's (fsdp_run: the same seed)."""
+    out, proc = train(env, "fsdp_bf16", "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
+                      "data.batch_size=4", "trainer.max_steps=4")
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr and "Done: 4 steps" in proc.stdout
+    assert "precision: bf16-mixed" in (out / "config.yaml").read_text()
+    model, _, _ = builder.load_model(out / "checkpoints" / "last.ckpt")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    bf16, fp32 = losses(out), losses(fsdp_run[0])
+    assert bf16.keys() == fp32.keys() and bf16 != fp32  # computed in bf16: close, not equal
+    for step in bf16:
+        assert bf16[step] == pytest.approx(fp32[step], abs=0.05), step
+
+
 def test_fsdp_cpu_preset_and_checkpoint_format():
     cfg = builder.compose(["trainer=fsdp_cpu"])
     assert cfg.trainer.accelerator == "cpu" and cfg.trainer.devices == 2
