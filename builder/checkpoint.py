@@ -153,9 +153,14 @@ def load_model(path, key: str = "checkpoint", *, dtype=None):
     ckpt = read_checkpoint(path, key)
     hp = ckpt["hyper_parameters"]
     model = _build(hp["model"], key, path, "a checkpoint")
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    load_state(model, state, key, path)
+    load_state(model, _model_tensors(ckpt), key, path)
     return model.eval(), _tokenizer(hp.get("tokenizer"), key, path, "a checkpoint"), hp["model"]
+
+
+def _model_tensors(ckpt: dict) -> dict:
+    """A training checkpoint's model weights, named as the model names them (the LightningModule's ``model.``
+    prefix taken off)."""
+    return {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
 
 
 def _flat(node, prefix: str = "model") -> dict:
@@ -198,10 +203,7 @@ def check_resumable(path, model_cfg: dict | None = None, key: str = "ckpt_path")
         check_same_model(ckpt["hyper_parameters"]["model"], model_cfg, key, path)
         with torch.device("meta"):  # shapes only: nothing is allocated
             model = build_model(model_cfg)
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        with warnings.catch_warnings():  # copying into meta tensors is the no-op we want; torch warns per tensor
-            warnings.simplefilter("ignore", UserWarning)
-            load_state(model, state, key, path)
+        check_state(model.state_dict(), _model_tensors(ckpt), key, path)
     return path
 
 

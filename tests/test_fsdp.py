@@ -11,8 +11,9 @@ from conftest import home_env, train_run
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 import builder
+from builder.checkpoint import is_sharded_checkpoint
 from builder.tasks.train import make_strategy
-from builder.training.fsdp import FullyShardedStrategy, is_sharded_checkpoint
+from builder.training.fsdp import FullyShardedStrategy
 
 SMALL = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.context_length=32",
          "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1",

@@ -18,7 +18,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from components import Block
 
 from ..budget import parameter_budget
-from ..checkpoint import check_resumable, check_same_model
+from ..checkpoint import check_resumable, check_same_model, is_sharded_checkpoint
 from ..config.cli import check_unused_run_dir, resumes_in
 from ..config.plain import to_plain
 from ..config.printing import inputs_checked
@@ -31,7 +31,7 @@ from ..memory import check_training_memory
 from ..model import resolve
 from ..report import write_budget_files
 from ..training.callbacks import AtomicCheckpointIO, RunContext, SaveOnInterrupt, make_callbacks
-from ..training.fsdp import FullyShardedStrategy, is_sharded_checkpoint
+from ..training.fsdp import FullyShardedStrategy
 from ..training.launch import for_this_job
 from ..training.loggers import finish_wandb, log_image, log_table, make_loggers_from_config, wandb_run_dir
 from ..training.module import LitGPT, check_train
