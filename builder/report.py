@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from components.registry import closest
 
 from .budget import GROUPS, formula_total
-from .config.compose import CONF_DIR, compose
+from .config.compose import CONF_DIR, preset_configs
 from .errors import ConfigError
 from .files import atomic_path, atomic_write
 from .tables import table
@@ -192,8 +192,7 @@ def draw_chart(budgets: list[dict], shares: list[dict], path: Path) -> None:
 def preset_shares() -> list[dict]:
     """Attention share of every preset (formulas only; cross-checked against meta counts in the tests)."""
     names = preset_names()
-    # one composition with every preset placed at presets.<name> (one compose per preset costs 13x Hydra's set-up)
-    presets = compose([f"+model@presets.{name}={name}" for name in names], config_name="model_only").presets
+    presets = preset_configs(names)
     rows = []
     for name in names:
         f = formula_total(presets[name])

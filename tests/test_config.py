@@ -50,6 +50,46 @@ def test_compose_api_matches_run_py_config():
     assert cfg.model.d_model == 768 and cfg.task == "train"
 
 
+def test_presets_read_from_their_yaml_equal_hydras_composition():
+    """``preset_configs`` (the budget report's preset table) reads the presets' YAML itself: the same configs as
+    Hydra composes, for every preset, parents and ``override`` entries included."""
+    from omegaconf import OmegaConf
+
+    from builder.config.compose import _preset_layers, preset_configs
+    from builder.report import preset_names
+
+    names = preset_names()
+    fast = preset_configs(names)
+    hydra = builder.compose([f"+model@presets.{n}={n}" for n in names], config_name="model_only").presets
+    for name in names:
+        _preset_layers(name, {})  # read directly, not by the fallback
+        assert OmegaConf.to_container(fast[name]) == OmegaConf.to_container(hydra[name]), name
+    assert fast["mistral_7b"].mask.name == "sliding_window" and fast["mistral_7b"].mask.window == 4096
+    assert fast["gpt2_medium"].norm.name == "layernorm" and fast["gpt2_medium"].d_model == 1024
+
+
+def test_a_preset_in_another_form_is_composed_by_hydra(tmp_path, monkeypatch):
+    """A defaults entry outside the plain forms (here ``optional``) sends that preset to Hydra."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from builder.config import compose as compose_module
+
+    conf = tmp_path / "conf"
+    shutil.copytree(compose_module.CONF_DIR, conf)
+    tiny = (conf / "model" / "tiny.yaml").read_text()
+    (conf / "model" / "odd.yaml").write_text(tiny.replace("- mlp: gelu", "- optional mlp: relu")
+                                             .replace("n_layers: 4", "n_layers: 3"))
+    monkeypatch.setattr(compose_module, "CONF_DIR", conf)
+    with pytest.raises(compose_module._NotPlain):
+        compose_module._preset_layers("odd", {})
+    got = compose_module.preset_configs(["odd", "tiny"])
+    assert got["odd"].mlp.name == "relu" and got["odd"].n_layers == 3 and got["odd"].d_model == 128
+    assert OmegaConf.to_container(got["tiny"]) == OmegaConf.to_container(
+        builder.compose(["model=tiny"], config_name="model_only").model)
+
+
 def test_schema_rejects_wrong_types_at_composition():
     from omegaconf.errors import ValidationError
 

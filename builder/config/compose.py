@@ -12,9 +12,9 @@ from pathlib import Path
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from .schema import register_schemas
+from .schema import ModelConfig, register_schemas
 
 CONF_DIR = Path(str(files("conf")))
 
@@ -30,3 +30,76 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
         return hydra_compose(config_name=config_name, overrides=overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+class _NotPlain(Exception):
+    """A preset's defaults list uses a form ``preset_configs`` does not read itself."""
+
+
+def _deep_merge(into: dict, new: dict) -> dict:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+def _preset_layers(name: str, chosen: dict[str, str]) -> list[dict]:
+    """The configs Hydra merges for model preset ``name``, in its order; ``chosen``: group options a child overrides."""
+    path = CONF_DIR / "model" / f"{name}.yaml"
+    if not path.is_file():
+        raise _NotPlain(name)
+    body = OmegaConf.to_container(OmegaConf.load(path))
+    defaults = body.pop("defaults", [])
+    for entry in defaults:
+        if isinstance(entry, dict):
+            if len(entry) != 1:
+                raise _NotPlain(name)
+            (key, option), = entry.items()
+            words = key.split()
+            if words[0] == "override" and len(words) == 2:
+                chosen = {words[1]: option, **chosen}  # a child's override outranks its parent's
+            elif len(words) != 1 or "@" in key or "/" in key or not isinstance(option, str):
+                raise _NotPlain(name)
+        elif not isinstance(entry, str) or "@" in entry or "/" in entry:
+            raise _NotPlain(name)
+    layers = []
+    for entry in defaults:
+        if entry == "_self_":
+            layers.append(body)
+        elif isinstance(entry, str):
+            if entry != "schema":
+                layers += _preset_layers(entry, chosen)
+        else:
+            (key, option), = entry.items()
+            if not key.startswith("override "):
+                group = CONF_DIR / "model" / key / f"{chosen.get(key, option)}.yaml"
+                layers.append({key: OmegaConf.to_container(OmegaConf.load(group))})
+    if "_self_" not in defaults:
+        raise _NotPlain(name)
+    return layers
+
+
+def preset_configs(names: list[str]) -> dict[str, DictConfig]:
+    """Each model preset in ``names`` as ``compose(["model=<name>"], "model_only").model`` gives it.
+
+    The presets' defaults lists use a small part of Hydra's: ``schema``, ``_self_`` (last), a parent preset,
+    ``<group>: <option>`` and ``override <group>: <option>``. Read as such, each is its YAML files merged in Hydra's
+    order over the schema, at a tenth of the cost of composing; a preset written with any other form is composed
+    by Hydra. tests/test_config.py checks that the two agree for every preset.
+    """
+    schema = OmegaConf.structured(ModelConfig)
+    out, others = {}, []
+    for name in names:
+        try:
+            merged: dict = {}
+            for layer in _preset_layers(name, {}):
+                _deep_merge(merged, layer)
+            out[name] = OmegaConf.merge(schema, merged)
+        except _NotPlain:
+            others.append(name)
+    if others:  # one composition with every such preset at presets.<name>: one compose each costs Hydra's set-up
+        composed = compose([f"+model@presets.{name}={name}" for name in others], config_name="model_only").presets
+        out.update({name: composed[name] for name in others})
+    return {name: out[name] for name in names}

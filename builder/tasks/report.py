@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..budget import parameter_budget
-from ..config.compose import compose
+from ..config.compose import preset_configs
 from ..report import check_line, expand_models, write_budget_files
 
 
@@ -14,8 +14,9 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
     """Print and write the report for ``cfg.model`` or each of ``cfg.models``; exit status 3 when a count disagrees."""
     out_dir = Path(out_dir)
     if cfg.get("models"):
-        budgets = sorted((parameter_budget(compose([f"model={n}"], config_name="model_only").model, n)
-                          for n in expand_models(cfg.models)), key=lambda b: b["total_params"])
+        names = expand_models(cfg.models)
+        presets = preset_configs(names)
+        budgets = sorted((parameter_budget(presets[n], n) for n in names), key=lambda b: b["total_params"])
     else:
         budgets = [parameter_budget(cfg.model, model_name)]
     print(write_budget_files(budgets, out_dir))

@@ -12,8 +12,8 @@ them, given the doubled batch (tests/test_fsdp.py).
 Checkpoints: ``trainer.checkpoint_format: sharded`` (default) writes each ``.ckpt`` as a directory of shards (torch
 distributed checkpoint; nothing is gathered); ``full`` gathers the weights and optimizer state onto process 0 and
 writes one file. Either resumes (``ckpt_path=``), and ``builder.load_model``, ``task=sample`` and ``task=export``
-read either (builder/checkpoint.py reads a sharded one in one process). ``python -m torch.distributed.checkpoint.format_utils dcp_to_torch <dir> <file>`` turns a
-sharded one into a file.
+read either (builder/checkpoint.py reads a sharded one in one process).
+``python -m torch.distributed.checkpoint.format_utils dcp_to_torch <dir> <file>`` turns a sharded one into a file.
 """
 
 from __future__ import annotations
