@@ -7,6 +7,11 @@ d_model 512, 8 layers, vocab 32,000) built by the builder and the same shape bui
 LlamaForCausalLM, both fp32 eager, timed in alternating rounds in one process (who goes first
 alternates): each round decodes ``--new`` tokens greedily after a ``--prompt``-token prompt. Prints the
 median tokens/s of each and the median of the per-round ratios. ``--tiny`` shrinks everything (a smoke test).
+
+It also prints each model's ceiling: the tokens/s a decoding step would reach if it did nothing but its
+matrix-vector products, every ``nn.Linear`` weight read once through ``F.linear`` at the batch size (the
+embedding is a lookup of one row), timed between the rounds, best of all; and how fast that reads memory.
+At the default shape both models sit near their ceilings: no decoding loop can be much faster there.
 """
 
 from __future__ import annotations
@@ -49,6 +54,21 @@ def theirs(shape: dict, context: int):
     return transformers.LlamaForCausalLM(config).eval()
 
 
+def linear_weights(model) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+
+@torch.no_grad()
+def linear_seconds(model, batch: int) -> float:
+    """Seconds for one pass of the model's matrix-vector products alone: each linear weight read once."""
+    weights = linear_weights(model)
+    inputs = [torch.randn(batch, w.shape[1]) for w in weights]
+    start = time.perf_counter()
+    for x, w in zip(inputs, weights):
+        torch.nn.functional.linear(x, w)
+    return time.perf_counter() - start
+
+
 def time_ours(model, ids, new: int) -> float:
     start = time.perf_counter()
     out = generate(model, ids, new, temperature=0.0)
@@ -87,7 +107,10 @@ def main(argv=None) -> int:
     ids = torch.randint(0, shape["vocab_size"], (args.batch, args.prompt))
     time_ours(a, ids, 4), time_theirs(b, ids, 4)  # warm-up
     mine, other, ratios = [], [], []
+    floor_a, floor_b = [], []  # the matrix-vector products' time, per model, each round
     for r in range(args.rounds):
+        for model, floors in ((a, floor_a), (b, floor_b)):
+            floors.append(min(linear_seconds(model, args.batch) for _ in range(5)))
         if r % 2:
             y, x = time_theirs(b, ids, args.new), time_ours(a, ids, args.new)
         else:
@@ -102,6 +125,12 @@ def main(argv=None) -> int:
           f"{transformers.__version__}, {platform.machine()}; medians of {args.rounds} alternating rounds")
     print(f"builder {statistics.median(mine):9.1f} tok/s   transformers {statistics.median(other):9.1f} tok/s   "
           f"ratio {statistics.median(ratios):.2f}x")
+    for name, model, floors, rate in (("builder", a, floor_a, mine), ("transformers", b, floor_b, other)):
+        best, size = min(floors), sum(w.numel() * w.element_size() for w in linear_weights(model))
+        ceiling = args.batch / best
+        print(f"{name:12s} ceiling {ceiling:9.1f} tok/s (its {size / 2**20:,.0f} MiB of linear weights read at "
+              f"{size / best / 1e9:.1f} GB/s); "
+              f"decoding reaches {100 * statistics.median(rate) / ceiling:.0f}% of it")
     return 0
 
 

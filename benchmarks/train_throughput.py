@@ -18,6 +18,11 @@ machine load, and who goes first alternates. Reports the median tokens/s of each
 per-round ratios, and MFU: model FLOPs/s (training FLOPs per token from the parameter budget) over
 the best matmul rate measured between the rounds at the same thread count (on a GPU: the data
 sheet's dense peak, as the trainer's perf/mfu). `--preset` takes any GPT-2-shaped model preset instead.
+
+``--breakdown`` then profiles a few steps of each model (torch.profiler, CPU) and splits each step's time
+into matrix multiplies, the attention kernel and everything else, and prints the ratio the builder would
+reach over the other model if everything else cost it nothing: the most any eager rewrite of the
+elementwise work could give.
 """
 
 from __future__ import annotations
@@ -143,9 +148,27 @@ def step_fn(model, hf: bool, bf16: bool, compiled: bool, optimizer: str = "fused
     return step
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def breakdown(step, x, y, steps: int = 3) -> dict:
+    """Seconds per step in matrix multiplies, in the attention kernel (forward and backward) and in the rest."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        for _ in range(steps):
+            step(x, y)
+    parts = {"matmul": 0.0, "attention": 0.0, "rest": 0.0}
+    for event in prof.key_averages():
+        part = ("matmul" if event.key in MATMUL_OPS else
+                "attention" if "scaled_dot_product" in event.key or "flash_attention" in event.key else "rest")
+        parts[part] += event.self_cpu_time_total / 1e6 / steps
+    return parts
+
+
 def run(rounds: int, steps: int, bf16: bool, compiled: bool, optimizer: str = "fused", preset: str | None = None,
         batch: int = BATCH, device: str = "cpu", arch: str = "gpt2", against: str = "transformers",
-        context: int | None = None) -> dict:
+        context: int | None = None, profile: bool = False) -> dict:
     torch.manual_seed(0)
     cfg = model_config(preset, arch, context)
     budget = builder.parameter_budget(cfg)
@@ -179,8 +202,11 @@ def run(rounds: int, steps: int, bf16: bool, compiled: bool, optimizer: str = "f
     peak = max(peaks) if peaks else peak_flops("bf16-mixed" if bf16 else "32-true")[0]
     ma, mb = statistics.median(rate_a), statistics.median(rate_b)
     ratio = statistics.median(x / y for x, y in zip(rate_a, rate_b))
-    return {"ours": ma, "theirs": mb, "ratio": ratio, "params": (n_a, n_b), "mfu": ma * flops / peak,
-            "mfu_theirs": mb * flops / peak, "peak": peak}
+    out = {"ours": ma, "theirs": mb, "ratio": ratio, "params": (n_a, n_b), "mfu": ma * flops / peak,
+           "mfu_theirs": mb * flops / peak, "peak": peak}
+    if profile:
+        out["breakdown"] = (breakdown(sa, x, y), breakdown(sb, x, y))
+    return out
 
 
 def main():
@@ -195,6 +221,8 @@ def main():
     parser.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2", help="the block both models use")
     parser.add_argument("--against", choices=["transformers", "handwritten"], default="transformers")
     parser.add_argument("--context", type=int, default=None, help="the context length (default: the shape's)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="profile each model's step: matmul, attention and the rest, and the ratio's ceiling")
     args = parser.parse_args()
     where = (torch.cuda.get_device_name() if args.device == "cuda" else
              f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
@@ -205,11 +233,19 @@ def main():
     for mode in args.modes.split(","):
         r = run(args.rounds, args.steps, bf16="bf16" in mode, compiled="compile" in mode, optimizer=args.optimizer,
                 preset=args.preset, batch=args.batch, device=args.device, arch=args.arch, against=args.against,
-                context=args.context)
+                context=args.context, profile=args.breakdown)
         results[mode] = r
         print(f"{mode:14s} builder {r['ours']:8.0f} tok/s   {args.against} {r['theirs']:8.0f} tok/s   "
               f"ratio {r['ratio']:.2f}x   MFU {100 * r['mfu']:.1f}% (theirs {100 * r['mfu_theirs']:.1f}%) "
               f"of {r['peak'] / 1e9:.0f} GFLOP/s   params {r['params'][0]:,} vs {r['params'][1]:,}")
+        if "breakdown" in r:
+            for name, parts in zip(("builder", args.against), r["breakdown"]):
+                total = sum(parts.values())
+                print(f"{'':14s} {name:12s} {1000 * total:7.1f} ms/step under the profiler: " + ", ".join(
+                    f"{part} {1000 * t:.1f} ms ({100 * t / total:.0f}%)" for part, t in parts.items()))
+            mine, other = r["breakdown"]
+            print(f"{'':14s} profiled ratio {sum(other.values()) / sum(mine.values()):.2f}x; with the builder's "
+                  f"'rest' at zero: {sum(other.values()) / (mine['matmul'] + mine['attention']):.2f}x")
     if "fp32" in results and "bf16" in results:
         print(f"bf16 builder vs {args.against} fp32: {results['bf16']['ours'] / results['fp32']['theirs']:.2f}x")
 
