@@ -131,6 +131,49 @@ def test_a_deferred_nan_check_names_the_first_bad_step_and_keeps_no_stepped_chec
         assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
 
 
+# process 1's loss at step 3 only becomes NaN: a fault on one process of two, put into the real run.py
+ONE_RANK_NAN = """
+import sys
+sys.path.insert(0, {repo!r})
+from builder.training import module
+
+loss = module.LitGPT.loss
+
+
+def poisoned(self, batch):
+    out = loss(self, batch)
+    return out * float("nan") if self.training and self.global_rank == 1 and self.global_step == 3 else out
+
+
+module.LitGPT.loss = poisoned
+from builder.tasks import main
+
+main()
+"""
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_a_nan_on_one_ddp_process_stops_both_at_that_step(env, tmp_path, every):
+    """Each DDP process sees its own loss. One stopping alone would leave the other waiting in the gradients'
+    all-reduce; both stop at the bad step instead, the other naming 'another process', and no checkpoint holds
+    weights the bad loss stepped (every step checked, and every second step as on a GPU)."""
+    script = tmp_path / "one_rank_nan.py"
+    script.write_text(ONE_RANK_NAN.format(repo=str(REPO)))
+    out = env["tmp"] / "ddp_nan"
+    proc = subprocess.run(
+        [sys.executable, str(script), "data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}",
+         "trainer=ddp_cpu", "trainer.max_steps=8", "trainer.val_check_interval=1000", "trainer.log_every_n_steps=1",
+         f"train.finite_check_every={every}", "callbacks.model_checkpoint.every_n_train_steps=1"],
+        cwd=tmp_path, env={**os.environ, **env["env"], "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
+        timeout=240)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+    assert "train/loss of another process is not finite" in proc.stderr, proc.stderr[-3000:]  # process 0's message
+    assert "train/loss is nan at step 3" in proc.stderr  # process 1's own
+    kept = list(out.glob("checkpoints/*.ckpt"))
+    assert kept and all(torch.load(p, weights_only=True)["global_step"] <= 3 for p in kept)
+
+
 @pytest.mark.parametrize("train,words", [({"finite_check_every": 0}, "a whole number of steps >= 1"),
                                          ({"finite_check_every": 4, "skip_nonfinite": True}, "checked at once")])
 def test_bad_finite_check_every_is_refused(train, words):

@@ -172,8 +172,10 @@ class SaveOnInterrupt(pl.Callback):
     def on_exception(self, trainer, pl_module, exception):
         self._restore()
         interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
-        unsafe = getattr(pl_module, "nonfinite_error", lambda: None)() is not None  # a NaN/inf loss not yet looked
-        # at (train.finite_check_every) has stepped these weights
+        # a NaN/inf loss not yet looked at (train.finite_check_every) has stepped these weights; this process's own
+        # losses only: the others may not be here to compare theirs (which also leaves nothing for the save's check)
+        check = getattr(pl_module, "nonfinite_error", None)
+        unsafe = check is not None and check(collective=False) is not None
         if trainer.global_step == 0 or unsafe or not (interrupted or self._worth_saving(trainer, pl_module, exception)):
             return
         trainer.save_checkpoint(self.path)

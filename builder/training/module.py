@@ -10,6 +10,7 @@ import math
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from pytorch_lightning.strategies import FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.utilities import rank_zero_warn
@@ -160,15 +161,18 @@ class LitGPT(pl.LightningModule):
             self._unchecked.append((self.global_step, batch_idx, loss.detach()))
             if (self.global_step + 1) % every == 0:
                 self.raise_if_nonfinite()
-        elif not torch.isfinite(loss):
-            if self.train_cfg.get("skip_nonfinite"):
-                self.skipped_nonfinite += 1
-                self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), on_step=True, on_epoch=False)
-                return None  # Lightning skips this batch's backward and optimizer step
-            raise NonFiniteLossError(
-                f"train/loss is {loss.item()} at step {self.global_step} (batch {batch_idx}); the run stops and keeps "
-                "its last good checkpoint. Lower train.lr (or raise train.warmup_steps), or set "
-                "train.skip_nonfinite=true to skip such batches and count them")
+        else:
+            here = not bool(torch.isfinite(loss))
+            if self._first_bad_anywhere(self.global_step if here else None) is not None:
+                if self.train_cfg.get("skip_nonfinite"):  # every process skips this batch together
+                    self.skipped_nonfinite += 1
+                    self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), on_step=True, on_epoch=False)
+                    return None  # Lightning skips this batch's backward and optimizer step
+                raise NonFiniteLossError(
+                    (f"train/loss is {loss.item()}" if here else "train/loss of another process is not finite")
+                    + f" at step {self.global_step} (batch {batch_idx}); the run stops and keeps its last good "
+                    "checkpoint. Lower train.lr (or raise train.warmup_steps), or set train.skip_nonfinite=true to "
+                    "skip such batches and count them")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
         return loss
 
@@ -179,22 +183,37 @@ class LitGPT(pl.LightningModule):
             every = max(1, int(self._trainer.log_every_n_steps or 1)) if on_gpu else 1
         return 1 if self.train_cfg.get("skip_nonfinite") else int(every)
 
-    def nonfinite_error(self) -> NonFiniteLossError | None:
+    def _first_bad_anywhere(self, here: int | None) -> int | None:
+        """The earliest step at which any process met a NaN/inf loss (``here``: this process's, None if none).
+
+        Every process then stops (or skips) at the same point: one stopping alone would leave the others waiting
+        in the gradients' all-reduce. One small all-reduce when several processes train, nothing otherwise."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return here
+        none = torch.iinfo(torch.int64).max
+        first = torch.tensor([none if here is None else here], dtype=torch.int64, device=self.device)
+        dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        return None if int(first.item()) == none else int(first.item())
+
+    def nonfinite_error(self, collective: bool = True) -> NonFiniteLossError | None:
         """The error for the first NaN/inf training loss not yet looked at (``train.finite_check_every``), else
-        None; one host sync for all of them."""
+        None; one host sync for all of them. ``collective``: every process calls this at the same point and all
+        stop together, whichever saw the loss (False: this process's own losses only, as when interrupted)."""
         if not self._unchecked:
             return None
         losses = torch.stack([loss for _, _, loss in self._unchecked]).float()
         bad = ~torch.isfinite(losses)
-        if not bool(bad.any()):
+        first = int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
+        step = None if first is None else self._unchecked[first][0]
+        if (self._first_bad_anywhere(step) if collective else step) is None:
             self._unchecked.clear()
             return None
-        first = int(bad.nonzero()[0, 0])
-        step, batch_idx, _ = self._unchecked[first]
+        seen = (f"seen at step {self._unchecked[-1][0]}: the loss is checked every {self._finite_check_every()} "
+                "steps, train.finite_check_every")
+        what = (f"train/loss is {losses[first].item()} at step {step} (batch {self._unchecked[first][1]}; {seen})"
+                if first is not None else f"train/loss of another process is not finite ({seen})")
         return NonFiniteLossError(
-            f"train/loss is {losses[first].item()} at step {step} (batch {batch_idx}; seen at step "
-            f"{self._unchecked[-1][0]}: the loss is checked every {self._finite_check_every()} steps, "
-            "train.finite_check_every); the run stops and keeps its last good checkpoint, written before that step. "
+            f"{what}; the run stops and keeps its last good checkpoint, written before that step. "
             "Lower train.lr (or raise train.warmup_steps), or set train.skip_nonfinite=true to skip such batches "
             "and count them")
 
@@ -216,10 +235,13 @@ class LitGPT(pl.LightningModule):
             return
         mean = torch.stack(self._val_losses).mean()
         self._val_losses.clear()
-        if not torch.isfinite(mean) and not self.train_cfg.get("skip_nonfinite"):
+        here = not bool(torch.isfinite(mean))
+        if self._first_bad_anywhere(self.global_step if here else None) is not None \
+                and not self.train_cfg.get("skip_nonfinite"):
             raise NonFiniteLossError(
-                f"val/loss is {mean.item()} at step {self.global_step}: the weights are no longer finite; the run stops "
-                "and keeps its last good checkpoint. Lower train.lr (or raise train.warmup_steps)")
+                (f"val/loss is {mean.item()}" if here else "val/loss of another process is not finite")
+                + f" at step {self.global_step}: the weights are no longer finite; the run stops and keeps its last "
+                "good checkpoint. Lower train.lr (or raise train.warmup_steps)")
         self.log("val/loss", mean, prog_bar=True, sync_dist=True)
         self.log("val/ppl", torch.exp(mean), sync_dist=True)
 
