@@ -181,6 +181,32 @@ def test_bad_setting_is_one_paragraph_and_leaves_no_run_directory(env, override,
     assert not out.exists()
 
 
+PRECHECKED = [b for b in BAD if b[0].startswith(("train.", "trainer.val_check_interval"))]
+
+
+def test_bad_training_numbers_are_refused_before_lightning_is_imported(tmp_path):
+    """The command line's precheck (composition only) refuses the train.* and trainer.val_check_interval values
+    above with the task's own paragraph: no Lightning import, no data read first."""
+    script = (
+        "import sys\n"
+        "from builder.config.cli import compose_and_check\n"
+        "from builder.errors import ConfigError\n"
+        "from builder.tasks import TASKS\n"
+        f"for override in {[b[0] for b in PRECHECKED]!r}:\n"
+        "    try:\n"
+        f"        compose_and_check(['trainer.max_steps=2', 'hydra.run.dir={tmp_path / 'run'}', override], TASKS)\n"
+        "    except ConfigError as err:\n"
+        "        print(err)\n"
+        "print('lightning imported:', 'pytorch_lightning' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[-1] == "lightning imported: False"
+    assert len(lines) == len(PRECHECKED) + 1
+    for line, (_, shown, accepted) in zip(lines, PRECHECKED):
+        assert shown + " is not accepted" in line and accepted in line, line
+
+
 # --------------------------------------------------------------------------- 4. fractional val_check_interval
 
 

@@ -44,6 +44,7 @@ from omegaconf.errors import OmegaConfBaseException
 from components.registry import closest
 
 from ..errors import ConfigError
+from .checks import check_train, check_val_interval
 from .compose import CONF_DIR
 from .printing import is_rank_zero
 from .schema import CALLBACK_SCHEMAS, Config, DataConfig, ModelConfig, TrainConfig
@@ -227,6 +228,20 @@ def check_job_config(cfg, tasks=None) -> None:
         raise ConfigError("task", task, f"one of {', '.join(sorted(tasks))}{closest(str(task), tasks)}")
     if task == "train":
         _check_wandb_mode(cfg)
+        _check_training_numbers(cfg)
+
+
+def _check_training_numbers(cfg) -> None:
+    """``train.*`` and ``trainer.val_check_interval``, as task=train checks them, before anything heavy is imported;
+    a value that is an interpolation not resolvable yet is left to the task."""
+    for section, check in (("train", check_train), ("trainer", check_val_interval)):
+        node = cfg.get(section) if isinstance(cfg, (dict, DictConfig)) else None
+        try:
+            plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+        except OmegaConfBaseException:
+            continue
+        if isinstance(plain, dict):
+            check(dict(plain))
 
 
 def _check_wandb_mode(cfg) -> None:

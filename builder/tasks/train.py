@@ -19,6 +19,7 @@ from components import Block
 
 from ..budget import parameter_budget
 from ..checkpoint import check_resumable, check_same_model, is_sharded_checkpoint
+from ..config.checks import check_train, check_val_interval
 from ..config.cli import check_unused_run_dir, resumes_in
 from ..config.plain import to_plain
 from ..config.printing import inputs_checked
@@ -34,7 +35,7 @@ from ..training.callbacks import AtomicCheckpointIO, RunContext, SaveOnInterrupt
 from ..training.fsdp import FullyShardedStrategy
 from ..training.launch import for_this_job
 from ..training.loggers import finish_wandb, log_image, log_table, make_loggers_from_config, wandb_run_dir
-from ..training.module import LitGPT, check_train
+from ..training.module import LitGPT
 
 # Lightning 2.6 builds torch's deprecated LeafSpec on every batch; torch 2.13 warns about it each run.
 # Not ours to fix, and it buries the run's own output.
@@ -114,20 +115,6 @@ def finished_earlier(out_dir: Path, max_steps) -> dict | None:
         return None
     done = isinstance(summary, dict) and isinstance(max_steps, int) and max_steps > 0
     return summary if done and int(summary.get("steps") or 0) >= max_steps else None
-
-
-def check_val_interval(trainer_kwargs: dict) -> None:
-    """``trainer.val_check_interval``: N training batches (N >= 1), or a fraction of each epoch (0 < f <= 1), for
-    which Lightning needs ``check_val_every_n_epoch`` (1 unless set)."""
-    value = trainer_kwargs.get("val_check_interval")
-    if value is None or isinstance(value, str):  # null: once an epoch; a string: a time Lightning parses
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            (isinstance(value, int) and value < 1) or (isinstance(value, float) and not 0 < value <= 1):
-        raise ConfigError("trainer.val_check_interval", value, "a whole number of training batches >= 1, or a "
-                          "fraction of each epoch in (0, 1] (0.5: twice an epoch)")
-    if isinstance(value, float) and trainer_kwargs.get("check_val_every_n_epoch") is None:
-        trainer_kwargs["check_val_every_n_epoch"] = 1
 
 
 FSDP2_PRECISIONS = ("32-true", "32", "bf16-mixed")  # the ones build_sharded's mixed-precision policy knows

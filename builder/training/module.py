@@ -16,8 +16,9 @@ from pytorch_lightning.strategies import FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
+from ..config.checks import check_train, is_count
 from ..config.plain import to_plain
-from ..errors import ConfigError, NonFiniteLossError
+from ..errors import NonFiniteLossError
 from ..model import build_model
 from .fsdp import build_sharded, clip_sharded_gradients
 
@@ -55,47 +56,6 @@ def no_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_train(train: dict) -> None:
-    """The ``train.*`` numbers the optimizer and schedule use, or a ConfigError naming the first bad one."""
-    lr = train.get("lr")
-    if not _is_number(lr) or lr <= 0:
-        raise ConfigError("train.lr", lr, "a positive number (the peak learning rate, e.g. 1e-3)")
-    min_lr = train.get("min_lr")
-    if not _is_number(min_lr) or not 0 <= min_lr <= lr:
-        raise ConfigError("train.min_lr", min_lr, f"a number from 0 to train.lr ({lr}): where the cosine decay ends")
-    warmup = train.get("warmup_steps")
-    if not _is_count(warmup) or warmup < 0:
-        raise ConfigError("train.warmup_steps", warmup, "a whole number of optimizer steps >= 0")
-    total = train.get("total_steps")
-    if total is not None and (not _is_count(total) or total < 1):
-        raise ConfigError("train.total_steps", total, "null (the trainer's estimate of the steps it will take: "
-                          "trainer.max_steps, or trainer.max_epochs x batches per epoch) or a whole number >= 1")
-    decay = train.get("weight_decay", 0.0)
-    if not _is_number(decay) or decay < 0:
-        raise ConfigError("train.weight_decay", decay, "a number >= 0")
-    betas = train.get("betas", [0.9, 0.95])
-    if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
-        raise ConfigError("train.betas", betas, "two numbers in [0, 1), e.g. [0.9, 0.95]")
-    eps = train.get("eps", 1e-8)
-    if not _is_number(eps) or eps <= 0:
-        raise ConfigError("train.eps", eps, "a positive number, e.g. 1e-8")
-    every = train.get("finite_check_every")
-    if every is not None and (not _is_count(every) or every < 1):
-        raise ConfigError("train.finite_check_every", every, "null (every step on a CPU, every "
-                          "trainer.log_every_n_steps on a GPU) or a whole number of steps >= 1")
-    if every not in (None, 1) and train.get("skip_nonfinite"):
-        raise ConfigError("train.finite_check_every", every, "1 or null with train.skip_nonfinite=true: a batch is "
-                          "skipped before its backward, so its loss must be checked at once")
-
-
 class LitGPT(pl.LightningModule):
     """A GPT from ``model`` trained with the ``train.*`` settings.
 
@@ -115,7 +75,7 @@ class LitGPT(pl.LightningModule):
         check_train(train)
         self.save_hyperparameters(ignore=["defer_model"])
         self.train_cfg = train
-        explicit = total_steps if _is_count(total_steps) and total_steps > 0 else None
+        explicit = total_steps if is_count(total_steps) and total_steps > 0 else None
         self.total_steps: int | None = explicit or train.get("total_steps")
         self._schedule: _Schedule | None = None
         self._rng_to_restore: dict | None = None
