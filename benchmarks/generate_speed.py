@@ -131,6 +131,8 @@ def main(argv=None) -> int:
         print(f"{name:12s} ceiling {ceiling:9.1f} tok/s (its {size / 2**20:,.0f} MiB of linear weights read at "
               f"{size / best / 1e9:.1f} GB/s); "
               f"decoding reaches {100 * statistics.median(rate) / ceiling:.0f}% of it")
+    print(f"the most a decoder with the builder's weights could reach over transformers here: "
+          f"{args.batch / min(floor_a) / statistics.median(other):.2f}x")
     return 0
 
 

@@ -33,13 +33,19 @@ def test_train_throughput_refuses_a_model_that_does_not_fit():
 
 
 def test_train_throughput_against_handwritten_and_llama():
-    for args in (["--against", "handwritten", "--preset", "tiny"], ["--arch", "llama", "--context", "32"]):
+    for args in (["--against", "handwritten", "--preset", "tiny"], ["--arch", "llama", "--context", "32", "--breakdown"]):
         proc = subprocess.run([sys.executable, "benchmarks/train_throughput.py", *args, "--batch", "2", "--rounds", "1",
                                "--modes", "fp32"], cwd=REPO, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         rows = re.findall(r"^fp32 +builder +(\d+) tok/s +(handwritten|transformers) +(\d+) tok/s +ratio ([\d.]+)x"
                           r".*params ([\d,]+) vs ([\d,]+)$", proc.stdout, re.M)
         assert len(rows) == 1 and rows[0][4] == rows[0][5], proc.stdout  # the same parameter count
+    # --breakdown: each model's step split into matmul, attention and the rest, which add up to the step
+    for name in ("builder", "transformers"):
+        total, *parts = re.search(rf"{name} +([\d.]+) ms/step under the profiler: matmul ([\d.]+) ms \(\d+%\), "
+                                  r"attention ([\d.]+) ms \(\d+%\), rest ([\d.]+) ms", proc.stdout).groups()
+        assert float(parts[0]) > 0 and abs(sum(map(float, parts)) - float(total)) < 0.5, proc.stdout
+    assert re.search(r"with the builder's 'rest' at zero: [\d.]+x", proc.stdout), proc.stdout
 
 
 def test_generate_speed_compares_equal_llama_models():
@@ -47,6 +53,10 @@ def test_generate_speed_compares_equal_llama_models():
                            "--prompt", "4"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"^builder +[\d.]+ tok/s +transformers +[\d.]+ tok/s +ratio [\d.]+x$", proc.stdout, re.M), proc.stdout
+    # each model's ceiling: its matrix-vector products alone, above what decoding reaches
+    for name in ("builder", "transformers"):
+        ceiling, share = re.search(rf"^{name} +ceiling +([\d.]+) tok/s .* reaches (\d+)% of it$", proc.stdout, re.M).groups()
+        assert float(ceiling) > 0 and 0 <= int(share) <= 100, proc.stdout
 
 
 def test_gpu_check_runs_its_steps_on_cpu(tmp_path):
