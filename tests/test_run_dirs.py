@@ -25,6 +25,15 @@ def env(tmp_path):
     return train_env(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One 2-step run the tests below only read (resume from, or try to reuse and find refused): trained once."""
+    env = train_env(tmp_path_factory.mktemp("trained"))
+    out = env["tmp"] / "first"
+    train(env, out, "trainer.max_steps=2")
+    return out
+
+
 def train(env, out: Path, *overrides: str, expect: int = 0, small=SMALL) -> subprocess.CompletedProcess:
     proc = run_cli(*small, f"data.path={env['corpus']}", f"hydra.run.dir={out}", *overrides, env=env["env"])
     assert proc.returncode == expect, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -48,9 +57,8 @@ def steps_of(path: Path) -> int:
 # ------------------------------------------------------------------------------- 1. a run directory: one run
 
 
-def test_a_reused_run_directory_is_refused_and_left_as_it_was(env):
-    out = env["tmp"] / "adj"
-    train(env, out, "trainer.max_steps=3")
+def test_a_reused_run_directory_is_refused_and_left_as_it_was(env, trained):
+    out = trained
     before = snapshot(out)
     for overrides in (["trainer.max_steps=4"], ["task=report"], ["task=train", "train.lr=3e-3"]):
         proc = run_cli(*SMALL, f"data.path={env['corpus']}", f"hydra.run.dir={out}", *overrides, env=env["env"])
@@ -59,7 +67,7 @@ def test_a_reused_run_directory_is_refused_and_left_as_it_was(env):
         assert f"hydra.run.dir='{out}' is not accepted" in paragraph and "earlier run" in paragraph
         assert "ckpt_path=last" in paragraph and "summary.json" in paragraph
     assert snapshot(out) == before  # Hydra's .hydra/ and log included: refused before Hydra wrote anything
-    assert json.loads((out / "summary.json").read_text())["steps"] == 3
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
 
 
 def test_a_sweep_directory_with_earlier_jobs_is_refused(env):
@@ -97,10 +105,8 @@ def test_last_is_this_run_directorys_own_checkpoint(env):
     ("model/mask=sliding_window", "model.mask.name: 'causal' in the checkpoint, 'sliding_window' now"),
     ("model.dropout=0.1", "model.dropout: 0.0 in the checkpoint, 0.1 now"),
 ], ids=["n_heads", "mask", "dropout"])
-def test_resuming_into_another_model_config_is_refused_listing_the_keys(env, change, key):
-    first = env["tmp"] / "first"
-    train(env, first, "trainer.max_steps=2")
-    ckpt = first / "checkpoints" / "last.ckpt"
+def test_resuming_into_another_model_config_is_refused_listing_the_keys(env, trained, change, key):
+    ckpt = trained / "checkpoints" / "last.ckpt"
     out = env["tmp"] / "second"
     proc = run_cli(*SMALL, f"data.path={env['corpus']}", f"hydra.run.dir={out}", f"ckpt_path={ckpt}", change,
                    "trainer.max_steps=4", env=env["env"])
@@ -110,10 +116,8 @@ def test_resuming_into_another_model_config_is_refused_listing_the_keys(env, cha
     assert not out.exists()
 
 
-def test_training_settings_may_change_on_resume(env):
-    first = env["tmp"] / "first"
-    train(env, first, "trainer.max_steps=2")
-    proc = train(env, env["tmp"] / "second", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=4",
+def test_training_settings_may_change_on_resume(env, trained):
+    proc = train(env, env["tmp"] / "second", f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=4",
                  "train.lr=5e-4", "data.batch_size=4")
     assert "Done: 4 steps" in proc.stdout
 
