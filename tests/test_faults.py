@@ -152,26 +152,43 @@ main()
 """
 
 
+def ddp_with_one_nan(env, tmp_path, out, *overrides):
+    """run.py under trainer=ddp_cpu for 8 steps, process 1's loss NaN at step 3 (``ONE_RANK_NAN``)."""
+    script = tmp_path / "one_rank_nan.py"
+    script.write_text(ONE_RANK_NAN.format(repo=str(REPO)))
+    return subprocess.run(
+        [sys.executable, str(script), "data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}",
+         "trainer=ddp_cpu", "trainer.max_steps=8", "trainer.val_check_interval=1000", "trainer.log_every_n_steps=1",
+         "callbacks.model_checkpoint.every_n_train_steps=1", *overrides],
+        cwd=tmp_path, env={**os.environ, **env["env"], "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
+        timeout=240)
+
+
 @pytest.mark.parametrize("every", [1, 2])
 def test_a_nan_on_one_ddp_process_stops_both_at_that_step(env, tmp_path, every):
     """Each DDP process sees its own loss. One stopping alone would leave the other waiting in the gradients'
     all-reduce; both stop at the bad step instead, the other naming 'another process', and no checkpoint holds
     weights the bad loss stepped (every step checked, and every second step as on a GPU)."""
-    script = tmp_path / "one_rank_nan.py"
-    script.write_text(ONE_RANK_NAN.format(repo=str(REPO)))
     out = env["tmp"] / "ddp_nan"
-    proc = subprocess.run(
-        [sys.executable, str(script), "data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}",
-         "trainer=ddp_cpu", "trainer.max_steps=8", "trainer.val_check_interval=1000", "trainer.log_every_n_steps=1",
-         f"train.finite_check_every={every}", "callbacks.model_checkpoint.every_n_train_steps=1"],
-        cwd=tmp_path, env={**os.environ, **env["env"], "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
-        timeout=240)
+    proc = ddp_with_one_nan(env, tmp_path, out, f"train.finite_check_every={every}")
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "Starting with 2 processes" in proc.stdout + proc.stderr
     assert "train/loss of another process is not finite" in proc.stderr, proc.stderr[-3000:]  # process 0's message
     assert "train/loss is nan at step 3" in proc.stderr  # process 1's own
     kept = list(out.glob("checkpoints/*.ckpt"))
     assert kept and all(torch.load(p, weights_only=True)["global_step"] <= 3 for p in kept)
+
+
+def test_skip_nonfinite_with_several_processes_is_refused_before_they_start(env):
+    """Lightning cannot skip a batch in distributed training (it raises mid-run when training_step returns None):
+    train.skip_nonfinite=true with two processes is refused before they are launched, naming the key."""
+    out = env["tmp"] / "ddp_skip"
+    proc = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", "trainer=ddp_cpu",
+                   "trainer.max_steps=4", "train.skip_nonfinite=true", env=env["env"])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Starting with 2 processes" not in proc.stdout + proc.stderr
+    assert "train.skip_nonfinite=True is not accepted: false when training on 2 processes" in proc.stderr
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("train,words", [({"finite_check_every": 0}, "a whole number of steps >= 1"),

@@ -61,3 +61,26 @@ def check_val_interval(trainer_kwargs: dict) -> None:
                           "fraction of each epoch in (0, 1] (0.5: twice an epoch)")
     if isinstance(value, float) and trainer_kwargs.get("check_val_every_n_epoch") is None:
         trainer_kwargs["check_val_every_n_epoch"] = 1
+
+
+def processes_asked(trainer: dict) -> int | None:
+    """How many training processes ``trainer.devices`` x ``trainer.num_nodes`` ask for when it is written out (an
+    int, a list of devices or a comma list); None when Lightning decides (``auto``, ``-1``: every device found)."""
+    devices, nodes = trainer.get("devices", "auto"), trainer.get("num_nodes", 1)
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if isinstance(devices, str) and "," in devices:
+        devices = [d for d in devices.split(",") if d.strip()]
+    count = len(devices) if isinstance(devices, (list, tuple)) else devices if is_count(devices) and devices >= 0 else None
+    nodes = nodes if is_count(nodes) and nodes >= 1 else 1
+    return None if count is None else max(count, 1) * nodes
+
+
+def check_skip_nonfinite(train: dict, processes: int | None) -> None:
+    """``train.skip_nonfinite`` needs one process: Lightning cannot skip a batch in distributed training (it raises
+    mid-run when training_step returns None)."""
+    if train.get("skip_nonfinite") and processes is not None and processes > 1:
+        raise ConfigError("train.skip_nonfinite", True, f"false when training on {processes} processes "
+                          "(trainer.devices x trainer.num_nodes): Lightning cannot skip a batch in distributed "
+                          "training; a NaN/inf loss then stops every process at that step, keeping the checkpoints "
+                          "written before it")

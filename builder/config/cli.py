@@ -44,7 +44,7 @@ from omegaconf.errors import OmegaConfBaseException
 from components.registry import closest
 
 from ..errors import ConfigError
-from .checks import check_train, check_val_interval
+from .checks import check_skip_nonfinite, check_train, check_val_interval, processes_asked
 from .compose import CONF_DIR
 from .printing import is_rank_zero
 from .schema import CALLBACK_SCHEMAS, Config, DataConfig, ModelConfig, TrainConfig
@@ -232,8 +232,10 @@ def check_job_config(cfg, tasks=None) -> None:
 
 
 def _check_training_numbers(cfg) -> None:
-    """``train.*`` and ``trainer.val_check_interval``, as task=train checks them, before anything heavy is imported;
+    """``train.*``, ``trainer.val_check_interval`` and ``train.skip_nonfinite`` against the processes asked for, as
+    task=train checks them, before anything heavy is imported;
     a value that is an interpolation not resolvable yet is left to the task."""
+    sections = {}
     for section, check in (("train", check_train), ("trainer", check_val_interval)):
         node = cfg.get(section) if isinstance(cfg, (dict, DictConfig)) else None
         try:
@@ -242,6 +244,9 @@ def _check_training_numbers(cfg) -> None:
             continue
         if isinstance(plain, dict):
             check(dict(plain))
+            sections[section] = plain
+    if "train" in sections and "trainer" in sections:
+        check_skip_nonfinite(sections["train"], processes_asked(sections["trainer"]))
 
 
 def _check_wandb_mode(cfg) -> None:

@@ -19,7 +19,7 @@ from components import Block
 
 from ..budget import parameter_budget
 from ..checkpoint import check_resumable, check_same_model, is_sharded_checkpoint
-from ..config.checks import check_train, check_val_interval
+from ..config.checks import check_skip_nonfinite, check_train, check_val_interval, processes_asked
 from ..config.cli import check_unused_run_dir, resumes_in
 from ..config.plain import to_plain
 from ..config.printing import inputs_checked
@@ -185,6 +185,7 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
     trainer_kwargs = to_plain(cfg.trainer)
     train_cfg = to_plain(cfg.train)
     check_train(train_cfg)
+    check_skip_nonfinite(train_cfg, processes_asked(trainer_kwargs))
     if trainer_kwargs.get("max_steps") is None:  # null: no step limit, Lightning's -1
         trainer_kwargs["max_steps"] = -1
     check_val_interval(trainer_kwargs)
@@ -223,6 +224,7 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
     # the data module shards its own sampler (builder/data/windows.py EpochSampler): exact DDP = bigger batch
     trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out_dir), callbacks=callbacks, logger=loggers or False,
                          plugins=[checkpoint_io] if isinstance(strategy, str) else None, use_distributed_sampler=False)
+    check_skip_nonfinite(train_cfg, trainer.world_size)  # devices=auto or -1: Lightning's count, before the launch
     for_this_job(trainer)  # multirun + DDP: the extra processes run this job only (builder/training/launch.py)
     if trainer.is_global_zero:
         write_budget(budget, out_dir, loggers)
