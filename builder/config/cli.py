@@ -228,13 +228,15 @@ def check_job_config(cfg, tasks=None) -> None:
         raise ConfigError("task", task, f"one of {', '.join(sorted(tasks))}{closest(str(task), tasks)}")
     if task == "train":
         _check_wandb_mode(cfg)
-        _check_training_numbers(cfg)
 
 
-def _check_training_numbers(cfg) -> None:
+def check_training_numbers(cfg) -> None:
     """``train.*``, ``trainer.val_check_interval`` and ``train.skip_nonfinite`` against the processes asked for, as
-    task=train checks them, before anything heavy is imported;
-    a value that is an interpolation not resolvable yet is left to the task."""
+    task=train checks them, before anything heavy is imported (a single run's precheck: a multirun's jobs differ
+    by their swept values, which its master config leaves out, so each job's task checks its own); a value that is
+    an interpolation not resolvable yet is left to the task."""
+    if cfg.get("task") != "train":
+        return
     sections = {}
     for section, check in (("train", check_train), ("trainer", check_val_interval)):
         node = cfg.get(section) if isinstance(cfg, (dict, DictConfig)) else None
@@ -574,6 +576,8 @@ def compose_and_check(args: list[str], tasks=None, app_file: str | None = None) 
         except (HydraException, OmegaConfBaseException) as err:
             raise _composition_error(err, parsed, lambda o: composer(o, multirun), composer.file_value) from err
         check_composed(cfg, tasks)
+        if not multirun:
+            check_training_numbers(cfg)
         if not ns.cfg:  # --cfg prints the config: no run directory, no cache
             _check_output_folders(cfg, multirun)
             _check_run_dir_unused(cfg, multirun)
