@@ -6,6 +6,8 @@ composes exactly like a source checkout.
 
 from __future__ import annotations
 
+import copy
+import functools
 from importlib.resources import files
 from pathlib import Path
 
@@ -45,12 +47,21 @@ def _deep_merge(into: dict, new: dict) -> dict:
     return into
 
 
-def _preset_layers(name: str, chosen: dict[str, str]) -> list[dict]:
-    """The configs Hydra merges for model preset ``name``, in its order; ``chosen``: group options a child overrides."""
+def _yaml_reader():
+    """``read(path)``: the YAML file as plain containers, each file parsed once (parents and group files are shared
+    by many presets), a fresh copy each call (the merge below writes into what it is given)."""
+    parsed = functools.cache(lambda path: OmegaConf.to_container(OmegaConf.load(path)))
+    return lambda path: copy.deepcopy(parsed(path))
+
+
+def _preset_layers(name: str, chosen: dict[str, str], read=None) -> list[dict]:
+    """The configs Hydra merges for model preset ``name``, in its order; ``chosen``: group options a child overrides;
+    ``read``: a ``_yaml_reader()`` to share between calls."""
+    read = read or _yaml_reader()
     path = CONF_DIR / "model" / f"{name}.yaml"
     if not path.is_file():
         raise _NotPlain(name)
-    body = OmegaConf.to_container(OmegaConf.load(path))
+    body = read(path)
     defaults = body.pop("defaults", [])
     for entry in defaults:
         if isinstance(entry, dict):
@@ -70,12 +81,12 @@ def _preset_layers(name: str, chosen: dict[str, str]) -> list[dict]:
             layers.append(body)
         elif isinstance(entry, str):
             if entry != "schema":
-                layers += _preset_layers(entry, chosen)
+                layers += _preset_layers(entry, chosen, read)
         else:
             (key, option), = entry.items()
             if not key.startswith("override "):
                 group = CONF_DIR / "model" / key / f"{chosen.get(key, option)}.yaml"
-                layers.append({key: OmegaConf.to_container(OmegaConf.load(group))})
+                layers.append({key: read(group)})
     if "_self_" not in defaults:
         raise _NotPlain(name)
     return layers
@@ -90,11 +101,12 @@ def preset_configs(names: list[str]) -> dict[str, DictConfig]:
     by Hydra. tests/test_config.py checks that the two agree for every preset.
     """
     schema = OmegaConf.structured(ModelConfig)
+    read = _yaml_reader()
     out, others = {}, []
     for name in names:
         try:
             merged: dict = {}
-            for layer in _preset_layers(name, {}):
+            for layer in _preset_layers(name, {}, read):
                 _deep_merge(merged, layer)
             out[name] = OmegaConf.merge(schema, merged)
         except _NotPlain:
