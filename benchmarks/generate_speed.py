@@ -10,8 +10,8 @@ median tokens/s of each and the median of the per-round ratios. ``--tiny`` shrin
 
 It also prints each model's ceiling: the tokens/s a decoding step would reach if it did nothing but its
 matrix-vector products, every ``nn.Linear`` weight read once through ``F.linear`` at the batch size (the
-embedding is a lookup of one row), timed between the rounds, best of all; and how fast that reads memory.
-At the default shape both models sit near their ceilings: no decoding loop can be much faster there.
+embedding is a lookup of one row), timed between the rounds, best of all; how fast that reads memory; and
+what share of it each decoder reaches: the rest of a token is per-op work outside the products.
 """
 
 from __future__ import annotations

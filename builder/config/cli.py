@@ -239,7 +239,7 @@ def check_training_numbers(cfg) -> None:
         return
     sections = {}
     for section, check in (("train", check_train), ("trainer", check_val_interval)):
-        node = cfg.get(section) if isinstance(cfg, (dict, DictConfig)) else None
+        node = cfg.get(section)
         try:
             plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
         except OmegaConfBaseException:

@@ -124,7 +124,7 @@ class LitGPT(pl.LightningModule):
         else:
             here = not bool(torch.isfinite(loss))
             if self._first_bad_anywhere(self.global_step if here else None) is not None:
-                if self.train_cfg.get("skip_nonfinite"):  # every process skips this batch together
+                if self.train_cfg.get("skip_nonfinite"):  # one process only (several are refused: config/checks.py)
                     self.skipped_nonfinite += 1
                     self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), on_step=True, on_epoch=False)
                     return None  # Lightning skips this batch's backward and optimizer step
