@@ -7,11 +7,12 @@ class is picked up without touching any list.
 import importlib
 import pkgutil
 
-from .attention import AttentionMask, KVCache
+from .attention import AttentionMask, KVCache, StaticKVCache
 from .registry import KINDS, RegistryError, get, names, register
 from .transformer import Block, Transformer
 
 for _info in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["KINDS", "AttentionMask", "Block", "KVCache", "RegistryError", "Transformer", "get", "names", "register"]
+__all__ = ["KINDS", "AttentionMask", "Block", "KVCache", "RegistryError", "StaticKVCache", "Transformer", "get", "names",
+           "register"]

@@ -63,7 +63,7 @@ class KVCache:
             keys[:, :, :n], values[:, :, :n] = held[:, :, :n], self.values[layer][:, :, :n]
         self.keys[layer], self.values[layer] = keys, values
 
-    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor | None = None):
         start = self.lengths.get(layer, 0)
         end = start + k.shape[2]
         self._room(layer, k, end)
@@ -71,6 +71,50 @@ class KVCache:
         self.values[layer][:, :, start:end] = v
         self.lengths[layer] = end
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class StaticKVCache:
+    """A cache of fixed size for compiled decoding: no Python number that changes per token reaches the model.
+
+    Each layer's keys and values live in one zero-filled buffer of ``capacity`` positions; a forward pass writes its
+    tokens at the positions ``next + [0, t)``, ``next`` being a tensor the pass advances in place, and attention reads
+    the whole buffer with the mask hiding the slots not written yet. So every decoding step has the same shapes and
+    the same Python state, and a ``torch.compile``d step compiles once for a whole continuation (the growing
+    :class:`KVCache` changes a slice length every token, which compiled code would have to handle per length).
+    Holds at most ``capacity`` tokens: more is an error, not a doubling.
+    """
+
+    def __init__(self, capacity: int, device=None):
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
+            raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
+        self.capacity = capacity
+        self.slots = torch.arange(capacity, device=device)
+        self.next = torch.zeros((), dtype=torch.long, device=device)
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+
+    @property
+    def length(self) -> int:
+        """Tokens held (reads the position tensor: for callers outside compiled code)."""
+        return int(self.next)
+
+    def positions(self, t: int) -> torch.Tensor:
+        """The positions the next ``t`` tokens take, ``[t]``; in eager code, an error past the capacity."""
+        if not torch.compiler.is_compiling() and self.length + t > self.capacity:
+            raise ValueError(f"a StaticKVCache of capacity {self.capacity} holds {self.length} tokens: "
+                             f"no room for {t} more")
+        return self.next + torch.arange(t, device=self.next.device)
+
+    def advance(self, t: int) -> None:
+        self.next += t
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor | None = None):
+        if layer not in self.keys:
+            self.keys[layer] = k.new_zeros(*k.shape[:2], self.capacity, k.shape[3])
+            self.values[layer] = v.new_zeros(*v.shape[:2], self.capacity, v.shape[3])
+        self.keys[layer].index_copy_(2, pos, k)
+        self.values[layer].index_copy_(2, pos, v)
+        return self.keys[layer], self.values[layer]
 
 
 @register("attention", "grouped_query")
@@ -130,7 +174,7 @@ class GroupedQueryAttention(nn.Module):
         v = v.view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)
         q, k = positions.rotate(q, k, pos, pos)
         if cache is not None:
-            k, v = cache.extend(self.layer, k, v)
+            k, v = cache.extend(self.layer, k, v, pos)
         if self.recorder is None and self.softcap is None:
             y = F.scaled_dot_product_attention(
                 q, k, v,

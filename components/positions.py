@@ -143,12 +143,13 @@ class RotaryPositions(Positions):
 
     def _angles(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin for ``pos``, computed once per position tensor: the model hands every layer the same one."""
+        if torch.compiler.is_compiling():  # the graph computes them once anyway; a memo would be guarded on
+            return self._cos_sin(pos, dtype)
         memo = self._memo
         if memo is not None and memo[0] is pos and memo[1] == dtype:
             return memo[2]
         angles = self._cos_sin(pos, dtype)
-        if not torch.compiler.is_compiling():  # under compile the graph computes them once anyway
-            self._memo = (pos, dtype, angles)
+        self._memo = (pos, dtype, angles)
         return angles
 
     def rotate(self, q, k, q_pos, k_pos):

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from .attention import AttentionMask, KVCache
+from .attention import AttentionMask, KVCache, StaticKVCache
 from .positions import Embedding
 
 LAYOUTS = ("pre", "post", "parallel", "sandwich")
@@ -111,20 +111,27 @@ class Transformer(nn.Module):
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, 0.0, std)
 
-    def layer_masks(self, q_pos, k_pos, attention_mask=None) -> list[AttentionMask]:
-        """One AttentionMask per layer; layers with the same rule share the tensor."""
+    def layer_masks(self, q_pos, k_pos, attention_mask=None, filled=None) -> list[AttentionMask]:
+        """One AttentionMask per layer; layers with the same rule share the tensor.
+
+        ``filled`` (a position tensor): keys past it are slots of a :class:`StaticKVCache` not written yet, hidden
+        whatever the rule."""
         shared: dict = {}
         out = []
         tq, tk = len(q_pos), len(k_pos)
+        plain = attention_mask is None and filled is None
         for i in range(len(self.blocks)):
             key = self.mask.layer_key(i)
             if key not in shared:
-                if attention_mask is None and self.mask.plain_causal(i) and tq == tk:
+                if plain and self.mask.plain_causal(i) and tq == tk:
                     shared[key] = AttentionMask(None, is_causal=True)
-                elif attention_mask is None and self.mask.plain_causal(i) and tq == 1:
+                elif plain and self.mask.plain_causal(i) and tq == 1:
                     shared[key] = AttentionMask(None)  # the newest token sees everything cached
                 else:
                     grid = self.mask.allowed(q_pos, k_pos, i)
+                    if filled is not None:
+                        written = k_pos[None, :] <= filled
+                        grid = written if grid is None else grid & written
                     grid = None if grid is None else grid[None, None]
                     if attention_mask is not None:
                         pad = attention_mask.to(torch.bool)[:, None, None, :]
@@ -138,18 +145,27 @@ class Transformer(nn.Module):
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
         t = ids.shape[1]
-        start = cache.length if cache is not None else 0
         limit = self.context_length
-        if limit is not None and start + t > limit:
-            raise ValueError(
-                f"sequence of {start + t} tokens is longer than the model's positional table "
-                f"(model.context_length={limit}); feed at most {limit} tokens"
-            )
-        pos = torch.arange(start, start + t, device=ids.device)
-        k_pos = pos if start == 0 else torch.arange(0, start + t, device=ids.device)
-        if attention_mask is not None and attention_mask.shape[1] != start + t:
-            raise ValueError(f"attention_mask covers {attention_mask.shape[1]} tokens, expected {start + t}")
-        masks = self.layer_masks(pos, k_pos, attention_mask)
+        if isinstance(cache, StaticKVCache):  # positions as tensors: nothing here changes from one token to the next
+            if attention_mask is not None:
+                raise ValueError("attention_mask is not supported with a StaticKVCache (it decodes unpadded rows)")
+            if limit is not None and cache.capacity > limit:
+                raise ValueError(f"a StaticKVCache of capacity {cache.capacity} is longer than the model's "
+                                 f"positional table (model.context_length={limit})")
+            pos = cache.positions(t)
+            masks = self.layer_masks(pos, cache.slots, filled=pos[-1])
+        else:
+            start = cache.length if cache is not None else 0
+            if limit is not None and start + t > limit:
+                raise ValueError(
+                    f"sequence of {start + t} tokens is longer than the model's positional table "
+                    f"(model.context_length={limit}); feed at most {limit} tokens"
+                )
+            pos = torch.arange(start, start + t, device=ids.device)
+            k_pos = pos if start == 0 else torch.arange(0, start + t, device=ids.device)
+            if attention_mask is not None and attention_mask.shape[1] != start + t:
+                raise ValueError(f"attention_mask covers {attention_mask.shape[1]} tokens, expected {start + t}")
+            masks = self.layer_masks(pos, k_pos, attention_mask)
         x = self.token_embedding(ids)
         if self.embedding_scale is not None:  # the factor rounded to the activations' dtype first, as Gemma does
             x = x * torch.tensor(self.embedding_scale, dtype=x.dtype, device=x.device)
@@ -158,6 +174,8 @@ class Transformer(nn.Module):
             x = self.drop(x)
         for block, mask in zip(self.blocks, masks):
             x = block(x, mask, self.positions, pos, cache)
+        if isinstance(cache, StaticKVCache):
+            cache.advance(t)
         if last_only:  # the next token's logits only (generation): the unembedding is the largest matmul per token
             x = x[:, -1:]
         logits = self.unembedding(self.final_norm(x))

@@ -55,8 +55,13 @@ def test_generate_speed_compares_equal_llama_models():
     assert re.search(r"^builder +[\d.]+ tok/s +transformers +[\d.]+ tok/s +ratio [\d.]+x$", proc.stdout, re.M), proc.stdout
     # each model's ceiling: its matrix-vector products alone, above what decoding reaches
     for name in ("builder", "transformers"):
-        ceiling, share = re.search(rf"^{name} +ceiling +([\d.]+) tok/s .* reaches (\d+)% of it$", proc.stdout, re.M).groups()
-        assert float(ceiling) > 0 and 0 <= int(share) <= 100, proc.stdout
+        ceiling, share, compiled = re.search(rf"^{name} +ceiling +([\d.]+) tok/s .* reaches (\d+)% of it, compiled (\d+)%$",
+                                             proc.stdout, re.M).groups()
+        assert float(ceiling) > 0 and 0 <= int(share) <= 100 and int(compiled) >= 0, proc.stdout
+    # the compiled decoders: the builder's generate(compile=True) and transformers' static cache + compiled forward
+    assert re.search(r"^compiled: builder +[\d.]+ tok/s +transformers +[\d.]+ tok/s +ratio [\d.]+x +\(compiling took \d+ s "
+                     r"and \d+ s\)$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^builder compiled over transformers' eager generate: [\d.]+x$", proc.stdout, re.M), proc.stdout
 
 
 def test_gpu_check_runs_its_steps_on_cpu(tmp_path):

@@ -285,6 +285,7 @@ def test_malformed_export_directory(tmp_path, files, damage, words):
     ("temperature=-1", ["temperature=-1", ">= 0"]),
     ("top_k=0", ["top_k=0", ">= 1", "null"]),
     ("max_new_tokens=-1", ["max_new_tokens=-1", ">= 0"]),
+    ("compile=maybe", ["compile", "maybe"]),
 ])
 def test_sampling_options_out_of_range(tmp_path, files, override, words):
     out = tmp_path / "run"

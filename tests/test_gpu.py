@@ -66,5 +66,6 @@ def test_capture_and_sampling_on_cuda():
     assert rec.pattern(0).device.type == "cpu" or rec.pattern(0).is_cuda
     out = generate(model, ids, 20, temperature=0.0)
     assert out.shape == (2, 36) and out.is_cuda
+    assert torch.equal(generate(model, ids, 20, temperature=0.0, compile=True), out)  # the compiled decoding step
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert generate(model, ids, 8, temperature=0.8).shape == (2, 24)

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import builder
-from components import KVCache
+from builder.generate import generate
+from components import KVCache, StaticKVCache
 
 SMALL = ["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.vocab_size=50", "model.context_length=16"]
 CAUSAL_MASKS = [["model/mask=causal"], ["model/mask=sliding_window", "model.mask.window=3"],
@@ -158,6 +159,54 @@ def test_kv_cache_writes_in_place_and_grows_past_its_capacity():
         steps.append(model(ids[:, t: t + 1], cache=cache))
     assert cache.keys[0].shape[2] == 16 and cache.length == 14  # doubled once
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ALL_MASKS + [["model/embedding=rotary"], ["model/attention=grouped_query"],
+                                     ["model/embedding=sinusoidal"]], ids=lambda m: m[0])
+def test_static_kv_cache_decodes_as_the_growing_one(variant):
+    model = small_model(*variant)
+    ids = torch.randint(0, 50, (2, 12))
+    decoded = {}
+    for name, cache in (("growing", KVCache()), ("static", StaticKVCache(16))):
+        # a 3-token prompt: shorter than the prefix mask's 4, so its unwritten slots must stay hidden
+        decoded[name] = torch.cat([model(ids[:, :3], cache=cache)] +
+                                  [model(ids[:, t: t + 1], cache=cache) for t in range(3, 12)], 1)
+    torch.testing.assert_close(decoded["static"], decoded["growing"], atol=1e-5, rtol=1e-4)
+    assert cache.length == 12 and cache.keys[0].shape[2] == 16  # one buffer of the capacity, written in place
+    with pytest.raises(ValueError, match="StaticKVCache of capacity 16 holds 12 tokens: no room for 5 more"):
+        model(ids[:, :5], cache=cache)
+
+
+def test_static_kv_cache_refuses_what_it_cannot_hold():
+    model = small_model("model/embedding=learned")  # a table of context_length=16 positions
+    ids = torch.randint(0, 50, (1, 4))
+    with pytest.raises(ValueError, match=r"capacity 17 is longer than .*model.context_length=16"):
+        model(ids, cache=StaticKVCache(17))
+    with pytest.raises(ValueError, match="attention_mask is not supported with a StaticKVCache"):
+        model(ids, attention_mask=torch.ones_like(ids), cache=StaticKVCache(8))
+    with pytest.raises(ValueError, match="capacity must be a positive integer, got 0"):
+        StaticKVCache(0)
+
+
+def test_compiled_generation_gives_the_eager_tokens_and_compiles_once():
+    from torch._dynamo.utils import counters  # (reason: torch's compile counters; only this test reads them)
+
+    torch.manual_seed(0)
+    model = builder.build_model(builder.compose([
+        "model=llama2_7b", "model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.attention.n_kv_heads=2",
+        "model.mlp.hidden=64", "model.vocab_size=50", "model.context_length=24"]).model).eval()
+    ids = torch.randint(0, 50, (2, 6))
+    # 30 new tokens overflow the 24-position table: the cache restarts on the last 12 tokens, as eagerly
+    eager = generate(model, ids, 30, temperature=0.0)
+    compiled = generate(model, ids, 30, temperature=0.0, compile=True)
+    assert torch.equal(compiled, eager)
+    graphs = counters["stats"]["unique_graphs"]
+    again = generate(model, ids, 30, temperature=0.0, compile=True)
+    assert torch.equal(again, eager) and counters["stats"]["unique_graphs"] == graphs  # no recompilation
+    sampled = [generate(model, ids, 30, temperature=0.9, top_k=10, generator=torch.Generator().manual_seed(3),
+                        compile=c) for c in (False, True)]
+    assert torch.equal(*sampled)
+    assert counters["stats"]["unique_graphs"] == graphs
 
 
 def test_rotary_angles_are_computed_once_per_forward(monkeypatch):

@@ -116,6 +116,9 @@ def test_sampling_is_reproducible_and_export_round_trips(main_run, env):
                 f"hydra.run.dir={env['root'] / 's4'}", env=env["env"])
     assert d.stdout == a.stdout
     assert c.stdout != a.stdout
+    f = run_cli(*args, "compile=true", f"hydra.run.dir={env['root'] / 's5'}", env=env["env"])
+    assert f.returncode == 0, f.stderr
+    assert f.stdout == a.stdout  # the compiled decoding step samples the same tokens
 
 
 def test_resume_matches_uninterrupted_run_and_seed_is_deterministic(env):

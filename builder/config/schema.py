@@ -175,6 +175,7 @@ class Config:
     max_new_tokens: int = 200
     temperature: float = 0.8
     top_k: int | None = 40
+    compile: bool = False  # task=sample: torch.compile the decoding step (pays a compilation first; see builder.generate)
     text: str = LECTURE_PHRASE  # task=attend / lens / tour: the phrase to look at
     layers: list[int] | None = None  # task=attend: e.g. [0,3]; None = all
     heads: list[int] | None = None  # task=attend: e.g. [1,2]; None = all

@@ -19,8 +19,9 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_sampling(max_new_tokens, temperature, top_k) -> None:
-    """The sampling settings generate() can honour: a count >= 0, a temperature >= 0 (0: greedy), top_k null or >= 1."""
+def check_sampling(max_new_tokens, temperature, top_k, compile=False) -> None:
+    """The sampling settings generate() can honour: a count >= 0, a temperature >= 0 (0: greedy), top_k null or >= 1,
+    compile true or false."""
     if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise ConfigError("max_new_tokens", max_new_tokens, "an integer >= 0 (the tokens to add to the prompt)")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
@@ -29,10 +30,12 @@ def check_sampling(max_new_tokens, temperature, top_k) -> None:
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise ConfigError("top_k", top_k, "an integer >= 1 (sample among the k most likely tokens), or null for "
                           "the whole vocabulary")
+    if not isinstance(compile, bool):
+        raise ConfigError("compile", compile, "true (torch.compile the decoding step) or false")
 
 
 def run(cfg, out_dir: Path) -> int:
-    check_sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k)
+    check_sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.compile)
     if not cfg.checkpoint:
         raise ConfigError("checkpoint", None, "a checkpoint path: python run.py task=sample checkpoint=PATH")
     model, tokenizer, model_cfg = load_model(cfg.checkpoint, dtype=cfg.get("dtype"))
@@ -45,7 +48,8 @@ def run(cfg, out_dir: Path) -> int:
     inputs_checked(model_cfg, f"checkpoint={cfg.checkpoint}")
     gen = torch.Generator().manual_seed(int(cfg.seed))
     try:
-        out = generate(model, ids, int(cfg.max_new_tokens), float(cfg.temperature), cfg.top_k, generator=gen)
+        out = generate(model, ids, int(cfg.max_new_tokens), float(cfg.temperature), cfg.top_k, generator=gen,
+                       compile=cfg.compile)
     except FloatingPointError as err:  # NaN or inf weights: the checkpoint is at fault, not the code
         raise ConfigError("checkpoint", cfg.checkpoint, f"a checkpoint with finite weights: {err}") from None
     text = tokenizer.decode(out[0].tolist())
