@@ -196,7 +196,6 @@ def test_compiled_generation_gives_the_eager_tokens_and_compiles_once():
         "model=llama2_7b", "model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.attention.n_kv_heads=2",
         "model.mlp.hidden=64", "model.vocab_size=50", "model.context_length=24"]).model).eval()
     ids = torch.randint(0, 50, (2, 6))
-    # 30 new tokens overflow the 24-position table: the cache restarts on the last 12 tokens, as eagerly
     eager = generate(model, ids, 30, temperature=0.0)
     compiled = generate(model, ids, 30, temperature=0.0, compile=True)
     assert torch.equal(compiled, eager)
@@ -207,6 +206,11 @@ def test_compiled_generation_gives_the_eager_tokens_and_compiles_once():
                         compile=c) for c in (False, True)]
     assert torch.equal(*sampled)
     assert counters["stats"]["unique_graphs"] == graphs
+    # learned positions: 30 new tokens overflow the 16-position table, and the cache restarts on the last 8 tokens
+    learned = small_model("model/embedding=learned")
+    assert learned.context_length == 16
+    assert torch.equal(generate(learned, ids, 30, temperature=0.0, compile=True),
+                       generate(learned, ids, 30, temperature=0.0))
 
 
 def test_rotary_angles_are_computed_once_per_forward(monkeypatch):
