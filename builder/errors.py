@@ -25,3 +25,10 @@ def first_line(err: BaseException) -> str:
     library's error worth quoting inside a ConfigError."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def is_compile_failure(err: BaseException) -> bool:
+    """Whether ``err`` is torch.compile failing to build its kernels (no working C++ compiler, a backend error), told
+    by its type's name so that asking imports nothing of torch._dynamo."""
+    return any(cls.__name__ == "BackendCompilerFailed" and cls.__module__ == "torch._dynamo.exc"
+               for cls in type(err).__mro__)

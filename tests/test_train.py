@@ -174,6 +174,28 @@ def test_precision_and_compile_train(env, option):
     assert "Done: 1 steps" in proc.stdout
 
 
+def test_compile_without_a_working_compiler_names_the_key(env, main_run):
+    """torch.compile that cannot build its kernels (CXX names no compiler; an empty compile cache, so nothing is
+    reused) is refused with the key that asked for it, in training and in sampling: one line, exit 2, no traceback."""
+    bad = {**env["env"], "CXX": str(env["root"] / "no-such-g++"), "TORCHINDUCTOR_CACHE_DIR": str(env["root"] / "inductor")}
+    ckpt = main_run[0] / "checkpoints" / "last.ckpt"
+    runs = {
+        "train.compile": run_cli("data=text", f"data.path={env['corpus']}", *SMALL, "train.compile=true",
+                                 "trainer.fast_dev_run=true", "logger=csv", f"hydra.run.dir={env['root'] / 'nocc_train'}",
+                                 env=bad),
+        "compile": run_cli("task=sample", f"checkpoint={ckpt}", "prompt=the ", "max_new_tokens=5", "compile=true",
+                           f"hydra.run.dir={env['root'] / 'nocc_sample'}", env=bad),
+    }
+    for key, proc in runs.items():
+        text = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and "Traceback" not in text, text[-3000:]
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1, proc.stderr[-3000:]
+        assert errors[0].startswith(f"Error: {key}=True is not accepted: false on this machine: torch.compile could "
+                                    "not build"), errors[0]
+        assert "C++ compiler" in errors[0], errors[0]
+
+
 def test_ckpt_path_last_resumes_the_newest(env, main_run):
     out, proc = train(env, "main", "logger=csv", "trainer.max_steps=62", "trainer.val_check_interval=31", "ckpt_path=last")
     assert f"Restoring states from the checkpoint path at {out / 'checkpoints' / 'last.ckpt'}" in proc.stdout + proc.stderr

@@ -8,7 +8,7 @@ import torch
 
 from ..checkpoint import load_model
 from ..config.printing import inputs_checked
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line, is_compile_failure
 from ..files import atomic_write
 from ..generate import encode_prompt, generate
 
@@ -52,6 +52,11 @@ def run(cfg, out_dir: Path) -> int:
                        compile=cfg.compile)
     except FloatingPointError as err:  # NaN or inf weights: the checkpoint is at fault, not the code
         raise ConfigError("checkpoint", cfg.checkpoint, f"a checkpoint with finite weights: {err}") from None
+    except RuntimeError as err:
+        if not (cfg.compile and is_compile_failure(err)):
+            raise
+        raise ConfigError("compile", True, "false on this machine: torch.compile could not build the decoding "
+                          "step's kernels", first_line(err)) from None
     text = tokenizer.decode(out[0].tolist())
     print(text)
     atomic_write(Path(out_dir) / "sample.txt", text + "\n")
