@@ -64,6 +64,8 @@ class KVCache:
         self.keys[layer], self.values[layer] = keys, values
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor | None = None):
+        """Append ``k`` and ``v`` ``[B, H_kv, t, d_head]``; returns every key and value held. (``pos``, the tokens'
+        positions, is what :class:`StaticKVCache` writes at; this cache appends.)"""
         start = self.lengths.get(layer, 0)
         end = start + k.shape[2]
         self._room(layer, k, end)
@@ -109,6 +111,7 @@ class StaticKVCache:
         self.next += t
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor | None = None):
+        """Write ``k`` and ``v`` at the positions ``pos``; returns the whole buffers (the mask hides what is unwritten)."""
         if layer not in self.keys:
             self.keys[layer] = k.new_zeros(*k.shape[:2], self.capacity, k.shape[3])
             self.values[layer] = v.new_zeros(*v.shape[:2], self.capacity, v.shape[3])
