@@ -128,6 +128,19 @@ def test_names_normalised_and_deduplicated(no_wandb_auth, tmp_path):
     assert L.make_loggers(None, tmp_path) == []
 
 
+def test_loggers_write_nothing_until_the_config_is_logged(no_wandb_auth, tmp_path):
+    """What task=train relies on to leave no logger folder behind when it refuses a run after making its loggers
+    (train.skip_nonfinite once the Trainer has counted devices=auto)."""
+    run = tmp_path / "run"
+    loggers = L.make_loggers(["csv", "tensorboard"], run, config={"seed": 3}, hparams_now=False)
+    assert not (run / "csv").exists() and not (run / "tensorboard").exists()
+    L.log_config(loggers, {"seed": 3})
+    assert "seed: 3" in (run / "csv" / "hparams.yaml").read_text()
+    assert loggers[1].hparams == {"seed": 3}  # tensorboard keeps them until it saves
+    eager = L.make_loggers(["csv"], tmp_path / "eager", config={"seed": 3})  # the default: written at once
+    assert (tmp_path / "eager" / "csv" / "hparams.yaml").exists() and len(eager) == 1
+
+
 def test_tensorboard_missing_is_explained(tmp_path, monkeypatch):
     real = L.importlib.util.find_spec
     monkeypatch.setattr(

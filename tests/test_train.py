@@ -206,6 +206,8 @@ def test_ckpt_path_last_resumes_the_newest(env, main_run):
 def test_fast_dev_run_on_the_embedded_corpus(env, trainer):
     out, proc = train(env, f"fdr_{trainer}", f"trainer={trainer}", "trainer.fast_dev_run=true", "logger=csv", data=False)
     assert "Done: 1 steps" in proc.stdout
+    logged = (out / "csv" / "hparams.yaml").read_text()  # the run's config, logged once the Trainer exists
+    assert "\ntrainer:\n" in logged and "\nmodel:\n" in logged, logged[:500]
 
 
 # ------------------------------------------------------------------------------------------ the callbacks group

@@ -34,7 +34,7 @@ from ..report import write_budget_files
 from ..training.callbacks import AtomicCheckpointIO, RunContext, SaveOnInterrupt, make_callbacks
 from ..training.fsdp import FullyShardedStrategy
 from ..training.launch import for_this_job
-from ..training.loggers import finish_wandb, log_image, log_table, make_loggers_from_config, wandb_run_dir
+from ..training.loggers import finish_wandb, log_config, log_image, log_table, make_loggers_from_config, wandb_run_dir
 from ..training.module import LitGPT
 
 # Lightning 2.6 builds torch's deprecated LeafSpec on every batch; torch 2.13 warns about it each run.
@@ -215,7 +215,8 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
     # the schedule's length: train.total_steps, else the trainer's estimate (max_steps, or max_epochs x batches)
     # fsdp2: the model is built in configure_model, sharded (from this random state: the same weights as here)
     module = LitGPT(model_cfg, train_cfg, dm.tokenizer.to_dict(), defer_model=isinstance(strategy, FullyShardedStrategy))
-    loggers = make_loggers_from_config(logger_cfg, out_dir, config=to_plain(cfg))
+    config = to_plain(cfg)
+    loggers = make_loggers_from_config(logger_cfg, out_dir, config=config, hparams_now=False)  # no file yet
     ckpt_dir = out_dir / "checkpoints"
     on_interrupt = SaveOnInterrupt(ckpt_dir / "last.ckpt", resume_hint(out_dir))  # always on
     callbacks = [c for group in built.values() for c in group] + [on_interrupt]
@@ -225,6 +226,7 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
     trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out_dir), callbacks=callbacks, logger=loggers or False,
                          plugins=[checkpoint_io] if isinstance(strategy, str) else None, use_distributed_sampler=False)
     check_skip_nonfinite(train_cfg, trainer.world_size)  # devices=auto or -1: Lightning's count, before the launch
+    log_config(loggers, config)  # the loggers' first files, now that nothing is left to refuse
     for_this_job(trainer)  # multirun + DDP: the extra processes run this job only (builder/training/launch.py)
     if trainer.is_global_zero:
         write_budget(budget, out_dir, loggers)

@@ -186,20 +186,22 @@ def _wandb(save_dir: Path, config: dict | None, options: dict[str, Any]) -> Wand
 
 
 def _csv(save_dir: Path, config: dict | None, options: dict[str, Any]) -> CSVLogger:
-    logger = CSVLogger(save_dir=str(save_dir), **{"name": "csv", "version": "", **options})
-    if config:
-        logger.log_hyperparams(config)
-    return logger
+    return CSVLogger(save_dir=str(save_dir), **{"name": "csv", "version": "", **options})
 
 
 def _tensorboard(save_dir: Path, config: dict | None, options: dict[str, Any]) -> TensorBoardLogger:
     if not (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
         raise ModuleNotFoundError("logger: 'tensorboard' needs the tensorboard package: pip install tensorboard")
-    logger = TensorBoardLogger(save_dir=str(save_dir),
-                               **{"name": "tensorboard", "version": "", "default_hp_metric": False, **options})
+    return TensorBoardLogger(save_dir=str(save_dir),
+                             **{"name": "tensorboard", "version": "", "default_hp_metric": False, **options})
+
+
+def log_config(loggers: Iterable[Logger], config: Mapping[str, Any] | None) -> None:
+    """The config as the csv and tensorboard loggers' hyperparameters: their first file (wandb has it from its init)."""
     if config:
-        logger.log_hyperparams(config)
-    return logger
+        for logger in loggers:
+            if isinstance(logger, (CSVLogger, TensorBoardLogger)):
+                logger.log_hyperparams(config)
 
 
 LOGGERS = {"wandb": _wandb, "csv": _csv, "tensorboard": _tensorboard}
@@ -239,11 +241,13 @@ def make_loggers(
     config: Mapping[str, Any] | None = None,
     wandb_mode: str | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    hparams_now: bool = True,
 ) -> list[Logger]:
     """Lightning loggers named by ``names`` (``wandb``, ``csv``, ``tensorboard``; case-insensitive, duplicates
     dropped, order kept), all writing under ``save_dir``.
 
-    ``config`` (the resolved Hydra config) becomes the wandb run config and the csv/tensorboard hyperparameters.
+    ``config`` (the resolved Hydra config) becomes the wandb run config and the csv/tensorboard hyperparameters;
+    ``hparams_now=False`` leaves the latter to :func:`log_config`, so nothing is written until the caller says.
     ``project``, ``group``, ``run_name`` and ``wandb_mode`` are wandb's unless ``options["wandb"]`` sets them.
     ``options``: keyword arguments per logger name, e.g. ``{"wandb": {"tags": [...], "init_timeout": 30,
     "settings": {...}, "offline_fallback": True}, "csv": {"flush_logs_every_n_steps": 10}}``. An unknown name or
@@ -265,13 +269,17 @@ def make_loggers(
     config = to_plain(config)
     if config is not None and not isinstance(config, dict):
         raise TypeError(f"config must be a mapping, got {type(config).__name__}")
-    return [LOGGERS[key](save_dir, config, options.get(key, {})) for key in keys]
+    loggers = [LOGGERS[key](save_dir, config, options.get(key, {})) for key in keys]
+    if hparams_now:
+        log_config(loggers, config)
+    return loggers
 
 
 def make_loggers_from_config(
     logger_cfg: Mapping[str, Any] | None,
     save_dir: str | os.PathLike,
     config: Mapping[str, Any] | None = None,
+    hparams_now: bool = True,
 ) -> list[Logger]:
     """Loggers from the composed ``logger`` node (logger name -> its options; ``None`` or empty: none). A name set
     to ``null`` is skipped: ``logger.csv=null`` on the command line switches csv off."""
@@ -285,7 +293,7 @@ def make_loggers_from_config(
         if not isinstance(opts, dict):
             raise ConfigError(f"logger.{name}", opts, "a mapping of options, or null to switch it off")
         options[_check_name(name)] = opts
-    return make_loggers(list(options), save_dir, config=config, options=options)
+    return make_loggers(list(options), save_dir, config=config, options=options, hparams_now=hparams_now)
 
 
 def wandb_run_dir(loggers: Logger | Iterable[Logger] | None) -> str | None:
