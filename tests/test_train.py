@@ -119,6 +119,7 @@ def test_sampling_is_reproducible_and_export_round_trips(main_run, env):
     f = run_cli(*args, "compile=true", f"hydra.run.dir={env['root'] / 's5'}", env=env["env"])
     assert f.returncode == 0, f.stderr
     assert f.stdout == a.stdout  # the compiled decoding step samples the same tokens
+    assert "compile=true: compiling the decoding step first" in f.stderr and "compiling" not in a.stderr
 
 
 def test_resume_matches_uninterrupted_run_and_seed_is_deterministic(env):

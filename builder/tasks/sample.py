@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -47,6 +48,9 @@ def run(cfg, out_dir: Path) -> int:
         raise ConfigError("prompt", f"<{ids.shape[1]} tokens>", f"at most model.context_length={limit} tokens")
     inputs_checked(model_cfg, f"checkpoint={cfg.checkpoint}")
     gen = torch.Generator().manual_seed(int(cfg.seed))
+    if cfg.compile and int(cfg.max_new_tokens) > 1:
+        print("compile=true: compiling the decoding step first (tens of seconds on a CPU; seconds once torch's "
+              "compile cache holds it)", file=sys.stderr, flush=True)
     try:
         out = generate(model, ids, int(cfg.max_new_tokens), float(cfg.temperature), cfg.top_k, generator=gen,
                        compile=cfg.compile)
