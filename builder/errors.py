@@ -27,8 +27,10 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def is_compile_failure(err: BaseException) -> bool:
-    """Whether ``err`` is torch.compile failing to build its kernels (no working C++ compiler, a backend error), told
-    by its type's name so that asking imports nothing of torch._dynamo."""
-    return any(cls.__name__ == "BackendCompilerFailed" and cls.__module__ == "torch._dynamo.exc"
-               for cls in type(err).__mro__)
+def compile_refusal(key: str, what: str, err: BaseException) -> ConfigError | None:
+    """The refusal of ``key``=true when ``err`` is torch.compile failing to build ``what`` (no working C++ compiler, a
+    backend error), else None. The error is told by its type's name, so asking imports nothing of torch._dynamo."""
+    if not any(cls.__name__ == "BackendCompilerFailed" and cls.__module__ == "torch._dynamo.exc"
+               for cls in type(err).__mro__):
+        return None
+    return ConfigError(key, True, f"false on this machine: torch.compile could not build {what}", first_line(err))

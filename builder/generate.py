@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -21,18 +22,13 @@ def _decode_step(model, token: torch.Tensor, cache):
     return _summary(model(token, cache=cache)[:, -1])
 
 
-_compiled_step = None
-
-
+@functools.cache
 def compiled_step():
     """``_decode_step`` under ``torch.compile``, made once per process (torch keeps the compiled code per model and
     cache layout, so later calls of generate(compile=True) on the same model reuse it). Whole graph, static shapes,
     and a C++ wrapper around the kernels: per token the Python wrapper's ~100 kernel calls cost more than the
     kernels other than the matrix products."""
-    global _compiled_step
-    if _compiled_step is None:
-        _compiled_step = torch.compile(_decode_step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
-    return _compiled_step
+    return torch.compile(_decode_step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
 
 
 def _pick(summary, temperature: float, top_k: int | None, generator) -> torch.Tensor:

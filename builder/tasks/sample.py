@@ -8,27 +8,24 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_model
+from ..config.checks import is_count
 from ..config.printing import inputs_checked
-from ..errors import ConfigError, first_line, is_compile_failure
+from ..errors import ConfigError, compile_refusal
 from ..files import atomic_write
 from ..generate import encode_prompt, generate
 
 SHOWS_CONFIG = True  # run() calls inputs_checked once the checkpoint is loaded and the prompt fits (builder.tasks)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_sampling(max_new_tokens, temperature, top_k, compile=False) -> None:
     """The sampling settings generate() can honour: a count >= 0, a temperature >= 0 (0: greedy), top_k null or >= 1,
     compile true or false."""
-    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+    if not is_count(max_new_tokens) or max_new_tokens < 0:
         raise ConfigError("max_new_tokens", max_new_tokens, "an integer >= 0 (the tokens to add to the prompt)")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
         raise ConfigError("temperature", temperature, "a number >= 0 (0: always the most likely token; 1: the "
                           "model's own distribution)")
-    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+    if top_k is not None and (not is_count(top_k) or top_k < 1):
         raise ConfigError("top_k", top_k, "an integer >= 1 (sample among the k most likely tokens), or null for "
                           "the whole vocabulary")
     if not isinstance(compile, bool):
@@ -57,10 +54,10 @@ def run(cfg, out_dir: Path) -> int:
     except FloatingPointError as err:  # NaN or inf weights: the checkpoint is at fault, not the code
         raise ConfigError("checkpoint", cfg.checkpoint, f"a checkpoint with finite weights: {err}") from None
     except RuntimeError as err:
-        if not (cfg.compile and is_compile_failure(err)):
+        refusal = compile_refusal("compile", "the decoding step's kernels", err) if cfg.compile else None
+        if refusal is None:
             raise
-        raise ConfigError("compile", True, "false on this machine: torch.compile could not build the decoding "
-                          "step's kernels", first_line(err)) from None
+        raise refusal from None
     text = tokenizer.decode(out[0].tolist())
     print(text)
     atomic_write(Path(out_dir) / "sample.txt", text + "\n")

@@ -24,7 +24,7 @@ from ..config.cli import check_unused_run_dir, resumes_in
 from ..config.plain import to_plain
 from ..config.printing import inputs_checked
 from ..data.datamodule import TokenDataModule
-from ..errors import ConfigError, first_line, is_compile_failure
+from ..errors import ConfigError, compile_refusal
 from ..files import atomic_write
 from ..interp.tour import summary as tour_summary
 from ..interp.tour import write_tour
@@ -239,10 +239,10 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
             raise SystemExit(EXIT_SIGINT) from None
         raise
     except RuntimeError as err:
-        if not (train_cfg.get("compile") and is_compile_failure(err)):
+        refusal = compile_refusal("train.compile", "the model's kernels", err) if train_cfg.get("compile") else None
+        if refusal is None:
             raise
-        raise ConfigError("train.compile", True, "false on this machine: torch.compile could not build the model's "
-                          "kernels", first_line(err)) from None
+        raise refusal from None
 
     if trainer.is_global_zero:
         best, throughput, probe = (built.get(name, [None])[0] for name in ("model_checkpoint", "throughput",
