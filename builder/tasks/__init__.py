@@ -176,10 +176,10 @@ def run_task(cfg):
             try:
                 try:
                     check_job_config(cfg, TASKS)  # what the command line's precheck saw, for this job's config
+                    if display.model_used:  # a bad model is refused before the task's imports (Lightning: seconds)
+                        resolve(cfg.model)
                     task = importlib.import_module(TASKS[cfg.task])
                     if not getattr(task, "SHOWS_CONFIG", False):
-                        if display.model_used:
-                            resolve(cfg.model)  # a bad model is refused before the config is shown
                         display.show()
                     extra = (hc.runtime.choices.get("model"),) if cfg.task in TAKES_MODEL_NAME else ()
                     code = task.run(cfg, out_dir, *extra)
