@@ -1,9 +1,12 @@
 """The LightningModule's parts in process: schedule, weight-decay groups, FSDP wrapping, bad training input."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
+from conftest import REPO
 
 import builder
 from builder.training.module import LitGPT, lr_lambda, no_decay_names
@@ -123,3 +126,22 @@ def test_bad_training_input(tmp_path, cli, overrides, words):
     for w in words:
         assert w in proc.stderr, (w, proc.stderr[-2000:])
     assert not out.exists()
+
+
+def test_bad_model_and_data_settings_are_refused_before_lightning_is_imported(tmp_path):
+    """task=train refuses a model or data value before it imports Lightning (seconds of start-up): a fresh
+    interpreter runs run.py and says whether Lightning was imported by the time it exited."""
+    script = ("import runpy, sys\n"
+              "sys.argv = ['run.py', *sys.argv[1:]]\n"
+              "try:\n"
+              "    runpy.run_path('run.py', run_name='__main__')\n"
+              "except SystemExit as stop:\n"
+              "    print('exit', stop.code, 'lightning imported:', 'pytorch_lightning' in sys.modules)\n")
+    for override, words in (("model.n_heads=5", "a divisor of model.d_model"), ("data.tokenizer=bpe", "byte_bpe"),
+                            ("data.val_fraction=2", "a number in [0, 1)"), ("data.batch_size=0", "an integer >= 1")):
+        proc = subprocess.run([sys.executable, "-c", script, override, f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        key, value = override.split("=")
+        assert f"{key}={value}" in proc.stderr.replace("'", "") and words in proc.stderr, proc.stderr[-2000:]
+        assert proc.stdout.strip() == "exit 2 lightning imported: False", proc.stdout[-2000:]
+    assert not (tmp_path / "run").exists()

@@ -29,11 +29,11 @@ from .cache import (
     token_cache_path,
     token_cache_problem,
 )
-from .corpus import ACCEPTED_SOURCES, Corpus, unknown_choice
+from .corpus import Corpus
+from .settings import check_data_settings
 from .stream import build_lock, char_vocabulary
 from .token_files import FlatTokens, open_flat_tokens
 from .tokenizers import (
-    ACCEPTED_TOKENIZERS,
     AnyTokenizer,
     ByteBPETokenizer,
     CharTokenizer,
@@ -44,9 +44,6 @@ from .tokenizers import (
     tokenizer_from_dict,
 )
 from .windows import EpochSampler, RandomWindowDataset, ValWindowDataset
-
-# data.source: the corpora of builder/data/corpus.py, and ``tokens``: a flat token file (builder/data/token_files.py)
-DATA_SOURCES = (*ACCEPTED_SOURCES, "tokens")
 
 
 class ResumableDataLoader(DataLoader):
@@ -74,15 +71,6 @@ class ResumableDataLoader(DataLoader):
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state and isinstance(self.sampler, EpochSampler):
             self.sampler.resume(state["epoch"], state["samples"])
-
-
-def _check_int(key: str, value: Any, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise DataError(f"data.{key}={value!r} is not accepted: an integer >= {minimum}")
-    if value < minimum or (maximum is not None and value > maximum):
-        rng = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-        raise DataError(f"data.{key}={value!r} is not accepted: an integer {rng}")
-    return int(value)
 
 
 class TokenDataModule(pl.LightningDataModule):
@@ -113,49 +101,22 @@ class TokenDataModule(pl.LightningDataModule):
         dtype: str | None = None,
     ) -> None:
         super().__init__()
-        if source not in DATA_SOURCES:
-            raise DataError(unknown_choice("source", source, DATA_SOURCES))
-        if tokenizer not in ACCEPTED_TOKENIZERS:
-            raise DataError(unknown_choice("tokenizer", tokenizer, ACCEPTED_TOKENIZERS))
-        if source == "text" and (path is None or str(path) == ""):
-            raise DataError("data.path is required when data.source='text' (a UTF-8 file or a folder)")
-        if source == "tokens" and (path is None or str(path) == ""):
-            raise DataError("data.path is required when data.source='tokens' (a flat uint16/uint32 token file)")
-        if source in ("embedded", "adjectives", "lecture") and path is not None:
-            raise DataError(f"data.path={str(path)!r} is only used with data.source='text' (got source={source!r})")
-        if tokenizer == "gpt2_bpe":
-            for key, value in (("vocab_file", vocab_file), ("merges_file", merges_file)):
-                if value is None or str(value) == "":
-                    raise DataError(f"data.{key} is required when data.tokenizer='gpt2_bpe'")
+        checked = check_data_settings(dict(
+            source=source, path=path, tokenizer=tokenizer, bpe_vocab_size=bpe_vocab_size, vocab_file=vocab_file,
+            merges_file=merges_file, cache_dir=cache_dir, context_length=context_length, batch_size=batch_size,
+            val_fraction=val_fraction, samples_per_epoch=samples_per_epoch, val_batches=val_batches,
+            num_workers=num_workers, seed=seed, n_sentences=n_sentences, text_field=text_field, vocab_size=vocab_size,
+            dtype=dtype))
         self.source = source
-        self.path = None if path is None else str(path)
+        self.path = checked["path"]
         self.tokenizer_kind = tokenizer
-        self.bpe_vocab_size = _check_int("bpe_vocab_size", bpe_vocab_size, 256, 1 << 32)
-        self.vocab_file = None if vocab_file is None else str(vocab_file)
-        self.merges_file = None if merges_file is None else str(merges_file)
+        self.bpe_vocab_size = checked["bpe_vocab_size"]
+        self.vocab_file, self.merges_file = checked["vocab_file"], checked["merges_file"]
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        self.context_length = _check_int("context_length", context_length, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        if (
-            isinstance(val_fraction, bool)
-            or not isinstance(val_fraction, (int, float))
-            or not (0.0 <= float(val_fraction) < 1.0)
-        ):
-            raise DataError(f"data.val_fraction={val_fraction!r} is not accepted: a number in [0, 1)")
-        self.val_fraction = float(val_fraction)
-        self.samples_per_epoch = _check_int("samples_per_epoch", samples_per_epoch, 1)
-        self.val_batches = _check_int("val_batches", val_batches, 0)
-        self.num_workers = _check_int("num_workers", num_workers, 0)
-        self.seed = _check_int("seed", seed, 0)
-        self.n_sentences = _check_int("n_sentences", n_sentences, 1)  # source='adjectives' / 'lecture' only
-        if not isinstance(text_field, str) or not text_field:
-            raise DataError(
-                f"data.text_field={text_field!r} is not accepted: the name of the text field of .jsonl/.parquet records"
-            )
-        self.text_field = text_field  # .jsonl / .parquet files of source='text'
-        self.vocab_size_setting = None if vocab_size is None else _check_int("vocab_size", vocab_size, 1, 1 << 32)
-        if dtype is not None and dtype not in ("uint16", "uint32"):
-            raise DataError(f"data.dtype={dtype!r} is not accepted: uint16, uint32 or null (the token file's ids)")
+        for key in ("context_length", "batch_size", "val_fraction", "samples_per_epoch", "val_batches", "num_workers",
+                    "seed", "n_sentences", "text_field"):  # n_sentences: source='adjectives' / 'lecture' only
+            setattr(self, key, checked[key])
+        self.vocab_size_setting = checked["vocab_size"]
         self.dtype_setting = dtype  # source='tokens' only
 
         # filled by setup()

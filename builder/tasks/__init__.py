@@ -25,8 +25,10 @@ from omegaconf import DictConfig, open_dict
 from components.registry import RegistryError
 
 from ..config.cli import FILE_SYSTEM_ERRORS, check_job_config, precheck_or_exit, register_help_resolver
+from ..config.plain import to_plain
 from ..config.printing import WRITTEN, ConfigDisplay, displaying
 from ..config.schema import register_schemas
+from ..data.settings import check_data_settings
 from ..errors import ConfigError, DataError, NonFiniteLossError
 from ..model import resolve
 from .compare import record_failure
@@ -47,6 +49,7 @@ class JobFailed(RuntimeError):
 TASKS = {name: f"{__name__}.{name}" for name in ("report", "train", "sample", "export", "attend", "heads", "lens",
                                                       "embed", "context", "tour", "compare")}
 TAKES_MODEL_NAME = ("report", "train")
+READS_DATA = ("train",)  # tasks that build a TokenDataModule from ``data``
 # tasks whose model is read from ``checkpoint=``: the composed ``model`` section is not theirs to show
 READS_CHECKPOINT = ("sample", "export", "attend", "heads", "lens", "embed", "context", "tour")
 # The config is shown once a task has checked its inputs: a task module with ``SHOWS_CONFIG = True`` calls
@@ -176,8 +179,12 @@ def run_task(cfg):
             try:
                 try:
                     check_job_config(cfg, TASKS)  # what the command line's precheck saw, for this job's config
-                    if display.model_used:  # a bad model is refused before the task's imports (Lightning: seconds)
+                    # a bad model or data setting is refused before the task's imports (Lightning: seconds)
+                    if display.model_used:
                         resolve(cfg.model)
+                    if cfg.task in READS_DATA:
+                        data = to_plain(cfg.data)
+                        check_data_settings({**data, "num_workers": data.get("num_workers") or 0})  # null: chosen later
                     task = importlib.import_module(TASKS[cfg.task])
                     if not getattr(task, "SHOWS_CONFIG", False):
                         display.show()
