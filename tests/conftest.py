@@ -1,7 +1,20 @@
+from __future__ import annotations
+
+import atexit
+import json
+import locale
 import logging
 import os
+import re
+import resource
+import select
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,13 +33,88 @@ if _WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 
-def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python run.py ARGS`` as a real process; returns the completed process (text output)."""
-    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
-    full_env = {k: v for k, v in full_env.items() if v is not None}  # None: unset that variable
-    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+# Variables read when the interpreter or a library tests/cli_server.py preloads starts (the locale and stream
+# encoding, threads, torch's and Hugging Face's settings, where matplotlib and the caches live): a run_cli whose
+# environment differs from the server's in one of these gets a fresh interpreter.
+STARTUP_VARIABLES = re.compile(r"^(PYTHON|LC_|LANG|OMP_|MKL_|KMP_|GOMP_|TORCH|PYTORCH|CUDA|NVIDIA|LD_|MPL|HF_|"
+                               r"TRANSFORMERS|TOKENIZERS|XDG_|MATPLOTLIB|SCIPY|NUMPY)")
+
+
+class CliServer:
+    """tests/cli_server.py, started on first use (one per pytest process): ``python run.py`` processes forked
+    from an interpreter that has already imported torch, Lightning and Hydra. Off with HYDRAFORMER_TEST_FRESH=1:
+    every run_cli then starts a new interpreter."""
+
+    _instance: CliServer | None = None
+
+    def __init__(self, env: dict) -> None:
+        self.env = env
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "cli_server.py")], cwd=REPO, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert json.loads(self.proc.stdout.readline()) == {"ready": True}, "tests/cli_server.py did not start"
+        self.files = Path(tempfile.mkdtemp(prefix="hydraformer-cli-"))
+        atexit.register(shutil.rmtree, self.files, True)
+
+    @classmethod
+    def get(cls, env: dict) -> CliServer | None:
+        """The server, if it can run a process with environment ``env``; started (with this pytest process's
+        environment) on first use."""
+        if os.environ.get("HYDRAFORMER_TEST_FRESH") == "1" or threading.current_thread() is not threading.main_thread():
+            return None  # (one request at a time: a run_cli from another thread starts its own interpreter)
+        if cls._instance is None or cls._instance.proc.poll() is not None:
+            cls._instance = cls(_cli_env())
+        server = cls._instance
+        changed = {k for k in set(env) | set(server.env) if env.get(k) != server.env.get(k)}
+        return None if any(STARTUP_VARIABLES.match(k) for k in changed) else server
+
+    def _read(self, deadline: float | None) -> dict | None:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not select.select([self.proc.stdout], [], [], wait)[0]:
+            return None
+        return json.loads(self.proc.stdout.readline())
+
+    def run(self, argv: list[str], cwd: Path, env: dict, timeout: float | None,
+            address_space: int | None = None) -> subprocess.CompletedProcess:
+        out, err = self.files / "stdout", self.files / "stderr"
+        request = {"argv": argv[1:], "env": env, "cwd": str(cwd), "stdout": str(out), "stderr": str(err),
+                   "address_space": address_space}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        pid = self._read(None)["pid"]
+        done = self._read(None if timeout is None else time.monotonic() + timeout)
+        if done is None:  # as subprocess.run: the process is killed, its output so far goes with the error
+            os.kill(pid, signal.SIGKILL)
+            self._read(None)
+            raise subprocess.TimeoutExpired(argv, timeout, output=_text(out), stderr=_text(err))
+        return subprocess.CompletedProcess(argv, done["returncode"], _text(out), _text(err))
+
+
+def _cli_env() -> dict:
+    """This process's environment as run_cli passes it on: unbuffered output, no HYDRA_FULL_ERROR."""
+    return {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONUNBUFFERED": "1"}
+
+
+def _text(path: Path) -> str:
+    """A file the process wrote, read as ``subprocess.run(text=True)`` reads a pipe (universal newlines)."""
+    return path.read_bytes().decode(locale.getpreferredencoding(False)).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: float = 300,
+            address_space: int | None = None) -> subprocess.CompletedProcess:
+    """``python run.py ARGS`` as a real process; returns the completed process (text output). The process is
+    forked from tests/cli_server.py (the libraries imported once) unless its environment asks for a fresh
+    interpreter (STARTUP_VARIABLES). ``address_space``: a cap on the process's (RLIMIT_AS), in bytes."""
+    full_env = {k: v for k, v in (_cli_env() | (env or {})).items() if v is not None}  # None: unset that variable
+    argv = [sys.executable, str(REPO / "run.py"), *args]
+    server = CliServer.get(full_env)
+    if server is not None:
+        return server.run(argv, Path(cwd), full_env, timeout, address_space)
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
+    return subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=cap if address_space else None)
 
 
 def home_env(tmp_path_factory, name: str, **extra_env: str) -> dict:

@@ -7,15 +7,13 @@ address-space cap and a timeout, so a regression fails the test instead of takin
 
 import json
 import os
-import resource
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, train_env
+from conftest import run_cli, train_env
 from safetensors.torch import save_file
 
 import builder
@@ -32,16 +30,9 @@ SMALL = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.conte
          "callbacks.attention_probe=null", "train.warmup_steps=0"]
 
 
-def _cap():
-    resource.setrlimit(resource.RLIMIT_AS, (CAP, CAP))
-
-
 def run_capped(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python run.py ARGS`` (as conftest.run_cli) with its address space capped at CAP."""
-    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    full_env.update({"PYTHONUNBUFFERED": "1", **env})
-    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=REPO, env=full_env, capture_output=True,
-                          text=True, timeout=timeout, preexec_fn=_cap)
+    """``python run.py ARGS`` (conftest.run_cli) with its address space capped at CAP."""
+    return run_cli(*args, env=env, timeout=timeout, address_space=CAP)
 
 
 def assert_refused(proc: subprocess.CompletedProcess, run_dir: Path, *words: str) -> str:
