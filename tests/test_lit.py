@@ -109,6 +109,7 @@ def test_trainer_presets_compose(preset):
 
 BAD_TRAIN = [
     (["data=text", "data.path=/nonexistent/corpus.txt"], ["data.path", "/nonexistent/corpus.txt"]),
+    (["data=text"], ["data.path is required when data.source='text'"]),
     (["callbacks.text_samples.prompt='\u6f22'"], ["callbacks.text_samples.prompt", "\u6f22", "tokenizer"]),
     (["ckpt_path=/nonexistent.ckpt"], ["ckpt_path", "/nonexistent.ckpt", "existing checkpoint"]),
     (["data.tokenizer=bpe"], ["data.tokenizer", "bpe", "byte_bpe"]),

@@ -17,7 +17,7 @@ from .tokenizers import ACCEPTED_TOKENIZERS
 
 # data.source: the corpora of builder/data/corpus.py, and ``tokens``: a flat token file (builder/data/token_files.py)
 DATA_SOURCES = (*ACCEPTED_SOURCES, "tokens")
-FILE_OPTIONS = ("path", "vocab_file", "merges_file")  # a path, kept as str (None: not set)
+MISSING = "???"  # OmegaConf's mark of a value the config requires and nobody set (conf/data/text.yaml's path)
 
 
 def check_int(key: str, value: Any, minimum: int, maximum: int | None = None) -> int:
@@ -33,8 +33,10 @@ def check_int(key: str, value: Any, minimum: int, maximum: int | None = None) ->
 def check_data_settings(data: Mapping[str, Any]) -> dict[str, Any]:
     """Every ``data.*`` value TokenDataModule takes, checked (``data`` holds them all; ``cache_dir`` is passed
     through). Returns them as the module keeps them: whole numbers as int, ``val_fraction`` as float, the file
-    options as str or None. DataError names the key, the value and what is accepted."""
+    options (path, vocab_file, merges_file) as str or None. DataError names the key, the value and what is accepted."""
     source, tokenizer, path = data["source"], data["tokenizer"], data["path"]
+    if path == MISSING:  # data=text / data=tokens without data.path
+        path = None
     if source not in DATA_SOURCES:
         raise DataError(unknown_choice("source", source, DATA_SOURCES))
     if tokenizer not in ACCEPTED_TOKENIZERS:
@@ -50,7 +52,8 @@ def check_data_settings(data: Mapping[str, Any]) -> dict[str, Any]:
             if data[key] is None or str(data[key]) == "":
                 raise DataError(f"data.{key} is required when data.tokenizer='gpt2_bpe'")
     checked = {"source": source, "tokenizer": tokenizer, "cache_dir": data["cache_dir"],
-               **{key: None if data[key] is None else str(data[key]) for key in FILE_OPTIONS},
+               **{key: None if value is None else str(value) for key, value in
+                  (("path", path), ("vocab_file", data["vocab_file"]), ("merges_file", data["merges_file"]))},
                "bpe_vocab_size": check_int("bpe_vocab_size", data["bpe_vocab_size"], 256, 1 << 32)}
     for key in ("context_length", "batch_size"):
         checked[key] = check_int(key, data[key], 1)
