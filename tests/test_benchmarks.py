@@ -81,3 +81,13 @@ def test_capture_memory_reports_each_mode():
     assert proc.returncode == 0, proc.stderr[-3000:]
     for label in ("model built", "capture, pattern only", "capture, every field", "task=attend pictures"):
         assert re.search(rf"^{label}.* +[\d,]+ MB", proc.stdout, re.M), proc.stdout
+
+
+def test_startup_times_the_report_the_refusals_and_lightnings_import():
+    proc = subprocess.run([sys.executable, "benchmarks/startup.py", "--runs", "1"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^import builder: [\d.]+ s; heavy modules imported: \[\]$", proc.stdout, re.M), proc.stdout
+    names = re.findall(r"^(.+): median [\d.]+ s over 1 runs \(min [\d.]+, max [\d.]+\)$", proc.stdout, re.M)
+    assert names == ["task=report model=gpt2_small", "task=train model.n_heads=5 (refused)",
+                     "task=train data.tokenizer=bpe (refused)", "import pytorch_lightning"], proc.stdout
