@@ -130,19 +130,21 @@ def test_bad_training_input(tmp_path, cli, overrides, words):
 
 
 def test_bad_model_and_data_settings_are_refused_before_lightning_is_imported(tmp_path):
-    """task=train refuses a model or data value before it imports Lightning (seconds of start-up): a fresh
-    interpreter runs run.py and says whether Lightning was imported by the time it exited."""
+    """task=train refuses a model or data value before it imports Lightning (seconds of start-up): one fresh
+    interpreter runs run.py once per bad value and says after each whether Lightning has been imported."""
+    bad = {"model.n_heads=5": "a divisor of model.d_model", "data.tokenizer=bpe": "byte_bpe",
+           "data.val_fraction=2": "a number in [0, 1)", "data.batch_size=0": "an integer >= 1"}
     script = ("import runpy, sys\n"
-              "sys.argv = ['run.py', *sys.argv[1:]]\n"
-              "try:\n"
-              "    runpy.run_path('run.py', run_name='__main__')\n"
-              "except SystemExit as stop:\n"
-              "    print('exit', stop.code, 'lightning imported:', 'pytorch_lightning' in sys.modules)\n")
-    for override, words in (("model.n_heads=5", "a divisor of model.d_model"), ("data.tokenizer=bpe", "byte_bpe"),
-                            ("data.val_fraction=2", "a number in [0, 1)"), ("data.batch_size=0", "an integer >= 1")):
-        proc = subprocess.run([sys.executable, "-c", script, override, f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO,
-                              capture_output=True, text=True, timeout=120)
+              f"for override in {list(bad)!r}:\n"
+              f"    sys.argv = ['run.py', override, 'hydra.run.dir={tmp_path / 'run'}']\n"
+              "    try:\n"
+              "        runpy.run_path('run.py', run_name='__main__')\n"
+              "    except SystemExit as stop:\n"
+              "        print(override, 'exit', stop.code, 'lightning imported:', 'pytorch_lightning' in sys.modules)\n"
+              "        print('---', file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines() == [f"{o} exit 2 lightning imported: False" for o in bad], proc.stderr[-3000:]
+    for (override, words), err in zip(bad.items(), proc.stderr.split("---\n")):
         key, value = override.split("=")
-        assert f"{key}={value}" in proc.stderr.replace("'", "") and words in proc.stderr, proc.stderr[-2000:]
-        assert proc.stdout.strip() == "exit 2 lightning imported: False", proc.stdout[-2000:]
+        assert f"{key}={value}" in err.replace("'", "") and words in err, err
     assert not (tmp_path / "run").exists()
