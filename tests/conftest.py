@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import locale
 import logging
@@ -49,9 +50,11 @@ class CliServer:
 
     def __init__(self, env: dict) -> None:
         self.env = env
+        # unbuffered bytes: a reply waiting in a reader's buffer would be invisible to select()
         self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "cli_server.py")], cwd=REPO, env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert json.loads(self.proc.stdout.readline()) == {"ready": True}, "tests/cli_server.py did not start"
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self.replies = b""
+        assert self._read(None) == {"ready": True}, "tests/cli_server.py did not start"
         self.files = Path(tempfile.mkdtemp(prefix="hydraformer-cli-"))
         atexit.register(shutil.rmtree, self.files, True)
 
@@ -68,22 +71,29 @@ class CliServer:
         return None if any(STARTUP_VARIABLES.match(k) for k in changed) else server
 
     def _read(self, deadline: float | None) -> dict | None:
-        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not select.select([self.proc.stdout], [], [], wait)[0]:
-            return None
-        return json.loads(self.proc.stdout.readline())
+        """The server's next reply; None if none came by ``deadline`` (time.monotonic; None: wait)."""
+        while b"\n" not in self.replies:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.proc.stdout], [], [], wait)[0]:
+                return None
+            chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+            if not chunk:
+                raise RuntimeError(f"tests/cli_server.py exited (status {self.proc.wait()})")
+            self.replies += chunk
+        line, self.replies = self.replies.split(b"\n", 1)
+        return json.loads(line)
 
     def run(self, argv: list[str], cwd: Path, env: dict, timeout: float | None,
             address_space: int | None = None) -> subprocess.CompletedProcess:
         out, err = self.files / "stdout", self.files / "stderr"
         request = {"argv": argv[1:], "env": env, "cwd": str(cwd), "stdout": str(out), "stderr": str(err),
                    "address_space": address_space}
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
+        self.proc.stdin.write(json.dumps(request).encode() + b"\n")
         pid = self._read(None)["pid"]
         done = self._read(None if timeout is None else time.monotonic() + timeout)
         if done is None:  # as subprocess.run: the process is killed, its output so far goes with the error
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # (it may have ended since)
+                os.kill(pid, signal.SIGKILL)
             self._read(None)
             raise subprocess.TimeoutExpired(argv, timeout, output=_text(out), stderr=_text(err))
         return subprocess.CompletedProcess(argv, done["returncode"], _text(out), _text(err))
