@@ -59,24 +59,19 @@ def _child(request: dict) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         script = os.path.abspath(request["argv"][0])
-        sys.argv = [request["argv"][0], *request["argv"][1:]]
+        sys.argv = list(request["argv"])
         sys.path[0] = os.path.dirname(script)  # as for ``python script``: the script's folder first
         if "numpy" in sys.modules:  # a new interpreter draws a new global numpy state; a fork would share one
             sys.modules["numpy"].random.seed()
+        interrupted = False
         try:
             runpy.run_path(script, run_name="__main__")
             code = 0
         except SystemExit as stop:
             code = _exit_code(stop.code)
-        except KeyboardInterrupt:  # as the interpreter ends on an unhandled Ctrl-C: killed by SIGINT
-            threading._shutdown()  # type: ignore[attr-defined]
-            atexit._run_exitfuncs()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGINT)
-        except BaseException:  # noqa: BLE001 - an unhandled error: its traceback and status 1, as the interpreter
+        except BaseException as error:  # noqa: BLE001 - unhandled: its traceback and status 1, as the interpreter
             traceback.print_exc()
+            interrupted = isinstance(error, KeyboardInterrupt)
             code = 1
         threading._shutdown()  # type: ignore[attr-defined]
         atexit._run_exitfuncs()
@@ -85,6 +80,9 @@ def _child(request: dict) -> None:
                 stream.flush()
             except Exception:  # noqa: BLE001 - a full disk on flush: the interpreter exits 120
                 code = 120
+        if interrupted:  # as the interpreter ends on an unhandled Ctrl-C: killed by SIGINT
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
     finally:
         os._exit(code)
 

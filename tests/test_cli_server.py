@@ -1,6 +1,7 @@
 """tests/cli_server.py, the fork server run_cli uses: its children behave as ``python script args`` would."""
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -16,6 +17,8 @@ print(json.dumps({"argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0], "p
                   "draw": float(numpy.random.random())}))
 if len(sys.argv) > 1 and sys.argv[1] == "fail":
     raise RuntimeError("the probe failed")
+if len(sys.argv) > 1 and sys.argv[1] == "interrupt":
+    raise KeyboardInterrupt
 sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
 """
 
@@ -47,6 +50,9 @@ def test_a_child_runs_the_script_as_a_new_interpreter_would(server, tmp_path):
     failed = server.run([sys.executable, str(script), "fail"], tmp_path, env, timeout=60)
     assert failed.returncode == 1 and "RuntimeError: the probe failed" in failed.stderr
     assert failed.stdout.splitlines()[-1] == "atexit ran"
+    stopped = server.run([sys.executable, str(script), "interrupt"], tmp_path, env, timeout=60)
+    assert stopped.returncode == -signal.SIGINT and stopped.stderr.splitlines()[-1] == "KeyboardInterrupt"
+    assert stopped.stdout.splitlines()[-1] == "atexit ran"
 
 
 def test_a_child_past_its_timeout_is_killed_and_the_server_goes_on(server, tmp_path):

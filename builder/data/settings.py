@@ -17,6 +17,7 @@ from .tokenizers import ACCEPTED_TOKENIZERS
 
 # data.source: the corpora of builder/data/corpus.py, and ``tokens``: a flat token file (builder/data/token_files.py)
 DATA_SOURCES = (*ACCEPTED_SOURCES, "tokens")
+PATH_SOURCES = {"text": "a UTF-8 file or a folder", "tokens": "a flat uint16/uint32 token file"}  # need data.path
 MISSING = "???"  # OmegaConf's mark of a value the config requires and nobody set (conf/data/text.yaml's path)
 
 
@@ -41,10 +42,8 @@ def check_data_settings(data: Mapping[str, Any]) -> dict[str, Any]:
         raise DataError(unknown_choice("source", source, DATA_SOURCES))
     if tokenizer not in ACCEPTED_TOKENIZERS:
         raise DataError(unknown_choice("tokenizer", tokenizer, ACCEPTED_TOKENIZERS))
-    if source == "text" and (path is None or str(path) == ""):
-        raise DataError("data.path is required when data.source='text' (a UTF-8 file or a folder)")
-    if source == "tokens" and (path is None or str(path) == ""):
-        raise DataError("data.path is required when data.source='tokens' (a flat uint16/uint32 token file)")
+    if source in PATH_SOURCES and (path is None or str(path) == ""):
+        raise DataError(f"data.path is required when data.source={source!r} ({PATH_SOURCES[source]})")
     if source in ("embedded", "adjectives", "lecture") and path is not None:
         raise DataError(f"data.path={str(path)!r} is only used with data.source='text' (got source={source!r})")
     if tokenizer == "gpt2_bpe":
@@ -70,9 +69,11 @@ def check_data_settings(data: Mapping[str, Any]) -> dict[str, Any]:
         raise DataError(
             f"data.text_field={text_field!r} is not accepted: the name of the text field of .jsonl/.parquet records"
         )
+    checked["text_field"] = text_field
     vocab_size = data["vocab_size"]
+    checked["vocab_size"] = None if vocab_size is None else check_int("vocab_size", vocab_size, 1, 1 << 32)
     dtype = data["dtype"]
     if dtype is not None and dtype not in ("uint16", "uint32"):
         raise DataError(f"data.dtype={dtype!r} is not accepted: uint16, uint32 or null (the token file's ids)")
-    return {**checked, "text_field": text_field, "dtype": dtype,
-            "vocab_size": None if vocab_size is None else check_int("vocab_size", vocab_size, 1, 1 << 32)}
+    checked["dtype"] = dtype
+    return checked

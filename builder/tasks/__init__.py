@@ -184,7 +184,9 @@ def run_task(cfg):
                         resolve(cfg.model)
                     if cfg.task in READS_DATA:
                         data = to_plain(cfg.data)
-                        check_data_settings({**data, "num_workers": data.get("num_workers") or 0})  # null: chosen later
+                        if data.get("num_workers") is None:  # null: chosen by task=train (make_datamodule)
+                            data["num_workers"] = 0
+                        check_data_settings(data)
                     task = importlib.import_module(TASKS[cfg.task])
                     if not getattr(task, "SHOWS_CONFIG", False):
                         display.show()

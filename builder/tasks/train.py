@@ -29,7 +29,6 @@ from ..files import atomic_write
 from ..interp.tour import summary as tour_summary
 from ..interp.tour import write_tour
 from ..memory import check_training_memory
-from ..model import resolve
 from ..report import write_budget_files
 from ..training.callbacks import AtomicCheckpointIO, RunContext, SaveOnInterrupt, make_callbacks
 from ..training.fsdp import FullyShardedStrategy
@@ -173,8 +172,7 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
     out_dir = Path(out_dir)
     started = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    model_cfg = to_plain(cfg.model)
-    resolve(model_cfg)  # a bad model config fails before any data is read
+    model_cfg = to_plain(cfg.model)  # (checked by builder.tasks.run_task before this module was imported)
     dm = make_datamodule(cfg)
     dm.setup("fit")
     if model_cfg["vocab_size"] != dm.vocab_size:
