@@ -20,7 +20,6 @@ device. A FIFO, device or socket in place of one of the directory's files is ref
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import re
@@ -32,10 +31,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+import components
+
 from .data.tokenizers import GPT2BPETokenizer, HFTokenizer, as_tokenizer_json
 from .errors import ConfigError, first_line
 from .files import atomic_path, atomic_write, special_file
-from .model import MODEL_DEFAULTS, MODEL_KEYS, SHARED_ARGS, build_model, load_state, resolve
+from .model import ModelConfig, build_model, load_state, model_config
 
 HF_CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
@@ -424,7 +425,7 @@ def nest(flat: dict) -> dict:
     for key, value in flat.items():
         if key in NEUTRAL and NEUTRAL[key] == value and type(NEUTRAL[key]) is type(value):
             continue
-        if key in ("scale_embeddings", "final_softcap") and MODEL_DEFAULTS[key] == value:
+        if key in ("scale_embeddings", "final_softcap") and getattr(ModelConfig, key) == value:
             continue
         if key == "attention.n_kv_heads" and flat.get("attention.name") == "multi_head":
             continue
@@ -439,16 +440,12 @@ def nest(flat: dict) -> dict:
 def canonical(model_cfg) -> dict:
     """Every setting of a model config, flat, with defaults filled in and equivalent spellings made one
     (multi_head = grouped_query with n_kv_heads = n_heads, qkv_bias null = bias, ...): equal dicts, equal models."""
-    m, specs = resolve(model_cfg)
-    flat = {k: m.get(k, MODEL_DEFAULTS.get(k)) for k in (*MODEL_KEYS, *MODEL_DEFAULTS)}
-    flat["norm.layout"] = m["norm_layout"]
-    for kind, spec in specs.items():
-        flat[f"{kind}.name"] = spec.name
-        for p, param in inspect.signature(spec.cls.__init__).parameters.items():
-            if p == "self" or p in SHARED_ARGS or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
-                continue
-            if p in spec.kwargs or param.default is not inspect.Parameter.empty:
-                flat[f"{kind}.{p}"] = spec.kwargs.get(p, param.default)
+    mc = model_config(model_cfg)
+    flat = {k: v for k, v in vars(mc).items() if k not in components.KINDS}
+    flat["d_head"] = mc.head_dim
+    for kind in components.KINDS:
+        for key, value in vars(getattr(mc, kind)).items():
+            flat[f"{kind}.{key}"] = value
     for key, value in NEUTRAL.items():
         flat.setdefault(key, value)
     if flat["attention.name"] == "multi_head":
@@ -457,8 +454,9 @@ def canonical(model_cfg) -> dict:
         flat["attention.qkv_bias"] = flat["bias"]
     if flat["attention.query_scale"] is None:
         flat["attention.query_scale"] = flat["d_head"] ** -0.5
-    if flat.get("mlp.hidden") is None and hasattr(specs["mlp"].cls, "default_hidden"):
-        flat["mlp.hidden"] = specs["mlp"].cls.default_hidden(flat["d_model"])
+    mlp_cls = components.get("mlp", flat["mlp.name"])
+    if flat.get("mlp.hidden") is None and hasattr(mlp_cls, "default_hidden"):
+        flat["mlp.hidden"] = mlp_cls.default_hidden(flat["d_model"])
     irrelevant = []
     if flat["embedding.name"] != "rotary":
         irrelevant += [k for k in NEUTRAL if k.startswith("embedding.")]

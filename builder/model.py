@@ -1,38 +1,40 @@
-"""From a composed ``model`` config to one ``nn.Module`` — validated before anything is built."""
+"""From a composed ``model`` config to one ``nn.Module`` — checked before anything is built.
+
+:class:`~builder.config.schema.ModelConfig` declares the model's keys; each component's settings are declared beside its module
+(``components/``) and picked by the component's ``name``. :func:`model_config` checks a config (a composed
+DictConfig or a checkpoint's plain dict) against those declarations with the one check
+(builder/config/spec.py); the build reads the checked object.
+"""
 
 from __future__ import annotations
 
-import inspect
-import types
-import typing
 from dataclasses import dataclass
 
 from torch import nn
 
 import components
-from components import Block, RegistryError, Transformer
-from components.registry import closest
-from components.transformer import LAYOUTS
+from components import Block, Transformer
+from components.registry import Settings
 
 from .config.plain import to_plain
+from .config.schema import ModelConfig
+from .config.spec import check
 from .errors import ConfigError
 
-# model-level keys a component receives when its constructor asks for them
-SHARED_ARGS = ("d_model", "n_heads", "d_head", "context_length", "bias", "dropout")
-# keys of a component group that the builder itself consumes
-BUILDER_KEYS = {"name", "layout"}
-# the keys of a model config besides one per component kind: ModelConfig's fields in builder/config/schema.py
-# (that module imports Hydra, which loading a model never does; tests/test_cli_safety.py holds the two equal)
-MODEL_KEYS = ("d_model", "n_layers", "n_heads", "d_head", "vocab_size", "context_length", "bias", "tie_embeddings",
-              "dropout", "init_std", "scale_embeddings", "final_softcap")
-# what a model config may leave out (a plain dict need not spell out the schema's defaults)
-MODEL_DEFAULTS = {"d_head": None, "bias": True, "tie_embeddings": True, "dropout": 0.0, "init_std": 0.02,
-                  "scale_embeddings": False, "final_softcap": None}
+
+def model_config(cfg_model) -> ModelConfig:
+    """A ``model`` config (DictConfig or plain dict) checked against the declarations: ConfigError otherwise."""
+    if isinstance(cfg_model, ModelConfig):
+        return cfg_model
+    m = to_plain(cfg_model)
+    if not isinstance(m, dict):
+        raise ConfigError("model", m, "a mapping of model keys (a composed model config)")
+    return check(ModelConfig, m, "model")
 
 
 @dataclass
 class Spec:
-    """A resolved component choice: its class and the keyword arguments it is built with."""
+    """A checked component choice: its class and the keyword arguments it is built with."""
 
     kind: str
     name: str
@@ -50,121 +52,18 @@ class Spec:
         return None if fn is None else fn(**self.kwargs)
 
 
-def _positive_int(m: dict, key: str) -> int:
-    value = m.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"model.{key}", value, "a positive integer")
-    return value
-
-
-def _type_ok(value, annotation) -> bool:
-    """Loose check of a YAML value against a constructor annotation (int, float, bool, str, Optional)."""
-    if annotation is inspect.Parameter.empty:
-        return True
-    if isinstance(annotation, str):
-        try:
-            annotation = eval(annotation, {"typing": typing, "None": None})  # noqa: S307 - our own annotations
-        except Exception:
-            return True
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    return True
-
-
-def _type_name(annotation) -> str:
-    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-
-
 def resolve(cfg_model) -> tuple[dict, dict[str, Spec]]:
-    """Validate a model config; return its plain dict and one Spec per component kind.
-
-    Every check happens here, before any tensor exists.
-    """
-    m = to_plain(cfg_model)
-    if not isinstance(m, dict):
-        raise ConfigError("model", m, "a mapping of model keys (a composed model config)")
-    accepted = (*MODEL_KEYS, *components.KINDS)
-    for key in m:
-        if key not in accepted:
-            raise ConfigError(f"model.{key}", m[key], f"a key of model{closest(str(key), accepted)}; accepted: "
-                              f"{', '.join(accepted)}")
-    m = {**MODEL_DEFAULTS, **m}
-    for key in ("d_model", "n_layers", "n_heads", "vocab_size", "context_length"):
-        _positive_int(m, key)
-    if m.get("d_head") is None:
-        if m["d_model"] % m["n_heads"]:
-            raise ConfigError(
-                "model.n_heads", m["n_heads"],
-                f"a divisor of model.d_model={m['d_model']}, or set model.d_head explicitly",
-            )
-        m["d_head"] = m["d_model"] // m["n_heads"]
-    else:
-        _positive_int(m, "d_head")
-    dropout = m.get("dropout", 0.0)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ConfigError("model.dropout", dropout, "a number in [0, 1)")
-    for key in ("bias", "tie_embeddings", "scale_embeddings"):
-        if not isinstance(m.get(key, False), bool):
-            raise ConfigError(f"model.{key}", m.get(key), "true or false")
-    cap = m.get("final_softcap")
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
-        raise ConfigError("model.final_softcap", cap, "a positive number (logits become cap * tanh(logits / cap)), "
-                          "or null for none")
-
+    """Check a model config; return it as a plain dict (``d_head`` filled in, ``norm_layout``) and one Spec per
+    component kind. Every check happens here, before any tensor exists."""
+    mc = model_config(cfg_model)
     specs = {}
     for kind in components.KINDS:
-        group = m.get(kind)
-        if not isinstance(group, dict) or "name" not in group:
-            raise ConfigError(
-                f"model.{kind}", group,
-                f"a component choice such as model/{kind}={components.names(kind)[0]}; "
-                f"registered: {', '.join(components.names(kind))}",
-            )
-        try:
-            cls = components.get(kind, group["name"])
-        except RegistryError as err:
-            raise ConfigError(f"model/{kind}", group["name"], str(err)) from None
-        params = inspect.signature(cls.__init__).parameters
-        accepted = [p for p in params if p != "self"]
-        kwargs = {k: m[k] for k in SHARED_ARGS if k in params and k not in group}
-        for key, value in group.items():
-            if key in BUILDER_KEYS:
-                continue
-            if key not in params:
-                raise ConfigError(
-                    f"model.{kind}.{key}", value,
-                    f"not an argument of {kind} '{group['name']}'; it takes {', '.join(accepted) or 'nothing'}",
-                )
-            if not _type_ok(value, params[key].annotation):
-                raise ConfigError(f"model.{kind}.{key}", value, f"a value of type {_type_name(params[key].annotation)}")
-            kwargs[key] = value
-        missing = [p for p, v in params.items() if p != "self" and v.default is inspect.Parameter.empty
-                   and p not in kwargs and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)]
-        if missing:
-            raise ConfigError(f"model.{kind}.{missing[0]}", None, f"{kind} '{group['name']}' needs a value for it")
-        specs[kind] = Spec(kind, group["name"], cls, kwargs)
-
-    layout = m["norm"].get("layout", "pre")
-    if layout not in LAYOUTS:
-        raise ConfigError("model.norm.layout", layout, f"one of {', '.join(LAYOUTS)}")
-    m["norm_layout"] = layout
-    kv = specs["attention"].kwargs.get("n_kv_heads")
-    if kv is not None and (isinstance(kv, bool) or kv <= 0 or m["n_heads"] % kv):
-        raise ConfigError("model.attention.n_kv_heads", kv, f"a positive divisor of model.n_heads={m['n_heads']}")
-    window = specs["mask"].kwargs.get("window")
-    if window is not None and window <= 0:
-        raise ConfigError("model.mask.window", window, "a positive integer (the band's width in tokens)")
+        settings: Settings = getattr(mc, kind)
+        specs[kind] = Spec(kind, settings.name, components.get(kind, settings.name), settings.module_kwargs(mc))
+    m = {**{k: v for k, v in vars(mc).items() if k not in components.KINDS},
+         **{kind: to_plain(vars(getattr(mc, kind))) for kind in components.KINDS}}
+    m["d_head"] = mc.head_dim
+    m["norm_layout"] = getattr(mc.norm, "layout", "pre")  # a norm registered without settings: pre
     return m, specs
 
 

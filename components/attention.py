@@ -16,7 +16,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import register
+from .registry import Annotated, Gt, Settings, doc, register
+
+
+@dataclass
+class MultiHeadSettings(Settings):
+    """Every head has its own W_q, W_k, W_v; W_o mixes the heads back (GPT-2, GPT-3)."""
+
+    name: str = "multi_head"
+    qkv_bias: Annotated[bool | None, doc("biases on q, k and v whatever model.bias says (Qwen2); null: model.bias")] = None
+    qk_norm: Annotated[bool, doc("an RMSNorm over each head's q and k before the rotation (Qwen3)")] = False
+    qk_norm_eps: Annotated[float, Gt(0), doc("the q/k norms' epsilon")] = 1e-6
+    query_scale: Annotated[float | None, Gt(0), doc("what q.k is multiplied by; null: 1/sqrt(d_head)")] = None
+    softcap: Annotated[float | None, Gt(0), doc("scores become cap * tanh(scores / cap) (Gemma 2: 50); null: "
+                                                "none")] = None
+    SHARED = ("d_model", "n_heads", "d_head", "bias", "dropout")
+
+
+@dataclass
+class GroupedQuerySettings(MultiHeadSettings):
+    """n_heads query heads share n_kv_heads key/value heads; n_kv_heads=1 is multi-query attention."""
+
+    name: str = "grouped_query"
+    n_kv_heads: Annotated[int, Gt(0), doc("key/value heads, a divisor of model.n_heads (1: multi-query)")] = 1
+
+    def problems(self, model):
+        if model.n_heads % self.n_kv_heads:
+            yield "n_kv_heads", self.n_kv_heads, f"a positive divisor of model.n_heads={model.n_heads}"
 
 
 @dataclass
@@ -120,7 +146,7 @@ class StaticKVCache:
         return self.keys[layer], self.values[layer]
 
 
-@register("attention", "grouped_query")
+@register("attention", "grouped_query", GroupedQuerySettings)
 class GroupedQueryAttention(nn.Module):
     """``n_heads`` query heads share ``n_kv_heads`` key/value heads (1 = multi-query).
 
@@ -249,7 +275,7 @@ class GroupedQueryAttention(nn.Module):
         return out
 
 
-@register("attention", "multi_head")
+@register("attention", "multi_head", MultiHeadSettings)
 class MultiHeadAttention(GroupedQueryAttention):
     """Every head has its own W_q, W_k, W_v (GPT-2, GPT-3)."""
 

@@ -7,9 +7,33 @@ sequence and a KV-cached continuation. ``None`` means "everything allowed".
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .registry import register
+from .registry import Annotated, Ge, Gt, OneOf, Settings, doc, register
+
+Window = Annotated[int, Gt(0), doc("the band's width: a token sees itself and window - 1 tokens before it")]
+
+
+@dataclass
+class SlidingWindowSettings(Settings):
+    name: str = "sliding_window"
+    window: Window = 64
+
+
+@dataclass
+class AlternatingSettings(Settings):
+    name: str = "alternating"
+    window: Window = 64
+    band_layers: Annotated[str, OneOf("odd", "even"), doc("which layers are banded: odd (GPT-3) or even (Gemma 2); "
+                                                          "the others are dense causal")] = "odd"
+
+
+@dataclass
+class PrefixSettings(Settings):
+    name: str = "prefix"
+    prefix: Annotated[int, Ge(0), doc("the first tokens, which see each other both ways")] = 16
 
 
 @register("mask", "causal")
@@ -54,7 +78,7 @@ def _positive_window(window) -> int:
     return window
 
 
-@register("mask", "sliding_window")
+@register("mask", "sliding_window", SlidingWindowSettings)
 class SlidingWindowMask(CausalMask):
     """Causal band: a token sees itself and the ``window - 1`` tokens before it."""
 
@@ -69,7 +93,7 @@ class SlidingWindowMask(CausalMask):
         return False
 
 
-@register("mask", "alternating")
+@register("mask", "alternating", AlternatingSettings)
 class AlternatingMask(SlidingWindowMask):
     """Dense causal layers alternating with causal bands of width ``window``.
 
@@ -97,7 +121,7 @@ class AlternatingMask(SlidingWindowMask):
         return layer % 2
 
 
-@register("mask", "prefix")
+@register("mask", "prefix", PrefixSettings)
 class PrefixMask(CausalMask):
     """Prefix LM: the first ``prefix`` tokens see each other both ways; later ones are causal."""
 

@@ -2,17 +2,54 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import register
+from .registry import Annotated, Gt, OneOf, Settings, doc, register
+
+Hidden = Annotated[int | None, Gt(0), doc("the hidden width; null: the MLP's default for d_model")]
+
+
+@dataclass
+class GeluSettings(Settings):
+    """d -> hidden -> d with GELU."""
+
+    name: str = "gelu"
+    hidden: Hidden = None
+    approximate: Annotated[str, OneOf("tanh", "none"), doc("GELU's form: tanh (GPT-2) or none (the exact erf)")] = "tanh"
+    SHARED = ("d_model", "bias")
+
+
+@dataclass
+class ReluSettings(Settings):
+    """d -> hidden -> d with ReLU."""
+
+    name: str = "relu"
+    hidden: Hidden = None
+    SHARED = ("d_model", "bias")
+
+
+@dataclass
+class SwiGLUSettings(Settings):
+    """A gated linear unit: three matrices."""
+
+    name: str = "swiglu"
+    hidden: Hidden = None
+    SHARED = ("d_model", "bias")
+
+
+@dataclass
+class GeGLUSettings(SwiGLUSettings):
+    name: str = "geglu"
 
 
 def _linear_count(fan_in: int, fan_out: int, bias: bool) -> dict:
     return {"weight": fan_in * fan_out, "bias": fan_out if bias else 0}
 
 
-@register("mlp", "gelu")
+@register("mlp", "gelu", GeluSettings)
 class GeluMLP(nn.Module):
     """d → hidden (4d by default) → d with GELU (tanh approximation, as GPT-2 and GPT-3)."""
 
@@ -40,7 +77,7 @@ class GeluMLP(nn.Module):
         return {"fc": _linear_count(d_model, hidden, bias), "proj": _linear_count(hidden, d_model, bias)}
 
 
-@register("mlp", "relu")
+@register("mlp", "relu", ReluSettings)
 class ReluMLP(GeluMLP):
     """d → hidden (4d by default) → d with ReLU (the original transformer)."""
 
@@ -51,7 +88,7 @@ class ReluMLP(GeluMLP):
         return F.relu(h)
 
 
-@register("mlp", "swiglu")
+@register("mlp", "swiglu", SwiGLUSettings)
 class SwiGLUMLP(nn.Module):
     """SiLU(x W_gate) ⊙ (x W_up) → W_proj; hidden defaults to 8d/3 rounded up to a multiple of 8."""
 
@@ -84,7 +121,7 @@ class SwiGLUMLP(nn.Module):
         }
 
 
-@register("mlp", "geglu")
+@register("mlp", "geglu", GeGLUSettings)
 class GeGLUMLP(SwiGLUMLP):
     """GELU(x W_gate) ⊙ (x W_up) → W_proj, GELU in its tanh approximation (Gemma)."""
 

@@ -2,14 +2,40 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import register
+from .registry import Annotated, Gt, OneOf, Settings, doc, register
+from .transformer import LAYOUTS
+
+Layout = Annotated[str, OneOf(*LAYOUTS), doc("where the norms sit: pre (before each sublayer, plus a final norm), "
+                                            "post (after the residual add), parallel (attention and MLP read the "
+                                            "same input: GPT-NeoX) or sandwich (before and after: Gemma 2)")]
 
 
-@register("norm", "layernorm")
+@dataclass
+class LayerNormSettings(Settings):
+    name: str = "layernorm"
+    layout: Layout = "pre"
+    eps: Annotated[float, Gt(0), doc("added to the variance before the square root")] = 1e-5
+    SHARED = ("d_model", "bias")
+    MODEL_ONLY = ("layout",)
+
+
+@dataclass
+class RMSNormSettings(Settings):
+    name: str = "rmsnorm"
+    layout: Layout = "pre"
+    eps: Annotated[float, Gt(0), doc("added to the mean square before the square root")] = 1e-6
+    unit_offset: Annotated[bool, doc("the gain is 1 + weight, weight starting at 0 (Gemma)")] = False
+    SHARED = ("d_model",)
+    MODEL_ONLY = ("layout",)
+
+
+@register("norm", "layernorm", LayerNormSettings)
 class LayerNorm(nn.LayerNorm):
     """Subtract the mean, divide by the standard deviation, scale (and shift when bias)."""
 
@@ -21,7 +47,7 @@ class LayerNorm(nn.LayerNorm):
         return {"norm": {"weight": d_model, "bias": d_model if bias else 0}}
 
 
-@register("norm", "rmsnorm")
+@register("norm", "rmsnorm", RMSNormSettings)
 class RMSNorm(nn.RMSNorm):
     """Divide by the root mean square and scale; no centring, no bias.
 

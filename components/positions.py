@@ -9,11 +9,43 @@ sequence past offset 0.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .registry import register
+from .registry import Annotated, Gt, Interval, Settings, doc, register
+
+POSITION_ARGS = ("d_model", "context_length", "d_head")
+
+
+@dataclass
+class RotarySettings(Settings):
+    """RoPE: q and k turned by position; no parameters."""
+
+    name: str = "rotary"
+    base: Annotated[float, Gt(0), doc("the rotation base: pair i turns at base^(-2i/rotated) per position (Llama 3: "
+                                      "500,000)")] = 10000.0
+    fraction: Annotated[float, Interval(gt=0, le=1), doc("the share of each head's channels that turns (Pythia: "
+                                                         "0.25); int(d_head * fraction) must be even")] = 1.0
+    scale_factor: Annotated[float | None, Gt(0), doc("Llama 3.1's frequency scaling: how much long wavelengths "
+                                                     "stretch (8.0); null: none")] = None
+    low_freq_factor: Annotated[float, Gt(0), doc("Llama 3.1 scaling: wavelengths longer than original_context / "
+                                                 "low_freq_factor stretch fully")] = 1.0
+    high_freq_factor: Annotated[float, Gt(0), doc("Llama 3.1 scaling: wavelengths shorter than original_context / "
+                                                  "high_freq_factor are kept")] = 4.0
+    original_context: Annotated[int, Gt(0), doc("Llama 3.1 scaling: the context the model was trained at")] = 8192
+    SHARED = POSITION_ARGS
+
+    def problems(self, model):
+        if self.scale_factor is not None and not self.low_freq_factor < self.high_freq_factor:
+            yield "low_freq_factor", self.low_freq_factor, \
+                f"less than model.embedding.high_freq_factor={self.high_freq_factor} when scale_factor is set"
+        d_head = model.shared()["d_head"]
+        rotated = int(d_head * self.fraction)
+        if rotated % 2 or rotated == 0:
+            yield "fraction", self.fraction, (f"a share of the head width {d_head} that turns an even, positive "
+                                              f"number of channels (int({d_head} * {self.fraction}) = {rotated})")
 
 
 class Embedding(nn.Embedding):
@@ -48,9 +80,9 @@ class Positions(nn.Module):
     def formula(cls, d_model: int, context_length: int, d_head: int, **_) -> dict:
         return {}
 
-register("embedding", "none")(Positions)
+register("embedding", "none", shared=POSITION_ARGS)(Positions)
 
-@register("embedding", "learned")
+@register("embedding", "learned", shared=POSITION_ARGS)
 class LearnedPositions(Positions):
     """A learned table of ``context_length`` position vectors (GPT-2, GPT-3)."""
 
@@ -71,7 +103,7 @@ def _sinusoid(pos: torch.Tensor, dim: int) -> torch.Tensor:
     inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=pos.device, dtype=torch.float32) / dim))
     return pos.to(torch.float32)[:, None] * inv_freq[None, :]
 
-@register("embedding", "sinusoidal")
+@register("embedding", "sinusoidal", shared=POSITION_ARGS)
 class SinusoidalPositions(Positions):
     """Fixed sines and cosines of "Attention is all you need"; no parameters."""
 
@@ -80,7 +112,7 @@ class SinusoidalPositions(Positions):
         table = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)[:, : self.d_model]
         return x + table.to(x.dtype)
 
-@register("embedding", "rotary")
+@register("embedding", "rotary", RotarySettings)
 class RotaryPositions(Positions):
     """RoPE: rotate pairs of q and k channels (first half with second half) by pos·θ_i.
 

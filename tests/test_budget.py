@@ -120,8 +120,8 @@ def test_random_configs_count_like_the_formula(choice, layers, heads, d_head, bi
         f"model.n_layers={layers}", f"model.n_heads={heads}", f"model.d_head={d_head}", "model.d_model=16",
         f"model.bias={str(bias).lower()}", f"model.tie_embeddings={str(tie).lower()}", f"model.norm.layout={layout}",
         "model.vocab_size=37", "model.context_length=12", f"model.mlp.hidden={'null' if hidden is None else hidden}",
-        f"+model.attention.qkv_bias={'null' if qkv_bias is None else str(qkv_bias).lower()}",
-        f"+model.attention.qk_norm={str(qk_norm).lower()}"]
+        f"model.attention.qkv_bias={'null' if qkv_bias is None else str(qkv_bias).lower()}",
+        f"model.attention.qk_norm={str(qk_norm).lower()}"]
     cfg = builder.compose(overrides)
     b = builder.parameter_budget(cfg.model)
     assert b["check"]["agree"], b["check"]

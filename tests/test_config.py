@@ -14,17 +14,17 @@ BAD = [
     (["model.n_heads=5"], ["model.n_heads", "5", "divisor of model.d_model=128", "d_head"]),
     (["model/attention=grouped_query", "model.attention.n_kv_heads=3"],
      ["model.attention.n_kv_heads", "3", "divisor of model.n_heads=4"]),
-    (["model/mask=sliding_window", "model.mask.window=0"], ["model.mask.window", "0", "positive integer"]),
-    (["model/mask=alternating", "model.mask.window=-2"], ["model.mask.window", "-2", "positive integer"]),
-    (["model.vocab_size=0"], ["model.vocab_size", "0", "positive integer"]),
-    (["model.context_length=-1"], ["model.context_length", "-1", "positive integer"]),
-    (["model.n_layers=0"], ["model.n_layers", "0", "positive integer"]),
-    (["model.d_model=0"], ["model.d_model", "0", "positive integer"]),
+    (["model/mask=sliding_window", "model.mask.window=0"], ["model.mask.window", "0", "an integer > 0"]),
+    (["model/mask=alternating", "model.mask.window=-2"], ["model.mask.window", "-2", "an integer > 0"]),
+    (["model.vocab_size=0"], ["model.vocab_size", "0", "an integer > 0"]),
+    (["model.context_length=-1"], ["model.context_length", "-1", "an integer > 0"]),
+    (["model.n_layers=0"], ["model.n_layers", "0", "an integer > 0"]),
+    (["model.d_model=0"], ["model.d_model", "0", "an integer > 0"]),
     (["model.n_layers=abc"], ["model.n_layers", "abc", "Integer"]),
     (["model.bias=maybe"], ["model.bias", "maybe", "bool"]),
-    (["model.mlp.hidden=abc"], ["model.mlp.hidden", "abc", "int"]),
+    (["model.mlp.hidden=abc"], ["model.mlp.hidden", "abc", "Integer"]),
     (["model.norm.layout=middle"], ["model.norm.layout", "middle", "pre", "post"]),
-    (["model.dropout=1.5"], ["model.dropout", "1.5", "[0, 1)"]),
+    (["model.dropout=1.5"], ["model.dropout", "1.5", "a number >= 0 and < 1"]),
 ]
 
 
@@ -107,7 +107,7 @@ def test_entry_point_registration(tmp_path, monkeypatch):
     pkg.mkdir()
     (pkg / "__init__.py").write_text(
         "from torch import nn\nfrom components import register\n\n"
-        "@register('norm', 'scaled_identity')\n"
+        "@register('norm', 'scaled_identity', shared=('d_model',))\n"
         "class ScaledIdentity(nn.Module):\n"
         "    def __init__(self, d_model: int):\n"
         "        super().__init__()\n"
@@ -123,7 +123,7 @@ def test_entry_point_registration(tmp_path, monkeypatch):
 
     monkeypatch.setattr(registry, "_entry_points_loaded", False)
     assert "scaled_identity" in registry.names("norm")
-    cfg = builder.compose(["model.norm.name=scaled_identity"])
+    cfg = builder.compose(["model/norm=scaled_identity"])
     model = builder.build_model(cfg.model)
     assert type(model.blocks[0].norm_1).__name__ == "ScaledIdentity"
     b = builder.parameter_budget(cfg.model)

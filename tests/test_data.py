@@ -18,7 +18,7 @@ from builder.data.corpus import Corpus, embedded_text
 from builder.data.datamodule import TokenDataModule
 from builder.data.tokenizers import ByteBPETokenizer, CharTokenizer, GPT2BPETokenizer, token_dtype, tokenizer_from_dict
 from builder.data.windows import EpochSampler, RandomWindowDataset, ValWindowDataset
-from builder.errors import DataError
+from builder.errors import ConfigError, DataError
 
 # ----------------------------------------------------------------------------------------- helpers
 
@@ -448,7 +448,7 @@ def test_lightning_sets_sampler_epoch(tmp_path):
 
 
 def test_unknown_tokenizer_error():
-    with pytest.raises(DataError) as e:
+    with pytest.raises(ConfigError) as e:
         TokenDataModule(tokenizer="byte-bpe")
     msg = str(e.value)
     assert "data.tokenizer" in msg and "'byte-bpe'" in msg
@@ -457,7 +457,7 @@ def test_unknown_tokenizer_error():
 
 
 def test_unknown_source_error():
-    with pytest.raises(DataError, match=r"data.source='txt'.*embedded, text.*did you mean 'text'"):
+    with pytest.raises(ConfigError, match=r"data.source='txt'.*embedded, text.*did you mean 'text'"):
         TokenDataModule(source="txt")
 
 
@@ -476,7 +476,7 @@ def test_unknown_source_error():
     ],
 )
 def test_option_errors_name_the_key(kwargs, key):
-    with pytest.raises(DataError, match=key.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         TokenDataModule(**kwargs)
 
 

@@ -343,7 +343,7 @@ def test_tokens_refusals_name_what_is_needed(tmp_path):
     # a token id the vocabulary does not hold
     with pytest.raises(ConfigError, match=r"data\.vocab_size=5 is not accepted: at least the tokenizer's"):
         setup(vocab_size=5)
-    with pytest.raises(DataError, match=r"data\.vocab_size=0 is not accepted"):
+    with pytest.raises(ConfigError, match=r"data\.vocab_size=0 is not accepted"):
         setup(vocab_size=0)
     meta = json.loads((folder / "meta.json").read_text())
     (folder / "meta.json").write_text(json.dumps({"vocab_size": meta["vocab_size"]}))

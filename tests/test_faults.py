@@ -191,13 +191,14 @@ def test_skip_nonfinite_with_several_processes_is_refused_before_they_start(env)
     assert not out.exists()
 
 
-@pytest.mark.parametrize("train,words", [({"finite_check_every": 0}, "a whole number of steps >= 1"),
+@pytest.mark.parametrize("train,words", [({"finite_check_every": 0}, "an integer > 0"),
                                          ({"finite_check_every": 4, "skip_nonfinite": True}, "checked at once")])
 def test_bad_finite_check_every_is_refused(train, words):
-    from builder.training.module import check_train
+    from builder.config.schema import TrainConfig
+    from builder.config.spec import check
 
     with pytest.raises(builder.ConfigError, match=rf"train.finite_check_every=.*{words}"):
-        check_train({"lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 0, **train})
+        check(TrainConfig, {"lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 0, **train}, "train")
 
 
 def test_skip_nonfinite_counts_and_finishes(env):

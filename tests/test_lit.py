@@ -130,10 +130,12 @@ def test_bad_training_input(tmp_path, cli, overrides, words):
 
 
 def test_bad_model_and_data_settings_are_refused_before_lightning_is_imported(tmp_path):
-    """task=train refuses a model or data value before it imports Lightning (seconds of start-up): one fresh
+    """task=train refuses a model, data, train or trainer value before it imports Lightning (seconds of start-up): one fresh
     interpreter runs run.py once per bad value and says after each whether Lightning has been imported."""
     bad = {"model.n_heads=5": "a divisor of model.d_model", "data.tokenizer=bpe": "byte_bpe",
-           "data.val_fraction=2": "a number in [0, 1)", "data.batch_size=0": "an integer >= 1"}
+           "data.val_fraction=2": "a number >= 0 and < 1", "data.batch_size=0": "an integer > 0",
+           "train.lr=0": "a number > 0", "train.min_lr=0.01": "from 0 to train.lr (0.001)",
+           "trainer.val_check_interval=1.5": "fraction of each epoch", "trainer.max_steps=-5": "an integer >= -1"}
     script = ("import runpy, sys\n"
               f"for override in {list(bad)!r}:\n"
               f"    sys.argv = ['run.py', override, 'hydra.run.dir={tmp_path / 'run'}']\n"

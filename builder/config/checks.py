@@ -1,86 +1,135 @@
-"""The ``train.*`` and ``trainer.*`` numbers a training run needs, checked without importing Lightning: the command
-line's precheck refuses a bad one in the time composing takes, and task=train checks them again for its job."""
+"""The check of a job's composed config: the one place a value is refused for what it is.
+
+:func:`check_job` runs once per job (``builder.tasks.run_task``, before the task's module is imported, so a bad
+value is refused in the time composing takes, without Lightning): every declared key against its declaration
+(builder/config/spec.py), each callback's settings against its dataclass, the rules between sections, and the
+wandb mode. It returns the checked :class:`~builder.config.schema.Config` the tasks read.
+"""
 
 from __future__ import annotations
 
-import math
+import os
+from contextvars import ContextVar
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+import components
+from components.registry import Settings, closest
 
 from ..errors import ConfigError
+from .plain import to_plain
+from .schema import CALLBACK_SCHEMAS, Config
+from .spec import check, unknown_key
 
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+# WANDB_MODE / logger.wandb.mode: builder/training/loggers.py WANDB_MODES, and wandb's legacy names for two of them
+WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
+# tasks whose model is the composed ``model`` section (the others read theirs from ``checkpoint=``)
+COMPOSED_MODEL_TASKS = ("train", "report")
+# the running job's checked config (builder.tasks.run_task sets it; a task reads it with checked(cfg))
+_CHECKED: ContextVar[tuple[int, Config] | None] = ContextVar("hydraformer_checked", default=None)
 
 
 def is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_train(train: dict) -> None:
-    """The ``train.*`` numbers the optimizer and schedule use, or a ConfigError naming the first bad one."""
-    lr = train.get("lr")
-    if not is_number(lr) or lr <= 0:
-        raise ConfigError("train.lr", lr, "a positive number (the peak learning rate, e.g. 1e-3)")
-    min_lr = train.get("min_lr")
-    if not is_number(min_lr) or not 0 <= min_lr <= lr:
-        raise ConfigError("train.min_lr", min_lr, f"a number from 0 to train.lr ({lr}): where the cosine decay ends")
-    warmup = train.get("warmup_steps")
-    if not is_count(warmup) or warmup < 0:
-        raise ConfigError("train.warmup_steps", warmup, "a whole number of optimizer steps >= 0")
-    total = train.get("total_steps")
-    if total is not None and (not is_count(total) or total < 1):
-        raise ConfigError("train.total_steps", total, "null (the trainer's estimate of the steps it will take: "
-                          "trainer.max_steps, or trainer.max_epochs x batches per epoch) or a whole number >= 1")
-    decay = train.get("weight_decay", 0.0)
-    if not is_number(decay) or decay < 0:
-        raise ConfigError("train.weight_decay", decay, "a number >= 0")
-    betas = train.get("betas", [0.9, 0.95])
-    if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(is_number(b) and 0 <= b < 1 for b in betas):
-        raise ConfigError("train.betas", betas, "two numbers in [0, 1), e.g. [0.9, 0.95]")
-    eps = train.get("eps", 1e-8)
-    if not is_number(eps) or eps <= 0:
-        raise ConfigError("train.eps", eps, "a positive number, e.g. 1e-8")
-    every = train.get("finite_check_every")
-    if every is not None and (not is_count(every) or every < 1):
-        raise ConfigError("train.finite_check_every", every, "null (every step on a CPU, every "
-                          "trainer.log_every_n_steps on a GPU) or a whole number of steps >= 1")
-    if every not in (None, 1) and train.get("skip_nonfinite"):
-        raise ConfigError("train.finite_check_every", every, "1 or null with train.skip_nonfinite=true: a batch is "
-                          "skipped before its backward, so its loss must be checked at once")
+def uses_composed_model(plain: dict) -> bool:
+    """Whether the task builds ``model`` (not a checkpoint's model, not a list of presets)."""
+    return plain.get("task") in COMPOSED_MODEL_TASKS and not (plain.get("task") == "report" and plain.get("models"))
 
 
-def check_val_interval(trainer_kwargs: dict) -> None:
-    """``trainer.val_check_interval``: N training batches (N >= 1), or a fraction of each epoch (0 < f <= 1), for
-    which Lightning needs ``check_val_every_n_epoch`` (1 unless set)."""
-    value = trainer_kwargs.get("val_check_interval")
-    if value is None or isinstance(value, str):  # null: once an epoch; a string: a time Lightning parses
+def check_callbacks(entries: Any) -> dict:
+    """``callbacks`` (name -> settings; null switches one off) -> name -> its checked settings object."""
+    if entries is None:
+        return {}
+    if not isinstance(entries, dict):
+        raise ConfigError("callbacks", entries, "a mapping of callback name -> settings")
+    out = {}
+    for name, value in entries.items():
+        if name not in CALLBACK_SCHEMAS:
+            raise unknown_key("callbacks", name, value, list(CALLBACK_SCHEMAS),
+                              "; a config never names code to run (_target_)" if str(name).startswith("_") else "")
+        if value is None or value is False:
+            continue
+        out[name] = check(CALLBACK_SCHEMAS[name], value, f"callbacks.{name}")
+    return out
+
+
+def check_wandb_mode(logger: Any) -> None:
+    wandb_cfg = logger.get("wandb") if isinstance(logger, dict) else None
+    if wandb_cfg is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            (isinstance(value, int) and value < 1) or (isinstance(value, float) and not 0 < value <= 1):
-        raise ConfigError("trainer.val_check_interval", value, "a whole number of training batches >= 1, or a "
-                          "fraction of each epoch in (0, 1] (0.5: twice an epoch)")
-    if isinstance(value, float) and trainer_kwargs.get("check_val_every_n_epoch") is None:
-        trainer_kwargs["check_val_every_n_epoch"] = 1
+    candidates = [("logger.wandb.mode", wandb_cfg.get("mode")), ("WANDB_MODE", os.environ.get("WANDB_MODE"))]
+    for key, raw in candidates:
+        if raw is None or str(raw).strip() == "":
+            continue
+        if str(raw).strip().lower() not in WANDB_MODES:
+            default = "unset" if key == "WANDB_MODE" else "null"
+            raise ConfigError(key, raw, f"one of online, offline, disabled, shared{closest(str(raw).lower(), WANDB_MODES)}"
+                              f", or {default} for the default (online with a wandb API key, else offline)")
+        return  # the first one set decides (logger.wandb.mode beats $WANDB_MODE)
 
 
-def processes_asked(trainer: dict) -> int | None:
-    """How many training processes ``trainer.devices`` x ``trainer.num_nodes`` ask for when it is written out (an
-    int, a list of devices or a comma list); None when Lightning decides (``auto``, ``-1``: every device found)."""
-    devices, nodes = trainer.get("devices", "auto"), trainer.get("num_nodes", 1)
-    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
-        devices = int(devices)
-    if isinstance(devices, str) and "," in devices:
-        devices = [d for d in devices.split(",") if d.strip()]
-    count = len(devices) if isinstance(devices, (list, tuple)) else devices if is_count(devices) and devices >= 0 else None
-    nodes = nodes if is_count(nodes) and nodes >= 1 else 1
-    return None if count is None else max(count, 1) * nodes
+def check_component_names(cfg) -> None:
+    """A composed component node keeps the name of the option that made it: ``model.attention.name=X`` would build
+    another component from this one's settings, so the choice is made with ``model/attention=X``."""
+    model = cfg.get("model") if isinstance(cfg, DictConfig) else None
+    if not isinstance(model, DictConfig):
+        return
+    for kind in components.KINDS:
+        node = model.get(kind)
+        declared_as = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if isinstance(declared_as, type) and issubclass(declared_as, Settings) and node.get("name") != declared_as().name:
+            name = node.get("name")
+            raise ConfigError(f"model.{kind}.name", name, f"{declared_as().name}: a component is chosen with "
+                              f"model/{kind}=NAME{closest(str(name), components.names(kind))}, one of "
+                              f"{', '.join(components.names(kind))} (it brings its own settings)")
 
 
-def check_skip_nonfinite(train: dict, processes: int | None) -> None:
+def check_job(cfg) -> Config:
+    """The job's config (a DictConfig or plain dict, with or without its ``hydra`` node) checked against the
+    declarations; returns the checked Config (its ``callbacks`` name -> settings object). ConfigError otherwise.
+    The ``model`` section is checked only when the task builds it."""
+    plain = to_plain(cfg)
+    plain.pop("hydra", None)
+    if not uses_composed_model(plain):
+        plain.pop("model", None)
+    else:
+        check_component_names(cfg)
+    skip = () if "model" in plain else ("model",)
+    checked = check(Config, plain, "", skip=skip)
+    checked.callbacks = check_callbacks(plain.get("callbacks"))
+    if checked.task == "train":
+        check_wandb_mode(plain.get("logger"))
+        processes = checked.trainer.processes()
+        if checked.train.skip_nonfinite and processes is not None and processes > 1:
+            raise skip_nonfinite_refusal(processes)
+    return checked
+
+
+def skip_nonfinite_refusal(processes: int) -> ConfigError:
     """``train.skip_nonfinite`` needs one process: Lightning cannot skip a batch in distributed training (it raises
     mid-run when training_step returns None)."""
-    if train.get("skip_nonfinite") and processes is not None and processes > 1:
-        raise ConfigError("train.skip_nonfinite", True, f"false when training on {processes} processes "
-                          "(trainer.devices x trainer.num_nodes): Lightning cannot skip a batch in distributed "
-                          "training; a NaN/inf loss then stops every process at that step, keeping the checkpoints "
-                          "written before it")
+    return ConfigError("train.skip_nonfinite", True, f"false when training on {processes} processes "
+                       "(trainer.devices x trainer.num_nodes): Lightning cannot skip a batch in distributed "
+                       "training; a NaN/inf loss then stops every process at that step, keeping the checkpoints "
+                       "written before it")
+
+
+def checked(cfg) -> Config:
+    """The checked Config of ``cfg``: the one :func:`check_job` made for this job (``builder.tasks.run_task``), or
+    a check made now when a task is called from Python without it."""
+    held = _CHECKED.get()
+    if held is not None and held[0] == id(cfg):
+        return held[1]
+    return check_job(cfg)
+
+
+def hold(cfg, config: Config):
+    """Make ``config`` what :func:`checked` returns for ``cfg`` (a token for ``release``)."""
+    return _CHECKED.set((id(cfg), config))
+
+
+def release(token) -> None:
+    _CHECKED.reset(token)

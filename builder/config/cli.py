@@ -18,7 +18,6 @@ Each mistake is one paragraph on stderr and exit status 2 (``HYDRA_FULL_ERROR=1`
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import errno
 import functools
 import os
@@ -33,6 +32,7 @@ from pathlib import Path
 from hydra._internal.hydra import Hydra
 from hydra._internal.utils import create_automatic_config_search_path, get_args_parser
 from hydra.core.config_search_path import SearchPathQuery
+from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Glob
@@ -44,10 +44,10 @@ from omegaconf.errors import OmegaConfBaseException
 from components.registry import closest
 
 from ..errors import ConfigError
-from .checks import check_skip_nonfinite, check_train, check_val_interval, processes_asked
 from .compose import CONF_DIR
+from .keys import help_lines
 from .printing import is_rank_zero
-from .schema import CALLBACK_SCHEMAS, Config, DataConfig, ModelConfig, TrainConfig
+from .schema import register_schemas
 
 # The Hydra callbacks a config may name: ours, by key, with the one class each may build (conf/config.yaml).
 HYDRA_CALLBACKS = {"sweep_comparison": "builder.tasks.compare.SweepComparison"}
@@ -55,10 +55,6 @@ HYDRA_CALLBACKS = {"sweep_comparison": "builder.tasks.compare.SweepComparison"}
 HYDRA_TARGETS = ("hydra._internal.core_plugins.", "hydra_plugins.", "optuna.samplers.", "optuna.pruners.")
 # logging.config.dictConfig calls a handler's/formatter's ``class`` and any ``()`` factory: the standard library's only
 LOGGING_CLASSES = ("logging.",)
-# sections with a schema dataclass (builder/config/schema.py): a key it does not declare is a typo
-SCHEMA_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
-# WANDB_MODE / logger.wandb.mode: builder/training/loggers.py WANDB_MODES, and wandb's legacy names for two of them
-WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
 # a file system that refuses a write: what each errno means, for one paragraph naming the setting and the path
 FILE_SYSTEM_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                       errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
@@ -69,6 +65,23 @@ _NO_RUN_FLAGS = ("help", "hydra_help", "info", "shell_completion")
 NO_CODE = "configs never name code to run"
 # sections whose keys are another library's arguments: more than the config lists are accepted
 MORE_KEYS = {"trainer": " (or another pytorch_lightning.Trainer argument, added with +trainer.NAME=VALUE)"}
+
+
+def _stored(group: str) -> list[str]:
+    """The options of ``group`` in Hydra's ConfigStore (each component's settings: ``model/attention``)."""
+    register_schemas()
+    try:
+        return [n[: -len(".yaml")] for n in ConfigStore.instance().list(group) if n.endswith(".yaml")]
+    except (OSError, LookupError):
+        return []
+
+
+def _stored_groups(group: str = "") -> list[str]:
+    try:
+        entries = ConfigStore.instance().list(group) if group else []
+    except (OSError, LookupError):
+        return []
+    return [f"{group}/{n}" for n in entries if not n.endswith(".yaml")]
 
 
 def _options(group_dir: Path) -> list[str]:
@@ -87,27 +100,35 @@ def _values(value: str) -> list[str]:
 @functools.cache
 def groups(conf_dir: Path = CONF_DIR) -> tuple[str, ...]:
     """The config groups a person picks from (``model``, ``model/attention``, ``experiment`` ...): folders of
-    ``conf/`` holding options, without Hydra's own and without the schema folders."""
-    found = []
+    ``conf/`` holding options and the component groups of the ConfigStore, without Hydra's own and the schema
+    folders."""
+    found = set()
     for d in sorted(p for p in conf_dir.rglob("*") if p.is_dir()):
         rel = d.relative_to(conf_dir).as_posix()
         if rel.split("/")[0] in ("hydra", "__pycache__") or "schema" in rel.split("/") or not _options(d):
             continue
-        found.append(rel)
-    return tuple(found)
+        found.add(rel)
+    _stored("model")
+    found.update(g for g in _stored_groups("model") if "schema" not in g)
+    return tuple(sorted(found))
 
 
 def options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
-    """The options of ``group`` a person can pick (``schema`` and ``_private`` ones left out)."""
-    return [o for o in _options(conf_dir / group) if o != "schema" and not o.startswith("_")]
+    """The options of ``group`` a person can pick (``schema`` and ``_private`` ones left out): its YAML files in
+    ``conf/`` and its entries in the ConfigStore."""
+    names = set(_options(conf_dir / group)) | set(_stored(group))
+    return sorted(o for o in names if o != "schema" and not o.startswith("_"))
 
 
 def register_help_resolver() -> None:
     """``${hydraformer.options:GROUP}``, used by the help page (conf/hydra/help/hydraformer.yaml): the options of a
-    group, read from ``conf/`` when the page is printed (wrapped to the page's second column)."""
+    group, read from ``conf/`` and the ConfigStore when the page is printed (wrapped to the page's second column);
+    ``${hydraformer.keys:KEY,...}``: each key with what its declaration accepts and means."""
     if not OmegaConf.has_resolver("hydraformer.options"):
         OmegaConf.register_new_resolver("hydraformer.options", lambda group: textwrap.fill(
             ", ".join(options(str(group))), width=118, initial_indent=" " * 20, subsequent_indent=" " * 20)[20:])
+    if not OmegaConf.has_resolver("hydraformer.keys"):
+        OmegaConf.register_new_resolver("hydraformer.keys", lambda *keys: help_lines([str(k) for k in keys]))
 
 
 def _names_code(key: str, value: str, removing: bool) -> ConfigError | None:
@@ -155,15 +176,16 @@ def check_overrides(args: list[str], conf_dir: Path = CONF_DIR, tasks=None, *, c
                 if v not in tasks:
                     raise ConfigError("task", v, f"one of {', '.join(sorted(tasks))}{closest(v, tasks)}")
             continue
-        group_dir = conf_dir / key
         if not check_options:
             continue
-        if "/" in key and not group_dir.is_dir():
-            parent = group_dir.parent
-            kinds = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
-            raise ConfigError(key, value, f"a config group{closest(group_dir.name, kinds)}; groups under "
-                              f"{parent.relative_to(conf_dir)}/: {', '.join(kinds)}")
-        if not group_dir.is_dir():
+        known = groups(conf_dir)
+        if "/" in key and key not in known:
+            parent = key.rsplit("/", 1)[0]
+            kinds = sorted(g.rsplit("/", 1)[1] for g in known if g.startswith(parent + "/") and g.count("/") ==
+                           parent.count("/") + 1)
+            raise ConfigError(key, value, f"a config group{closest(key.rsplit('/', 1)[1], kinds)}; groups under "
+                              f"{parent}/: {', '.join(kinds)}")
+        if key not in known:
             continue
         opts = options(key, conf_dir)
         for v in _values(value):
@@ -199,72 +221,15 @@ def _unknown_key(section: str, keys: Iterable[str], accepted: Iterable[str], nod
             raise ConfigError(full, _plain(value), f"{where}{closest(key, accepted)}; accepted: {', '.join(accepted)}")
 
 
-def _fields(cls) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
 def check_job_config(cfg, tasks=None) -> None:
-    """The job's config (no ``hydra`` node needed): no ``_target_`` anywhere, no key its schema does not know,
-    a known wandb mode for a run that logs to wandb. Raises ConfigError."""
+    """The job's config (no ``hydra`` node needed) names no code to run: no ``_target_`` anywhere. (Its keys and
+    values are the declarations' business: Hydra refuses an undeclared key when it composes, and
+    builder/config/checks.py checks every value once per job.) Raises ConfigError."""
     plain = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else dict(cfg)
     plain.pop("hydra", None)
     for key, value in _walk(plain):
         if key.rsplit(".", 1)[-1] == "_target_":
             raise ConfigError(key, value, _target_accepted(key))
-    root = _fields(Config)
-    _unknown_key("", plain, root + [g for g in groups() if "/" not in g and g not in root], plain)
-    for section, cls in SCHEMA_SECTIONS.items():
-        node = plain.get(section)
-        if isinstance(node, dict):
-            _unknown_key(section, node, _fields(cls), node)
-    callbacks = plain.get("callbacks")
-    if isinstance(callbacks, dict):
-        _unknown_key("callbacks", callbacks, CALLBACK_SCHEMAS, callbacks)
-        for name, settings in callbacks.items():
-            if isinstance(settings, dict):
-                _unknown_key(f"callbacks.{name}", settings, _fields(CALLBACK_SCHEMAS[name]), settings)
-    task = plain.get("task")
-    if tasks is not None and task not in tasks and "${" not in str(task):
-        raise ConfigError("task", task, f"one of {', '.join(sorted(tasks))}{closest(str(task), tasks)}")
-    if task == "train":
-        _check_wandb_mode(cfg)
-
-
-def check_training_numbers(cfg) -> None:
-    """``train.*``, ``trainer.val_check_interval`` and ``train.skip_nonfinite`` against the processes asked for, as
-    task=train checks them, before anything heavy is imported (a single run's precheck: a multirun's jobs differ
-    by their swept values, which its master config leaves out, so each job's task checks its own); a value that is
-    an interpolation not resolvable yet is left to the task."""
-    if cfg.get("task") != "train":
-        return
-    sections = {}
-    for section, check in (("train", check_train), ("trainer", check_val_interval)):
-        node = cfg.get(section)
-        try:
-            plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-        except OmegaConfBaseException:
-            continue
-        if isinstance(plain, dict):
-            check(dict(plain))
-            sections[section] = plain
-    if "train" in sections and "trainer" in sections:
-        check_skip_nonfinite(sections["train"], processes_asked(sections["trainer"]))
-
-
-def _check_wandb_mode(cfg) -> None:
-    logger = cfg.get("logger")
-    wandb_cfg = logger.get("wandb") if isinstance(logger, DictConfig) else None
-    if wandb_cfg is None:
-        return
-    candidates = [("logger.wandb.mode", wandb_cfg.get("mode")), ("WANDB_MODE", os.environ.get("WANDB_MODE"))]
-    for key, raw in candidates:
-        if raw is None or str(raw).strip() == "":
-            continue
-        if str(raw).strip().lower() not in WANDB_MODES:
-            default = "unset" if key == "WANDB_MODE" else "null"
-            raise ConfigError(key, raw, f"one of online, offline, disabled, shared{closest(str(raw).lower(), WANDB_MODES)}"
-                              f", or {default} for the default (online with a wandb API key, else offline)")
-        return  # the first one set decides (logger.wandb.mode beats $WANDB_MODE)
 
 
 def check_writable(key: str, value) -> None:
@@ -542,6 +507,9 @@ def _composition_error(err: Exception, parsed, compose, file_value=lambda source
         found = re.search(r"Key '([^']+)'", message)
         missing = found.group(1) if found else full_key.rsplit(".", 1)[-1]
         parent = full_key[: -len(missing) - 1] if full_key.endswith("." + missing) else ""
+        if missing == "_target_":  # a typed node has no such key: what matters is that configs never name code
+            return ConfigError(full_key, value if o is not None else file_value(in_file.group(1), full_key) if in_file
+                               else None, _target_accepted(full_key), detail=detail)
         source_group = in_file.group(1).rsplit("/", 1)[0] if in_file else None
         rest = [p.input_line for p in parsed if p is not o and p.key_or_group != source_group]
         keys: list[str] = []
@@ -576,8 +544,6 @@ def compose_and_check(args: list[str], tasks=None, app_file: str | None = None) 
         except (HydraException, OmegaConfBaseException) as err:
             raise _composition_error(err, parsed, lambda o: composer(o, multirun), composer.file_value) from err
         check_composed(cfg, tasks)
-        if not multirun:
-            check_training_numbers(cfg)
         if not ns.cfg:  # --cfg prints the config: no run directory, no cache
             _check_output_folders(cfg, multirun)
             _check_run_dir_unused(cfg, multirun)

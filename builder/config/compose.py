@@ -7,6 +7,7 @@ composes exactly like a source checkout.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from importlib.resources import files
 from pathlib import Path
@@ -15,6 +16,8 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
+
+import components
 
 from .schema import ModelConfig, register_schemas
 
@@ -85,11 +88,22 @@ def _preset_layers(name: str, chosen: dict[str, str], read=None) -> list[dict]:
         else:
             (key, option), = entry.items()
             if not key.startswith("override "):
-                group = CONF_DIR / "model" / key / f"{chosen.get(key, option)}.yaml"
-                layers.append({key: read(group)})
+                layers.append({key: _option(key, chosen.get(key, option), read)})
     if "_self_" not in defaults:
         raise _NotPlain(name)
     return layers
+
+
+def _option(kind: str, name: str, read) -> dict:
+    """Component option ``model/<kind>/<name>``: its settings' declared defaults (the ConfigStore entry Hydra
+    composes), or a YAML file of that group when one is there."""
+    path = CONF_DIR / "model" / kind / f"{name}.yaml"
+    if path.is_file():
+        return read(path)
+    try:
+        return dataclasses.asdict(components.registry.settings_class(kind, name)())
+    except components.RegistryError:
+        raise _NotPlain(name) from None
 
 
 def preset_configs(names: list[str]) -> dict[str, DictConfig]:

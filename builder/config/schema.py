@@ -1,22 +1,34 @@
-"""Structured-config schemas, registered in Hydra's ConfigStore: the one place each default is written.
+"""The declarations of every key of the config tree, and their registration in Hydra's ConfigStore.
 
-``conf/config.yaml`` composes ``schema`` first, so every top-level and ``train.*`` key has its
-type and default here (the YAML only picks groups). A preset in ``conf/model/`` and a corpus in
-``conf/data/`` start their defaults list with ``schema``, so a wrong type (``model.n_layers=abc``)
-or a missing value fails at composition, and each data YAML writes only what differs. Each entry of
-``conf/callbacks/default.yaml`` is one of the callback schemas below (``callbacks/schema/<name>``):
-its settings and their defaults are here, typed.
-Component groups (``model/attention`` ...) are free-form mappings with a ``name``; the builder
-checks them against the registered class's signature.
+Each key is declared once, as a typed dataclass field: its default, its accepted range or choices and a one-line
+meaning (``Annotated[int, Gt(0), doc("...")]``; builder/config/spec.py reads them). Components declare theirs
+beside their modules (``components/``); :class:`ModelConfig` nests them, picked by each component's name. ``conf/config.yaml``
+composes ``schema`` (:class:`Config`) first, a preset in ``conf/model/`` and a corpus in ``conf/data/`` start
+their defaults list with ``schema``, and each component option (``model/attention=grouped_query``) is its settings
+dataclass stored as ``model/<kind>/<name>``: so a wrong type or an unknown key fails when Hydra composes, and
+:func:`builder.config.spec.check` checks the ranges of the composed config once per job.
+
+Imports no Hydra until :func:`register_schemas` (loading a model from a checkpoint reads these declarations).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING
+from annotated_types import Ge, Gt, Le, Len, Lt, doc
+
+import components
+from components.registry import OneOf
+
+from .spec import MISSING, Component
+
+# data.source: the corpora of builder/data/corpus.py, and ``tokens``: a flat token file (builder/data/token_files.py)
+ACCEPTED_SOURCES = ("embedded", "text", "adjectives", "lecture")
+DATA_SOURCES = (*ACCEPTED_SOURCES, "tokens")
+# data.tokenizer: builder/data/tokenizers.py
+ACCEPTED_TOKENIZERS = ("char", "word", "byte_bpe", "gpt2_bpe")
 
 # the lecture's phrase: drawn at every validation, and what task=attend looks at unless told otherwise
 LECTURE_PHRASE = "a fluffy blue creature roamed the verdant forest"
@@ -24,68 +36,221 @@ LECTURE_PHRASE = "a fluffy blue creature roamed the verdant forest"
 
 @dataclass
 class ModelConfig:
-    d_model: int = MISSING
-    n_layers: int = MISSING
-    n_heads: int = MISSING
-    d_head: int | None = None  # None: d_model // n_heads
-    vocab_size: int = MISSING
-    context_length: int = MISSING
-    bias: bool = True
-    tie_embeddings: bool = True
-    dropout: float = 0.0
-    init_std: float = 0.02
-    scale_embeddings: bool = False  # token embeddings times sqrt(d_model) (Gemma)
-    final_softcap: float | None = None  # logits become cap * tanh(logits / cap) (Gemma 2: 30)
-    embedding: Any = MISSING
-    attention: Any = MISSING
-    mask: Any = MISSING
-    mlp: Any = MISSING
-    norm: Any = MISSING
+    """A GPT-style model: the shape, then one component per kind (each chosen from its group: model/attention=...)."""
+
+    d_model: Annotated[int, Gt(0), doc("the residual stream's width")] = MISSING
+    n_layers: Annotated[int, Gt(0), doc("transformer blocks")] = MISSING
+    n_heads: Annotated[int, Gt(0), doc("attention heads per block")] = MISSING
+    d_head: Annotated[int | None, Gt(0), doc("each head's width; null: d_model / n_heads")] = None
+    vocab_size: Annotated[int, Gt(0), doc("tokens in the vocabulary (training sets it to the tokenizer's)")] = MISSING
+    context_length: Annotated[int, Gt(0), doc("the longest sequence the model reads")] = MISSING
+    bias: Annotated[bool, doc("biases in the linear maps and layer norms")] = True
+    tie_embeddings: Annotated[bool, doc("the unembedding is the token embedding's transpose")] = True
+    dropout: Annotated[float, Ge(0), Lt(1), doc("dropout probability on embeddings, attention and residuals")] = 0.0
+    init_std: Annotated[float, Gt(0), doc("the standard deviation of the initial weights (GPT-2: 0.02)")] = 0.02
+    scale_embeddings: Annotated[bool, doc("token embeddings times sqrt(d_model) (Gemma)")] = False
+    final_softcap: Annotated[float | None, Gt(0), doc("logits become cap * tanh(logits / cap) (Gemma 2: 30); "
+                                                      "null: none")] = None
+    embedding: Annotated[Any, Component("embedding"), doc("positions: model/embedding=...")] = MISSING
+    attention: Annotated[Any, Component("attention"), doc("the heads: model/attention=...")] = MISSING
+    mask: Annotated[Any, Component("mask"), doc("what each query may look at: model/mask=...")] = MISSING
+    mlp: Annotated[Any, Component("mlp"), doc("the feed-forward half of each block: model/mlp=...")] = MISSING
+    norm: Annotated[Any, Component("norm"), doc("normalisation and its layout: model/norm=...")] = MISSING
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_head if self.d_head is not None else self.d_model // self.n_heads
+
+    def shared(self) -> dict:
+        """The model values a component may be built with (its settings' ``SHARED``)."""
+        return {"d_model": self.d_model, "n_heads": self.n_heads, "d_head": self.head_dim,
+                "context_length": self.context_length, "bias": self.bias, "dropout": self.dropout}
+
+    def problems(self, context=None):
+        if self.d_head is None and self.d_model % self.n_heads:
+            yield "n_heads", self.n_heads, f"a divisor of model.d_model={self.d_model}, or set model.d_head explicitly"
+
+
+TASK_NAMES = ("train", "report", "sample", "export", "attend", "heads", "lens", "embed", "context", "tour", "compare")
+Count = Annotated[int, Gt(0)]
 
 
 @dataclass
 class DataConfig:
     """A corpus and how it is cut into windows: TokenDataModule's arguments (builder/data/datamodule.py)."""
 
-    source: str = "embedded"  # embedded | text | adjectives | lecture | tokens
-    path: str | None = MISSING  # text: a UTF-8 file or a folder; tokens: train.bin; each preset sets it (null or ???)
-    tokenizer: str = "char"  # char | word | byte_bpe | gpt2_bpe
-    bpe_vocab_size: int = 1024  # byte_bpe: target vocabulary size (>= 256)
-    vocab_file: str | None = None  # gpt2_bpe: local vocab.json
-    merges_file: str | None = None  # gpt2_bpe: local merges.txt
-    cache_dir: str | None = II("paths.cache_dir")  # conf/paths/default.yaml; null: data/cache.py default_cache_dir()
-    context_length: int = II("model.context_length")
-    batch_size: int = 16
-    val_fraction: float = 0.1  # the last 10% of the token stream is validation
-    samples_per_epoch: int = 100_000  # random training windows per epoch
-    val_batches: int = 8  # at most val_batches * batch_size fixed validation windows
-    num_workers: int | None = None  # null: 4 loader workers with a GPU, none on CPU (the memmap reads are cheap)
-    seed: int = II("seed")  # also seeds the generated adjectives sentences
-    n_sentences: int = 20_000  # adjectives only: sentences generated (one per line, ~11 words each)
-    text_field: str = "text"  # text: the field of .jsonl records / the column of .parquet files read as text
-    vocab_size: int | None = None  # tokens: ids in the token file (null: meta.json beside it, else the tokenizer's)
-    dtype: str | None = None  # tokens: uint16 | uint32 (null: meta.json's, else uint16 when the vocabulary fits)
+    source: Annotated[str, OneOf(*DATA_SOURCES), doc("the corpus; tokens: a flat token file")] = "embedded"
+    path: Annotated[str | None, doc("text: a UTF-8 file or a folder; tokens: train.bin")] = None
+    tokenizer: Annotated[str, OneOf(*ACCEPTED_TOKENIZERS), doc("how text becomes tokens")] = "char"
+    bpe_vocab_size: Annotated[int, Ge(256), Lt(1 << 32), doc("byte_bpe: the vocabulary size to train")] = 1024
+    vocab_file: Annotated[str | None, doc("gpt2_bpe: a local vocab.json")] = None
+    merges_file: Annotated[str | None, doc("gpt2_bpe: a local merges.txt")] = None
+    cache_dir: Annotated[str | None, doc("the token cache; null: ~/.cache/hydraformer/tokens")] = "${paths.cache_dir}"
+    context_length: Annotated[int, Gt(0), doc("tokens per training window")] = "${model.context_length}"
+    batch_size: Annotated[int, Gt(0), doc("windows per batch (per process)")] = 16
+    val_fraction: Annotated[float, Ge(0), Lt(1), doc("the share of the token stream kept for validation, at its "
+                                                     "end")] = 0.1
+    samples_per_epoch: Annotated[int, Gt(0), doc("random training windows per epoch")] = 100_000
+    val_batches: Annotated[int, Ge(0), doc("at most val_batches x batch_size fixed validation windows")] = 8
+    num_workers: Annotated[int | None, Ge(0), doc("loader workers; null: 4 with a GPU, none on a CPU")] = None
+    seed: Annotated[int, Ge(0), Lt(1 << 32), doc("seeds the windows' draw and the generated languages")] = "${seed}"
+    n_sentences: Annotated[int, Gt(0), doc("adjectives / lecture: sentences generated")] = 20_000
+    text_field: Annotated[str, Len(1), doc("text: the field of .jsonl records / column of .parquet files")] = "text"
+    vocab_size: Annotated[int | None, Gt(0), Le(1 << 32), doc("tokens: ids in the token file; null: meta.json's, "
+                                                              "else the tokenizer's")] = None
+    dtype: Annotated[str | None, OneOf("uint16", "uint32"), doc("tokens: the file's id type; null: meta.json's, "
+                                                                "else uint16 when the vocabulary fits")] = None
+
+    def problems(self, context=None):
+        needs_path = {"text": "a UTF-8 file or a folder", "tokens": "a flat uint16/uint32 token file"}
+        path = None if self.path in (MISSING, "") else self.path
+        if self.source in needs_path and path is None:
+            yield "path", self.path, f"{needs_path[self.source]}: data.path is required when data.source={self.source!r}"
+        if self.source not in needs_path and path is not None:
+            yield "path", self.path, f"null: data.path is only used with data.source='text' or 'tokens' (got " \
+                                     f"source={self.source!r})"
+        if self.tokenizer == "gpt2_bpe":
+            for key in ("vocab_file", "merges_file"):
+                if not getattr(self, key):
+                    yield key, getattr(self, key), "a local file: it is required when data.tokenizer='gpt2_bpe'"
 
 
 @dataclass
 class TrainConfig:
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    total_steps: int | None = None  # length of the cosine schedule; None: trainer.max_steps
-    weight_decay: float = 0.1  # not applied to biases, norms and embeddings
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    fused_optimizer: bool = True  # fused AdamW (CPU and CUDA); false: foreach
-    compile: bool = False  # torch.compile the model
-    skip_nonfinite: bool = False  # true: skip and count batches with a NaN/inf loss (single process); false: stop
-    # how often the training loss is checked for NaN/inf, in steps. null: every step on a CPU (free), every
-    # trainer.log_every_n_steps on a GPU (each check waits for the GPU: a host sync). Checkpoints, validation and
-    # the run's end check first, so no checkpoint holds weights a NaN/inf loss has stepped
-    finite_check_every: int | None = None
-    # refuse a run whose memory estimate (weights, gradients, AdamW, activations: builder/memory.py) clearly exceeds
-    # the device's free memory, before anything is allocated; false: skip the check
-    check_memory: bool = True
+    """The optimizer (AdamW) and the schedule (linear warmup, cosine decay)."""
+
+    lr: Annotated[float, Gt(0), doc("the peak learning rate")] = 1e-3
+    min_lr: Annotated[float, Ge(0), doc("where the cosine decay ends, at most train.lr")] = 1e-4
+    warmup_steps: Annotated[int, Ge(0), doc("optimizer steps of linear warmup")] = 100
+    total_steps: Annotated[int | None, Gt(0), doc("the cosine schedule's length; null: the trainer's estimate "
+                                                  "(trainer.max_steps, or max_epochs x batches per epoch)")] = None
+    weight_decay: Annotated[float, Ge(0), doc("AdamW's decay; not applied to biases, norms and embeddings")] = 0.1
+    betas: Annotated[list[Annotated[float, Ge(0), Lt(1)]], Len(2, 2), doc("AdamW's betas")] = field(
+        default_factory=lambda: [0.9, 0.95])
+    eps: Annotated[float, Gt(0), doc("AdamW's epsilon")] = 1e-8
+    fused_optimizer: Annotated[bool, doc("fused AdamW (CPU and CUDA); false: foreach")] = True
+    compile: Annotated[bool, doc("torch.compile the model")] = False
+    skip_nonfinite: Annotated[bool, doc("skip and count batches with a NaN/inf loss (one process only); false: "
+                                        "stop")] = False
+    finite_check_every: Annotated[int | None, Gt(0), doc("steps between checks of the loss for NaN/inf; null: every "
+                                                         "step on a CPU, every trainer.log_every_n_steps on a "
+                                                         "GPU")] = None
+    check_memory: Annotated[bool, doc("refuse a run whose memory estimate clearly exceeds the device's free "
+                                      "memory")] = True
+
+    def problems(self, context=None):
+        if self.min_lr > self.lr:
+            yield "min_lr", self.min_lr, f"a number from 0 to train.lr ({self.lr}): where the cosine decay ends"
+        if self.finite_check_every not in (None, 1) and self.skip_nonfinite:
+            yield "finite_check_every", self.finite_check_every, "1 or null with train.skip_nonfinite=true: a " \
+                "batch is skipped before its backward, so its loss must be checked at once"
+
+
+PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "transformer-engine",
+              "transformer-engine-float16", "64", "32", "16", "bf16", 64, 32, 16)
+# Trainer arguments hydraformer sets itself (the run's folder, its callbacks and loggers, its sampler): not keys
+TRAINER_SET_BY_US = ("default_root_dir", "callbacks", "logger", "plugins", "use_distributed_sampler", "model_registry")
+
+
+@dataclass
+class TrainerConfig:
+    """pytorch_lightning.Trainer's arguments (names, types and defaults are Lightning's: tests/test_config.py holds
+    them to its signature), with the ranges Lightning itself does not refuse; plus ``checkpoint_format``."""
+
+    accelerator: Annotated[str, OneOf("auto", "cpu", "gpu", "cuda", "mps", "tpu", "xla", "hpu"),
+                           doc("the device kind")] = "auto"
+    strategy: Annotated[str, doc("auto, ddp, fsdp2 (hydraformer's FSDP2), or another Lightning strategy "
+                                 "name")] = "auto"
+    devices: Annotated[Any, doc("processes per node: an integer >= 1, -1 or auto (every device), a list of device "
+                                "indices or a comma list")] = "auto"
+    num_nodes: Annotated[int, Gt(0), doc("machines")] = 1
+    precision: Annotated[Any, OneOf(*PRECISIONS), doc("numeric precision (short forms: 32, 16, bf16, 64)")] = None
+    fast_dev_run: Annotated[Any, doc("true, or a number of batches >= 0: a quick check run")] = False
+    max_epochs: Annotated[int | None, Ge(-1), doc("-1: no epoch limit; null: Lightning's default")] = None
+    min_epochs: Annotated[int | None, Ge(0), doc("epochs before early stopping may act")] = None
+    max_steps: Annotated[int | None, Ge(-1), doc("optimizer steps; -1 or null: no step limit")] = -1
+    min_steps: Annotated[int | None, Ge(0), doc("steps before early stopping may act")] = None
+    max_time: Annotated[Any, doc("a wall-clock limit, DD:HH:MM:SS")] = None
+    limit_train_batches: Annotated[Any, doc("per epoch: a share in [0, 1] or a number of batches >= 0")] = None
+    limit_val_batches: Annotated[Any, doc("per validation: a share in [0, 1] or a number of batches >= 0")] = None
+    limit_test_batches: Annotated[Any, doc("a share in [0, 1] or a number of batches >= 0")] = None
+    limit_predict_batches: Annotated[Any, doc("a share in [0, 1] or a number of batches >= 0")] = None
+    overfit_batches: Annotated[Any, doc("train on this share in [0, 1] or number of batches >= 0 only")] = 0.0
+    val_check_interval: Annotated[Any, doc("validate every N >= 1 training batches, or a share of each epoch in (0, "
+                                           "1], or a time")] = None
+    check_val_every_n_epoch: Annotated[int | None, Gt(0), doc("epochs between validations; null: by "
+                                                              "val_check_interval only")] = 1
+    num_sanity_val_steps: Annotated[int | None, Ge(-1), doc("validation batches before training; -1: all")] = None
+    log_every_n_steps: Annotated[int | None, Gt(0), doc("steps between metric logs")] = None
+    enable_checkpointing: Annotated[bool | None, doc("null: on when callbacks.model_checkpoint is")] = None
+    enable_progress_bar: Annotated[bool | None, doc("the progress bar")] = None
+    enable_model_summary: Annotated[bool | None, doc("the model summary at the start")] = None
+    accumulate_grad_batches: Annotated[int, Gt(0), doc("batches whose gradients make one step")] = 1
+    gradient_clip_val: Annotated[float | None, Ge(0), doc("clip gradients at this norm (or value); 0 or null: "
+                                                          "none")] = None
+    gradient_clip_algorithm: Annotated[str | None, OneOf("norm", "value"), doc("how gradients are clipped")] = None
+    deterministic: Annotated[Any, OneOf(True, False, "warn"), doc("deterministic algorithms only (warn: warn "
+                                                                  "instead of failing)")] = None
+    benchmark: Annotated[bool | None, doc("cuDNN's benchmark mode")] = None
+    inference_mode: Annotated[bool, doc("torch.inference_mode for validation")] = True
+    profiler: Annotated[str | None, OneOf("simple", "advanced", "pytorch", "xla"), doc("a profiler")] = None
+    detect_anomaly: Annotated[bool, doc("autograd's anomaly detection")] = False
+    barebones: Annotated[bool, doc("no logging, checkpointing or progress: the bare loop")] = False
+    sync_batchnorm: Annotated[bool, doc("synchronise batch norms across processes")] = False
+    reload_dataloaders_every_n_epochs: Annotated[int, Ge(0), doc("epochs between data loader rebuilds")] = 0
+    enable_autolog_hparams: Annotated[bool, doc("Lightning logs the module's hyperparameters to the loggers")] = True
+    checkpoint_format: Annotated[str | None, OneOf("sharded", "full"), doc("fsdp2 only: sharded (a directory of "
+                                                                          "shards) or full (one file)")] = None
+
+    def problems(self, context=None):
+        devices = self.devices
+        if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+            devices = int(devices)
+        if isinstance(devices, str) and "," in devices:
+            ok = all(d.strip().isdigit() for d in devices.split(",") if d.strip())
+        elif isinstance(devices, (list, tuple)):
+            ok = len(devices) > 0 and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)
+        else:
+            ok = devices == "auto" or (isinstance(devices, int) and not isinstance(devices, bool)
+                                       and (devices >= 1 or devices == -1))
+        if not ok:
+            yield "devices", self.devices, "an integer >= 1, -1 or auto (every device found), a list of device " \
+                                           "indices or a comma list (0,1)"
+        fast = self.fast_dev_run
+        if not (isinstance(fast, bool) or (isinstance(fast, int) and fast >= 0)):
+            yield "fast_dev_run", fast, "true, false or a number of batches >= 0"
+        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+                    "overfit_batches"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+                    value < 0 or (isinstance(value, float) and value > 1):
+                yield key, value, "a share of the batches in [0.0, 1.0], or a whole number of batches >= 0"
+        value = self.val_check_interval
+        if value is not None and not isinstance(value, str) and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or
+                (isinstance(value, int) and value < 1) or (isinstance(value, float) and not 0 < value <= 1)):
+            yield "val_check_interval", value, "a whole number of training batches >= 1, or a fraction of each " \
+                                               "epoch in (0, 1] (0.5: twice an epoch)"
+        if self.max_time is not None and not isinstance(self.max_time, (str, dict)):
+            yield "max_time", self.max_time, "a duration DD:HH:MM:SS, a mapping {days: 1, hours: 2}, or null"
+
+    def processes(self) -> int | None:
+        """How many training processes ``devices`` x ``num_nodes`` ask for when written out; None when Lightning
+        decides (``auto``, ``-1``: every device found)."""
+        devices = self.devices
+        if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+            devices = int(devices)
+        if isinstance(devices, str) and "," in devices:
+            devices = [d for d in devices.split(",") if d.strip()]
+        if isinstance(devices, (list, tuple)):
+            count = len(devices)
+        elif isinstance(devices, int) and not isinstance(devices, bool) and devices >= 0:
+            count = devices
+        else:
+            return None
+        return max(count, 1) * self.num_nodes
 
 
 # --- the ``callbacks`` group (conf/callbacks/): one entry per callback of task=train, built by
@@ -96,46 +261,47 @@ class TrainConfig:
 class ModelCheckpointConfig:
     """``<run dir>/checkpoints/``: ``best-<step>.ckpt`` (lowest val/loss), ``last.ckpt`` and ``step-<N>.ckpt``."""
 
-    every_n_train_steps: int = 500  # a step-<N>.ckpt every N optimizer steps, all kept (what a SIGKILL can lose)
+    every_n_train_steps: Annotated[int, Gt(0), doc("a step-<N>.ckpt every N optimizer steps, all kept")] = 500
 
 
 @dataclass
 class TextSamplesConfig:
     """At each validation the prompt is continued (fixed seed), logged and appended to ``<run dir>/samples.txt``."""
 
-    prompt: str = "The "
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int | None = 40  # None: sample from the whole vocabulary
+    prompt: Annotated[str, doc("the text continued")] = "The "
+    max_new_tokens: Annotated[int, Gt(0), Le(100_000), doc("tokens added")] = 200
+    temperature: Annotated[float, Ge(0), doc("0: the most likely token; 1: the model's distribution")] = 0.8
+    top_k: Annotated[int | None, Gt(0), doc("sample among the k most likely tokens; null: all")] = 40
 
 
 @dataclass
 class AttentionProbeConfig:
     """At each validation every head's pattern on ``text``: ``<run dir>/attention/patterns_step<N>.png`` and the loggers."""
 
-    text: str = LECTURE_PHRASE
+    text: Annotated[str, Len(1), doc("the phrase every head looks at")] = LECTURE_PHRASE
 
 
 @dataclass
 class ThroughputConfig:
     """``perf/tokens_per_s`` and ``perf/mfu`` (training FLOPs per token from the budget x tokens/s / peak)."""
 
-    window: int = 10  # batches per measurement
-    peak_flops: float | None = None  # the MFU denominator; None: the GPU's data sheet, else a matmul probe
+    window: Annotated[int, Gt(0), doc("training batches per tokens/s measurement")] = 10
+    peak_flops: Annotated[float | None, Gt(0), doc("the MFU denominator in FLOP/s; null: the GPU's data sheet, "
+                                                   "else a matmul probe")] = None
 
 
 @dataclass
 class LRMonitorConfig:
     """The learning rate in the loggers (Lightning's LearningRateMonitor; only when a logger is on)."""
 
-    logging_interval: str = "step"  # step | epoch
+    logging_interval: Annotated[str, OneOf("step", "epoch"), doc("when the learning rate is logged")] = "step"
 
 
 @dataclass
 class RichProgressBarConfig:
     """Lightning's RichProgressBar (unless trainer.enable_progress_bar=false)."""
 
-    leave: bool = True  # keep each epoch's bar on screen
+    leave: Annotated[bool, doc("keep each epoch's bar on screen")] = True
 
 
 # callback name (its key under ``callbacks``) -> its settings; stored as ``callbacks/schema/<name>``
@@ -151,58 +317,69 @@ CALLBACK_SCHEMAS = {
 
 @dataclass
 class Config:
-    task: str = "train"  # train | report | sample | export | attend | heads | lens | embed | context | tour | compare
-    seed: int = 0
+    """The root: the task, the sections, and each task's own keys."""
+
+    task: Annotated[str, OneOf(*TASK_NAMES), doc("what to do")] = "train"
+    seed: Annotated[int, Ge(0), Lt(1 << 32), doc("seeds the initial weights, the data and sampling")] = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    trainer: Any = MISSING
-    logger: Any = field(default_factory=dict)
-    callbacks: Any = field(default_factory=dict)  # name -> settings (the dataclasses above); conf/callbacks/
-    paths: Any = field(default_factory=dict)  # where runs, sweeps and the token cache go: conf/paths/default.yaml
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: Annotated[Any, doc("the loggers, name -> options (conf/logger/)")] = field(default_factory=dict)
+    callbacks: Annotated[Any, doc("the training callbacks, name -> settings (conf/callbacks/)")] = field(
+        default_factory=dict)
+    paths: Annotated[Any, doc("where runs, sweeps and the token cache go (conf/paths/)")] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
-    # task=report: several presets side by side, e.g. models=[gpt3_125m,gpt3_175b] or 'models=[gpt3_*]'
-    models: list[str] | None = None
-    # task=train: resume from a checkpoint file, or `last` for the newest last.ckpt
-    ckpt_path: str | None = None
-    tour: bool = False  # task=train: end with the tour of the trained model, lecture.html (see task=tour)
-    # task=sample / export / attend / heads: the checkpoint, export or Hugging Face directory (GPT-2, Llama, Mistral,
-    # Qwen2/3, GPT-NeoX/Pythia, Gemma/Gemma 2) to read
-    checkpoint: str | None = None
-    # a Hugging Face checkpoint's weights: null = cast to float32, auto = keep its own (bf16 stays bf16), bfloat16, float16
-    dtype: str | None = None
-    format: str = "hydraformer"  # task=export: hydraformer (model.safetensors + hydraformer.json) | hf (Hugging Face)
-    prompt: str = "The "  # task=sample
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int | None = 40
-    compile: bool = False  # task=sample: torch.compile the decoding step (pays a compilation first; see builder.generate)
-    text: str = LECTURE_PHRASE  # task=attend / lens / tour: the phrase to look at
-    layers: list[int] | None = None  # task=attend: e.g. [0,3]; None = all
-    heads: list[int] | None = None  # task=attend: e.g. [1,2]; None = all
-    # task=embed: nearest tokens of each word, a direction from word pairs, a 2-D map of groups (each optional)
-    words: list[str] | None = None  # e.g. [cat,fluffy]
-    pairs: list[list[str]] | None = None  # e.g. [[man,woman],[king,queen]]
-    groups: Any = None  # {name: [words]}, e.g. {nouns: [cat,dog], adjectives: [fluffy,blue]} (Any: Hydra merges a dict in)
-    space: str = "embedding"  # embedding | unembedding (the same matrix when tied)
-    neighbours: int = 8  # task=embed: nearest tokens shown per word
-    # task=context: one word followed through the layers in several contexts
-    word: str | None = None  # e.g. mole
-    contexts: list[str] | None = None  # e.g. ['the mole dug a tunnel','one mole of carbon','a mole on the skin']
-    # task=compare: a sweep directory (multirun/<date>/<time>) or `last` -> sweep.md|csv|png
-    sweep_dir: str | None = None
+    models: Annotated[list[str] | None, doc("task=report: several presets side by side, e.g. "
+                                            "models=[gpt3_125m,gpt3_175b] or 'models=[gpt3_*]'")] = None
+    ckpt_path: Annotated[str | None, doc("task=train: resume from a checkpoint file, or last")] = None
+    tour: Annotated[bool, doc("task=train: end with the tour of the trained model, lecture.html")] = False
+    checkpoint: Annotated[str | None, doc("the checkpoint, export or Hugging Face directory a task reads")] = None
+    dtype: Annotated[str | None, OneOf("auto", "float32", "bfloat16", "float16"),
+                     doc("a Hugging Face checkpoint's weights: null casts to float32, auto keeps its own")] = None
+    format: Annotated[str, OneOf("hydraformer", "hf"), doc("task=export: hydraformer (model.safetensors + "
+                                                           "hydraformer.json) or hf (Hugging Face)")] = "hydraformer"
+    prompt: Annotated[str, doc("task=sample: the text continued")] = "The "
+    max_new_tokens: Annotated[int, Ge(0), doc("task=sample: the tokens to add to the prompt")] = 200
+    temperature: Annotated[float, Ge(0), doc("task=sample: 0 picks the most likely token; 1 samples the model's "
+                                             "distribution")] = 0.8
+    top_k: Annotated[int | None, Gt(0), doc("task=sample: sample among the k most likely tokens; null: all")] = 40
+    compile: Annotated[bool, doc("task=sample: torch.compile the decoding step")] = False
+    text: Annotated[str, doc("task=attend / lens / tour: the phrase to look at")] = LECTURE_PHRASE
+    layers: Annotated[list[Annotated[int, Ge(0)]] | None, doc("task=attend: layers to draw, e.g. [0,3]; null: "
+                                                              "all")] = None
+    heads: Annotated[list[Annotated[int, Ge(0)]] | None, doc("task=attend: heads to draw, e.g. [1,2]; null: "
+                                                             "all")] = None
+    words: Annotated[list[str] | None, doc("task=embed: words whose nearest tokens to list, e.g. [cat,fluffy]")] = None
+    pairs: Annotated[list[list[str]] | None, doc("task=embed: word pairs that give a direction, e.g. "
+                                                 "[[man,woman],[king,queen]]")] = None
+    groups: Annotated[Any, doc("task=embed: {name: [words]} laid out on a 2-D map")] = None
+    space: Annotated[str, OneOf("embedding", "unembedding"), doc("task=embed: which matrix")] = "embedding"
+    neighbours: Annotated[int, Gt(0), doc("task=embed: nearest tokens shown per word")] = 8
+    word: Annotated[str | None, doc("task=context: the word followed through the layers, e.g. mole")] = None
+    contexts: Annotated[list[str] | None, doc("task=context: texts that use the word")] = None
+    sweep_dir: Annotated[str | None, doc("task=compare: a sweep directory (multirun/<date>/<time>) or last")] = None
 
 
-_registered = False
+_stored: set[tuple[str, str]] = set()
 
 
 def register_schemas() -> None:
-    global _registered
-    if _registered:
-        return
+    """Store the declarations in Hydra's ConfigStore: the root ``schema``, ``model/schema``, ``data/schema``, each
+    callback's settings as ``callbacks/schema/<name>`` and each registered component's settings as the option
+    ``model/<kind>/<name>`` (so ``model/attention=grouped_query`` composes a typed node). Each entry once; a
+    component registered since the last call (an entry point) is stored on the next."""
+    from hydra.core.config_store import ConfigStore  # (reason: declarations are read without Hydra elsewhere)
+
     cs = ConfigStore.instance()
-    cs.store(name="schema", node=Config)
-    cs.store(group="model", name="schema", node=ModelConfig)
-    cs.store(group="data", name="schema", node=DataConfig)
-    for name, node in CALLBACK_SCHEMAS.items():
-        cs.store(group="callbacks/schema", name=name, node=node)
-    _registered = True
+    if not _stored:
+        cs.store(name="schema", node=Config)
+        cs.store(group="model", name="schema", node=ModelConfig)
+        cs.store(group="data", name="schema", node=DataConfig)
+        for name, node in CALLBACK_SCHEMAS.items():
+            cs.store(group="callbacks/schema", name=name, node=node)
+        _stored.add(("", "schema"))
+    for kind in components.KINDS:
+        for name in components.names(kind):
+            if (kind, name) not in _stored:
+                cs.store(group=f"model/{kind}", name=name, node=components.registry.settings_class(kind, name))
+                _stored.add((kind, name))

@@ -10,13 +10,13 @@ from pathlib import Path
 
 from components.registry import closest
 
+from ..config.schema import ACCEPTED_SOURCES
 from ..errors import ConfigError, DataError
 from ..files import special_file
 from . import adjectives, senses
 from .stream import PIECE_CHARS, READ_BYTES, cut_pieces, jsonl_texts, parquet_texts, read_text_blocks
 from .tokenizers import sha256_json
 
-ACCEPTED_SOURCES = ("embedded", "text", "adjectives", "lecture")
 # generated in memory from (n_sentences, seed): the adjectives language, and it mixed with the senses language
 GENERATED = {"adjectives": adjectives.corpus_text, "lecture": senses.lecture_text}
 DOC_SEPARATOR = "\n\n"

@@ -19,6 +19,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from ..config.schema import DataConfig
 from ..errors import ConfigError, DataError
 from ..files import atomic_write
 from .cache import (
@@ -101,23 +102,36 @@ class TokenDataModule(pl.LightningDataModule):
         dtype: str | None = None,
     ) -> None:
         super().__init__()
-        checked = check_data_settings(dict(
+        self._settle(check_data_settings(dict(
             source=source, path=path, tokenizer=tokenizer, bpe_vocab_size=bpe_vocab_size, vocab_file=vocab_file,
             merges_file=merges_file, cache_dir=cache_dir, context_length=context_length, batch_size=batch_size,
             val_fraction=val_fraction, samples_per_epoch=samples_per_epoch, val_batches=val_batches,
             num_workers=num_workers, seed=seed, n_sentences=n_sentences, text_field=text_field, vocab_size=vocab_size,
-            dtype=dtype))
-        self.source = source
-        self.path = checked["path"]
-        self.tokenizer_kind = tokenizer
-        self.bpe_vocab_size = checked["bpe_vocab_size"]
-        self.vocab_file, self.merges_file = checked["vocab_file"], checked["merges_file"]
+            dtype=dtype)))
+
+    @classmethod
+    def from_settings(cls, settings: DataConfig) -> TokenDataModule:
+        """The datamodule of settings already checked (builder/config/checks.py: the command line's one check)."""
+        module = cls.__new__(cls)
+        pl.LightningDataModule.__init__(module)
+        module._settle(settings)
+        return module
+
+    def _settle(self, checked: DataConfig) -> None:
+        self.source = checked.source
+        self.path = None if checked.path is None else str(checked.path)
+        self.tokenizer_kind = checked.tokenizer
+        self.bpe_vocab_size = checked.bpe_vocab_size
+        self.vocab_file = None if checked.vocab_file is None else str(checked.vocab_file)
+        self.merges_file = None if checked.merges_file is None else str(checked.merges_file)
+        cache_dir = checked.cache_dir
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        for key in ("context_length", "batch_size", "val_fraction", "samples_per_epoch", "val_batches", "num_workers",
+        for key in ("context_length", "batch_size", "val_fraction", "samples_per_epoch", "val_batches",
                     "seed", "n_sentences", "text_field"):  # n_sentences: source='adjectives' / 'lecture' only
-            setattr(self, key, checked[key])
-        self.vocab_size_setting = checked["vocab_size"]
-        self.dtype_setting = dtype  # source='tokens' only
+            setattr(self, key, getattr(checked, key))
+        self.num_workers = checked.num_workers or 0
+        self.vocab_size_setting = checked.vocab_size
+        self.dtype_setting = checked.dtype  # source='tokens' only
 
         # filled by setup()
         self.tokenizer: AnyTokenizer | None = None

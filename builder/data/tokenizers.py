@@ -19,7 +19,6 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 
 from ..errors import DataError
 
-ACCEPTED_TOKENIZERS = ("char", "word", "byte_bpe", "gpt2_bpe")
 CHUNK_CHARS = 1 << 20  # encode BPE text in ~1M-character pieces
 
 

@@ -24,13 +24,12 @@ from omegaconf import DictConfig, open_dict
 
 from components.registry import RegistryError
 
-from ..config.cli import FILE_SYSTEM_ERRORS, check_job_config, precheck_or_exit, register_help_resolver
+from ..config.checks import check_job, hold, release, uses_composed_model
+from ..config.cli import FILE_SYSTEM_ERRORS, precheck_or_exit, register_help_resolver
 from ..config.plain import to_plain
 from ..config.printing import WRITTEN, ConfigDisplay, displaying
-from ..config.schema import register_schemas
-from ..data.settings import check_data_settings
+from ..config.schema import TASK_NAMES, register_schemas
 from ..errors import ConfigError, DataError, NonFiniteLossError
-from ..model import resolve
 from .compare import record_failure
 
 # errors whose message is the whole story: shown as one paragraph, no traceback
@@ -46,10 +45,8 @@ class JobFailed(RuntimeError):
 
 # task name -> the module whose ``run(cfg, out_dir[, model_name])`` does it. Imported when the task runs:
 # start-up (task=report must not pay for Lightning or wandb).
-TASKS = {name: f"{__name__}.{name}" for name in ("report", "train", "sample", "export", "attend", "heads", "lens",
-                                                      "embed", "context", "tour", "compare")}
+TASKS = {name: f"{__name__}.{name}" for name in TASK_NAMES}
 TAKES_MODEL_NAME = ("report", "train")
-READS_DATA = ("train",)  # tasks that build a TokenDataModule from ``data``
 # tasks whose model is read from ``checkpoint=``: the composed ``model`` section is not theirs to show
 READS_CHECKPOINT = ("sample", "export", "attend", "heads", "lens", "embed", "context", "tour")
 # The config is shown once a task has checked its inputs: a task module with ``SHOWS_CONFIG = True`` calls
@@ -100,13 +97,6 @@ def _fixed_keys(argv: list[str]) -> set[str]:
     except Exception:
         return set()
     return {o.key_or_group for o in parsed if not o.is_sweep_override()}
-
-
-def _uses_composed_model(cfg) -> bool:
-    """Whether the task builds ``cfg.model`` (not a checkpoint's model, not a list of presets)."""
-    if cfg.task in READS_CHECKPOINT or cfg.task == "compare":
-        return False
-    return not (cfg.task == "report" and cfg.get("models"))
 
 
 def _stdout_target() -> str:
@@ -166,7 +156,7 @@ def run_task(cfg):
         _name_wandb_run(cfg, hc)
     # shown once the task has checked its inputs (builder.config.printing.inputs_checked), never before an error
     display = ConfigDisplay(cfg, out_dir, list(hc.overrides.task), dict(hc.runtime.choices),
-                            model_used=_uses_composed_model(cfg))
+                            model_used=uses_composed_model(to_plain(cfg, resolve=False)))
     failed = True
     try:
         if multirun:  # start-up: the launcher module imports Lightning, which only a multirun job may need here
@@ -178,20 +168,16 @@ def run_task(cfg):
         with scope, displaying(display):
             try:
                 try:
-                    check_job_config(cfg, TASKS)  # what the command line's precheck saw, for this job's config
-                    # a bad model or data setting is refused before the task's imports (Lightning: seconds)
-                    if display.model_used:
-                        resolve(cfg.model)
-                    if cfg.task in READS_DATA:
-                        data = to_plain(cfg.data)
-                        if data.get("num_workers") is None:  # null: chosen by task=train (make_datamodule)
-                            data["num_workers"] = 0
-                        check_data_settings(data)
+                    # every value checked once, before the task's imports (Lightning: seconds)
+                    token = hold(cfg, check_job(cfg))
                     task = importlib.import_module(TASKS[cfg.task])
                     if not getattr(task, "SHOWS_CONFIG", False):
                         display.show()
                     extra = (hc.runtime.choices.get("model"),) if cfg.task in TAKES_MODEL_NAME else ()
-                    code = task.run(cfg, out_dir, *extra)
+                    try:
+                        code = task.run(cfg, out_dir, *extra)
+                    finally:
+                        release(token)
                     display.show()  # a task that returned without saying its inputs were checked
                 except OSError as err:  # a full disk, a read-only cache: the setting and the path, not a traceback
                     user_error = file_system_error(err, cfg, out_dir)

@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_model
-from ..config.checks import is_count
 from ..config.printing import inputs_checked
 from ..errors import ConfigError, compile_refusal
 from ..files import atomic_write
@@ -17,23 +16,7 @@ from ..generate import encode_prompt, generate
 SHOWS_CONFIG = True  # run() calls inputs_checked once the checkpoint is loaded and the prompt fits (builder.tasks)
 
 
-def check_sampling(max_new_tokens, temperature, top_k, compile=False) -> None:
-    """The sampling settings generate() can honour: a count >= 0, a temperature >= 0 (0: greedy), top_k null or >= 1,
-    compile true or false."""
-    if not is_count(max_new_tokens) or max_new_tokens < 0:
-        raise ConfigError("max_new_tokens", max_new_tokens, "an integer >= 0 (the tokens to add to the prompt)")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-        raise ConfigError("temperature", temperature, "a number >= 0 (0: always the most likely token; 1: the "
-                          "model's own distribution)")
-    if top_k is not None and (not is_count(top_k) or top_k < 1):
-        raise ConfigError("top_k", top_k, "an integer >= 1 (sample among the k most likely tokens), or null for "
-                          "the whole vocabulary")
-    if not isinstance(compile, bool):
-        raise ConfigError("compile", compile, "true (torch.compile the decoding step) or false")
-
-
 def run(cfg, out_dir: Path) -> int:
-    check_sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.compile)
     if not cfg.checkpoint:
         raise ConfigError("checkpoint", None, "a checkpoint path: python run.py task=sample checkpoint=PATH")
     model, tokenizer, model_cfg = load_model(cfg.checkpoint, dtype=cfg.get("dtype"))

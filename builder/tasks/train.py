@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import warnings
@@ -19,7 +20,7 @@ from components import Block
 
 from ..budget import parameter_budget
 from ..checkpoint import check_resumable, check_same_model, is_sharded_checkpoint
-from ..config.checks import check_skip_nonfinite, check_train, check_val_interval, processes_asked
+from ..config.checks import checked, skip_nonfinite_refusal
 from ..config.cli import check_unused_run_dir, resumes_in
 from ..config.plain import to_plain
 from ..config.printing import inputs_checked
@@ -63,10 +64,12 @@ def _run_dir_key() -> str:
 
 
 def make_datamodule(cfg):
-    data = to_plain(cfg.data)
-    if data.get("num_workers") is None:
-        data["num_workers"] = 4 if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else 0
-    return TokenDataModule(**data)
+    settings = checked(cfg)
+    data = settings.data
+    if data.num_workers is None:
+        gpu = torch.cuda.is_available() and settings.trainer.accelerator != "cpu"
+        data = dataclasses.replace(data, num_workers=4 if gpu else 0)
+    return TokenDataModule.from_settings(data)
 
 
 def _checkpoints(root: Path, pattern: str = "**/checkpoints/*.ckpt") -> list[Path]:
@@ -180,13 +183,13 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
         model_cfg["vocab_size"] = dm.vocab_size
     budget = parameter_budget(model_cfg, model_name)
     check_training_memory(budget, cfg)  # a run that cannot fit is refused before anything is allocated
-    trainer_kwargs = to_plain(cfg.trainer)
-    train_cfg = to_plain(cfg.train)
-    check_train(train_cfg)
-    check_skip_nonfinite(train_cfg, processes_asked(trainer_kwargs))
+    settings = checked(cfg)
+    trainer_kwargs = dataclasses.asdict(settings.trainer)
+    train_cfg = dataclasses.asdict(settings.train)
     if trainer_kwargs.get("max_steps") is None:  # null: no step limit, Lightning's -1
         trainer_kwargs["max_steps"] = -1
-    check_val_interval(trainer_kwargs)
+    if isinstance(trainer_kwargs["val_check_interval"], float) and trainer_kwargs["check_val_every_n_epoch"] is None:
+        trainer_kwargs["check_val_every_n_epoch"] = 1  # a share of each epoch: Lightning counts it per epoch
     if cfg.ckpt_path == "last" and (done := finished_earlier(out_dir, trainer_kwargs["max_steps"])):
         print(f"ckpt_path=last: this run already trained {done['steps']} steps in {out_dir} (summary.json); "
               "nothing to train (raise trainer.max_steps to train on)")
@@ -203,7 +206,7 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
     logger_cfg = to_plain(cfg.logger) if cfg.logger else {}
 
     # everything that can be refused is checked before the first file is written
-    built = make_callbacks(cfg.get("callbacks"), RunContext(
+    built = make_callbacks(settings.callbacks, RunContext(
         tokenizer=dm.tokenizer, out_dir=out_dir, seed=cfg.seed, flops_per_token=budget["flops_per_token"]["training"],
         precision=str(trainer_kwargs.get("precision", "32")),
         has_logger=any(options not in (None, False) for options in logger_cfg.values()),
@@ -223,7 +226,8 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
     # the data module shards its own sampler (builder/data/windows.py EpochSampler): exact DDP = bigger batch
     trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out_dir), callbacks=callbacks, logger=loggers or False,
                          plugins=[checkpoint_io] if isinstance(strategy, str) else None, use_distributed_sampler=False)
-    check_skip_nonfinite(train_cfg, trainer.world_size)  # devices=auto or -1: Lightning's count, before the launch
+    if train_cfg["skip_nonfinite"] and trainer.world_size > 1:  # devices=auto or -1: Lightning's count, before launch
+        raise skip_nonfinite_refusal(trainer.world_size)
     log_config(loggers, config)  # the loggers' first files, now that nothing is left to refuse
     for_this_job(trainer)  # multirun + DDP: the extra processes run this job only (builder/training/launch.py)
     if trainer.is_global_zero:

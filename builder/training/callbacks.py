@@ -22,11 +22,9 @@ from pytorch_lightning.strategies import ModelParallelStrategy
 from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from components.registry import closest
-
+from ..config.checks import check_callbacks
 from ..config.plain import to_plain
 from ..config.schema import (
-    CALLBACK_SCHEMAS,
     AttentionProbeConfig,
     LRMonitorConfig,
     ModelCheckpointConfig,
@@ -34,7 +32,7 @@ from ..config.schema import (
     TextSamplesConfig,
     ThroughputConfig,
 )
-from ..errors import ConfigError, NonFiniteLossError
+from ..errors import NonFiniteLossError
 from ..files import atomic_path
 from ..generate import encode_prompt, generate
 from ..interp.capture import head_mask, record
@@ -295,31 +293,8 @@ BUILDERS: dict[str, Callable[[Any, RunContext], list[pl.Callback]]] = {
 
 
 def make_callbacks(callbacks_cfg, run: RunContext) -> dict[str, list[pl.Callback]]:
-    """The ``callbacks`` config node (name -> settings; ``null`` switches one off) -> name -> its callbacks.
-
-    Every entry is checked before any is built: an unknown name or setting, or a ``_target_``, is a
-    :class:`~builder.errors.ConfigError` naming the key."""
-    entries = to_plain(callbacks_cfg) or {}
-    if not isinstance(entries, dict):
-        raise ConfigError("callbacks", entries, "a mapping of callback name -> settings")
-    settings = {name: _settings(name, value) for name, value in entries.items() if value is not None and value is not False}
-    return {name: BUILDERS[name](s, run) for name, s in settings.items()}
-
-
-def _settings(name: str, value: Any):
-    """One entry of the group as its schema dataclass (builder/config/schema.py), or a ConfigError."""
-    if name not in BUILDERS:
-        target = next((k for k in value if str(k).startswith("_")), None) if isinstance(value, dict) else None
-        raise ConfigError(f"callbacks.{name}" + (f".{target}" if target else ""), value,
-                          f"a callback hydraformer builds: one of {', '.join(BUILDERS)}{closest(name, BUILDERS)}; "
-                          "a config never names code to run (_target_)")
-    if not isinstance(value, dict):
-        raise ConfigError(f"callbacks.{name}", value, "a mapping of settings, or null to switch it off")
-    schema = CALLBACK_SCHEMAS[name]
-    fields = [f.name for f in dataclasses.fields(schema)]
-    for key, setting in value.items():
-        if key not in fields:
-            raise ConfigError(f"callbacks.{name}.{key}", setting,
-                              f"one of the {name} settings: {', '.join(fields)}{closest(key, fields)}"
-                              + ("; a config never names code to run (_target_)" if str(key).startswith("_") else ""))
-    return schema(**value)
+    """The ``callbacks`` config (name -> settings; ``null`` switches one off), or the name -> checked settings
+    objects the command line's check made (builder/config/checks.py), -> name -> its callbacks."""
+    if not (isinstance(callbacks_cfg, dict) and all(dataclasses.is_dataclass(v) for v in callbacks_cfg.values())):
+        callbacks_cfg = check_callbacks(to_plain(callbacks_cfg))
+    return {name: BUILDERS[name](s, run) for name, s in callbacks_cfg.items()}

@@ -16,7 +16,7 @@ from pytorch_lightning.strategies import FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
-from ..config.checks import check_train, is_count
+from ..config.checks import is_count
 from ..config.plain import to_plain
 from ..errors import NonFiniteLossError
 from ..model import build_model
@@ -72,7 +72,6 @@ class LitGPT(pl.LightningModule):
     def __init__(self, model: dict, train: dict, tokenizer: dict | None = None, total_steps: int | None = None,
                  defer_model: bool = False):
         super().__init__()
-        check_train(train)
         self.save_hyperparameters(ignore=["defer_model"])
         self.train_cfg = train
         explicit = total_steps if is_count(total_steps) and total_steps > 0 else None
@@ -124,7 +123,7 @@ class LitGPT(pl.LightningModule):
         else:
             here = not bool(torch.isfinite(loss))
             if self._first_bad_anywhere(self.global_step if here else None) is not None:
-                if self.train_cfg.get("skip_nonfinite"):  # one process only (several are refused: config/checks.py)
+                if self.train_cfg.get("skip_nonfinite"):  # one process only (several are refused: builder/config/checks.py)
                     self.skipped_nonfinite += 1
                     self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), on_step=True, on_epoch=False)
                     return None  # Lightning skips this batch's backward and optimizer step
