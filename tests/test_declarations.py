@@ -222,3 +222,23 @@ def test_the_help_page_says_what_each_common_key_accepts(tmp_path, cli):
     assert proc.returncode == 0
     assert re.search(r"^ +model\.n_layers +an integer > 0: transformer blocks$", proc.stdout, re.M), proc.stdout
     assert re.search(r"^ +train\.lr +a number > 0: the peak learning rate$", proc.stdout, re.M)
+
+
+ISSUE_VALUES = ["trainer.max_steps=-5", "trainer.accumulate_grad_batches=0", "trainer.devices=0",
+                "callbacks.model_checkpoint.every_n_train_steps=-1", "model.init_std=nan", "trainer.gradient_clip_val=-1",
+                "trainer.log_every_n_steps=0", "model.mlp.hidden=0", "model.norm.eps=-1", "model.norm.eps=nan",
+                "task=report model.mlp.hidden=-3", "task=report model.n_heads=5", "trainer.max_time=5",
+                "model/attention=grouped_query model.attention.n_kv_heads=3", "data.val_fraction=inf"]
+
+
+@pytest.mark.parametrize("args", ISSUE_VALUES)
+def test_out_of_range_values_on_the_command_line_are_refused_with_exit_2_and_no_folder(tmp_path, cli, args):
+    """Values once accepted or ending in a traceback: one paragraph naming the key, exit 2, and nothing written
+    (not even an empty outputs/<date>/ in the folder the command ran from)."""
+    overrides = args.split()
+    key = next(o for o in reversed(overrides) if not o.startswith(("task=", "model/"))).split("=")[0]
+    proc = cli(*overrides, cwd=tmp_path, env={"HYDRAFORMER_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"})
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"Error: {key}=") and "is not accepted" in proc.stderr, proc.stderr
+    assert not any(tmp_path.iterdir()), list(tmp_path.rglob("*"))

@@ -12,6 +12,8 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 import builder
 from builder.checkpoint import is_sharded_checkpoint
+from builder.config.schema import TrainerConfig
+from builder.config.spec import check
 from builder.tasks.train import make_strategy
 from builder.training.fsdp import FullyShardedStrategy
 
@@ -117,10 +119,13 @@ def test_fsdp_cpu_preset_and_checkpoint_format():
     assert isinstance(strategy, FullyShardedStrategy) and strategy.checkpoint_format == "sharded"
     assert "checkpoint_format" not in kwargs  # not a Trainer argument
     assert make_strategy({**cfg.trainer, "checkpoint_format": "full"}, None)._save_distributed_checkpoint is False
+    # the rules live in the declaration (builder/config/schema.py TrainerConfig), checked once per job
     with pytest.raises(builder.ConfigError, match="trainer.checkpoint_format"):
-        make_strategy({**cfg.trainer, "checkpoint_format": "zip"}, None)
+        check(TrainerConfig, {**cfg.trainer, "checkpoint_format": "zip"}, "trainer")
     with pytest.raises(builder.ConfigError, match="only trainer.strategy=fsdp2"):
-        make_strategy({"strategy": "ddp", "checkpoint_format": "full"}, None)
+        check(TrainerConfig, {"strategy": "ddp", "checkpoint_format": "full"}, "trainer")
+    with pytest.raises(builder.ConfigError, match="trainer.precision='16-mixed'.*under trainer.strategy=fsdp2"):
+        check(TrainerConfig, {**cfg.trainer, "precision": "16-mixed"}, "trainer")
 
 
 def test_a_damaged_sharded_checkpoint_is_refused_by_name(env, fsdp_run, tmp_path):

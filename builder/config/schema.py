@@ -148,6 +148,7 @@ class TrainConfig:
 
 PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "transformer-engine",
               "transformer-engine-float16", "64", "32", "16", "bf16", 64, 32, 16)
+FSDP2_PRECISIONS = ("32-true", "32", 32, "bf16-mixed")  # the ones build_sharded's mixed-precision policy knows
 # Trainer arguments hydraformer sets itself (the run's folder, its callbacks and loggers, its sampler): not keys
 TRAINER_SET_BY_US = ("default_root_dir", "callbacks", "logger", "plugins", "use_distributed_sampler", "model_registry")
 
@@ -235,6 +236,13 @@ class TrainerConfig:
                                                "epoch in (0, 1] (0.5: twice an epoch)"
         if self.max_time is not None and not isinstance(self.max_time, (str, dict)):
             yield "max_time", self.max_time, "a duration DD:HH:MM:SS, a mapping {days: 1, hours: 2}, or null"
+        if self.checkpoint_format is not None and self.strategy != "fsdp2":
+            yield "checkpoint_format", self.checkpoint_format, "unset: only trainer.strategy=fsdp2 (trainer=fsdp, " \
+                f"fsdp_cpu) writes sharded or full checkpoints; this run's strategy is {self.strategy!r}"
+        if self.strategy == "fsdp2" and self.precision is not None and self.precision not in FSDP2_PRECISIONS:
+            yield "precision", self.precision, "one of 32-true, bf16-mixed under trainer.strategy=fsdp2: fp16 " \
+                "(16-mixed) needs a loss scaler over the shards, which Lightning's ModelParallelStrategy does not " \
+                "run; bf16-mixed needs none"
 
     def processes(self) -> int | None:
         """How many training processes ``devices`` x ``num_nodes`` ask for when written out; None when Lightning

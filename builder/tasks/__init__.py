@@ -53,13 +53,31 @@ READS_CHECKPOINT = ("sample", "export", "attend", "heads", "lens", "embed", "con
 # builder.config.printing.inputs_checked itself when it is past its checks; any other gets it shown just before it runs.
 
 
-def discard_if_empty(out_dir: Path) -> None:
-    """A run that failed before writing anything leaves no directory behind (only Hydra's own files)."""
+def discard_if_empty(out_dir: Path, root=None) -> None:
+    """A run that failed before writing anything leaves no directory behind (only Hydra's own files), nor the empty
+    folders above it up to ``root`` (``paths.runs_dir``) included: the ``<date>`` folder a first run of the day
+    made, the ``outputs/`` folder a first run made."""
     if not out_dir.is_dir():
         return
     ours = [p for p in out_dir.iterdir() if p.name != ".hydra" and p.name not in WRITTEN and not p.name.endswith(".log")]
-    if not ours:
-        shutil.rmtree(out_dir, ignore_errors=True)
+    if ours:
+        return
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if root is None:
+        return
+    root, folder = Path(str(root)).expanduser().absolute(), out_dir.absolute().parent
+    while folder == root or root in folder.parents:
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def _runs_dir(cfg):
+    with contextlib.suppress(Exception):  # an interpolation that cannot be resolved here: no folder above is removed
+        return cfg.paths.runs_dir
+    return None
 
 
 def _train_metric(out_dir: Path) -> float:
@@ -195,7 +213,7 @@ def run_task(cfg):
                 print(f"Error: {err}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
                 if multirun:
                     raise JobFailed(str(err)) from None
-                discard_if_empty(out_dir)
+                discard_if_empty(out_dir, _runs_dir(cfg))
                 sys.exit(2)
             except Exception as err:
                 if multirun:

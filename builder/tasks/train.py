@@ -119,27 +119,17 @@ def finished_earlier(out_dir: Path, max_steps) -> dict | None:
     return summary if done and int(summary.get("steps") or 0) >= max_steps else None
 
 
-FSDP2_PRECISIONS = ("32-true", "32", "bf16-mixed")  # the ones build_sharded's mixed-precision policy knows
-
-
 def make_strategy(trainer_kwargs: dict, checkpoint_io):
     """The Trainer's strategy: ``fsdp2`` (torch's fully_shard per Block, the model built sharded:
     builder/training/fsdp.py; trainer=fsdp and fsdp_cpu), ``fsdp`` (Lightning's FSDPStrategy, each Block a unit),
     else Lightning's own name. ``trainer.checkpoint_format``
-    (sharded | full; fsdp2 only) is taken out of ``trainer_kwargs``: it is not a Trainer argument."""
+    (sharded | full; fsdp2 only) is taken out of ``trainer_kwargs``: it is not a Trainer argument. (The settings
+    were checked against TrainerConfig's declaration and rules: builder/config/schema.py.)"""
     strategy = trainer_kwargs.get("strategy", "auto")
     checkpoint_format = trainer_kwargs.pop("checkpoint_format", None)
-    if checkpoint_format is not None and strategy != "fsdp2":
-        raise ConfigError("trainer.checkpoint_format", checkpoint_format, "unset: only trainer.strategy=fsdp2 "
-                          f"(trainer=fsdp, fsdp_cpu) writes sharded or full checkpoints; this run's strategy is {strategy!r}")
     if strategy == "fsdp":
         return FSDPStrategy(auto_wrap_policy={Block}, sharding_strategy="FULL_SHARD", checkpoint_io=checkpoint_io)
     if strategy == "fsdp2":
-        precision = str(trainer_kwargs.get("precision", "32-true"))
-        if precision not in FSDP2_PRECISIONS:
-            raise ConfigError("trainer.precision", precision, f"one of {', '.join(FSDP2_PRECISIONS)} under "
-                              "trainer.strategy=fsdp2: fp16 (16-mixed) needs a loss scaler over the shards, which "
-                              "Lightning's ModelParallelStrategy does not run; bf16-mixed needs none")
         fsdp2 = FullyShardedStrategy(checkpoint_format or "sharded")
         fsdp2.checkpoint_io = checkpoint_io  # a full checkpoint is written atomically, as every other
         return fsdp2
