@@ -17,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("wandb", "matplotlib", "transformers", "pytorch_lightning")
-REFUSED = ("model.n_heads=5", "data.tokenizer=bpe")  # a bad model value, a bad data value
+REFUSED = ("model.n_heads=5", "data.tokenizer=bpe", "train.lr=0")  # a bad model, data and train value
 
 
 def main():

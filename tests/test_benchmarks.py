@@ -90,4 +90,5 @@ def test_startup_times_the_report_the_refusals_and_lightnings_import():
     assert re.search(r"^import builder: [\d.]+ s; heavy modules imported: \[\]$", proc.stdout, re.M), proc.stdout
     names = re.findall(r"^(.+): median [\d.]+ s over 1 runs \(min [\d.]+, max [\d.]+\)$", proc.stdout, re.M)
     assert names == ["task=report model=gpt2_small", "task=train model.n_heads=5 (refused)",
-                     "task=train data.tokenizer=bpe (refused)", "import pytorch_lightning"], proc.stdout
+                     "task=train data.tokenizer=bpe (refused)", "task=train train.lr=0 (refused)",
+                     "import pytorch_lightning"], proc.stdout
