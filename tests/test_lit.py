@@ -43,6 +43,7 @@ def test_no_weight_decay_on_biases_norms_embeddings():
 
 def test_fsdp_preset_is_fsdp2_in_bf16():
     """trainer=fsdp takes the path trainer=fsdp_cpu's two-process tests run (tests/test_fsdp.py), on every GPU."""
+    from builder.config.checks import check_job
     from builder.tasks.train import make_strategy
     from builder.training.fsdp import FullyShardedStrategy
 
@@ -51,7 +52,7 @@ def test_fsdp_preset_is_fsdp2_in_bf16():
     strategy = make_strategy(dict(cfg.trainer), None)
     assert isinstance(strategy, FullyShardedStrategy) and strategy.checkpoint_format == "sharded"
     with pytest.raises(builder.ConfigError, match=r"trainer.precision='16-mixed'.*bf16-mixed.*loss scaler"):
-        make_strategy({**cfg.trainer, "precision": "16-mixed"}, None)
+        check_job(builder.compose(["trainer=fsdp", "trainer.precision=16-mixed"]))  # TrainerConfig's rule
 
 
 def test_lightning_fsdp_strategy_still_wraps_each_block():

@@ -48,8 +48,12 @@ def check_callbacks(entries: Any) -> dict:
     out = {}
     for name, value in entries.items():
         if name not in CALLBACK_SCHEMAS:
-            raise unknown_key("callbacks", name, value, list(CALLBACK_SCHEMAS),
-                              "; a config never names code to run (_target_)" if str(name).startswith("_") else "")
+            target = next((k for k in value if str(k).startswith("_")), None) if isinstance(value, dict) else None
+            if target is not None or str(name).startswith("_"):
+                raise ConfigError(f"callbacks.{name}" + (f".{target}" if target else ""), value,
+                                  f"a callback hydraformer builds: one of {', '.join(CALLBACK_SCHEMAS)}"
+                                  f"{closest(str(name), CALLBACK_SCHEMAS)}; a config never names code to run (_target_)")
+            raise unknown_key("callbacks", name, value, list(CALLBACK_SCHEMAS))
         if value is None or value is False:
             continue
         out[name] = check(CALLBACK_SCHEMAS[name], value, f"callbacks.{name}")

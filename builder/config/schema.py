@@ -80,7 +80,7 @@ class DataConfig:
     """A corpus and how it is cut into windows: TokenDataModule's arguments (builder/data/datamodule.py)."""
 
     source: Annotated[str, OneOf(*DATA_SOURCES), doc("the corpus; tokens: a flat token file")] = "embedded"
-    path: Annotated[str | None, doc("text: a UTF-8 file or a folder; tokens: train.bin")] = None
+    path: Annotated[str | None, doc("text: a UTF-8 file or a folder; tokens: train.bin; null for the others")] = MISSING
     tokenizer: Annotated[str, OneOf(*ACCEPTED_TOKENIZERS), doc("how text becomes tokens")] = "char"
     bpe_vocab_size: Annotated[int, Ge(256), Lt(1 << 32), doc("byte_bpe: the vocabulary size to train")] = 1024
     vocab_file: Annotated[str | None, doc("gpt2_bpe: a local vocab.json")] = None
