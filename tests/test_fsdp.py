@@ -30,7 +30,8 @@ def env(tmp_path_factory):
 
 
 def train(env, name, *overrides):
-    return train_run(env, name, *SMALL, *overrides)
+    """Two real processes (a test about processes: run_cli's fresh interpreter, not the pytest process)."""
+    return train_run(env, name, *SMALL, *overrides, fresh=True)
 
 
 def weights(ckpt: Path, tmp: Path) -> dict:

@@ -27,7 +27,9 @@ def env(tmp_path_factory):
 
 
 def train(env, name, *overrides):
-    return train_run(env, name, *SMALL, *overrides)
+    """In a new interpreter: CUDA, compiled kernels and a process group (FSDP) of their own, as CI has never run
+    these trainings inside a pytest process on a GPU (run_cli's ``fresh``)."""
+    return train_run(env, name, *SMALL, *overrides, fresh=True)
 
 
 def test_bf16_training_on_one_gpu(env):
