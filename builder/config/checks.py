@@ -34,9 +34,10 @@ def is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def uses_composed_model(plain: dict) -> bool:
-    """Whether the task builds ``model`` (not a checkpoint's model, not a list of presets)."""
-    return plain.get("task") in COMPOSED_MODEL_TASKS and not (plain.get("task") == "report" and plain.get("models"))
+def uses_composed_model(cfg) -> bool:
+    """Whether the task of ``cfg`` (a DictConfig or a plain dict) builds ``model`` (not a checkpoint's model, not a
+    list of presets)."""
+    return cfg.get("task") in COMPOSED_MODEL_TASKS and not (cfg.get("task") == "report" and cfg.get("models"))
 
 
 def check_callbacks(entries: Any) -> dict:

@@ -26,7 +26,6 @@ import sys
 import tempfile
 import textwrap
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 
 from hydra._internal.hydra import Hydra
@@ -47,7 +46,7 @@ from ..errors import ConfigError
 from .compose import CONF_DIR
 from .keys import help_lines
 from .printing import is_rank_zero
-from .schema import register_schemas
+from .schema import TRAINER_SET_BY_US, register_schemas
 
 # The Hydra callbacks a config may name: ours, by key, with the one class each may build (conf/config.yaml).
 HYDRA_CALLBACKS = {"sweep_comparison": "builder.tasks.compare.SweepComparison"}
@@ -63,8 +62,10 @@ FILE_SYSTEM_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "di
 # flags after which Hydra runs nothing of ours (it prints and exits): the command line is checked, not composed
 _NO_RUN_FLAGS = ("help", "hydra_help", "info", "shell_completion")
 NO_CODE = "configs never name code to run"
+# sections whose keys are another library's arguments: what the list of accepted keys leaves out
+MORE_KEYS = {"trainer": f" (pytorch_lightning.Trainer's arguments, but those hydraformer sets itself: "
+                        f"{', '.join(TRAINER_SET_BY_US)})"}
 # sections whose keys are another library's arguments: more than the config lists are accepted
-MORE_KEYS = {"trainer": " (or another pytorch_lightning.Trainer argument, added with +trainer.NAME=VALUE)"}
 
 
 def _stored(group: str) -> list[str]:
@@ -209,16 +210,6 @@ def _walk(node, path: str = ""):
 
 def _plain(node) -> object:
     return OmegaConf.to_container(node, resolve=False) if isinstance(node, (DictConfig, ListConfig)) else node
-
-
-def _unknown_key(section: str, keys: Iterable[str], accepted: Iterable[str], node) -> None:
-    accepted = list(accepted)
-    for key in keys:
-        if key not in accepted:
-            full = f"{section}.{key}" if section else key
-            value = node.get(key) if isinstance(node, (dict, DictConfig)) else None
-            where = f"a key of {section}" if section else "a top-level key or config group"
-            raise ConfigError(full, _plain(value), f"{where}{closest(key, accepted)}; accepted: {', '.join(accepted)}")
 
 
 def check_job_config(cfg, tasks=None) -> None:

@@ -94,16 +94,25 @@ def _preset_layers(name: str, chosen: dict[str, str], read=None) -> list[dict]:
     return layers
 
 
+def declared_option(kind: str, name) -> dict | None:
+    """Component option ``model/<kind>/<name>`` as Hydra composes it from the ConfigStore: its settings' declared
+    defaults; None when no component of that name is registered."""
+    try:
+        return dataclasses.asdict(components.registry.settings_class(kind, str(name))())
+    except components.RegistryError:
+        return None
+
+
 def _option(kind: str, name: str, read) -> dict:
-    """Component option ``model/<kind>/<name>``: its settings' declared defaults (the ConfigStore entry Hydra
-    composes), or a YAML file of that group when one is there."""
+    """Component option ``model/<kind>/<name>``: a YAML file of that group when one is there, else its declared
+    settings."""
     path = CONF_DIR / "model" / kind / f"{name}.yaml"
     if path.is_file():
         return read(path)
-    try:
-        return dataclasses.asdict(components.registry.settings_class(kind, name)())
-    except components.RegistryError:
-        raise _NotPlain(name) from None
+    option = declared_option(kind, name)
+    if option is None:
+        raise _NotPlain(name)
+    return option
 
 
 def preset_configs(names: list[str]) -> dict[str, DictConfig]:

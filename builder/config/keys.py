@@ -43,10 +43,7 @@ def table(title: str, rows: list[Declared], prefix: str = "") -> str:
 
 def sections() -> list[tuple[str, list[Declared], str]]:
     """(title, declarations, key prefix) for every part of the config tree."""
-    nested = {f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.type) or f.name in
-              ("model", "data", "trainer", "train")}
-    out = [("Top level: the task and each task's keys", [d for d in declared(Config) if d.key.split(".")[0]
-                                                         not in nested], ""),
+    out = [("Top level: the task and each task's keys", [d for d in declared(Config) if "." not in d.key], ""),
            ("model", [d for d in declared(ModelConfig) if d.key not in components.KINDS], "model.")]
     for kind in components.KINDS:
         for name in components.names(kind):

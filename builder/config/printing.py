@@ -35,10 +35,8 @@ from rich.markup import escape
 from rich.syntax import Syntax
 from rich.tree import Tree
 
-import components
-
 from ..files import atomic_write
-from .compose import CONF_DIR
+from .compose import CONF_DIR, declared_option
 from .schema import CALLBACK_SCHEMAS, Config, DataConfig, ModelConfig, TrainConfig, TrainerConfig
 
 # the files show_config writes (a failed run that wrote nothing else leaves no directory: builder.tasks.discard_if_empty)
@@ -193,14 +191,6 @@ def _option_file(group: str, name) -> dict:
     return {k: v for k, v in (loaded or {}).items() if k != "defaults"} if isinstance(loaded, dict) else {}
 
 
-def _component_defaults(kind: str, name) -> dict:
-    """Component option ``model/<kind>/<name>``: its declared settings (the ConfigStore entry), else a YAML file."""
-    try:
-        return dataclasses.asdict(components.registry.settings_class(kind, str(name))())
-    except components.RegistryError:
-        return _option_file(f"model/{kind}", name)
-
-
 def _option_defaults(group: str, name) -> list:
     path = CONF_DIR / group / f"{name}.yaml"
     if not isinstance(name, str) or not path.is_file():
@@ -224,7 +214,8 @@ def defaults_of(choices: dict) -> dict:
     model = {**_dataclass_defaults(ModelConfig), **_option_file("model", choices.get("model"))}
     for kind in MODEL_KINDS:
         if choices.get(f"model/{kind}"):
-            model[kind] = _component_defaults(kind, choices[f"model/{kind}"])
+            name = choices[f"model/{kind}"]
+            model[kind] = declared_option(kind, name) or _option_file(f"model/{kind}", name)
     base["model"] = model
     base["trainer"] = {**_dataclass_defaults(TrainerConfig), **_option_file("trainer", choices.get("trainer"))}
     base["paths"] = _option_file("paths", choices.get("paths"))

@@ -204,11 +204,9 @@ class TrainerConfig:
                                                                           "shards) or full (one file)")] = None
 
     def problems(self, context=None):
-        devices = self.devices
-        if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
-            devices = int(devices)
-        if isinstance(devices, str) and "," in devices:
-            ok = all(d.strip().isdigit() for d in devices.split(",") if d.strip())
+        devices = self._devices()
+        if isinstance(self.devices, str) and isinstance(devices, list):  # a comma list
+            ok = all(d.isdigit() for d in devices)
         elif isinstance(devices, (list, tuple)):
             ok = len(devices) > 0 and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)
         else:
@@ -244,14 +242,19 @@ class TrainerConfig:
                 "(16-mixed) needs a loss scaler over the shards, which Lightning's ModelParallelStrategy does not " \
                 "run; bf16-mixed needs none"
 
+    def _devices(self):
+        """``devices`` as written, with a number written as a string read as its int and a comma list as its items."""
+        devices = self.devices
+        if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+            return int(devices)
+        if isinstance(devices, str) and "," in devices:
+            return [d.strip() for d in devices.split(",") if d.strip()]
+        return devices
+
     def processes(self) -> int | None:
         """How many training processes ``devices`` x ``num_nodes`` ask for when written out; None when Lightning
         decides (``auto``, ``-1``: every device found)."""
-        devices = self.devices
-        if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
-            devices = int(devices)
-        if isinstance(devices, str) and "," in devices:
-            devices = [d for d in devices.split(",") if d.strip()]
+        devices = self._devices()
         if isinstance(devices, (list, tuple)):
             count = len(devices)
         elif isinstance(devices, int) and not isinstance(devices, bool) and devices >= 0:

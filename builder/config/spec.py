@@ -26,7 +26,7 @@ import functools
 import math
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from annotated_types import DocInfo, Ge, Gt, Interval, Le, Len, Lt, MaxLen, MinLen
@@ -262,7 +262,7 @@ def check(cls, data, key: str = "", context: Any = None, skip: tuple = ()):
     for k in data:
         if k not in names:
             raise unknown_key(key, k, data[k], names)
-    values = {}
+    values, components_ = {}, []
     for f in dataclasses.fields(cls):
         full = prefix + f.name
         bare, optional, constraints, meaning = _unwrap(_hints(cls)[f.name])
@@ -281,40 +281,24 @@ def check(cls, data, key: str = "", context: Any = None, skip: tuple = ()):
         if value == MISSING and optional and not component:
             values[f.name] = MISSING  # a value the config requires and nobody set: the object's rules name it
             continue
-        if value == MISSING and not (component and isinstance(value, Mapping)):
+        if value == MISSING:
             raise ConfigError(full, None, "a value: this key has no default "
-                              + (f"({Declared(full, bare, optional, None, constraints, meaning).accepted()})"))
-        if component is not None:
-            continue  # checked once the rest of the object is known (its rules see the model)
+                              f"({Declared(full, bare, optional, None, constraints, meaning).accepted()})")
+        if component is not None:  # checked once the rest of the object is known (its rules see the model)
+            components_.append((f.name, component))
+            values[f.name] = None
+            continue
         if dataclasses.is_dataclass(bare) and isinstance(bare, type):
             values[f.name] = value if isinstance(value, bare) else check(bare, value, full)
             continue
         values[f.name] = _value(bare, optional, constraints, value, full,
                                 lambda d=Declared(full, bare, optional, None, constraints, meaning): d.accepted())
-    components_ = [(f, next(c for c in _unwrap(_hints(cls)[f.name])[2] if isinstance(c, Component)))
-                   for f in dataclasses.fields(cls)
-                   if any(isinstance(c, Component) for c in _unwrap(_hints(cls)[f.name])[2])]
-    obj = cls(**values, **{f.name: None for f, _ in components_})
-    for f, component in components_:
-        data_ = data.get(f.name, MISSING)
-        settings_cls = component_settings(component.kind, data_, prefix + f.name)
-        setattr(obj, f.name, check(settings_cls, data_, prefix + f.name, context=obj))
+    obj = cls(**values)
+    for name, component in components_:
+        settings = data.get(name, MISSING)
+        settings_cls = component_settings(component.kind, settings, prefix + name)
+        setattr(obj, name, check(settings_cls, settings, prefix + name, context=obj))
     for field_name, value, accepted in obj.problems(context) if hasattr(obj, "problems") else ():
         raise ConfigError(prefix + field_name, value, accepted)
     return obj
 
-
-def walk(obj, key: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted key, value) of every setting of a checked object, components included."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        full = f"{key}.{f.name}" if key else f.name
-        if dataclasses.is_dataclass(value):
-            yield from walk(value, full)
-        else:
-            yield full, value
-
-
-def plain(obj) -> dict:
-    """A checked object as plain dicts (what checkpoints and JSON files hold)."""
-    return dataclasses.asdict(obj)

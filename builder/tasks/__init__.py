@@ -26,7 +26,6 @@ from components.registry import RegistryError
 
 from ..config.checks import check_job, hold, release, uses_composed_model
 from ..config.cli import FILE_SYSTEM_ERRORS, precheck_or_exit, register_help_resolver
-from ..config.plain import to_plain
 from ..config.printing import WRITTEN, ConfigDisplay, displaying
 from ..config.schema import TASK_NAMES, register_schemas
 from ..errors import ConfigError, DataError, NonFiniteLossError
@@ -174,7 +173,7 @@ def run_task(cfg):
         _name_wandb_run(cfg, hc)
     # shown once the task has checked its inputs (builder.config.printing.inputs_checked), never before an error
     display = ConfigDisplay(cfg, out_dir, list(hc.overrides.task), dict(hc.runtime.choices),
-                            model_used=uses_composed_model(to_plain(cfg, resolve=False)))
+                            model_used=uses_composed_model(cfg))
     failed = True
     try:
         if multirun:  # start-up: the launcher module imports Lightning, which only a multirun job may need here
