@@ -142,8 +142,7 @@ def _run_in_process(argv: list[str], cwd: Path, env: dict) -> subprocess.Complet
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         with _ProcessState(argv, cwd, env, out, err) as state:
             try:
-                main()
-                code = 0
+                code = _exit_code(main())
             except SystemExit as stop:
                 code = _exit_code(stop.code)
             except KeyboardInterrupt:  # as a process ends on an unhandled Ctrl-C: its traceback, killed by SIGINT

@@ -62,12 +62,19 @@ def files(tmp_path_factory):
     export = export_model(ckpt, root / "exported")
     conf = root / "userconf" / "experiment"  # a person's own experiments, in a --config-dir
     conf.mkdir(parents=True)
+    evil = root / "evilconf" / "experiment"  # a folder with a file Hydra would act on while composing: refused whole
+    evil.mkdir(parents=True)
+    (evil / "typo.yaml").write_text("# @package _global_\nmodel:\n  nlayers: 3\n")
     mark = root / "pwned"
-    (conf / "evil.yaml").write_text(f"# @package _global_\nhydra:\n  callbacks:\n    evil:\n      _target_: os.makedirs\n"
+    (evil / "evil.yaml").write_text(f"# @package _global_\nhydra:\n  callbacks:\n    evil:\n      _target_: os.makedirs\n"
                                     f"      name: {mark}\n")
     (conf / "component_target.yaml").write_text("# @package _global_\nmodel:\n  norm:\n    _target_: os.system\n")
     (conf / "typo.yaml").write_text("# @package _global_\nmodel:\n  nlayers: 3\n")
-    return {"root": root, "ckpt": ckpt, "model": model_cfg, "export": export, "conf": conf.parent, "mark": mark}
+    off = root / "offconf" / "experiment"
+    off.mkdir(parents=True)
+    (off / "off.yaml").write_text("# @package _global_\nhydra:\n  callbacks:\n    preflight: null\n")
+    return {"root": root, "ckpt": ckpt, "model": model_cfg, "export": export, "conf": conf.parent, "evil": evil.parent,
+            "mark": mark}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,18 +85,46 @@ def files(tmp_path_factory):
 @pytest.mark.parametrize("args,words", [
     (["+hydra.callbacks.evil._target_=os.makedirs", "+hydra.callbacks.evil.name={mark}"],
      ["hydra.callbacks.evil", "os.makedirs", "never name code", "sweep_comparison"]),
-    (["-cd", "{conf}", "experiment=evil"], ["hydra.callbacks.evil", "os.makedirs", "never name code"]),
-    (["-m", "-cd", "{conf}", "experiment=heads_vs_width,evil"], ["hydra.callbacks.evil", "never name code"]),
-    (["hydra.searchpath=[file://{conf}]", "experiment=evil"], ["hydra.callbacks.evil", "never name code"]),
+    (["-cd", "{evil}", "experiment=evil"], ["hydra.callbacks.evil", "os.makedirs", "never name code"]),
+    (["-cd", "{evil}", "experiment=typo"], ["hydra.callbacks.evil", "experiment/evil.yaml", "never name code"]),
+    (["-m", "-cd", "{evil}", "experiment=heads_vs_width,evil"], ["hydra.callbacks.evil", "never name code"]),
+    (["hydra.searchpath=[file://{evil}]", "experiment=evil"], ["hydra.callbacks.evil", "never name code"]),
     (["hydra.job_logging.handlers.console.class=subprocess.Popen"],
      ["hydra.job_logging.handlers.console.class", "subprocess.Popen", "never name code"]),
-], ids=["override", "experiment-file", "multirun-experiment", "searchpath", "logging-class"])
+    (["hydra.hydra_logging.handlers.console.class=subprocess.Popen"],
+     ["hydra.hydra_logging.handlers.console.class", "subprocess.Popen", "never name code"]),
+    (["~hydra.callbacks.preflight"], ["hydra.callbacks.preflight", "stays"]),
+    (["hydra.callbacks=null"], ["hydra.callbacks", "stays"]),
+    (["-cd", "{root}/offconf", "experiment=off"], ["hydra.callbacks.preflight", "stays", "experiment/off.yaml"]),
+], ids=["override", "experiment-file", "folder-with-such-a-file", "multirun-experiment", "searchpath",
+        "logging-class", "hydra-logging-class", "preflight-removed", "callbacks-removed", "preflight-off-in-a-file"])
 def test_hydra_callbacks_and_hooks_of_ours_only(tmp_path, files, args, words):
     out = tmp_path / "run"
     args = [a.format(**files) for a in args]
     proc = run_cli(*args, "task=report", f"hydra.run.dir={out}", f"hydra.sweep.dir={out}")
     refused(proc, out, *words)
     assert not files["mark"].exists(), "Hydra instantiated the callback"
+
+
+def test_hydras_rerun_flag_is_refused_before_it_unpickles(tmp_path, files):
+    """``--experimental-rerun FILE`` would unpickle FILE (a pickle runs any code it names)."""
+    import pickle
+
+    payload = tmp_path / "config.pickle"
+    payload.write_bytes(pickle.dumps(_Touch(str(files["mark"]))))
+    proc = run_cli("--experimental-rerun", str(payload), cwd=tmp_path)
+    refused(proc, tmp_path / "outputs", "--experimental-rerun", "unpickles", "overrides.yaml")
+    assert not files["mark"].exists(), "the pickle was loaded"
+
+
+class _Touch:
+    """Unpickling it creates a folder: the proof that a file was unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return os.makedirs, (self.path,)
 
 
 @pytest.mark.parametrize("args,key", [
@@ -108,15 +143,17 @@ def test_target_under_keys_we_build_is_refused(tmp_path, files, args, key):
 def test_our_own_hydra_hooks_compose_and_pass():
     """What we ship is not refused: every experiment, debug config, the Optuna study, the SLURM launcher, and
     switching our sweep callback off."""
-    from builder.config.cli import compose_and_check, options
+    from builder.config.cli import options
+    from builder.config.preflight import check_command
     from builder.tasks import TASKS
 
+    needs = {"gpt2_small_repro": [f"data.path={REPO / 'README.md'}"]}  # its corpus is the user's own
     for group in ("experiment", "debug"):
         for name in options(group):
-            assert compose_and_check([f"{group}={name}"], TASKS), (group, name)
+            assert check_command([f"{group}={name}", *needs.get(name, [])], TASKS), (group, name)
     for args in (["hparams_search=optuna"], ["hydra/launcher=slurm"], ["~hydra.callbacks.sweep_comparison"],
                  ["+hydra.callbacks.sweep_comparison.plot=false"], ["-m", "model.n_heads=2,4", "model/mask=causal,none"]):
-        assert compose_and_check(args, TASKS), args
+        assert check_command(args, TASKS), args
 
 
 # --------------------------------------------------------------------------------------------------

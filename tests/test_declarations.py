@@ -242,3 +242,18 @@ def test_out_of_range_values_on_the_command_line_are_refused_with_exit_2_and_no_
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"Error: {key}=") and "is not accepted" in proc.stderr, proc.stderr
     assert not any(tmp_path.iterdir()), list(tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize("args,key", [
+    ("-m model.n_layers=1,x,2", "model.n_layers"),
+    ("-m task=report model.n_heads=2,5", "model.n_heads"),
+    ("-m model/mask=causal,sliding_window model.mask.window=0", "model.mask.window"),
+    ("-m trainer.max_steps=2,-5 seed=1,2", "trainer.max_steps"),
+], ids=["type", "rule", "group-then-value", "range"])
+def test_a_sweep_with_one_bad_job_is_refused_before_any_job_runs(tmp_path, cli, args, key):
+    """Every job the basic sweeper will run is composed and checked by the preflight before the first starts: one
+    paragraph naming the key, exit 2, no sweep folder (Hydra alone would run the good jobs first)."""
+    proc = cli(*args.split(), cwd=tmp_path, env={"HYDRAFORMER_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"})
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith(f"Error: {key}="), proc.stderr
+    assert not any(tmp_path.iterdir()), list(tmp_path.rglob("*"))

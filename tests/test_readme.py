@@ -4,12 +4,11 @@
   project, as after the README's ``pip install -e .``); a block that registers a component is then used the way
   the README says (the YAML block after it as the model's config: built, and its parameter count cross-checked);
 * each command of a ```bash block that runs the project (``python run.py``, ``hydraformer``, also behind ``srun``
-  or ``torchrun ... run.py``) composes: the check ``python run.py ARGS --cfg job`` does before Hydra prints the
-  config (``builder.config.cli.precheck_or_exit``: the command line against the config tree, then Hydra's
-  composition with the app's search path and the checks of the composed config). A ``-m`` line is checked as
-  ``-m`` (the sweep's own composition) and then job by job, each job's overrides as Hydra's basic sweeper expands
-  them, with ``--cfg job`` — Hydra itself refuses ``-m`` together with ``--cfg``. These run in this process
-  (composition is a fraction of a second; a process per command would be seconds each, for some 45 commands);
+  or ``torchrun ... run.py``) passes what the command checks before it writes anything, found without running it
+  (``builder.config.preflight.check_command``: the command line, Hydra's composition and the preflight's checks
+  of the composed config; a ``-m`` line's master config and then every job its basic sweeper will run). These
+  run in this process (composition is a fraction of a second; a process per command would be seconds each, for
+  some 45 commands);
   ``test_a_readme_command_composes_through_the_real_cli`` runs one of them as the real command.
 
 One test per snippet (or per command), named after its README line: ``pytest tests/test_readme.py -k L157``.
@@ -26,6 +25,8 @@ import textwrap
 
 import pytest
 from conftest import REPO, run_cli
+
+from builder.errors import ConfigError
 
 README = REPO / "README.md"
 
@@ -170,53 +171,20 @@ def test_python_snippet_runs_as_pasted(code, yaml_text, tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def _precheck(args: list[str]) -> None:
-    """``python run.py ARGS``'s check before Hydra runs (a mistake: exit 2 with one paragraph on stderr)."""
-    from builder.config.cli import precheck_or_exit
-    from builder.tasks import TASKS
-    from builder.tasks import __file__ as app_file
-
-    precheck_or_exit(TASKS, list(args), app_file=app_file)
-
-
-def _sweep_jobs(args: list[str]) -> list[list[str]] | None:
-    """The jobs ``python run.py -m ARGS`` will run (the master config composed as Hydra's multirun does, expanded
-    as its basic sweeper does); None for a sweeper that picks its jobs as it goes (Optuna)."""
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_automatic_config_search_path
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.types import RunMode
-
-    from builder.tasks import __file__ as app_file
-    from builder.tasks.compare import plan_jobs
-
-    GlobalHydra.instance().clear()
-    try:
-        search_path = create_automatic_config_search_path(app_file, None, "pkg://conf")
-        hydra = Hydra.create_main_hydra2(task_name="hydraformer", config_search_path=search_path)
-        cfg = hydra.compose_config("config", args, with_log_configuration=False, run_mode=RunMode.MULTIRUN)
-    finally:
-        GlobalHydra.instance().clear()
-    jobs = plan_jobs(cfg)
-    return None if jobs is None else [job["overrides"] for job in jobs]
-
-
 @pytest.mark.parametrize("args,line", [(args, line) for _, args, line in COMMANDS],
                          ids=[name for name, _, _ in COMMANDS])
-def test_readme_command_composes(args, line, request, capsys):
+def test_readme_command_composes(args, line, request):
     name = request.node.callspec.id
     if name in NOT_CHECKED:
         pytest.skip(NOT_CHECKED[name])
-    overrides = [a for a in args if a not in ("-m", "--multirun")]
+    from builder.config.preflight import check_command
+    from builder.tasks import TASKS
+
     try:
-        _precheck(args + ["--cfg", "job"])
-        if overrides != args:  # a sweep: each of its jobs, as `python run.py JOB_OVERRIDES --cfg job`
-            jobs = _sweep_jobs(overrides)
-            assert jobs, f"a sweep with no jobs: {line}"
-            for job in jobs:
-                _precheck(job + ["--cfg", "job"])
-    except SystemExit as stop:
-        pytest.fail(f"README.md {name}: `{line}` does not compose (exit {stop.code}):\n{capsys.readouterr().err}")
+        checked = check_command(list(args), TASKS)
+    except ConfigError as err:
+        pytest.fail(f"README.md {name}: `{line}` is refused: {err}")
+    assert checked >= 1, f"a sweep with no jobs: {line}"
 
 
 def test_a_readme_command_composes_through_the_real_cli(tmp_path):

@@ -48,8 +48,8 @@ def test_the_call_gets_its_environment_folder_and_argv_and_this_process_gets_its
         seen.update(argv=list(sys.argv), cwd=os.getcwd(), env=dict(os.environ), stdin=sys.stdin.read())
         return precheck(*args, **kwargs)
 
-    precheck = builder.tasks.precheck_or_exit
-    monkeypatch.setattr(builder.tasks, "precheck_or_exit", spy)
+    precheck = builder.tasks.check_command_line
+    monkeypatch.setattr(builder.tasks, "check_command_line", spy)
     proc = run_cli("task=report", "model=tiny", "hydra.run.dir=${oc.env:PROBE_DIR}", cwd=tmp_path,
                    env={"PROBE_DIR": "relative/run", "HYDRAFORMER_PROBE_UNSET": None})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -79,7 +79,7 @@ def test_an_ending_gets_the_status_and_output_the_interpreter_gives(monkeypatch,
         warnings.warn("a warning is printed, as by a new interpreter", UserWarning, stacklevel=1)
         raise raised
 
-    monkeypatch.setattr(builder.tasks, "precheck_or_exit", fail)
+    monkeypatch.setattr(builder.tasks, "check_command_line", fail)
     proc = run_cli("task=report")
     assert proc.returncode == code and proc.stdout == "on stdout\n"
     lines = proc.stderr.splitlines()

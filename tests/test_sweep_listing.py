@@ -21,7 +21,9 @@ import pytest
 from conftest import REPO, home_env, run_cli
 from omegaconf import OmegaConf
 
-from builder.tasks.compare import BASIC_SWEEPER, PLAN_FILE, compare_sweep, plan_jobs, read_plan, write_plan
+from builder.config.hydra_adapter import BASIC_SWEEPER
+from builder.config.preflight import plan_jobs
+from builder.tasks.compare import PLAN_FILE, compare_sweep, read_plan, write_plan
 
 TINY = ["model.d_model=32", "model.n_layers=2", "model.context_length=32", "logger=csv",
         "callbacks.attention_probe=null", "callbacks.text_samples.prompt='the '", "trainer.enable_progress_bar=false",

@@ -96,7 +96,8 @@ def check_job(cfg) -> Config:
     """The job's config (a DictConfig or plain dict, with or without its ``hydra`` node) checked against the
     declarations; returns the checked Config (its ``callbacks`` name -> settings object). ConfigError otherwise.
     The ``model`` section is checked only when the task builds it."""
-    plain = to_plain(cfg)
+    # the job's part only: the hydra node holds interpolations only Hydra's run resolves (hydra.job.num ...)
+    plain = {str(k): to_plain(cfg[k]) for k in cfg if k != "hydra"} if isinstance(cfg, DictConfig) else to_plain(cfg)
     plain.pop("hydra", None)
     if not uses_composed_model(plain):
         plain.pop("model", None)

@@ -1,71 +1,69 @@
-"""Checks made before Hydra runs anything: the command line, then the config it composes.
+"""The command line, checked before ``hydra.main`` runs anything, and Hydra's composition errors as one paragraph.
 
-``precheck_or_exit`` (the ``hydraformer`` command calls it before ``_hydra_main``):
+``builder.tasks.main`` calls :func:`check_command_line` first:
 
-1. ``check_overrides``: every group option and task on the command line exists (else the closest match), and no
-   override names code to run (a ``_target_``, a ``hydra.callbacks`` entry);
-2. composes the config once, as Hydra is about to (same search path, config name and overrides): a key or group
-   that does not exist, a value of the wrong type, an override Hydra cannot parse become one paragraph with the
-   closest match, where Hydra would print its own text and exit 1;
-3. ``check_composed``: the composed config, whatever file set it (an experiment, a ``--config-dir``), names no
-   code to run — Hydra instantiates ``hydra.callbacks`` (and the launcher, the sweeper, the logging handlers)
-   when the app starts, before any task runs, so this is the last moment to refuse them — and every key of a
-   schema section (root, ``model``, ``data``, ``train``, ``callbacks.*``) is one the schema knows.
+1. the flags, read as ``hydra.main`` reads them (builder/config/hydra_adapter.py); ``--experimental-rerun`` is
+   refused (it unpickles a file: a config never runs code);
+2. :func:`check_overrides`: every group option and task on the command line exists (else the closest match), and
+   no override names code to run (a ``_target_``, a ``hydra.callbacks`` entry, a logging class);
+3. :func:`check_config_folders`: the config folders the command line adds (``--config-dir``, ``--config-path``,
+   ``hydra.searchpath``) hold no file that sets ``hydra.callbacks`` or Hydra's logging to code — Hydra configures
+   its logging while it composes and builds its callbacks right after, before anything of ours sees the composed
+   config.
 
-Each mistake is one paragraph on stderr and exit status 2 (``HYDRA_FULL_ERROR=1``: the traceback instead).
+Then ``hydra.main`` composes, once; builder/config/preflight.py checks the composed config before Hydra writes
+anything. When Hydra cannot compose, :func:`composition_error` turns its error into one paragraph: the override
+(or file) at fault and, for a key that does not exist, the keys there are (from the declaration of a typed node)
+with the closest one. Each mistake: one paragraph on stderr and exit status 2 (``HYDRA_FULL_ERROR=1``: the
+traceback instead).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import functools
+import importlib.util
 import os
 import re
-import sys
-import tempfile
 import textwrap
 import warnings
 from pathlib import Path
 
-from hydra._internal.hydra import Hydra
-from hydra._internal.utils import create_automatic_config_search_path, get_args_parser
-from hydra.core.config_search_path import SearchPathQuery
+import yaml
 from hydra.core.config_store import ConfigStore
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, Glob
-from hydra.errors import HydraException, MissingConfigException
-from hydra.types import RunMode
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from hydra.errors import MissingConfigException
+from omegaconf import DictConfig, OmegaConf
 
 from components.registry import closest
 
 from ..errors import ConfigError
 from .compose import CONF_DIR
+from .hydra_adapter import CORE_PLUGINS, parse_command_line
 from .keys import help_lines
-from .printing import is_rank_zero
 from .schema import TRAINER_SET_BY_US, register_schemas
 
-# The Hydra callbacks a config may name: ours, by key, with the one class each may build (conf/config.yaml).
-HYDRA_CALLBACKS = {"sweep_comparison": "builder.tasks.compare.SweepComparison"}
+# The Hydra callbacks a config may name: ours, by key, with the one class each builds (conf/config.yaml).
+HYDRA_CALLBACKS = {"preflight": "builder.config.preflight.Preflight",
+                   "sweep_comparison": "builder.tasks.compare.SweepComparison"}
+# ours that stay: the preflight is where the composed config is checked
+KEPT_CALLBACKS = ("preflight",)
 # Elsewhere under ``hydra``: what Hydra and its installed plugins ship (launchers, sweepers, Optuna's samplers).
-HYDRA_TARGETS = ("hydra._internal.core_plugins.", "hydra_plugins.", "optuna.samplers.", "optuna.pruners.")
+HYDRA_TARGETS = (CORE_PLUGINS, "hydra_plugins.", "optuna.samplers.", "optuna.pruners.")
 # logging.config.dictConfig calls a handler's/formatter's ``class`` and any ``()`` factory: the standard library's only
 LOGGING_CLASSES = ("logging.",)
+LOGGING_SECTIONS = ("hydra_logging", "job_logging")
 # a file system that refuses a write: what each errno means, for one paragraph naming the setting and the path
 FILE_SYSTEM_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                       errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
                       errno.EPERM: "operation not permitted", errno.ENOTDIR: "a part of the path is a file",
                       errno.EEXIST: "a file is in the way of a directory", errno.EFBIG: "file too large"}
-# flags after which Hydra runs nothing of ours (it prints and exits): the command line is checked, not composed
-_NO_RUN_FLAGS = ("help", "hydra_help", "info", "shell_completion")
 NO_CODE = "configs never name code to run"
 # sections whose keys are another library's arguments: what the list of accepted keys leaves out
 MORE_KEYS = {"trainer": f" (pytorch_lightning.Trainer's arguments, but those hydraformer sets itself: "
                         f"{', '.join(TRAINER_SET_BY_US)})"}
-# sections whose keys are another library's arguments: more than the config lists are accepted
 
 
 def _stored(group: str) -> list[str]:
@@ -134,21 +132,29 @@ def register_help_resolver() -> None:
 
 def _names_code(key: str, value: str, removing: bool) -> ConfigError | None:
     """An override that would make Hydra (or the builder) import and call something: a ``_target_``, an entry of
-    ``hydra.callbacks`` other than ours. Switching something off names no code."""
+    ``hydra.callbacks`` other than ours, a logging handler's class or factory. Switching something off names no
+    code, but the preflight stays."""
     parts = key.split(".")
+    if parts[:2] == ["hydra", "callbacks"] and (len(parts) == 2 or parts[2] in KEPT_CALLBACKS):
+        return ConfigError(key, value or None, f"hydraformer's own: hydra.callbacks.{KEPT_CALLBACKS[0]} checks the "
+                           "composed config before Hydra writes anything, and stays (remove this override)")
     if removing:
         return None
     if parts[:2] == ["hydra", "callbacks"]:
         if len(parts) > 2 and parts[2] in HYDRA_CALLBACKS and parts[3:] == ["plot"]:
-            return None  # our one callback's one setting
+            return None  # our sweep comparison's one setting
         return ConfigError(key, value, f"{NO_CODE}: hydra.callbacks holds only hydraformer's own "
                            f"({', '.join(HYDRA_CALLBACKS)}); remove this override")
     if parts[-1] == "_target_":
-        return ConfigError(key, value, _target_accepted(key))
+        return ConfigError(key, value, target_accepted(key))
+    if set(parts) & set(LOGGING_SECTIONS) and (parts[-1] == "()" or (
+            parts[-1] == "class" and not value.strip("'\"").startswith(LOGGING_CLASSES))):
+        return ConfigError(key, value, f"{NO_CODE}: logging handlers and formatters of the standard library "
+                           "(class: logging.StreamHandler ...), no '()' factories")
     return None
 
 
-def _target_accepted(key: str) -> str:
+def target_accepted(key: str) -> str:
     section = key.split(".")[0]
     how = {"model": "a component is chosen by name (model/attention=grouped_query) and registered with @register",
            "logger": "a logger is chosen by name (logger=csv, logger=[wandb,csv])",
@@ -194,220 +200,6 @@ def check_overrides(args: list[str], conf_dir: Path = CONF_DIR, tasks=None, *, c
                 raise ConfigError(key, v, f"one of {', '.join(opts)}{closest(v, opts)}")
 
 
-# --------------------------------------------------------------------------------------------------
-# the composed config
-# --------------------------------------------------------------------------------------------------
-
-
-def _walk(node, path: str = ""):
-    """(dotted key, value) of every entry below ``node`` (plain containers), lists included."""
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for key, value in items:
-        full = f"{path}.{key}" if path else str(key)
-        yield full, value
-        yield from _walk(value, full)
-
-
-def _plain(node) -> object:
-    return OmegaConf.to_container(node, resolve=False) if isinstance(node, (DictConfig, ListConfig)) else node
-
-
-def check_job_config(cfg, tasks=None) -> None:
-    """The job's config (no ``hydra`` node needed) names no code to run: no ``_target_`` anywhere. (Its keys and
-    values are the declarations' business: Hydra refuses an undeclared key when it composes, and
-    builder/config/checks.py checks every value once per job.) Raises ConfigError."""
-    plain = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else dict(cfg)
-    plain.pop("hydra", None)
-    for key, value in _walk(plain):
-        if key.rsplit(".", 1)[-1] == "_target_":
-            raise ConfigError(key, value, _target_accepted(key))
-
-
-def check_writable(key: str, value) -> None:
-    """``value`` (a folder a run will write into, maybe not there yet) can be created and written: a folder is made
-    and removed in its nearest existing parent. ConfigError naming ``key`` when the file system refuses."""
-    folder = Path(str(value)).expanduser().absolute()
-    parent = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if parent is None:
-        return
-    if not parent.is_dir():
-        raise ConfigError(key, str(value), f"a folder to write into; {parent} is a file")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".hydraformer-probe-", dir=parent))
-    except OSError as err:
-        reason = FILE_SYSTEM_ERRORS.get(err.errno, err.strerror or type(err).__name__)
-        raise ConfigError(key, str(value), f"a folder this user can write into, with free space; {parent}: {reason}") \
-            from None
-
-
-def _check_output_folders(cfg: DictConfig, multirun: bool) -> None:
-    """The run (or sweep) directory Hydra is about to create and, for task=train, the token cache."""
-    def run_dir():  # named after paths.runs_dir / paths.sweeps_dir when the directory is below it
-        folder = cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir
-        root = cfg.get("paths", {}).get("sweeps_dir" if multirun else "runs_dir")
-        if root and Path(str(root)).expanduser().absolute() in Path(str(folder)).expanduser().absolute().parents:
-            return f"paths.{'sweeps_dir' if multirun else 'runs_dir'}", root
-        return ("hydra.sweep.dir" if multirun else "hydra.run.dir"), folder
-
-    folders = [run_dir]
-    env = os.environ.get("HYDRAFORMER_CACHE")
-    if cfg.get("task") == "train":
-        folders.append(lambda: ("data.cache_dir", cfg.data.cache_dir))
-    for folder in folders:
-        try:
-            key, value = folder()
-        except Exception:  # an interpolation only Hydra's run can resolve: Hydra reports it
-            continue
-        if value in (None, ""):
-            continue
-        if key == "data.cache_dir" and env and str(value) == env:
-            key = "HYDRAFORMER_CACHE"
-        check_writable(key, value)
-
-
-# what Hydra itself writes in a run or sweep directory before a task starts
-HYDRA_OWN = (".hydra", "multirun.yaml")
-
-
-def earlier_results(folder) -> list[str]:
-    """The entries of ``folder`` an earlier run left (anything but Hydra's own files and logs), sorted."""
-    folder = Path(str(folder)).expanduser()
-    if not folder.is_dir():
-        return []
-    names = [p.name for p in folder.iterdir() if p.name not in HYDRA_OWN and not p.name.endswith(".log")]
-    first = ("summary.json", "checkpoints", "sweep.md")  # what says most about the earlier run, named first
-    return sorted(names, key=lambda n: (first.index(n) if n in first else len(first), n))
-
-
-def check_unused_run_dir(folder, *, resuming: bool, key: str = "hydra.run.dir") -> None:
-    """A run directory describes one run: ``folder`` must be new or empty, unless this training run resumes from it
-    (``ckpt_path=last``). ConfigError naming ``key`` otherwise."""
-    if resuming or not is_rank_zero():  # the other processes of a distributed run join the directory rank 0 checked
-        return
-    found = earlier_results(folder)
-    if found:
-        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
-        raise ConfigError(key, str(folder), f"a new or empty directory: it holds an earlier run's results ({shown}). "
-                          "To continue that training run, add ckpt_path=last (it resumes from the newest checkpoint in "
-                          f"that directory); to keep both, choose another {key} (left out, every run gets a new "
-                          "timestamped directory)")
-
-
-def resumes_in(folder, task, ckpt_path) -> bool:
-    """Whether this run continues the training run in ``folder``: task=train with ``ckpt_path=last`` or a
-    checkpoint inside ``folder``."""
-    if task != "train" or not ckpt_path:
-        return False
-    return ckpt_path == "last" or Path(str(folder)).expanduser().absolute() in \
-        Path(str(ckpt_path)).expanduser().absolute().parents
-
-
-def _check_run_dir_unused(cfg: DictConfig, multirun: bool) -> None:
-    """Before Hydra writes into it: the run (or sweep) directory holds no earlier run, unless task=train resumes."""
-    try:
-        folder = cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir
-    except Exception:  # an interpolation only Hydra's run can resolve
-        return
-    check_unused_run_dir(folder, resuming=resumes_in(folder, cfg.get("task"), cfg.get("ckpt_path")),
-                         key="hydra.sweep.dir" if multirun else "hydra.run.dir")
-
-
-def check_composed(cfg: DictConfig, tasks=None) -> None:
-    """A config composed with its ``hydra`` node: nothing in it names code Hydra would run at start-up, and the
-    job's part passes :func:`check_job_config`. Raises ConfigError."""
-    hydra_cfg = cfg.get("hydra")
-    if isinstance(hydra_cfg, DictConfig):
-        callbacks = hydra_cfg.get("callbacks") or {}
-        for name in callbacks:
-            entry = _plain(callbacks[name])
-            if entry is None:
-                continue
-            target = entry.get("_target_") if isinstance(entry, dict) else entry
-            nested = [k for k, _ in _walk(entry) if k.endswith("_target_") and k != "_target_"] if isinstance(
-                entry, dict) else []
-            if HYDRA_CALLBACKS.get(name) != target or nested:
-                raise ConfigError(f"hydra.callbacks.{name}", target if not nested else entry,
-                                  f"{NO_CODE}: hydra.callbacks holds only hydraformer's own "
-                                  f"({', '.join(f'{k}: {v}' for k, v in HYDRA_CALLBACKS.items())})")
-        for section in ("launcher", "sweeper"):
-            for key, value in _walk(_plain(hydra_cfg.get(section)) or {}, f"hydra.{section}"):
-                if key.endswith("._target_") and not str(value).startswith(HYDRA_TARGETS):
-                    raise ConfigError(key, value, f"{NO_CODE}: a launcher or sweeper of Hydra or an installed Hydra "
-                                      "plugin (hydra/launcher=..., hydra/sweeper=...)")
-        for section in ("job_logging", "hydra_logging"):
-            for key, value in _walk(_plain(hydra_cfg.get(section)) or {}, f"hydra.{section}"):
-                last = key.rsplit(".", 1)[-1]
-                if last == "()" or (last == "class" and not str(value).startswith(LOGGING_CLASSES)):
-                    raise ConfigError(key, value, f"{NO_CODE}: logging handlers and formatters of the standard "
-                                      "library (class: logging.StreamHandler ...), no '()' factories")
-    check_job_config(cfg, tasks)
-
-
-# --------------------------------------------------------------------------------------------------
-# composing once, as Hydra is about to
-# --------------------------------------------------------------------------------------------------
-
-
-def _parse_args(args: list[str]) -> argparse.Namespace:
-    """What hydra.main parses: the same flags, the same errors."""
-    return get_args_parser().parse_args(args)
-
-
-class _Composer:
-    """Hydra's composition with the search path ``hydra.main`` builds for our app (``pkg://conf``, ``--config-path``,
-    ``--config-dir``, search-path plugins)."""
-
-    def __init__(self, ns: argparse.Namespace, app_file: str | None):
-        self.config_name = ns.config_name or "config"
-        self.search_path = create_automatic_config_search_path(app_file, None, ns.config_path or "pkg://conf")
-        if ns.config_dir is not None:
-            self.search_path.prepend(provider="command-line", path=f"file://{os.path.abspath(ns.config_dir)}",
-                                     anchor=SearchPathQuery(provider="schema"))
-
-    def __call__(self, overrides: list[str], multirun: bool) -> DictConfig:
-        GlobalHydra.instance().clear()
-        try:
-            hydra = Hydra.create_main_hydra2(task_name="hydraformer", config_search_path=self.search_path)
-            with warnings.catch_warnings():  # Hydra's own composition, a moment later, shows them once
-                warnings.simplefilter("ignore")
-                return hydra.compose_config(self.config_name, list(overrides), with_log_configuration=False,
-                                            run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN,
-                                            validate_sweep_overrides=False)
-        finally:
-            GlobalHydra.instance().clear()
-
-    def file_value(self, source: str, key: str):
-        """What the config file ``source`` (``experiment/x``) sets ``key`` to, read from the first folder of the
-        search path that holds it; None when it cannot be found."""
-        for element in self.search_path.get_path():
-            root = element.path or ""
-            if root.startswith("file://"):
-                folder = Path(root[len("file://"):])
-            elif root == "pkg://conf":
-                folder = CONF_DIR
-            else:
-                continue
-            path = folder / f"{source}.yaml"
-            if path.is_file():
-                loaded = OmegaConf.load(path)
-                group = source.rsplit("/", 1)[0].replace("/", ".") if "/" in source else ""
-                for inner in (key, key[len(group) + 1:] if group and key.startswith(group + ".") else None):
-                    found = OmegaConf.select(loaded, inner, default=None, throw_on_resolution_failure=False) if inner \
-                        else None
-                    if found is not None:
-                        return _plain(found)
-                return None
-        return None
-
-    def group_options(self, group: str) -> list[str]:
-        GlobalHydra.instance().clear()
-        try:
-            hydra = Hydra.create_main_hydra2(task_name="hydraformer", config_search_path=self.search_path)
-            return hydra.config_loader.get_group_options(group)
-        finally:
-            GlobalHydra.instance().clear()
-
-
 def _parsed(overrides: list[str]):
     parser = OverridesParser.create()
     parsed = []
@@ -421,26 +213,6 @@ def _parsed(overrides: list[str]):
                               "a sweep a,b (https://hydra.cc/docs/advanced/override_grammar/basic/)",
                               detail=first) from err
     return parsed
-
-
-def _group_sweep_variants(parsed, composer: _Composer) -> list[list[str]]:
-    """A multirun composes its master config with every sweep left out (Hydra does): the configs its jobs will
-    have differ by the swept groups (an experiment each). One override list per swept group option."""
-    base = [o.input_line for o in parsed if not o.is_sweep_override()]
-    variants = [base]
-    for o in parsed:
-        if not o.is_sweep_override() or "." in o.key_or_group:
-            continue
-        value = o.value()
-        if isinstance(value, ChoiceSweep):
-            names = [str(v) for v in value.list]
-        elif isinstance(value, Glob):
-            names = value.filter(composer.group_options(o.key_or_group))
-        else:
-            continue
-        prefix = o.input_line.split("=", 1)[0]
-        variants += [base + [f"{prefix}={name}"] for name in names]
-    return variants
 
 
 def _override_for(text: str, full_key: str | None, parsed):
@@ -462,14 +234,39 @@ def _keys_at(cfg: DictConfig, path: str) -> list[str]:
     node = OmegaConf.select(cfg, path, default=None) if path else cfg
     if not isinstance(node, DictConfig):
         return []
-    keys = [str(k) for k in node.keys() if k != "hydra"]
+    return _with_groups([str(k) for k in node.keys() if k != "hydra"], path)
+
+
+def _with_groups(keys: list[str], path: str) -> list[str]:
     return keys + [g for g in groups() if "/" not in g and g not in keys] if not path else keys
 
 
-def _composition_error(err: Exception, parsed, compose, file_value=lambda source, key: None) -> ConfigError:
-    """Hydra's composition error as one paragraph: the override (or file) at fault and, for a key that does not
-    exist, the closest one (``compose(overrides)`` composes the rest, to list the keys there are;
-    ``file_value(source, key)`` reads what a config file sets)."""
+def _accepted_keys(cause, parent: str, rest: list[str], compose) -> list[str]:
+    """The keys there are where a key was not found: the declaration's fields for a typed node (its dataclass is
+    the error's ``object_type``), else what composing the rest of the command line gives there."""
+    declared = getattr(cause, "object_type", None)
+    if dataclasses.is_dataclass(declared):
+        return _with_groups([f.name for f in dataclasses.fields(declared)], parent)
+    if compose is None:
+        return []
+    for attempt in (rest, [line for line in rest if "." not in line.split("=", 1)[0]], []):
+        try:
+            return _keys_at(compose(attempt), parent)
+        except Exception:  # another mistake among the rest: no list of keys to offer
+            continue
+    return []
+
+
+def composition_error(err: Exception, overrides: list[str], compose=None, file_value=None) -> ConfigError:
+    """Hydra's composition error (or any error Hydra raised before a task started) as one paragraph: the override
+    (or file) at fault and, for a key that does not exist, the closest one. ``compose(overrides)``, when given,
+    composes the rest of the command line to list the keys of an untyped node; ``file_value(source, key)`` reads
+    what a config file sets."""
+    file_value = file_value or (lambda source, key: None)
+    try:
+        parsed = _parsed(overrides)
+    except ConfigError as unparsable:
+        return unparsable
     text = str(err).strip()
     cause = err.__cause__ or err.__context__
     full_key = getattr(cause, "full_key", None) or None
@@ -500,16 +297,10 @@ def _composition_error(err: Exception, parsed, compose, file_value=lambda source
         parent = full_key[: -len(missing) - 1] if full_key.endswith("." + missing) else ""
         if missing == "_target_":  # a typed node has no such key: what matters is that configs never name code
             return ConfigError(full_key, value if o is not None else file_value(in_file.group(1), full_key) if in_file
-                               else None, _target_accepted(full_key), detail=detail)
+                               else None, target_accepted(full_key), detail=detail)
         source_group = in_file.group(1).rsplit("/", 1)[0] if in_file else None
         rest = [p.input_line for p in parsed if p is not o and p.key_or_group != source_group]
-        keys: list[str] = []
-        for attempt in (rest, [line for line in rest if "." not in line.split("=", 1)[0]], []):
-            try:
-                keys = _keys_at(compose(attempt), parent)
-                break
-            except Exception:  # another mistake among the rest: no list of keys to offer
-                continue
+        keys = _accepted_keys(cause, parent, rest, compose)
         where = f"a key of {parent}" if parent else "a top-level key or config group"
         listed = f"; accepted: {', '.join(keys)}{MORE_KEYS.get(parent, '')}" if keys else ""
         return ConfigError(key, value, f"{where}{closest(missing, keys)}{listed}", detail=detail)
@@ -519,42 +310,158 @@ def _composition_error(err: Exception, parsed, compose, file_value=lambda source
     return ConfigError(key, value, f"a config Hydra can compose: {flat}")
 
 
-def compose_and_check(args: list[str], tasks=None, app_file: str | None = None) -> list[DictConfig]:
-    """Compose ``args`` as ``hydra.main`` is about to (every swept group option of a multirun once) and check each
-    config; returns them. Raises ConfigError."""
-    ns = _parse_args(args)
-    if any(getattr(ns, flag, None) for flag in _NO_RUN_FLAGS):
-        return []
-    composer = _Composer(ns, app_file)
-    parsed = _parsed(ns.overrides)
-    multirun = ns.multirun or any(o.is_sweep_override() for o in parsed)
-    configs = []
-    for variant in _group_sweep_variants(parsed, composer) if multirun else [[o.input_line for o in parsed]]:
+
+
+# --------------------------------------------------------------------------------------------------
+# the config folders a command line adds
+# --------------------------------------------------------------------------------------------------
+
+
+def walk(node, path: str = ""):
+    """(dotted key, value) of every entry below ``node`` (plain containers), lists included."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        full = f"{path}.{key}" if path else str(key)
+        yield full, value
+        yield from walk(value, full)
+
+
+def _file_names_code(data, where: str) -> ConfigError | None:
+    """What a config file sets that Hydra would run before the preflight sees the composed config: a callback
+    other than ours (or none where the preflight goes), a logging class or factory outside the standard library."""
+    for key, value in walk({"": data} if not isinstance(data, dict) else data):
+        parts = key.split(".")
+        if "callbacks" in parts[:-1] and parts[-1] == "_target_" and value not in HYDRA_CALLBACKS.values():
+            return ConfigError(key, value, f"{NO_CODE}: hydra.callbacks holds only hydraformer's own "
+                               f"({', '.join(HYDRA_CALLBACKS)})", detail=f"set in {where}")
+        if "callbacks" in parts:
+            at = parts.index("callbacks")
+            below, ours = parts[at + 1:], {"_target_": HYDRA_CALLBACKS[KEPT_CALLBACKS[0]]}
+            if (not below and "hydra" in parts[:at] and not value) or (below == list(KEPT_CALLBACKS) and value != ours):
+                return ConfigError(key, value, f"hydraformer's own: hydra.callbacks.{KEPT_CALLBACKS[0]} checks the "
+                                   "composed config before Hydra writes anything, and stays", detail=f"set in {where}")
+        if set(parts) & set(LOGGING_SECTIONS) or where.startswith(tuple(f"hydra/{s}/" for s in LOGGING_SECTIONS)):
+            if parts[-1] == "()" or (parts[-1] == "class" and not str(value).startswith(LOGGING_CLASSES)):
+                return ConfigError(key, value, f"{NO_CODE}: logging handlers and formatters of the standard library "
+                                   "(class: logging.StreamHandler ...), no '()' factories", detail=f"set in {where}")
+    return None
+
+
+def _search_folder(entry: str) -> Path | None:
+    """A search-path entry (``file://DIR``, ``pkg://package``, a folder) as a folder; None for ours
+    (``pkg://conf``) or one that cannot be found (Hydra reports it)."""
+    entry = str(entry).strip()
+    if entry.startswith("pkg://"):
+        module = entry[len("pkg://"):].strip("/").replace("/", ".")
+        if module == "conf":
+            return None
         try:
-            cfg = composer(variant, multirun)
-        except (HydraException, OmegaConfBaseException) as err:
-            raise _composition_error(err, parsed, lambda o: composer(o, multirun), composer.file_value) from err
-        check_composed(cfg, tasks)
-        if not ns.cfg:  # --cfg prints the config: no run directory, no cache
-            _check_output_folders(cfg, multirun)
-            _check_run_dir_unused(cfg, multirun)
-        configs.append(cfg)
-    return configs
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            return None
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        return Path(locations[0]) if locations else None
+    return Path(entry[len("file://"):] if entry.startswith("file://") else entry).expanduser().absolute()
 
 
-def precheck_or_exit(tasks, args: list[str] | None = None, app_file: str | None = None) -> None:
-    """Check the command line (``sys.argv`` unless ``args``) and the config it composes against the config tree and
-    ``tasks``; a mistake is one paragraph on stderr and exit status 2. ``app_file``: where the Hydra app is defined
-    (a relative ``--config-path`` is relative to it, as for ``hydra.main``)."""
-    args = sys.argv[1:] if args is None else list(args)
-    try:
-        ns = _parse_args(args)
-        elsewhere = ns.config_dir or ns.config_path or any(o.split("=", 1)[0].lstrip("+~") == "hydra.searchpath"
-                                                           for o in ns.overrides)
-        check_overrides(ns.overrides, tasks=tasks, check_options=not elsewhere)
-        compose_and_check(args, tasks, app_file)
-    except ConfigError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"Error: {err}", file=sys.stderr)
-        sys.exit(2)
+def _searchpath_values(value) -> list[str]:
+    if isinstance(value, str):
+        value = value.strip()
+        if value.startswith("[") and value.endswith("]"):
+            value = value[1:-1]
+        return [v.strip().strip("'\"") for v in value.split(",") if v.strip()]
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def check_config_folders(ns: argparse.Namespace, app_dir: Path) -> None:
+    """Every YAML file of the config folders the command line adds (``--config-dir``, ``--config-path``,
+    ``hydra.searchpath``, and the search paths those files add) is free of what :func:`_file_names_code` refuses:
+    Hydra acts on it while composing, before any check of the composed config. Raises ConfigError."""
+    entries = []
+    if ns.config_dir:
+        entries.append(os.path.abspath(ns.config_dir))
+    if ns.config_path and ns.config_path != "pkg://conf":
+        path = ns.config_path
+        entries.append(path if path.startswith("pkg://") or os.path.isabs(path) else str(app_dir / path))
+    for line in ns.overrides:
+        key, _, value = line.partition("=")
+        if key.lstrip("+~") == "hydra.searchpath":
+            entries += _searchpath_values(value)
+    seen: set[Path] = set()
+    while entries:
+        folder = _search_folder(entries.pop(0))
+        if folder is None or folder in seen or not folder.is_dir():
+            continue
+        seen.add(folder)
+        for path in sorted(folder.rglob("*.y*ml")):
+            try:
+                data = yaml.safe_load(path.read_text())
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):  # Hydra reports a file it cannot read
+                continue
+            if err := _file_names_code(data, path.relative_to(folder).as_posix()):
+                raise err
+            hydra_node = data.get("hydra") if isinstance(data, dict) else None
+            entries += _searchpath_values(hydra_node.get("searchpath") if isinstance(hydra_node, dict) else None)
+
+
+def check_command_line(args: list[str], tasks=None, app_dir: Path | None = None) -> argparse.Namespace:
+    """The command line (``sys.argv[1:]``) before ``hydra.main`` sees it: the module doc's checks 1-3. Returns it
+    parsed as Hydra parses it; raises ConfigError. ``app_dir``: the folder of the module defining the Hydra app (a
+    relative ``--config-path`` is relative to it)."""
+    ns = parse_command_line(args)
+    if getattr(ns, "experimental_rerun", None):
+        raise ConfigError("--experimental-rerun", ns.experimental_rerun,
+                          "nothing: a config never runs code, and Hydra's rerun unpickles the file it is given (a "
+                          "pickle can run any code). To run a job again, pass its overrides (its .hydra/overrides.yaml)"
+                          " or its folder's config with --config-dir DIR/.hydra --config-name config")
+    elsewhere = ns.config_dir or ns.config_path or any(o.split("=", 1)[0].lstrip("+~") == "hydra.searchpath"
+                                                       for o in ns.overrides)
+    check_overrides(ns.overrides, tasks=tasks, check_options=not elsewhere)
+    _parsed(ns.overrides)
+    check_config_folders(ns, app_dir or Path.cwd())
+    return ns
+
+
+def public_composer(ns: argparse.Namespace):
+    """``compose(overrides, with_hydra=False)`` through Hydra's public API: our config tree, plus the command
+    line's ``--config-dir`` as a search path — for listing the keys of an untyped node in a refusal (after
+    ``hydra.main`` ended) and for checking a command without running it (preflight.check_command)."""
+    def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+        from hydra import compose as hydra_compose
+        from hydra import initialize_config_module
+        from hydra.core.global_hydra import GlobalHydra
+
+        extra = [f"hydra.searchpath=[file://{os.path.abspath(ns.config_dir)}]"] if ns.config_dir and not any(
+            o.split("=", 1)[0].lstrip("+~") == "hydra.searchpath" for o in overrides) else []
+        GlobalHydra.instance().clear()
+        try:
+            with warnings.catch_warnings(), initialize_config_module("conf", version_base="1.3"):
+                warnings.simplefilter("ignore")
+                return hydra_compose(ns.config_name or "config", list(overrides) + extra, return_hydra_config=with_hydra)
+        finally:
+            GlobalHydra.instance().clear()
+
+    return compose
+
+
+def file_reader(ns: argparse.Namespace):
+    """``file_value(source, key)``: what the config file ``source`` (``experiment/x``) sets ``key`` to, read from the
+    command line's ``--config-dir`` or our config tree; None when it cannot be found."""
+    folders = ([Path(os.path.abspath(ns.config_dir))] if ns.config_dir else []) + [CONF_DIR]
+
+    def file_value(source: str, key: str):
+        for folder in folders:
+            path = folder / f"{source}.yaml"
+            if not path.is_file():
+                continue
+            loaded = OmegaConf.load(path)
+            group = source.rsplit("/", 1)[0].replace("/", ".") if "/" in source else ""
+            for inner in (key, key[len(group) + 1:] if group and key.startswith(group + ".") else None):
+                found = OmegaConf.select(loaded, inner, default=None, throw_on_resolution_failure=False) if inner \
+                    else None
+                if found is not None:
+                    return OmegaConf.to_container(found) if isinstance(found, DictConfig) else found
+            return None
+        return None
+
+    return file_value

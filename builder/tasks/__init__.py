@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -25,7 +26,9 @@ from omegaconf import DictConfig, open_dict
 from components.registry import RegistryError
 
 from ..config.checks import check_job, hold, release, uses_composed_model
-from ..config.cli import FILE_SYSTEM_ERRORS, precheck_or_exit, register_help_resolver
+from ..config.cli import (FILE_SYSTEM_ERRORS, check_command_line, composition_error, public_composer, file_reader,
+                          register_help_resolver)
+from ..config.preflight import Refused, take_checked
 from ..config.printing import WRITTEN, ConfigDisplay, displaying
 from ..config.schema import TASK_NAMES, register_schemas
 from ..errors import ConfigError, DataError, NonFiniteLossError
@@ -166,6 +169,12 @@ def run_task(cfg):
     multirun, where the job fails (``failure.json`` in its directory, the exception to Hydra) and the sweep
     goes on with the next job.
     """
+    _front.task_started = True
+    with _front.users_environment():
+        return _run_task(cfg)
+
+
+def _run_task(cfg):
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -185,8 +194,9 @@ def run_task(cfg):
         with scope, displaying(display):
             try:
                 try:
-                    # every value checked once, before the task's imports (Lightning: seconds)
-                    token = hold(cfg, check_job(cfg))
+                    # every value checked once, before the task's imports (Lightning: seconds): by the preflight
+                    # (builder/config/preflight.py), else (a job an Optuna sweeper chose) here
+                    token = hold(cfg, take_checked(hc.overrides.task) or check_job(cfg))
                     task = importlib.import_module(TASKS[cfg.task])
                     if not getattr(task, "SHOWS_CONFIG", False):
                         display.show()
@@ -234,6 +244,44 @@ def _record_failure(out_dir: Path, err: BaseException) -> None:
         pass
 
 
+class _Front:
+    """The command's state between its wrapper (:func:`main`) and Hydra: whether a task started (an error after that
+    is the task's, not a composition's) and the user's own ``HYDRA_FULL_ERROR``. While Hydra composes it is set, so
+    that Hydra raises its errors to :func:`main` instead of printing them and exiting with status 1; while a task
+    runs (and in the processes it starts) it is the user's again."""
+
+    def __init__(self) -> None:
+        self.task_started = False
+        self.users_full_error: str | None = os.environ.get("HYDRA_FULL_ERROR")
+
+    @contextlib.contextmanager
+    def hydra_raises(self):
+        self.task_started = False
+        self.users_full_error = os.environ.get("HYDRA_FULL_ERROR")
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            yield
+        finally:
+            self._put(self.users_full_error)
+
+    @contextlib.contextmanager
+    def users_environment(self):
+        raising = os.environ.get("HYDRA_FULL_ERROR")
+        self._put(self.users_full_error)
+        try:
+            yield
+        finally:
+            self._put(raising)
+
+    @staticmethod
+    def _put(value: str | None) -> None:
+        if value is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = value
+
+
+_front = _Front()
 register_schemas()
 
 
@@ -242,8 +290,53 @@ def _hydra_main(cfg: DictConfig):
     return run_task(cfg)
 
 
-def main() -> None:
-    """The ``hydraformer`` command (and ``python run.py``): check the command line, compose, run the task."""
-    precheck_or_exit(TASKS, app_file=__file__)
+def _refuse(err: ConfigError) -> int:
+    if _front.users_full_error == "1":
+        raise err
+    print(f"Error: {err}", file=sys.stderr)
+    return 2
+
+
+def _status(code) -> int:
+    """What the interpreter makes of ``SystemExit(code)``: None 0, an int itself, anything else printed and 1."""
+    if code is None or isinstance(code, int):
+        return code or 0
+    print(code, file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``hydraformer`` command (and ``python run.py``): ``argv`` (``sys.argv[1:]`` when None) in, the exit status
+    out — 0 done, 2 refused (one paragraph on stderr, no folder left), 1 a crash (its traceback), a task's own.
+
+    The command line is checked (builder/config/cli.py), ``hydra.main`` composes once and runs the task; the
+    preflight (builder/config/preflight.py) checks the composed config before Hydra writes anything."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    _front.users_full_error = os.environ.get("HYDRA_FULL_ERROR")
+    try:
+        ns = check_command_line(args, TASKS, Path(__file__).parent)
+    except ConfigError as err:
+        return _refuse(err)
     register_help_resolver()  # the help page lists each group's options (conf/hydra/help/hydraformer.yaml)
-    _hydra_main()
+    saved_argv = sys.argv
+    sys.argv = [saved_argv[0] if saved_argv else "hydraformer", *args]  # what hydra.main reads
+    try:
+        with _front.hydra_raises():
+            _hydra_main()
+    except Refused as refused:
+        return _refuse(refused.error)
+    except SystemExit as stop:
+        return _status(stop.code)
+    except Exception as err:
+        if _front.task_started:  # the task's crash (its own user errors it reported itself)
+            if _front.users_full_error == "1":
+                raise
+            traceback.print_exc()
+            return 1
+        refusal = composition_error(err, ns.overrides, public_composer(ns), file_reader(ns))
+        if _front.users_full_error == "1":
+            raise refusal from err
+        return _refuse(refusal)
+    finally:
+        sys.argv = saved_argv
+    return 0

@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from ..config.preflight import plan_jobs
 from ..config.printing import is_rank_zero
 from ..errors import ConfigError
 from ..files import atomic_path, atomic_write
@@ -56,7 +56,6 @@ COLUMNS = ["job", "status", "label", "overrides", "params", "attention_share", "
 FAILURE_FILE = "failure.json"  # written by builder.tasks.run_task when a multirun job fails
 PLAN_FILE = "jobs.json"  # the sweep's planned jobs, written when a basic-sweeper multirun starts
 OUTPUTS = ("sweep.csv", "sweep.md", "sweep.png")
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 # statuses besides ok and failed
 INTERRUPTED, NOT_RUN = "interrupted", "not run"
 INTERRUPTED_WHY = "started, but left neither summary.json nor failure.json (stopped by a signal, killed, or still running)"
@@ -394,31 +393,17 @@ def _sweep_dir(config) -> Path:
     return sweep if sweep.is_absolute() else Path(str(config.hydra.runtime.cwd)) / sweep
 
 
-def plan_jobs(config) -> list[dict] | None:
-    """The jobs a multirun will run, ``[{"num", "overrides"}]`` in order, as Hydra's basic sweeper expands them (its
-    ``hydra.sweeper.params``, then the command line's overrides, each comma list a sweep); None for any other sweeper
-    (Optuna picks each trial from the ones before: nothing is known up front)."""
-    sweeper = config.hydra.sweeper
-    if sweeper.get("_target_") != BASIC_SWEEPER:
-        return None
-    # start-up: Hydra's sweeper is read when a multirun starts, not by every task's import of this module
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    params = OmegaConf.to_container(sweeper.params, resolve=True) if sweeper.get("params") else {}
-    arguments = [f"{k}={v}" for k, v in params.items()]  # as BasicSweeper.sweep: its params, then the arguments
-    arguments += OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
-    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), max_batch_size=None)
-    return [{"num": num, "overrides": list(job)} for num, job in enumerate(j for batch in batches for j in batch)]
-
-
 def write_plan(config) -> Path | None:
     """``jobs.json`` in the sweep directory: the jobs :func:`plan_jobs` finds (a stale plan is removed when the
     sweeper makes none). Returns its path, or None."""
     sweep = _sweep_dir(config)
     path = sweep / PLAN_FILE
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
     try:
-        jobs = plan_jobs(config)
-    except Exception as err:  # e.g. glob(...) over a config group, which needs Hydra's config loader: no plan
+        jobs = plan_jobs(config, loader)
+    except Exception as err:  # a sweep the basic sweeper cannot expand: no plan
         log.info(f"sweep plan not recorded ({err}): the comparison lists the jobs that started")
         jobs = None
     if jobs is None:

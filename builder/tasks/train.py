@@ -21,7 +21,7 @@ from components import Block
 from ..budget import parameter_budget
 from ..checkpoint import check_resumable, check_same_model, is_sharded_checkpoint
 from ..config.checks import checked, skip_nonfinite_refusal
-from ..config.cli import check_unused_run_dir, resumes_in
+from ..config.preflight import check_unused_run_dir, resumes_in
 from ..config.plain import to_plain
 from ..config.printing import inputs_checked
 from ..data.datamodule import TokenDataModule
