@@ -148,7 +148,7 @@ def poisoned(self, batch):
 module.LitGPT.loss = poisoned
 from builder.tasks import main
 
-main()
+sys.exit(main())
 """
 
 

@@ -125,8 +125,11 @@ def batch(env):
                             *TINY, "trainer.max_steps=4", "trainer.val_check_interval=2", "train.warmup_steps=0",
                             "data.batch_size=4", "data.val_batches=1", f"hydra.sweep.dir={root / 'optuna'}",
                             cwd=root / "optuna_cwd", env=e)
-    # submitit's local executor runs each job in a process of its own, as on a SLURM cluster; job 1 fails
-    procs["submitit"] = start("-m", "hydra/launcher=submitit_local", "model.n_heads=1,3", *TINY, *STEP2,
+    # submitit's local executor runs each job in a process of its own, as on a SLURM cluster; job 1 fails when it
+    # reads its corpus (not UTF-8: a value no check before the run can refuse)
+    (root / "latin1.txt").write_bytes("caf\xe9 au lait, ".encode("latin-1") * 200)
+    procs["submitit"] = start("-m", "hydra/launcher=submitit_local", "data=text",
+                              f"data.path={env['corpus']},{root / 'latin1.txt'}", *TINY, "model.n_heads=2", *STEP2,
                               cwd=root / "submitit_cwd", env={**e, "PYTHONPATH": str(REPO)})
     done = {name: finish(p) for name, p in procs.items()}
     dirs = sweep_dirs(shared)
@@ -356,8 +359,8 @@ def test_submitit_launcher_runs_the_jobs_and_a_failed_job_does_not_stop_the_swee
     proc = batch["procs"]["submitit"]
     (sweep,) = sweep_dirs(batch["root"] / "submitit_cwd")
     assert proc.returncode == 1, proc.stderr[-3000:]  # Hydra's basic sweeper reports the failed job at the end
-    assert "JobFailed: model.n_heads=3 is not accepted" in proc.stderr and "TypeError" not in proc.stderr
-    assert [(r["label"], r["status"]) for r in rows(sweep)] == [("model.n_heads=1", "ok"), ("model.n_heads=3", "failed")]
+    assert "JobFailed: " in proc.stderr and "latin1.txt" in proc.stderr and "TypeError" not in proc.stderr
+    assert [r["status"] for r in rows(sweep)] == ["ok", "failed"] and "latin1.txt" in rows(sweep)[1]["label"]
     assert (sweep / "0" / "checkpoints" / "last.ckpt").is_file() and (sweep / ".submitit").is_dir()
     assert (sweep / "1" / "failure.json").is_file() and not (sweep / "1" / "checkpoints").exists()
 

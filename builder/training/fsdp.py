@@ -56,7 +56,7 @@ class FullyShardedStrategy(ModelParallelStrategy):
         """A sharded checkpoint is written into a hidden ``.NAME.tmp`` directory beside its place, then renamed
         over it (a full one goes through the trainer's AtomicCheckpointIO): a run killed mid-write never leaves a
         half-written ``last.ckpt``, nor a mix of two steps' shards."""
-        if not self._save_distributed_checkpoint:
+        if self.checkpoint_format != "sharded":
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         path = Path(self.broadcast(str(filepath)))
         tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
@@ -74,6 +74,10 @@ class FullyShardedStrategy(ModelParallelStrategy):
         self.barrier()
 
     def setup_environment(self) -> None:
+        # Lightning's private API, the one use here: with both sizes "auto" ModelParallelStrategy makes the data-
+        # parallel size the node count (tensor parallel within a node); plain FSDP wants every process data-parallel,
+        # and the process count is known only now (devices="auto"), so the two private sizes are set before its
+        # set-up reads them (pyproject pins Lightning's minor version)
         if self._data_parallel_size == "auto" and self._tensor_parallel_size == "auto":
             self._data_parallel_size, self._tensor_parallel_size = self.num_nodes * self.num_processes, 1
         super().setup_environment()

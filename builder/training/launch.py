@@ -21,7 +21,8 @@ Here, inside a multirun job:
 Single runs keep Lightning's own launcher.
 
 Kept here because no library does it: Lightning and Hydra each assume they own the process (the two
-issues above are open); it subclasses Lightning's private launcher, so pyproject pins Lightning's minor version.
+issues above are open). Lightning's private API, and why: it subclasses Lightning's private script launcher and
+child-process observer (no public hook chooses the children's command), so pyproject pins Lightning's minor version.
 """
 
 from __future__ import annotations

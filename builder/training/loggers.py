@@ -138,7 +138,11 @@ def _show_sync_hint(save_dir: Path) -> None:
 
 class OfflineFallbackWandbLogger(WandbLogger):
     """A ``WandbLogger`` that continues offline when an *online* ``wandb.init`` fails (no network on a compute node:
-    ``CommError`` after ``init_timeout``), instead of ending the training job."""
+    ``CommError`` after ``init_timeout``), instead of ending the training job.
+
+    Lightning's private API, the one use here: WandbLogger calls ``wandb.init`` lazily in ``experiment`` with the
+    arguments it keeps in ``_wandb_init`` and offers no hook to change them after a failed try, so the retry reads
+    ``_experiment`` / ``_save_dir`` and sets ``_wandb_init["mode"]`` (pyproject pins Lightning's minor version)."""
 
     @property
     def experiment(self) -> Any:

@@ -96,10 +96,11 @@ class LitGPT(pl.LightningModule):
         if self.model is not None:
             return
         cfg = self.hparams["model"]
-        strategy = self._trainer.strategy if self._trainer is not None else None
+        trainer = self._attached_trainer()
+        strategy = trainer.strategy if trainer is not None else None
         if isinstance(strategy, ModelParallelStrategy):
             mesh = strategy.device_mesh["data_parallel"]
-            self._set_model(build_sharded(cfg, mesh, strategy.root_device, str(self._trainer.precision), self._init_rng))
+            self._set_model(build_sharded(cfg, mesh, strategy.root_device, str(trainer.precision), self._init_rng))
             return
         if self._init_rng is not None:
             torch.set_rng_state(self._init_rng)
@@ -138,8 +139,9 @@ class LitGPT(pl.LightningModule):
     def _finite_check_every(self) -> int:
         every = self.train_cfg.get("finite_check_every")
         if every is None:  # a CPU reads the loss for free; on a GPU each read waits for the queued work
-            on_gpu = self._trainer is not None and self._trainer.strategy.root_device.type == "cuda"
-            every = max(1, int(self._trainer.log_every_n_steps or 1)) if on_gpu else 1
+            trainer = self._attached_trainer()
+            on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
+            every = max(1, int(trainer.log_every_n_steps or 1)) if on_gpu else 1
         return 1 if self.train_cfg.get("skip_nonfinite") else int(every)
 
     def _first_bad_anywhere(self, here: int | None) -> int | None:
@@ -227,7 +229,16 @@ class LitGPT(pl.LightningModule):
 
     def _loss_scaled(self) -> bool:
         """True when a GradScaler scales the loss (16-mixed on a GPU): gradients are scaled until unscaled."""
-        return self._trainer is not None and getattr(self._trainer.strategy.precision_plugin, "scaler", None) is not None
+        trainer = self._attached_trainer()
+        return trainer is not None and getattr(trainer.strategy.precision_plugin, "scaler", None) is not None
+
+    def _attached_trainer(self):
+        """The Trainer this module is attached to, or None (Lightning's ``trainer`` property raises when there is
+        none)."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         if not gradient_clip_val:
