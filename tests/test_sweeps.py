@@ -130,6 +130,7 @@ def batch(env):
     (root / "latin1.txt").write_bytes("caf\xe9 au lait, ".encode("latin-1") * 200)
     procs["submitit"] = start("-m", "hydra/launcher=submitit_local", "data=text",
                               f"data.path={env['corpus']},{root / 'latin1.txt'}", *TINY, "model.n_heads=2", *STEP2,
+                              "callbacks.text_samples.prompt=the", "callbacks.attention_probe=null",
                               cwd=root / "submitit_cwd", env={**e, "PYTHONPATH": str(REPO)})
     done = {name: finish(p) for name, p in procs.items()}
     dirs = sweep_dirs(shared)

@@ -32,7 +32,10 @@ import warnings
 from pathlib import Path
 
 import yaml
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf
@@ -427,10 +430,6 @@ def public_composer(ns: argparse.Namespace):
     line's ``--config-dir`` as a search path — for listing the keys of an untyped node in a refusal (after
     ``hydra.main`` ended) and for checking a command without running it (preflight.check_command)."""
     def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
-        from hydra import compose as hydra_compose
-        from hydra import initialize_config_module
-        from hydra.core.global_hydra import GlobalHydra
-
         extra = [f"hydra.searchpath=[file://{os.path.abspath(ns.config_dir)}]"] if ns.config_dir and not any(
             o.split("=", 1)[0].lstrip("+~") == "hydra.searchpath" for o in overrides) else []
         GlobalHydra.instance().clear()

@@ -26,21 +26,34 @@ import os
 import tempfile
 from pathlib import Path
 
+from hydra import compose
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..errors import ConfigError
 from .checks import check_job
+from .cli import (
+    FILE_SYSTEM_ERRORS,
+    HYDRA_TARGETS,
+    LOGGING_CLASSES,
+    NO_CODE,
+    check_command_line,
+    composition_error,
+    public_composer,
+    target_accepted,
+    walk,
+)
 from .hydra_adapter import BASIC_SWEEPER, plan_basic_sweep
 from .printing import is_rank_zero
-from .cli import FILE_SYSTEM_ERRORS, check_command_line, public_composer, walk, HYDRA_TARGETS, LOGGING_CLASSES, NO_CODE, composition_error, target_accepted
 
 # what Hydra itself writes in a run or sweep directory before a task starts
 HYDRA_OWN = (".hydra", "multirun.yaml")
 
 # job overrides -> the checked Config the preflight made for that job (taken by builder.tasks.run_task)
 _checked: dict[tuple[str, ...], object] = {}
+_passed = [False]  # whether the preflight of this process's command passed (reset when the next one starts)
 
 
 class Refused(SystemExit):
@@ -49,6 +62,18 @@ class Refused(SystemExit):
     def __init__(self, error: ConfigError):
         super().__init__(2)
         self.error = error
+
+
+def preflight_passed() -> bool:
+    """Whether the preflight of the command running in this process passed: Hydra has composed, and an error
+    from here on is a job's."""
+    return _passed[0]
+
+
+def reset() -> None:
+    """A new command starts in this process: nothing checked, nothing passed yet."""
+    _checked.clear()
+    _passed[0] = False
 
 
 def take_checked(overrides) -> object | None:
@@ -246,22 +271,21 @@ class Preflight(Callback):
     Hydra composes and before it writes anything."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        _checked.clear()
+        reset()
         try:
             _checked[tuple(config.hydra.overrides.task)] = check_run(config)
         except ConfigError as err:
             raise Refused(err) from None
+        _passed[0] = True
 
     def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs) -> None:
-        from hydra import compose  # (reason: the running app's own composition, through its public API)
-        from hydra.core.global_hydra import GlobalHydra
-
-        _checked.clear()
+        reset()
         loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
         try:
             _checked.update(check_sweep(config, lambda overrides: compose(config_name, overrides), loader))
         except ConfigError as err:
             raise Refused(err) from None
+        _passed[0] = True
 
 
 def check_command(args: list[str], tasks=None) -> int:

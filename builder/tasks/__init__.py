@@ -26,9 +26,16 @@ from omegaconf import DictConfig, open_dict
 from components.registry import RegistryError
 
 from ..config.checks import check_job, hold, release, uses_composed_model
-from ..config.cli import (FILE_SYSTEM_ERRORS, check_command_line, composition_error, public_composer, file_reader,
-                          register_help_resolver)
-from ..config.preflight import Refused, take_checked
+from ..config.cli import (
+    FILE_SYSTEM_ERRORS,
+    check_command_line,
+    composition_error,
+    file_reader,
+    public_composer,
+    register_help_resolver,
+)
+from ..config.preflight import Refused, preflight_passed, take_checked
+from ..config.preflight import reset as reset_preflight
 from ..config.printing import WRITTEN, ConfigDisplay, displaying
 from ..config.schema import TASK_NAMES, register_schemas
 from ..errors import ConfigError, DataError, NonFiniteLossError
@@ -245,40 +252,58 @@ def _record_failure(out_dir: Path, err: BaseException) -> None:
 
 
 class _Front:
-    """The command's state between its wrapper (:func:`main`) and Hydra: whether a task started (an error after that
-    is the task's, not a composition's) and the user's own ``HYDRA_FULL_ERROR``. While Hydra composes it is set, so
-    that Hydra raises its errors to :func:`main` instead of printing them and exiting with status 1; while a task
-    runs (and in the processes it starts) it is the user's again."""
+    """The command's state between its wrapper (:func:`main`) and Hydra.
+
+    While Hydra composes, ``HYDRA_FULL_ERROR=1`` is set, so that Hydra raises its errors to :func:`main` instead of
+    printing them and exiting with status 1; the user's own value waits in ``HYDRAFORMER_USERS_FULL_ERROR`` ("" when
+    unset), which the processes a launcher starts inherit with it. While a task runs (and in the processes it
+    starts: DDP's) the user's value is back. ``started``: a task ran, or the preflight passed — an error after that
+    is a job's, not a composition's."""
+
+    MARK = "HYDRAFORMER_USERS_FULL_ERROR"
 
     def __init__(self) -> None:
         self.task_started = False
-        self.users_full_error: str | None = os.environ.get("HYDRA_FULL_ERROR")
+
+    def users_full_error(self) -> str | None:
+        if self.MARK in os.environ:
+            return os.environ[self.MARK] or None
+        return os.environ.get("HYDRA_FULL_ERROR")
+
+    @property
+    def started(self) -> bool:
+        return self.task_started or preflight_passed()
 
     @contextlib.contextmanager
     def hydra_raises(self):
         self.task_started = False
-        self.users_full_error = os.environ.get("HYDRA_FULL_ERROR")
+        reset_preflight()
+        users = self.users_full_error()
+        os.environ[self.MARK] = users or ""
         os.environ["HYDRA_FULL_ERROR"] = "1"
         try:
             yield
         finally:
-            self._put(self.users_full_error)
+            os.environ.pop(self.MARK, None)
+            self._put(users)
 
     @contextlib.contextmanager
     def users_environment(self):
-        raising = os.environ.get("HYDRA_FULL_ERROR")
-        self._put(self.users_full_error)
+        saved = {k: os.environ.get(k) for k in (self.MARK, "HYDRA_FULL_ERROR")}
+        self._put(self.users_full_error())
+        os.environ.pop(self.MARK, None)
         try:
             yield
         finally:
-            self._put(raising)
+            for key, value in saved.items():
+                self._put(value, key)
 
     @staticmethod
-    def _put(value: str | None) -> None:
+    def _put(value: str | None, key: str = "HYDRA_FULL_ERROR") -> None:
         if value is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
+            os.environ.pop(key, None)
         else:
-            os.environ["HYDRA_FULL_ERROR"] = value
+            os.environ[key] = value
 
 
 _front = _Front()
@@ -291,7 +316,7 @@ def _hydra_main(cfg: DictConfig):
 
 
 def _refuse(err: ConfigError) -> int:
-    if _front.users_full_error == "1":
+    if _front.users_full_error() == "1":
         raise err
     print(f"Error: {err}", file=sys.stderr)
     return 2
@@ -312,7 +337,6 @@ def main(argv: list[str] | None = None) -> int:
     The command line is checked (builder/config/cli.py), ``hydra.main`` composes once and runs the task; the
     preflight (builder/config/preflight.py) checks the composed config before Hydra writes anything."""
     args = sys.argv[1:] if argv is None else list(argv)
-    _front.users_full_error = os.environ.get("HYDRA_FULL_ERROR")
     try:
         ns = check_command_line(args, TASKS, Path(__file__).parent)
     except ConfigError as err:
@@ -328,13 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as stop:
         return _status(stop.code)
     except Exception as err:
-        if _front.task_started:  # the task's crash (its own user errors it reported itself)
-            if _front.users_full_error == "1":
+        if _front.started:  # a job's crash or failure (a user error it reported itself), not a composition's
+            if _front.users_full_error() == "1":
                 raise
             traceback.print_exc()
             return 1
         refusal = composition_error(err, ns.overrides, public_composer(ns), file_reader(ns))
-        if _front.users_full_error == "1":
+        if _front.users_full_error() == "1":
             raise refusal from err
         return _refuse(refusal)
     finally:

@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import OmegaConf
 
 from ..config.preflight import plan_jobs
 from ..config.printing import is_rank_zero
@@ -398,8 +398,6 @@ def write_plan(config) -> Path | None:
     sweeper makes none). Returns its path, or None."""
     sweep = _sweep_dir(config)
     path = sweep / PLAN_FILE
-    from hydra.core.global_hydra import GlobalHydra
-
     loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
     try:
         jobs = plan_jobs(config, loader)

@@ -21,7 +21,6 @@ from components import Block
 from ..budget import parameter_budget
 from ..checkpoint import check_resumable, check_same_model, is_sharded_checkpoint
 from ..config.checks import checked, skip_nonfinite_refusal
-from ..config.preflight import check_unused_run_dir, resumes_in
 from ..config.plain import to_plain
 from ..config.printing import inputs_checked
 from ..data.datamodule import TokenDataModule
@@ -56,11 +55,6 @@ def resume_hint(out_dir: Path) -> str:
         if hc.mode == RunMode.MULTIRUN:
             return f"hydra.sweep.dir={hc.sweep.dir} ckpt_path=last (each job resumes from its own directory)"
     return f"hydra.run.dir={out_dir} ckpt_path=last"
-
-
-def _run_dir_key() -> str:
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    return "hydra.sweep.dir" if multirun else "hydra.run.dir"
 
 
 def make_datamodule(cfg):
@@ -191,8 +185,6 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
         check_sharded_resumable(ckpt_path, model_cfg, strategy)
     else:
         ckpt_path = check_resumable(ckpt_path, model_cfg)
-    # a sweep job's folder (the precheck saw the sweep's), or a run directory an experiment's YAML set
-    check_unused_run_dir(out_dir, resuming=resumes_in(out_dir, "train", cfg.ckpt_path), key=_run_dir_key())
     logger_cfg = to_plain(cfg.logger) if cfg.logger else {}
 
     # everything that can be refused is checked before the first file is written
