@@ -1,7 +1,8 @@
 """The check of a job's composed config: the one place a value is refused for what it is.
 
-:func:`check_job` runs once per job (``builder.tasks.run_task``, before the task's module is imported, so a bad
-value is refused in the time composing takes, without Lightning): every declared key against its declaration
+:func:`check_job` runs once per job, in the preflight (builder/config/preflight.py: after Hydra composes, before it
+writes anything or the task's module is imported, so a bad value is refused in the time composing takes, without
+Lightning; for a trial an Optuna sweeper chose, in ``builder.tasks.run_task``): every declared key against its declaration
 (builder/config/spec.py), each callback's settings against its dataclass, the rules between sections, and the
 wandb mode. It returns the checked :class:`~builder.config.schema.Config` the tasks read.
 """
@@ -124,7 +125,7 @@ def skip_nonfinite_refusal(processes: int) -> ConfigError:
 
 
 def checked(cfg) -> Config:
-    """The checked Config of ``cfg``: the one :func:`check_job` made for this job (``builder.tasks.run_task``), or
+    """The checked Config of ``cfg``: the one :func:`check_job` made for this job (held by ``builder.tasks.run_task``), or
     a check made now when a task is called from Python without it."""
     held = _CHECKED.get()
     if held is not None and held[0] == id(cfg):

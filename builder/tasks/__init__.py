@@ -1,6 +1,11 @@
 """The ``hydraformer`` command (``python run.py``): ``task=X`` runs ``builder/tasks/X.py``'s ``run``, with the
 error handling all tasks share.
 
+:func:`main` is ``@hydra.main`` plus one thin wrapper: argv in, exit status out. The command line is checked before
+Hydra sees it (builder/config/cli.py), Hydra composes once, the preflight callback checks the composed config
+before anything is written (builder/config/preflight.py), and a refusal — a ConfigError, or Hydra's own composition
+error — is one paragraph on stderr with exit status 2.
+
 Each task module is glue: it reads the config, calls the library one level down (``builder.report``,
 ``builder.training``, ``builder.interp``, ``builder.checkpoint``) and prints where things went.
 """
