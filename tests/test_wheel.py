@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -29,9 +31,15 @@ def test_wheel_installs_and_runs_from_anywhere(tmp_path):
     shutil.copytree(REPO, src, ignore=NOT_SHIPPED)  # build from a copy: the build leaves nothing in the checkout
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", dist, src], cwd=tmp_path)
     (wheel,) = dist.glob("hydraformer-*.whl")
-    # a fresh environment; its dependencies (torch, Hydra, ...) come from this one, the project only from the wheel
-    _run([sys.executable, "-m", "venv", "--system-site-packages", venv], cwd=tmp_path)
+    # a fresh environment; its dependencies (torch, Hydra, ...) come from this one (the running interpreter's own
+    # site-packages, a virtual environment's too: --system-site-packages would reach only the base interpreter's),
+    # the project only from the wheel
+    _run([sys.executable, "-m", "venv", venv], cwd=tmp_path)
     python, script = venv / "bin" / "python", venv / "bin" / "hydraformer"
+    (venv_site,) = {Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              cwd=tmp_path).stdout.strip())}
+    ours = dict.fromkeys(p for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]] if Path(p).is_dir())
+    (venv_site / "_dependencies_from_the_test_environment.pth").write_text("".join(f"{p}\n" for p in ours))
     _run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--force-reinstall", wheel], cwd=tmp_path)
 
     elsewhere.mkdir()
