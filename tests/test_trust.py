@@ -1,0 +1,182 @@
+"""What a stranger's folder can do: nothing. A sharded checkpoint whose files are pickles that would run code (its
+``.metadata``, a value in a shard, its ``meta.pt``) is refused without running them — by ``builder.load_model``,
+``task=sample``, ``task=export`` and a resume under fsdp2 — and the checkpoint folders hydraformer writes still load.
+
+Every refusal through the command line: exit status 2, one paragraph, no traceback, no run directory (conftest.refused).
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from conftest import Touch, home_env, refused, run_cli
+from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+import builder
+from builder.checkpoint import export_model
+from builder.config.plain import to_plain
+from builder.data.tokenizers import CharTokenizer
+from builder.errors import ConfigError
+
+# dcp.save in this one process says it assumes one process: what these tests ask of it
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+
+TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.context_length=16"]
+CHARS = "abcdefghijklmnopqrstuvwxyz .,"
+
+
+def _model(tokenizer):
+    cfg = to_plain(builder.compose([*TINY, f"model.vocab_size={tokenizer.vocab_size}"]).model)
+    torch.manual_seed(0)
+    return builder.build_model(cfg), cfg
+
+
+def write_checkpoint(path: Path, tokenizer) -> Path:
+    """A small checkpoint as task=train writes it (model config, tokenizer, state_dict), without training."""
+    model, cfg = _model(tokenizer)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"model": cfg, "tokenizer": tokenizer.to_dict()}}, path)
+    return path
+
+
+def write_sharded(path: Path, tokenizer, **extra) -> Path:
+    """A sharded checkpoint as trainer.checkpoint_format=sharded writes one (torch distributed checkpoint's shards and
+    ``.metadata``, Lightning's ``meta.pt``), by one process; ``extra``: more entries in the shards (optimizer state)."""
+    model, cfg = _model(tokenizer)
+    state = {f"model.{k}": v for k, v in model.state_dict().items() if k != "unembedding.weight"}  # tied: once
+    dcp.save({"state_dict": state, **extra}, checkpoint_id=path, no_dist=True)
+    torch.save({"hyper_parameters": {"model": cfg, "tokenizer": tokenizer.to_dict()}, "global_step": 2},
+               path / "meta.pt")
+    return path
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trust")
+    ckpt = write_checkpoint(root / "small.ckpt", CharTokenizer(CHARS))
+    return {"root": root, "ckpt": ckpt, "sharded": write_sharded(root / "sharded", CharTokenizer(CHARS)),
+            "export": export_model(ckpt, root / "ours"), "hf": export_model(ckpt, root / "hf", format="hf")}
+
+
+def _copy(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest)
+    return dest
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. a sharded checkpoint folder runs no code
+# --------------------------------------------------------------------------------------------------
+
+
+def _payload_index(folder: Path, mark: Path) -> str:
+    """.metadata is a pickle whose loading creates ``mark``."""
+    (folder / ".metadata").write_bytes(pickle.dumps(Touch(str(mark))))
+    return str(folder / ".metadata")
+
+
+def _payload_inside_index(folder: Path, mark: Path) -> str:
+    """A genuine .metadata with the payload deep inside it: refused by what it names, not by its shape."""
+    meta = pickle.loads((folder / ".metadata").read_bytes())  # our own file, written just now
+    meta.storage_meta.modules = [Touch(str(mark))]
+    (folder / ".metadata").write_bytes(pickle.dumps(meta))
+    return str(folder / ".metadata")
+
+
+def _payload_meta_pt(folder: Path, mark: Path) -> str:
+    """meta.pt (Lightning's step and hyperparameters) is a pickle whose loading creates ``mark``."""
+    torch.save({"hyper_parameters": Touch(str(mark)), "global_step": 2}, folder / "meta.pt")
+    return "meta.pt loads with weights_only=True: Trying to load unsupported GLOBAL os.makedirs"
+
+
+def _shard_outside(folder: Path, mark: Path) -> str:
+    """.metadata sends the reader to a file outside the folder."""
+    meta = pickle.loads((folder / ".metadata").read_bytes())
+    for index, info in meta.storage_data.items():
+        meta.storage_data[index] = _StorageInfo("../small.ckpt", info.offset, info.length, info.transform_descriptors)
+    (folder / ".metadata").write_bytes(pickle.dumps(meta))
+    return "'../small.ckpt'"
+
+
+PAYLOADS = [_payload_index, _payload_inside_index, _payload_meta_pt, _shard_outside]
+
+
+@pytest.mark.parametrize("damage", PAYLOADS, ids=lambda f: f.__name__.strip("_"))
+def test_load_model_runs_nothing_a_sharded_folder_names(folders, tmp_path, damage):
+    mark = tmp_path / "pwned"
+    folder = _copy(folders["sharded"], tmp_path / "step-2.ckpt")
+    named = damage(folder, mark)
+    with pytest.raises(ConfigError, match="checkpoint=") as err:
+        builder.load_model(folder)
+    assert named in str(err.value) and "\n" not in str(err.value)
+    assert not mark.exists(), "the pickle was run"
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("task", ["sample", "export"])
+@pytest.mark.parametrize("damage", [_payload_index, _payload_inside_index, _payload_meta_pt],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_sample_and_export_refuse_a_sharded_folder_that_would_run_code(folders, tmp_path, task, damage):
+    mark = tmp_path / "pwned"
+    folder = _copy(folders["sharded"], tmp_path / "step-2.ckpt")
+    named = damage(folder, mark)
+    out = tmp_path / "run"
+    refused(run_cli(f"task={task}", f"checkpoint={folder}", f"hydra.run.dir={out}", cwd=tmp_path), out,
+            f"checkpoint='{folder}'", named)
+    assert not mark.exists(), "the pickle was run"
+
+
+def test_a_value_in_a_shard_is_read_as_data_only(folders, tmp_path):
+    """torch's planner reads what is not a tensor with weights_only=False: a weight stored as such a value is never
+    read (the model misses it), and every value a resume would read is checked first (builder.sharded.check)."""
+    from builder import sharded
+
+    mark = tmp_path / "pwned"
+    folder = write_sharded(tmp_path / "values.ckpt", CharTokenizer(CHARS), optimizer_0={"lr": Touch(str(mark))})
+    model, _, _ = builder.load_model(folder)  # the model's tensors only: the value is not read
+    assert isinstance(model, torch.nn.Module) and not mark.exists()
+    with pytest.raises(ConfigError, match=r"ckpt_path=.*values.ckpt.*weights_only=True.*os.makedirs"):
+        sharded.check(folder, "ckpt_path", "a sharded checkpoint (fsdp2)")
+    assert not mark.exists()
+    state = {f"model.{k}": v for k, v in _model(CharTokenizer(CHARS))[0].state_dict().items()}
+    state["model.token_embedding.weight"] = Touch(str(mark))  # a weight's name holding a pickle
+    dcp.save({"state_dict": state}, checkpoint_id=tmp_path / "weight.ckpt", no_dist=True)
+    shutil.copy(folder / "meta.pt", tmp_path / "weight.ckpt" / "meta.pt")
+    with pytest.raises(ConfigError, match="token_embedding.weight: missing from the checkpoint"):
+        builder.load_model(tmp_path / "weight.ckpt")
+    assert not mark.exists()
+
+
+def test_a_genuine_sharded_folder_still_loads_and_samples(folders, tmp_path):
+    model, tokenizer, cfg = builder.load_model(folders["sharded"])
+    reference, _, _ = builder.load_model(folders["ckpt"])  # the same weights (seeded), written as one file
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, msg=name)
+    out = tmp_path / "run"
+    proc = run_cli("task=sample", f"checkpoint={folders['sharded']}", "prompt=the", "max_new_tokens=3",
+                   f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return home_env(tmp_path_factory, "trust_resume")
+
+
+@pytest.mark.parametrize("payload", ["index", "value"])
+def test_resuming_under_fsdp2_refuses_a_folder_that_would_run_code(env, tmp_path, payload):
+    """``ckpt_path=DIR`` with trainer=fsdp_cpu: refused by the run's first process, before it starts the others or
+    writes anything (a test about processes: a new interpreter)."""
+    mark = tmp_path / "pwned"
+    folder = write_sharded(tmp_path / "step-2.ckpt", CharTokenizer(CHARS), optimizer_0={"lr": Touch(str(mark))})
+    if payload == "index":
+        _payload_index(folder, mark)
+    out = tmp_path / "run"
+    proc = run_cli("data=text", f"data.path={env['corpus']}", *TINY, "trainer=fsdp_cpu", "logger=csv",
+                   f"ckpt_path={folder}", f"hydra.run.dir={out}", env=env["env"], cwd=tmp_path, fresh=True)
+    refused(proc, out, f"ckpt_path='{folder}'", ".metadata" if payload == "index" else "weights_only=True")
+    assert not mark.exists(), "the pickle was run"
