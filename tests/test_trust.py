@@ -1,6 +1,7 @@
 """What a stranger's folder can do: nothing. A sharded checkpoint whose files are pickles that would run code (its
 ``.metadata``, a value in a shard, its ``meta.pt``) is refused without running them — by ``builder.load_model``,
 ``task=sample``, ``task=export`` and a resume under fsdp2 — and the checkpoint folders hydraformer writes still load.
+Weights that are not floating point are refused, naming each tensor and its dtype, in every format.
 
 Every refusal through the command line: exit status 2, one paragraph, no traceback, no run directory (conftest.refused).
 """
@@ -15,6 +16,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from conftest import Touch, home_env, refused, run_cli
+from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 
 import builder
@@ -180,3 +182,54 @@ def test_resuming_under_fsdp2_refuses_a_folder_that_would_run_code(env, tmp_path
                    f"ckpt_path={folder}", f"hydra.run.dir={out}", env=env["env"], cwd=tmp_path, fresh=True)
     refused(proc, out, f"ckpt_path='{folder}'", ".metadata" if payload == "index" else "weights_only=True")
     assert not mark.exists(), "the pickle was run"
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. weights that are not floating point
+# --------------------------------------------------------------------------------------------------
+
+
+def _retype(file: Path, name: str, dtype: torch.dtype) -> None:
+    tensors = load_file(file)
+    tensors[name] = tensors[name].to(dtype)
+    save_file(tensors, file, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("fmt,name", [("hf", "transformer.wte.weight"), ("hf", "transformer.h.0.attn.c_attn.bias"),
+                                      ("export", "token_embedding.weight")])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_weights_that_are_not_floating_point_are_refused_naming_them(folders, tmp_path, fmt, name, dtype):
+    folder = _copy(folders[fmt], tmp_path / fmt)
+    _retype(folder / "model.safetensors", name, dtype)
+    kind = str(dtype).removeprefix("torch.")
+    with pytest.raises(ConfigError, match=rf"floating-point weights.*not floating point: {name} {kind}"):
+        builder.load_model(folder)
+
+
+def test_non_float_weights_refused_through_the_command_line_in_every_format(folders, tmp_path):
+    hf = _copy(folders["hf"], tmp_path / "hf")
+    _retype(hf / "model.safetensors", "transformer.wpe.weight", torch.int64)
+    ckpt = tmp_path / "int.ckpt"
+    saved = torch.load(folders["ckpt"], weights_only=True)
+    saved["state_dict"]["model.final_norm.weight"] = saved["state_dict"]["model.final_norm.weight"].long()
+    torch.save(saved, ckpt)
+    state = {f"model.{k}": v for k, v in _model(CharTokenizer(CHARS))[0].state_dict().items()
+             if k != "unembedding.weight"}
+    state["model.blocks.0.mlp.fc.weight"] = state["model.blocks.0.mlp.fc.weight"].long()
+    dcp.save({"state_dict": state}, checkpoint_id=tmp_path / "int_sharded", no_dist=True)
+    shutil.copy(folders["sharded"] / "meta.pt", tmp_path / "int_sharded" / "meta.pt")
+    for path, name in ((hf, "transformer.wpe.weight"), (ckpt, "final_norm.weight"),
+                       (tmp_path / "int_sharded", "blocks.0.mlp.fc.weight")):
+        out = tmp_path / "run"
+        refused(run_cli("task=sample", f"checkpoint={path}", "prompt=the", f"hydra.run.dir={out}", cwd=tmp_path), out,
+                f"checkpoint='{path}'", f"{name} int64", "floating-point weights")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_weights_still_load(folders, tmp_path, dtype):
+    hf = _copy(folders["hf"], tmp_path / "hf")
+    tensors = {k: v.to(dtype) for k, v in load_file(hf / "model.safetensors").items()}
+    save_file(tensors, hf / "model.safetensors", metadata={"format": "pt"})
+    model, _, _ = builder.load_model(hf, dtype="auto")
+    assert {p.dtype for p in model.parameters()} == {dtype}
+    assert {p.dtype for p in builder.load_model(hf)[0].parameters()} == {torch.float32}
