@@ -1,13 +1,15 @@
 """What a stranger's folder can do: nothing. A sharded checkpoint whose files are pickles that would run code (its
 ``.metadata``, a value in a shard, its ``meta.pt``) is refused without running them — by ``builder.load_model``,
 ``task=sample``, ``task=export`` and a resume under fsdp2 — and the checkpoint folders hydraformer writes still load.
-Weights that are not floating point are refused, naming each tensor and its dtype, in every format.
+Weights that are not floating point are refused, naming each tensor and its dtype, in every format; text an exported
+tokenizer cannot encode is one paragraph naming the characters (or words) it lacks, in every task that encodes text.
 
 Every refusal through the command line: exit status 2, one paragraph, no traceback, no run directory (conftest.refused).
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 from pathlib import Path
@@ -22,7 +24,7 @@ from torch.distributed.checkpoint.filesystem import _StorageInfo
 import builder
 from builder.checkpoint import export_model
 from builder.config.plain import to_plain
-from builder.data.tokenizers import CharTokenizer
+from builder.data.tokenizers import CharTokenizer, WordTokenizer
 from builder.errors import ConfigError
 
 # dcp.save in this one process says it assumes one process: what these tests ask of it
@@ -61,8 +63,10 @@ def write_sharded(path: Path, tokenizer, **extra) -> Path:
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("trust")
     ckpt = write_checkpoint(root / "small.ckpt", CharTokenizer(CHARS))
+    words = write_checkpoint(root / "words.ckpt", WordTokenizer(["the", "cat", "sat", "on", "mat", "a"]))
     return {"root": root, "ckpt": ckpt, "sharded": write_sharded(root / "sharded", CharTokenizer(CHARS)),
-            "export": export_model(ckpt, root / "ours"), "hf": export_model(ckpt, root / "hf", format="hf")}
+            "export": export_model(ckpt, root / "ours"), "hf": export_model(ckpt, root / "hf", format="hf"),
+            "hf_words": export_model(words, root / "hf_words", format="hf")}
 
 
 def _copy(src: Path, dest: Path) -> Path:
@@ -233,3 +237,32 @@ def test_half_precision_weights_still_load(folders, tmp_path, dtype):
     model, _, _ = builder.load_model(hf, dtype="auto")
     assert {p.dtype for p in model.parameters()} == {dtype}
     assert {p.dtype for p in builder.load_model(hf)[0].parameters()} == {torch.float32}
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. text an exported tokenizer cannot encode
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args,key", [
+    (["task=sample", "prompt='the Cat é'"], "prompt"),
+    (["task=attend", "text='the Cat é'"], "text"),
+    (["task=lens", "text='the Cat é'"], "text"),
+    (["task=tour", "text='the Cat é'"], "text"),
+    (["task=context", "word=cat", "contexts=['the Cat é','a cat']"], "contexts"),
+    (["task=embed", "words=['Cé']"], "words"),
+])
+@pytest.mark.parametrize("folder", ["hf", "export"])
+def test_text_the_tokenizer_lacks_names_its_characters(folders, tmp_path, args, key, folder):
+    out = tmp_path / "run"
+    line = refused(run_cli(f"checkpoint={folders[folder]}", *args, f"hydra.run.dir={out}", cwd=tmp_path), out,
+                   f"{key}=", "characters not in the tokenizer's vocabulary", config_shown=args[0] != "task=sample")
+    assert "'C', 'é'" in line and "'t'" not in line  # each missing character once, none that is there
+
+
+def test_words_an_exported_word_tokenizer_lacks_are_named(folders, tmp_path):
+    out = tmp_path / "run"
+    line = refused(run_cli(f"checkpoint={folders['hf_words']}", "task=sample", "prompt='the dog sat on the log'",
+                           f"hydra.run.dir={out}", cwd=tmp_path), out, "prompt=", "words not in the tokenizer's vocabulary")
+    assert "'dog', 'log' (the first at position 4)" in line
+    assert json.loads((folders["hf_words"] / "tokenizer.json").read_text())["model"]["type"] == "WordLevel"
