@@ -1,15 +1,15 @@
 """Load what training and export write: a Lightning checkpoint or an exported directory.
 
-Everything loads with ``torch.load(weights_only=True)`` or safetensors: a file that would run
-code when unpickled is refused. A file or directory that is not what it should be (truncated, corrupt, another
-program's) is one ConfigError naming the setting, the path and what is wrong — never a traceback:
+Everything loads with ``torch.load(weights_only=True)`` or safetensors, and a sharded checkpoint's ``.metadata``
+with builder/sharded.py's restricted unpickler: a file that would run code when unpickled is refused. A file or
+directory that is not what it should be (truncated, corrupt, another program's) is one ConfigError naming the
+setting, the path and what is wrong — never a traceback:
 ``load_model`` for ``checkpoint=``, ``check_resumable`` for ``ckpt_path=`` (task=train, before it writes anything).
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import torch
@@ -94,42 +94,55 @@ def is_sharded_checkpoint(path) -> bool:
     return p.is_dir() and (p / SHARDED_META).is_file() and (p / ".metadata").is_file()
 
 
-def _load_sharded(path: Path, key: str):
-    """The model of a sharded checkpoint, read in this one process: only the model's tensors are read (no optimizer
-    state), each straight into its place in the model, whatever number of processes wrote the shards."""
-    from torch.distributed.checkpoint import FileSystemReader  # (reason: torch.distributed only for this format)
-    from torch.distributed.checkpoint import load as dcp_load  # (reason: as above)
-    from torch.distributed.checkpoint.api import CheckpointException  # (reason: as above)
+SHARDED = "a sharded checkpoint (fsdp2)"
 
-    what = "a sharded checkpoint (fsdp2)"
+
+def _sharded_meta(path: Path, key: str) -> dict:
+    """A sharded checkpoint's ``meta.pt`` (step, loops, hyperparameters), loaded with ``weights_only=True``, holding a
+    model config; ConfigError naming ``key`` otherwise."""
     try:
         meta = torch.load(path / SHARDED_META, map_location="cpu", weights_only=True)
-        reader = FileSystemReader(path)
-        stored = reader.read_metadata().state_dict_metadata
-    except Exception as err:  # a truncated meta.pt or .metadata, another program's files
-        raise ConfigError(key, str(path), f"{what} whose {SHARDED_META} and .metadata are readable: "
+    except Exception as err:  # a truncated meta.pt, another program's, a pickle that wants to run code
+        raise ConfigError(key, str(path), f"{SHARDED} whose {SHARDED_META} loads with weights_only=True: "
                           f"{first_line(err)}") from None
     hp = meta.get("hyper_parameters") if isinstance(meta, dict) else None
-    if not isinstance(hp, dict) or "model" not in hp:
-        raise ConfigError(key, str(path), f"{what} of hydraformer: its {SHARDED_META} holds no model config")
-    model = _build(hp["model"], key, path, what)
-    prefix = "state_dict.model."
-    saved = {k.removeprefix(prefix): getattr(v, "size", None) for k, v in stored.items() if k.startswith(prefix)}
+    if not isinstance(hp, dict) or not isinstance(hp.get("model"), dict):
+        raise ConfigError(key, str(path), f"{SHARDED} of hydraformer: its {SHARDED_META} holds no model config")
+    return meta
+
+
+def _load_sharded(path: Path, key: str):
+    """The model of a sharded checkpoint, read in this one process: only the model's tensors are read (no optimizer
+    state), each straight into its place in the model, whatever number of processes wrote the shards. Nothing in the
+    folder can run code: ``.metadata`` is read by builder/sharded.py's restricted unpickler, the rest with
+    ``weights_only=True``."""
+    from . import sharded  # (reason: torch.distributed.checkpoint, about a second to import, only for this format)
+
+    hp = _sharded_meta(path, key)["hyper_parameters"]
+    index = sharded.read_index(path, key, SHARDED)
+    model = _build(hp["model"], key, path, SHARDED)
+    saved = sharded.stored_tensors(index, "state_dict.model.")
     own = model.state_dict()
     if model.tie_embeddings and "unembedding.weight" not in saved:  # a tied weight is stored under one name
         own.pop("unembedding.weight", None)
-    # names and shapes checked first (load_state's message), from the metadata alone: nothing is read yet
-    check_state(own, {k: torch.empty(tuple(s), device="meta") for k, s in saved.items() if s is not None}, key, path)
-    targets = {f"model.{k}": v for k, v in own.items()}
-    try:
-        with warnings.catch_warnings():  # torch warns that it reads in one process: what we ask of it
-            warnings.simplefilter("ignore", UserWarning)
-            dcp_load({"state_dict": targets}, storage_reader=reader, no_dist=True)
-    except (Exception, CheckpointException) as err:  # a missing or truncated shard file (CheckpointException
-        # is a BaseException wrapping each rank's own error: ours, the one rank)
-        cause = next(iter(err.failures.values()))[0] if isinstance(err, CheckpointException) else err
-        raise ConfigError(key, str(path), f"{what} with every shard file present and whole: {first_line(cause)}") from None
-    return model.eval(), _tokenizer(hp.get("tokenizer"), key, path, what), hp["model"]
+    check_state(own, saved, key, path)  # names, shapes and dtypes (load_state's message), from the index: nothing read yet
+    sharded.load({"state_dict": {f"model.{k}": v for k, v in own.items()}}, path, key, SHARDED, no_dist=True)
+    return model.eval(), _tokenizer(hp.get("tokenizer"), key, path, SHARDED), hp["model"]
+
+
+def check_sharded_resumable(path, model_cfg: dict, key: str = "ckpt_path") -> None:
+    """Training can resume from the sharded checkpoint ``path`` (the run's strategy is the caller's to check): its
+    ``meta.pt`` holds the training state and the model ``model_cfg`` describes, and its index and every value that is
+    not a tensor read without running code (builder/sharded.py ``check``; the shards are read by the strategy)."""
+    from . import sharded  # (reason: as in _load_sharded)
+
+    path = Path(str(path))
+    meta = _sharded_meta(path, key)
+    if "global_step" not in meta:
+        raise ConfigError(key, str(path), f"{SHARDED} written during training: its {SHARDED_META} holds no training "
+                          "state")
+    sharded.check(path, key, SHARDED)
+    check_same_model(meta["hyper_parameters"]["model"], model_cfg, key, path)
 
 
 def load_model(path, key: str = "checkpoint", *, dtype=None):
@@ -216,8 +229,12 @@ def export_model(checkpoint, out_dir: Path, format: str = "hydraformer") -> Path
     tokenizer is a ``tokenizers`` one) that transformers' AutoModelForCausalLM loads."""
     if format not in EXPORT_FORMATS:
         raise ConfigError("format", format, f"one of {', '.join(EXPORT_FORMATS)}")
-    model, tokenizer, model_cfg = load_model(checkpoint, dtype="auto")
-    dest = Path(out_dir) / "export"
+    return write_export(*load_model(checkpoint, dtype="auto"), Path(out_dir) / "export", format, checkpoint)
+
+
+def write_export(model, tokenizer, model_cfg, dest, format: str = "hydraformer", checkpoint="") -> Path:
+    """``load_model``'s model, tokenizer and model config written to ``dest`` in ``format`` (``export_model``'s second
+    half: task=export shows its config between the two)."""
     if format == "hf":
         return save_hf(model, tokenizer, model_cfg, dest, "checkpoint", checkpoint)
     return save_export(model, tokenizer, model_cfg, dest)

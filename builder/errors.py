@@ -22,9 +22,12 @@ class NonFiniteLossError(RuntimeError):
 
 def first_line(err: BaseException) -> str:
     """An exception's message cut to its first line (its type's name when it has none): the part of another
-    library's error worth quoting inside a ConfigError."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    library's error worth quoting inside a ConfigError. torch.load(weights_only=True)'s refusal starts with a
+    paragraph suggesting weights_only=False: the line after it, naming what the file would have run, is quoted."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Weights only load failed"):
+        return lines[1]
+    return lines[0] if lines else type(err).__name__
 
 
 def compile_refusal(key: str, what: str, err: BaseException) -> ConfigError | None:

@@ -36,7 +36,7 @@ import components
 from .data.tokenizers import GPT2BPETokenizer, HFTokenizer, as_tokenizer_json
 from .errors import ConfigError, first_line
 from .files import atomic_path, atomic_write, special_file
-from .model import ModelConfig, build_model, load_state, model_config
+from .model import ModelConfig, build_model, check_floating, load_state, model_config
 
 HF_CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
@@ -850,9 +850,10 @@ def _assemble(fam: Family, flat: dict, model_cfg: dict, raw: dict, dtype: torch.
     with torch.device("meta"):
         model = build_model(model_cfg)
     own = model.state_dict()
-    state = {ours: _from_hf_tensors(tf, [raw[h] for h in theirs], flat).to(dtype)
-             for ours, theirs, tf in _rows(fam, flat["n_layers"])
-             if ours in own and not (ours == "unembedding.weight" and flat["tie_embeddings"])}
+    rows = [(ours, theirs, tf) for ours, theirs, tf in _rows(fam, flat["n_layers"])
+            if ours in own and not (ours == "unembedding.weight" and flat["tie_embeddings"])]
+    check_floating({h: raw[h].dtype for _, theirs, _ in rows for h in theirs}, key, path)  # before any cast
+    state = {ours: _from_hf_tensors(tf, [raw[h] for h in theirs], flat).to(dtype) for ours, theirs, tf in rows}
     if flat["tie_embeddings"]:
         state["unembedding.weight"] = state["token_embedding.weight"]
     load_state(model, {k: v.to("meta") for k, v in state.items()}, key, path)  # names and shapes, as our model has them

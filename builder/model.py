@@ -102,9 +102,21 @@ def load_state(model: nn.Module, state: dict, key: str, path) -> None:
     model.load_state_dict(state)
 
 
+def check_floating(dtypes: dict, key: str, path) -> None:
+    """ConfigError naming every weight (name -> dtype) that is not floating point: int64 or bool weights cast to
+    float would be a model of their integers, sampling garbage. bfloat16 and float16 are floating point."""
+    bad = [f"{name} {str(dtype).removeprefix('torch.')}" for name, dtype in dtypes.items() if not dtype.is_floating_point]
+    if bad:
+        shown = ", ".join(bad[:8]) + (f", ... {len(bad) - 8} more" if len(bad) > 8 else "")
+        raise ConfigError(key, str(path), f"floating-point weights (float32, bfloat16, float16, ...); not floating "
+                          f"point: {shown}")
+
+
 def check_state(own: dict, state: dict, key: str, path) -> None:
     """ConfigError listing every tensor of ``state`` whose name or shape does not fit ``own`` (a model's state dict;
-    the values need only a ``.shape``: meta tensors do)."""
+    the values need only a ``.shape`` and a ``.dtype``: meta tensors do), or that is not floating point where the
+    model's is (:func:`check_floating`)."""
+    check_floating({k: v.dtype for k, v in state.items() if k in own and own[k].is_floating_point()}, key, path)
     problems = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                 for k, v in state.items() if k in own and own[k].shape != v.shape]
     missing = [k for k in own if k not in state]

@@ -439,6 +439,32 @@ def _flush_c_streams() -> None:
         ctypes.CDLL(None).fflush(None)
 
 
+def refused(proc, out: Path, *words: str, config_shown: bool = False) -> str:
+    """The one paragraph of a refused run (``run_cli``'s): exit status 2, one line starting "Error: " naming each of
+    ``words``, no traceback, no run directory ``out`` left behind, no config shown (``config_shown``: a task that
+    shows it before reading its checkpoint: attend, lens, context, embed, tour, heads). Returns the paragraph."""
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    for word in words:
+        assert word in errors[0], (word, errors[0])
+    assert not out.exists(), "a refused run leaves no run directory"
+    assert config_shown or "├──" not in proc.stderr, "the config is shown only once the inputs are checked"
+    return errors[0]
+
+
+class Touch:
+    """Unpickling it creates the folder ``path`` (``os.makedirs``): the proof that a file was unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return os.makedirs, (self.path,)
+
+
 def home_env(tmp_path_factory, name: str, **extra_env: str) -> dict:
     """``train_env`` in a fresh folder that is also HOME, with no wandb key: nothing of this machine's user leaks in."""
     root = tmp_path_factory.mktemp(name)

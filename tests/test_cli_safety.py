@@ -18,26 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_cli
+from conftest import REPO, Touch, refused, run_cli
 
 import builder
 from builder.config.plain import to_plain
 
 TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.context_length=16"]
-
-
-def refused(proc, out: Path, *words: str) -> str:
-    """The one paragraph of a refused run; checks the promise around it."""
-    text = proc.stdout + proc.stderr
-    assert proc.returncode == 2, text[-3000:]
-    assert "Traceback" not in text, text[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
-    assert len(errors) == 1, proc.stderr[-3000:]
-    for word in words:
-        assert word in errors[0], (word, errors[0])
-    assert not out.exists(), "a refused run leaves no run directory"
-    assert "├──" not in proc.stderr, "the config is shown only once the inputs are checked"
-    return errors[0]
 
 
 def tiny_checkpoint(path: Path, **extra) -> dict:
@@ -111,20 +97,10 @@ def test_hydras_rerun_flag_is_refused_before_it_unpickles(tmp_path, files):
     import pickle
 
     payload = tmp_path / "config.pickle"
-    payload.write_bytes(pickle.dumps(_Touch(str(files["mark"]))))
+    payload.write_bytes(pickle.dumps(Touch(str(files["mark"]))))
     proc = run_cli("--experimental-rerun", str(payload), cwd=tmp_path)
     refused(proc, tmp_path / "outputs", "--experimental-rerun", "unpickles", "overrides.yaml")
     assert not files["mark"].exists(), "the pickle was loaded"
-
-
-class _Touch:
-    """Unpickling it creates a folder: the proof that a file was unpickled."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return os.makedirs, (self.path,)
 
 
 @pytest.mark.parametrize("args,key", [

@@ -141,5 +141,6 @@ def test_a_damaged_sharded_checkpoint_is_refused_by_name(env, fsdp_run, tmp_path
     with pytest.raises(builder.ConfigError, match=r"every shard file present and whole.*__1_0.distcp"):
         builder.load_model(broken)
     (broken / ".metadata").write_bytes(b"not a pickle")
-    with pytest.raises(builder.ConfigError, match=r"meta.pt and .metadata are readable"):
+    with pytest.raises(builder.ConfigError, match=r"holds only torch distributed checkpoint's metadata.*\.metadata was "
+                       "refused"):
         builder.load_model(broken)

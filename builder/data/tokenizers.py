@@ -17,11 +17,21 @@ from typing import Any
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 
 CHUNK_CHARS = 1 << 20  # encode BPE text in ~1M-character pieces
 
 
+
+
+def not_in_vocabulary(pieces: list[str], vocab_size: int, first_at: int | None = None) -> str:
+    """The one message of every tokenizer for text it cannot encode: each distinct character (or word) it lacks, and
+    where the first is (a character position) when known."""
+    pieces = list(dict.fromkeys(pieces))
+    what = "characters" if all(len(p) == 1 for p in pieces) else "words"
+    shown = ", ".join(repr(p) for p in pieces[:12]) + (f" and {len(pieces) - 12} more" if len(pieces) > 12 else "")
+    where = f" (the first at position {first_at})" if first_at is not None else ""
+    return f"{what} not in the tokenizer's vocabulary ({vocab_size} tokens): {shown}{where}"
 
 
 def sha256_json(obj: Any) -> str:
@@ -71,11 +81,8 @@ class CharTokenizer:
         ids_clipped = np.minimum(ids, len(self._codepoints) - 1)
         bad = self._codepoints[ids_clipped] != cps
         if bad.any():
-            pos = int(np.argmax(bad))
-            raise ValueError(
-                f"character {text[pos]!r} at position {pos} is not in the tokenizer vocabulary "
-                f"({self.vocab_size} characters)"
-            )
+            at = np.flatnonzero(bad)
+            raise ValueError(not_in_vocabulary([text[i] for i in at], self.vocab_size, int(at[0])))
         return ids.astype(np.int64)
 
     def encode(self, text: str) -> list[int]:
@@ -140,10 +147,8 @@ class WordTokenizer:
         stoi = self._stoi
         try:
             return [stoi[w] for w in text.split()]
-        except KeyError as e:
-            raise ValueError(
-                f"word {e.args[0]!r} is not in the tokenizer vocabulary ({self.vocab_size} words)"
-            ) from None
+        except KeyError:
+            raise ValueError(not_in_vocabulary([w for w in text.split() if w not in stoi], self.vocab_size)) from None
 
     def encode_array(self, text: str) -> np.ndarray:
         return np.asarray(self.encode(text), dtype=np.int64)
@@ -189,14 +194,40 @@ class _HFByteLevelTokenizer:
         return self._vocab_size
 
     def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text).ids)
+        try:
+            return list(self._tok.encode(text).ids)
+        except Exception as err:  # the library's plain Exception: "WordLevel error: Missing [UNK] token ..."
+            raise ValueError(self._cannot_encode(text, err)) from None
 
     def encode_array(self, text: str) -> np.ndarray:
         if not text:
             return np.zeros(0, dtype=np.int64)
         pieces = split_text(text, CHUNK_CHARS)
-        encs = self._tok.encode_batch(pieces) if len(pieces) > 1 else [self._tok.encode(pieces[0])]
+        try:
+            encs = self._tok.encode_batch(pieces) if len(pieces) > 1 else [self._tok.encode(pieces[0])]
+        except Exception as err:  # as in encode
+            raise ValueError(self._cannot_encode(text, err)) from None
         return np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encs])
+
+    def _cannot_encode(self, text: str, err: Exception) -> str:
+        """What of ``text`` the vocabulary lacks (a tokenizer with no unknown token, such as an exported character or
+        word model's): each piece the pre-tokenizer cuts (a character, a word) that does not encode on its own."""
+        pre = self._tok.pre_tokenizer
+        spans = [span for _, span in pre.pre_tokenize_str(text)] if pre is not None else \
+            [(i, i + 1) for i in range(len(text))]
+        missing: dict[str, int] = {}  # piece -> where it first is
+        tried: set[str] = set()
+        for a, b in spans:
+            if text[a:b] in tried:
+                continue
+            tried.add(text[a:b])
+            try:
+                self._tok.encode(text[a:b])
+            except Exception:  # noqa: BLE001 - the library raises nothing narrower
+                missing[text[a:b]] = a
+        if not missing:  # no one piece is to blame: the library's own words
+            return f"the tokenizer could not encode it: {first_line(err)}"
+        return not_in_vocabulary(list(missing), self.vocab_size, next(iter(missing.values())))
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)

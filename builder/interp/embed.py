@@ -25,16 +25,17 @@ def token_id(tokenizer, word: str, key: str = "words") -> int:
     most words with it)."""
     if tokenizer is None:
         raise ConfigError("checkpoint", None, "a model that carries its tokenizer, to look words up")
-    tried = []
+    tried, unknown = [], None
     for form in (word, " " + word):
         try:
             ids = tokenizer.encode(form)
-        except (ValueError, KeyError):
+        except (ValueError, KeyError) as err:
+            unknown = unknown or err
             continue
         if len(ids) == 1:
             return ids[0]
         tried.append(len(ids))
-    many = f"; it is {min(tried)} tokens" if tried else "; the tokenizer cannot encode it"
+    many = f"; it is {min(tried)} tokens" if tried else f"; the tokenizer cannot encode it: {unknown}"
     raise ConfigError(key, word, f"a word that is one token of the model's tokenizer{many} (a character-level "
                       "model has no word vectors: use a word-level or BPE model, e.g. experiment=adjective_head)")
 

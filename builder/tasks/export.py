@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import EXPORT_FORMATS, export_model
+from ..checkpoint import EXPORT_FORMATS, load_model, write_export
+from ..config.printing import inputs_checked
 from ..errors import ConfigError
+from ..hf import hf_config_for
+
+SHOWS_CONFIG = True  # run() calls inputs_checked once the checkpoint is loaded (builder.tasks)
 
 
 def run(cfg, out_dir: Path) -> int:
@@ -17,7 +21,11 @@ def run(cfg, out_dir: Path) -> int:
     if fmt not in EXPORT_FORMATS:
         raise ConfigError("format", fmt, f"one of {', '.join(EXPORT_FORMATS)} (task=export format=hf writes a "
                           "Hugging Face directory)")
-    dest = export_model(cfg.checkpoint, out_dir, fmt)
+    model, tokenizer, model_cfg = load_model(cfg.checkpoint, dtype="auto")
+    if fmt == "hf":  # a model no family's table expresses is refused before the config is shown
+        hf_config_for(model_cfg, "checkpoint", cfg.checkpoint)
+    inputs_checked(model_cfg, f"checkpoint={cfg.checkpoint}")
+    dest = write_export(model, tokenizer, model_cfg, Path(out_dir) / "export", fmt, cfg.checkpoint)
     what = "config.json + model.safetensors, a Hugging Face directory" if fmt == "hf" else \
         "model.safetensors + hydraformer.json"
     print(f"exported to {dest} ({what})")

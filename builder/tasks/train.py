@@ -19,7 +19,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from components import Block
 
 from ..budget import parameter_budget
-from ..checkpoint import check_resumable, check_same_model, is_sharded_checkpoint
+from ..checkpoint import check_resumable, is_sharded_checkpoint
+from ..checkpoint import check_sharded_resumable as sharded_resumable
 from ..config.checks import checked, skip_nonfinite_refusal
 from ..config.plain import to_plain
 from ..config.printing import inputs_checked
@@ -131,20 +132,12 @@ def make_strategy(trainer_kwargs: dict, checkpoint_io):
 
 
 def check_sharded_resumable(path, model_cfg: dict, strategy) -> None:
-    """A sharded checkpoint (a directory) resumes only under fsdp2, and only the model it holds."""
+    """A sharded checkpoint (a directory) resumes only under fsdp2, and only the model it holds; nothing in it runs
+    code (builder.checkpoint.check_sharded_resumable)."""
     if not isinstance(strategy, FullyShardedStrategy):
         raise ConfigError("ckpt_path", str(path), "a checkpoint file: this directory holds a sharded (fsdp2) "
                           "checkpoint, which only trainer.strategy=fsdp2 resumes")
-    try:  # the shards hold the weights and optimizer state; meta.pt the rest (loops, schedule, hyperparameters)
-        meta = torch.load(Path(path) / "meta.pt", map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ConfigError("ckpt_path", str(path), "a sharded checkpoint whose meta.pt loads with weights_only=True: "
-                          f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
-    hp = meta.get("hyper_parameters") if isinstance(meta, dict) else None
-    if not isinstance(hp, dict) or not isinstance(hp.get("model"), dict) or "global_step" not in meta:
-        raise ConfigError("ckpt_path", str(path), "a sharded hydraformer checkpoint written during training: its "
-                          "meta.pt holds no model config or training state")
-    check_same_model(hp["model"], model_cfg, "ckpt_path", path)
+    sharded_resumable(path, model_cfg)
 
 
 @rank_zero_only
@@ -215,7 +208,7 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
     if trainer.is_global_zero:
         write_budget(budget, out_dir, loggers)
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     except SystemExit as stop:  # Lightning ends a fit cut short by SIGTERM with status 0, by Ctrl-C with 1
         if isinstance(stop, SIGTERMException):
             raise SystemExit(EXIT_SIGTERM) from None

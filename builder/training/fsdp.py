@@ -12,7 +12,8 @@ them, given the doubled batch (tests/test_fsdp.py).
 Checkpoints: ``trainer.checkpoint_format: sharded`` (default) writes each ``.ckpt`` as a directory of shards (torch
 distributed checkpoint; nothing is gathered); ``full`` gathers the weights and optimizer state onto process 0 and
 writes one file. Either resumes (``ckpt_path=``), and ``builder.load_model``, ``task=sample`` and ``task=export``
-read either (builder/checkpoint.py reads a sharded one in one process).
+read either (builder/checkpoint.py reads a sharded one in one process). A sharded one is read through
+builder/sharded.py, never torch's own reader, which unpickles (``load_checkpoint``).
 ``python -m torch.distributed.checkpoint.format_utils dcp_to_torch <dir> <file>`` turns a sharded one into a file.
 """
 
@@ -25,12 +26,20 @@ import torch
 from pytorch_lightning.strategies import ModelParallelStrategy
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.overrides import TorchFunctionMode
 
 from components import Block
 
+from .. import sharded
+from ..checkpoint import SHARDED, SHARDED_META, is_sharded_checkpoint
 from ..errors import ConfigError
 from ..model import build_model
 
@@ -72,6 +81,23 @@ class FullyShardedStrategy(ModelParallelStrategy):
             tmp.rename(path)
             _remove(old)
         self.barrier()
+
+    def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict:
+        """Lightning's own steps for a resume, the sharded folder read through builder/sharded.py: torch's reader
+        would unpickle its ``.metadata`` and every stored value that is not a tensor, running any code they name.
+        The model's shards, then each optimizer's, then ``meta.pt`` (``weights_only=True``, as a full checkpoint)."""
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if not is_sharded_checkpoint(path):
+            return super().load_checkpoint(path, weights_only=True)
+        module = {"state_dict": get_model_state_dict(self.model)}
+        sharded.load(module, path, "ckpt_path", SHARDED)
+        self.model.load_state_dict(module["state_dict"], strict=self.lightning_module.strict_loading)
+        for i, optimizer in enumerate(self.optimizers):
+            state = {f"optimizer_{i}": get_optimizer_state_dict(self.model, optimizer)}
+            sharded.load(state, path, "ckpt_path", SHARDED)
+            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=state[f"optimizer_{i}"],
+                                     options=StateDictOptions(cpu_offload=True))
+        return torch.load(path / SHARDED_META, map_location="cpu", weights_only=True)
 
     def setup_environment(self) -> None:
         # Lightning's private API, the one use here: with both sizes "auto" ModelParallelStrategy makes the data-
