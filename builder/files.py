@@ -42,8 +42,23 @@ def _umask() -> int:
 
 
 @contextmanager
+def named_errors(path) -> Iterator[None]:
+    """An OSError raised in the block without a file name (a ``write`` or ``flush`` of an open file: Python names
+    the file only when opening it) is raised again naming ``path``, so a full disk names what was being written
+    rather than nothing (and is never taken for standard output)."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None or err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
+
+
+@contextmanager
 def atomic_path(path, *, replace: bool = True) -> Iterator[Path]:
     """A temporary path beside ``path`` to write; published onto ``path`` when the block ends without error.
+    An OSError in the block that names no file (a write on a full disk) is raised naming ``path``; the temporary
+    file is removed whatever happens.
 
     ``replace=False`` keeps a file already at ``path`` (the first writer wins), so processes that build
     the same cache file at once all end up reading one file.
@@ -54,7 +69,8 @@ def atomic_path(path, *, replace: bool = True) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
+        with named_errors(path):
+            yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         if replace:
             os.replace(tmp, path)

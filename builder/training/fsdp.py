@@ -64,7 +64,12 @@ class FullyShardedStrategy(ModelParallelStrategy):
             for stale in (tmp, old):
                 _remove(stale)
         self.barrier()
-        super().save_checkpoint(checkpoint, tmp, storage_options)
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+        except BaseException:  # a failed write (a full disk) leaves no partial directory
+            if self.global_rank == 0:
+                _remove(tmp)
+            raise
         self.barrier()  # every shard and meta.pt written
         if self.global_rank == 0:
             if path.exists():
