@@ -23,6 +23,7 @@ from pytorch_lightning.strategies import ModelParallelStrategy
 from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from ..checkpoint import last_finite_sentence
 from ..config.checks import check_callbacks
 from ..config.plain import to_plain
 from ..config.schema import (
@@ -158,9 +159,10 @@ class SaveOnInterrupt(pl.Callback):
     Ctrl-C becomes a KeyboardInterrupt at the end of the current batch, as Lightning does with SIGTERM: raised where
     the signal lands, Python drops one that lands in a finaliser or a weakref callback (those run inside backward) and
     training would go on. A second Ctrl-C interrupts at once. Any other error (a callback that fails at validation)
-    saves the steps trained so far too — unless the loss or the weights are no longer finite (then the last good
-    checkpoint stays), or a write found no room (none is left for this one either), or several processes train
-    (one process's error is not the others': saving would wait on them forever)."""
+    saves the steps trained so far too — unless the loss is no longer finite, or a write was refused (a full
+    disk would refuse this one too), or several processes train (one process's error is not the others': saving
+    would wait on them forever). Weights that are not finite are never saved, interrupted or not: the message names
+    the last checkpoint whose weights are."""
 
     def __init__(self, path: Path, resume_hint: str | None = None):
         self.path = Path(path)
@@ -197,27 +199,33 @@ class SaveOnInterrupt(pl.Callback):
     def on_exception(self, trainer, pl_module, exception):
         self._restore()
         interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        if trainer.global_step == 0 or not (interrupted or self._worth_saving(trainer, exception)):
+            return
+        what = "interrupted" if interrupted else f"failed ({type(exception).__name__})"
         # a NaN/inf loss not yet looked at (train.finite_check_every) has stepped these weights; this process's own
         # losses only: the others may not be here to compare theirs (which also leaves nothing for the save's check)
         check = getattr(pl_module, "nonfinite_error", None)
-        unsafe = check is not None and check(collective=False) is not None
-        if trainer.global_step == 0 or unsafe or not (interrupted or self._worth_saving(trainer, pl_module, exception)):
+        try:  # the error that ended the run stays the one reported
+            if check is not None and (unsafe := check(collective=False)) is not None:
+                raise unsafe
+            trainer.save_checkpoint(self.path)  # refused when the weights are not finite (LitGPT.on_save_checkpoint)
+        except (NonFiniteLossError, OSError) as err:
+            if trainer.is_global_zero:
+                kept = f". {last_finite_sentence(self.path.parent, trainer.ckpt_path)}" \
+                    if isinstance(err, NonFiniteLossError) else ""
+                print(f"\n{what} at step {trainer.global_step}: {self.path} not saved: {err}{kept}", flush=True)
             return
-        trainer.save_checkpoint(self.path)
         self.saved = self.path
         if trainer.is_global_zero:
-            what = "interrupted" if interrupted else f"failed ({type(exception).__name__})"
             print(f"\n{what} at step {trainer.global_step}: saved {self.path}; to resume, run the same command with "
                   f"{self.resume_hint}", flush=True)
 
     @staticmethod
-    def _worth_saving(trainer, pl_module, exception) -> bool:
+    def _worth_saving(trainer, exception) -> bool:
         """Not after a NaN/inf loss, nor after a write the file system had no room for (it has none for this one
         either), nor with several processes."""
         no_room = isinstance(exception, OSError) and exception.errno in NO_ROOM
-        if isinstance(exception, NonFiniteLossError) or no_room or trainer.world_size > 1:
-            return False
-        return all(bool(torch.isfinite(p).all()) for p in pl_module.parameters())
+        return not (isinstance(exception, NonFiniteLossError) or no_room or trainer.world_size > 1)
 
 
 # --------------------------------------------------------------------------------------------------
