@@ -12,6 +12,7 @@ refused before it is opened (reading a FIFO blocks until a writer comes; /dev/ze
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -39,6 +40,19 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# the temporary file of ``NAME`` (atomic_path's): ``.NAME.XXXXXXXX.tmp``, mkstemp's 8 characters between prefix and suffix
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def temp_files(folder) -> list[Path]:
+    """The temporary files :func:`atomic_path` makes (``.NAME.XXXXXXXX.tmp``) in ``folder`` itself (not below it):
+    what a write killed mid-way (SIGKILL, a power cut) leaves there. Files only; nothing else matches."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _TEMP_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink())
 
 
 @contextmanager

@@ -188,3 +188,19 @@ def test_sharded_weights_that_are_not_finite_are_found_shard_by_shard(tmp_path):
                                                   r"weights are finite: model.blocks.1.mlp.proj.weight holds NaN"):
         check_sharded_resumable(bad, model_cfg, FullyShardedStrategy())
 
+
+def test_a_sharded_save_killed_between_its_renames_is_finished_and_other_staging_removed(tmp_path):
+    """fsdp2 writes ``.NAME.tmp``, renames NAME to ``.NAME.old``, ``.NAME.tmp`` to NAME, removes ``.NAME.old``.
+    Killed between the two renames, the new checkpoint is whole in ``.NAME.tmp``: put in place. Killed while
+    writing, ``.NAME.tmp`` is removed and NAME, whole, stays."""
+    from builder.training.fsdp import clear_staging
+
+    ckpts = tmp_path / "checkpoints"
+    for name, marker in ((".last.ckpt.old", "step 2"), (".last.ckpt.tmp", "step 4"), ("step-6.ckpt", "step 6"),
+                         (".step-6.ckpt.tmp", "half"), (".notes.tmp", "not ours")):
+        (ckpts / name).mkdir(parents=True)
+        (ckpts / name / "meta.pt").write_text(marker)
+    removed = clear_staging(ckpts)
+    assert sorted(p.name for p in removed) == [".last.ckpt.old", ".step-6.ckpt.tmp"]
+    assert {p.name: (p / "meta.pt").read_text() for p in ckpts.iterdir()} == {
+        "last.ckpt": "step 4", "step-6.ckpt": "step 6", ".notes.tmp": "not ours"}

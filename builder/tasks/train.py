@@ -34,13 +34,13 @@ from ..config.plain import to_plain
 from ..config.printing import inputs_checked
 from ..data.datamodule import TokenDataModule
 from ..errors import ConfigError, NonFiniteLossError, compile_refusal
-from ..files import atomic_write
+from ..files import atomic_write, temp_files
 from ..interp.tour import summary as tour_summary
 from ..interp.tour import write_tour
 from ..memory import check_training_memory
 from ..report import write_budget_files
 from ..training.callbacks import AtomicCheckpointIO, RunContext, SaveOnInterrupt, make_callbacks
-from ..training.fsdp import FullyShardedStrategy
+from ..training.fsdp import FullyShardedStrategy, clear_staging
 from ..training.launch import for_this_job
 from ..training.loggers import finish_wandb, log_config, log_image, log_table, make_loggers_from_config, wandb_run_dir
 from ..training.module import LitGPT
@@ -154,6 +154,24 @@ def check_sharded_resumable(path, model_cfg: dict, strategy) -> None:
     refuse_nonfinite(nonfinite_weights(path), "ckpt_path", path)
 
 
+# the folders of a run that task=train writes atomically (builder/files.py): where a killed write leaves its temp file
+WRITTEN_ATOMICALLY = (".", "checkpoints", "attention")
+
+
+def remove_stale_writes(out_dir: Path) -> list[Path]:
+    """Remove what writes a kill cut short left in this run's own folders — atomic writes' ``.NAME.XXXXXXXX.tmp``
+    files, sharded checkpoints' ``.NAME.ckpt.tmp`` / ``.old`` directories (builder/training/fsdp.py) — before the run
+    writes anything; return them. Nothing else is touched: other names, other folders (the loggers' own), the
+    folders below these. The run directory is this run's alone (builder/config/preflight.py), so none is in use."""
+    removed = [f for sub in WRITTEN_ATOMICALLY for f in temp_files(out_dir / sub)]
+    for f in removed:
+        f.unlink(missing_ok=True)
+    removed += clear_staging(out_dir / "checkpoints")
+    if removed:
+        rank_zero_info(f"removed what killed writes left in {out_dir}: {', '.join(str(p.relative_to(out_dir)) for p in removed)}")
+    return removed
+
+
 @rank_zero_only
 def write_budget(budget: dict, out_dir: Path, loggers) -> None:
     write_budget_files([budget], out_dir)
@@ -217,6 +235,8 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
                          plugins=[checkpoint_io] if isinstance(strategy, str) else None, use_distributed_sampler=False)
     if train_cfg["skip_nonfinite"] and trainer.world_size > 1:  # devices=auto or -1: Lightning's count, before launch
         raise skip_nonfinite_refusal(trainer.world_size)
+    if trainer.is_global_zero:
+        remove_stale_writes(out_dir)
     log_config(loggers, config)  # the loggers' first files, now that nothing is left to refuse
     for_this_job(trainer)  # multirun + DDP: the extra processes run this job only (builder/training/launch.py)
     if trainer.is_global_zero:
