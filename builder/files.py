@@ -12,6 +12,7 @@ refused before it is opened (reading a FIFO blocks until a writer comes; /dev/ze
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -41,9 +42,37 @@ def _umask() -> int:
     return mask
 
 
+# the temporary file of ``NAME`` (atomic_path's): ``.NAME.XXXXXXXX.tmp``, mkstemp's 8 characters between prefix and suffix
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def temp_files(folder) -> list[Path]:
+    """The temporary files :func:`atomic_path` makes (``.NAME.XXXXXXXX.tmp``) in ``folder`` itself (not below it):
+    what a write killed mid-way (SIGKILL, a power cut) leaves there. Files only; nothing else matches."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _TEMP_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink())
+
+
+@contextmanager
+def named_errors(path) -> Iterator[None]:
+    """An OSError raised in the block without a file name (a ``write`` or ``flush`` of an open file: Python names
+    the file only when opening it) is raised again naming ``path``, so a full disk names what was being written
+    rather than nothing (and is never taken for standard output)."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None or err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
+
+
 @contextmanager
 def atomic_path(path, *, replace: bool = True) -> Iterator[Path]:
     """A temporary path beside ``path`` to write; published onto ``path`` when the block ends without error.
+    An OSError in the block that names no file (a write on a full disk) is raised naming ``path``; the temporary
+    file is removed whatever happens.
 
     ``replace=False`` keeps a file already at ``path`` (the first writer wins), so processes that build
     the same cache file at once all end up reading one file.
@@ -54,7 +83,8 @@ def atomic_path(path, *, replace: bool = True) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
+        with named_errors(path):
+            yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         if replace:
             os.replace(tmp, path)

@@ -91,10 +91,12 @@ def _exit_code(code) -> int:
     return 1
 
 
-def needs_new_interpreter(env: dict, address_space: int | None = None) -> str | None:
+def needs_new_interpreter(env: dict, address_space: int | None = None, file_size: int | None = None) -> str | None:
     """Why ``run_cli`` with this full environment must start a new interpreter; None if it runs in this process."""
     if address_space:
         return "address_space caps the whole process (RLIMIT_AS)"
+    if file_size:
+        return "file_size caps every file the process writes (RLIMIT_FSIZE)"
     if os.environ.get("HYDRAFORMER_TEST_FRESH") == "1":
         return "HYDRAFORMER_TEST_FRESH=1"
     if threading.current_thread() is not threading.main_thread():
@@ -105,27 +107,33 @@ def needs_new_interpreter(env: dict, address_space: int | None = None) -> str | 
 
 
 def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: float = 300,
-            address_space: int | None = None, fresh: bool = False) -> subprocess.CompletedProcess:
+            address_space: int | None = None, file_size: int | None = None,
+            fresh: bool = False) -> subprocess.CompletedProcess:
     """``python run.py ARGS`` (the ``hydraformer`` command) with ``env`` on top of this process's environment (a
     value None unsets that variable), in ``cwd``; returns ``subprocess.CompletedProcess(argv, returncode, stdout,
     stderr)`` with text output.
 
     It runs in this process (``builder.tasks.main()``; see ``_run_in_process``) unless a new interpreter is needed:
     ``fresh=True`` (a test about what only a new process shows), ``address_space`` (a cap on the process's address
-    space, RLIMIT_AS, in bytes), ``HYDRAFORMER_TEST_FRESH=1``, a call from a thread other than the main one, or an
-    ``env`` changing a variable read at start-up (STARTUP_VARIABLES). ``timeout`` bounds a new interpreter only
-    (``subprocess.TimeoutExpired``, as subprocess.run raises it); in this process a hang is ended by pytest-timeout
-    (``timeout`` in pyproject.toml, per test)."""
+    space, RLIMIT_AS, in bytes), ``file_size`` (a cap on the size of each file it writes, RLIMIT_FSIZE, in bytes: a
+    write past it fails with EFBIG, SIGXFSZ ignored), ``HYDRAFORMER_TEST_FRESH=1``, a call from a thread other than
+    the main one, or an ``env`` changing a variable read at start-up (STARTUP_VARIABLES). ``timeout`` bounds a new
+    interpreter only (``subprocess.TimeoutExpired``, as subprocess.run raises it); in this process a hang is ended by
+    pytest-timeout (``timeout`` in pyproject.toml, per test)."""
     full_env = {k: v for k, v in (_cli_env() | (env or {})).items() if v is not None}  # None: unset that variable
     argv = [sys.executable, str(REPO / "run.py"), *args]
-    if not fresh and needs_new_interpreter(full_env, address_space) is None:
+    if not fresh and needs_new_interpreter(full_env, address_space, file_size) is None:
         return _run_in_process(argv, Path(cwd), full_env)
 
     def cap():
-        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+        if address_space:
+            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+        if file_size:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
 
     return subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=cap if address_space else None)
+                          preexec_fn=cap if address_space or file_size else None)
 
 
 def _run_in_process(argv: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:

@@ -131,6 +131,107 @@ def test_a_deferred_nan_check_names_the_first_bad_step_and_keeps_no_stepped_chec
         assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
 
 
+def finite(path: Path) -> bool:
+    """Whether every weight of the checkpoint file ``path`` is finite (read with plain torch)."""
+    return all(bool(torch.isfinite(v).all()) for v in torch.load(path, weights_only=True)["state_dict"].values())
+
+
+# train.lr=1e5 on the SMALL model: the losses of steps 0 and 1 are finite, the update of step 1 makes every weight
+# NaN (its gradients overflow) — what the loss check alone never sees before the save of step 2
+OVERFLOW = ["train.lr=1e5", "trainer.max_steps=20"]
+
+
+@pytest.mark.parametrize("every,kept", [(2, None), (1, "step-1.ckpt")], ids=["none-kept", "step-1-kept"])
+def test_weights_an_update_made_nonfinite_are_never_saved(env, every, kept):
+    """The issue's example: the periodic save of step 2 would have written NaN weights and the run would have called
+    it its last good checkpoint. It is refused; the message names the last checkpoint whose weights are finite
+    (read from disk), or says that there is none."""
+    out = env["tmp"] / f"overflow{every}"
+    proc = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", *OVERFLOW,
+                   f"callbacks.model_checkpoint.every_n_train_steps={every}", "trainer.val_check_interval=2",
+                   env=env["env"])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "Error: the weights are no longer finite at step 2 (model." in proc.stderr, proc.stderr[-3000:]
+    if kept:
+        assert f"The last checkpoint with finite weights: {out / 'checkpoints' / kept}." in proc.stderr
+    else:
+        assert f"No checkpoint with finite weights is kept: {out / 'checkpoints'} holds none." in proc.stderr
+    written = sorted(p.name for p in out.glob("checkpoints/*"))
+    assert written == ([kept] if kept else []), written
+    assert all(finite(p) for p in out.glob("checkpoints/*.ckpt"))
+
+
+def test_last_ckpt_is_never_written_with_nonfinite_weights(env):
+    """train.skip_nonfinite=true skips every NaN loss, but weights that are NaN stay NaN: at the end of training
+    Lightning saves last.ckpt. Not of these weights: the run stops, saying so."""
+    out = env["tmp"] / "skip_overflow"
+    proc = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", "train.lr=1e5",
+                   "trainer.max_steps=4", "train.skip_nonfinite=true", "trainer.val_check_interval=1000",
+                   "callbacks.model_checkpoint.every_n_train_steps=1000", env=env["env"])
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Error: the weights are no longer finite at step 4" in proc.stderr, proc.stderr[-3000:]
+    assert f"{out / 'checkpoints'} holds none" in proc.stderr
+    assert not (out / "checkpoints" / "last.ckpt").exists()
+
+
+def test_an_interrupt_never_saves_nonfinite_weights(env):
+    """SIGTERM while training on NaN weights (train.skip_nonfinite=true keeps the run going): last.ckpt is not
+    written, the output says why and that no checkpoint with finite weights is kept, and the run still exits as
+    interrupted (143)."""
+    out = env["tmp"] / "term_overflow"
+    proc = start(env, out, "train.lr=1e5", "trainer.max_steps=100000", "trainer.val_check_interval=100000",
+                 "train.skip_nonfinite=true", "trainer.log_every_n_steps=1",
+                 "callbacks.model_checkpoint.every_n_train_steps=100000")
+    deadline = time.time() + 120
+    while not list(out.glob("csv/**/metrics.csv")):  # the csv logger's first flush: step 100
+        assert proc.poll() is None and time.time() < deadline, finish(proc)[-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output = finish(proc)
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert f"{out / 'checkpoints' / 'last.ckpt'} not saved: the weights are no longer finite at step" in output, \
+        output[-3000:]
+    assert f"No checkpoint with finite weights is kept: {out / 'checkpoints'} holds none." in output
+    assert not (out / "checkpoints" / "last.ckpt").exists()
+
+
+def poison(path: Path, dest: Path) -> None:
+    """Write a copy of the checkpoint ``path`` to ``dest`` with one weight NaN (a checkpoint an earlier version
+    could write), newer than every other file."""
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["state_dict"]["model.blocks.1.mlp.fc.weight"][0, 0] = float("nan")
+    torch.save(ckpt, dest)
+    os.utime(dest, (time.time() + 60, time.time() + 60))
+
+
+def test_resuming_never_starts_from_nonfinite_weights(env):
+    """ckpt_path=last passes over this run's newest checkpoint when its weights are not finite (naming it) and
+    resumes from the newest whose weights are; ckpt_path=THAT_FILE is refused, naming the tensor."""
+    out = env["tmp"] / "resume_poisoned"
+    proc = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", "trainer.max_steps=2",
+                   "trainer.val_check_interval=1000", "callbacks.model_checkpoint.every_n_train_steps=1",
+                   env=env["env"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpts = out / "checkpoints"
+    poison(ckpts / "last.ckpt", ckpts / "step-3.ckpt")
+    poison(ckpts / "last.ckpt", ckpts / "last.ckpt")  # newest of all now, and not finite
+    resumed = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", "ckpt_path=last",
+                      "trainer.max_steps=4", "trainer.val_check_interval=1000", env=env["env"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    said = resumed.stdout + resumed.stderr
+    for bad in ("last.ckpt", "step-3.ckpt"):
+        assert f"passing over {ckpts / bad}: its weights are not finite (model.blocks.1.mlp.fc.weight holds NaN " \
+               "or inf)" in said, said[-3000:]
+    assert f"Restoring states from the checkpoint path at {ckpts / 'step-2.ckpt'}" in said
+    assert "Done: 4 steps" in resumed.stdout
+    refused = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}",
+                      f"ckpt_path={ckpts / 'step-3.ckpt'}", "trainer.max_steps=6", env=env["env"])
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert f"ckpt_path='{ckpts / 'step-3.ckpt'}' is not accepted: a checkpoint whose weights are finite: " \
+           "model.blocks.1.mlp.fc.weight holds NaN or inf" in refused.stderr
+
+
 # process 1's loss at step 3 only becomes NaN: a fault on one process of two, put into the real run.py
 ONE_RANK_NAN = """
 import sys

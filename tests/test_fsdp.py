@@ -3,6 +3,7 @@ CPU processes over gloo, the model built sharded, sharded and full checkpoints, 
 
 import csv
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 import builder
 from builder.checkpoint import is_sharded_checkpoint
+from builder.config.plain import to_plain
 from builder.config.schema import TrainerConfig
 from builder.config.spec import check
 from builder.tasks.train import make_strategy
@@ -129,6 +131,15 @@ def test_fsdp_cpu_preset_and_checkpoint_format():
         check(TrainerConfig, {**cfg.trainer, "precision": "16-mixed"}, "trainer")
 
 
+def test_the_finite_check_reads_every_weight_of_a_real_sharded_checkpoint(fsdp_run, tmp_path):
+    from builder.checkpoint import _sharded_weights, nonfinite_weights
+
+    step2 = fsdp_run[0] / "checkpoints" / "step-2.ckpt"
+    assert nonfinite_weights(step2) is None
+    read = dict(_sharded_weights(step2, "ckpt_path"))
+    assert_same_params(read, weights(step2, tmp_path))
+
+
 def test_a_damaged_sharded_checkpoint_is_refused_by_name(env, fsdp_run, tmp_path):
     out, _ = fsdp_run
     broken = tmp_path / "step-2.ckpt"
@@ -144,3 +155,53 @@ def test_a_damaged_sharded_checkpoint_is_refused_by_name(env, fsdp_run, tmp_path
     with pytest.raises(builder.ConfigError, match=r"holds only torch distributed checkpoint's metadata.*\.metadata was "
                        "refused"):
         builder.load_model(broken)
+
+
+def write_sharded(path: Path, state: dict, model_cfg: dict, step: int) -> Path:
+    """A sharded checkpoint as fsdp2 writes one (torch distributed checkpoint's shards and .metadata, Lightning's
+    meta.pt), from one process."""
+    from torch.distributed.checkpoint import FileSystemWriter, save
+
+    with warnings.catch_warnings():  # torch warns that it writes from one process: what we ask of it
+        warnings.simplefilter("ignore", UserWarning)
+        save({"state_dict": state}, storage_writer=FileSystemWriter(path), no_dist=True)
+    torch.save({"hyper_parameters": {"model": model_cfg}, "global_step": step}, path / "meta.pt")
+    return path
+
+
+def test_sharded_weights_that_are_not_finite_are_found_shard_by_shard(tmp_path):
+    """A sharded checkpoint is read one tensor at a time for the finite check: ckpt_path=last passes over one with
+    a NaN or inf for the newest whose weights are finite, and ckpt_path=THAT_DIRECTORY is refused, naming it."""
+    from builder.checkpoint import nonfinite_weights
+    from builder.tasks.train import check_sharded_resumable, find_checkpoint
+
+    model_cfg = to_plain(builder.compose(SMALL[:4]).model)
+    state = {f"model.{k}": v.clone() for k, v in builder.build_model(model_cfg).state_dict().items()}
+    ckpts = tmp_path / "run" / "checkpoints"
+    good = write_sharded(ckpts / "step-2.ckpt", state, model_cfg, 2)
+    state["model.blocks.1.mlp.proj.weight"][3, 4] = float("inf")
+    bad = write_sharded(ckpts / "last.ckpt", state, model_cfg, 4)
+    assert is_sharded_checkpoint(good) and is_sharded_checkpoint(bad)
+    assert nonfinite_weights(good) is None
+    assert nonfinite_weights(bad) == "model.blocks.1.mlp.proj.weight"
+    assert find_checkpoint("last", tmp_path / "run") == str(good)
+    with pytest.raises(builder.ConfigError, match=r"ckpt_path=.*last.ckpt.*is not accepted: a checkpoint whose "
+                                                  r"weights are finite: model.blocks.1.mlp.proj.weight holds NaN"):
+        check_sharded_resumable(bad, model_cfg, FullyShardedStrategy())
+
+
+def test_a_sharded_save_killed_between_its_renames_is_finished_and_other_staging_removed(tmp_path):
+    """fsdp2 writes ``.NAME.tmp``, renames NAME to ``.NAME.old``, ``.NAME.tmp`` to NAME, removes ``.NAME.old``.
+    Killed between the two renames, the new checkpoint is whole in ``.NAME.tmp``: put in place. Killed while
+    writing, ``.NAME.tmp`` is removed and NAME, whole, stays."""
+    from builder.training.fsdp import clear_staging
+
+    ckpts = tmp_path / "checkpoints"
+    for name, marker in ((".last.ckpt.old", "step 2"), (".last.ckpt.tmp", "step 4"), ("step-6.ckpt", "step 6"),
+                         (".step-6.ckpt.tmp", "half"), (".notes.tmp", "not ours")):
+        (ckpts / name).mkdir(parents=True)
+        (ckpts / name / "meta.pt").write_text(marker)
+    removed = clear_staging(ckpts)
+    assert sorted(p.name for p in removed) == [".last.ckpt.old", ".step-6.ckpt.tmp"]
+    assert {p.name: (p / "meta.pt").read_text() for p in ckpts.iterdir()} == {
+        "last.ckpt": "step 4", "step-6.ckpt": "step 6", ".notes.tmp": "not ours"}

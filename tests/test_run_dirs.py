@@ -122,6 +122,46 @@ def test_training_settings_may_change_on_resume(env, trained):
     assert "Done: 4 steps" in proc.stdout
 
 
+# ------------------------------------------------- 5. what killed writes left is removed, and nothing else
+
+# what a write killed mid-way leaves in a run's folders (builder/files.py's temp files, fsdp.py's staging folders)
+STALE = ["checkpoints/.step-4.ckpt.k3_x9a0q.tmp", "checkpoints/.last.ckpt.abcd1234.tmp", ".summary.json.zz99yy88.tmp",
+         ".budget.png.0a1b2c3d.tmp", "attention/.patterns_step4.png.qwertyui.tmp"]
+STALE_DIRS = ["checkpoints/.last.ckpt.tmp", "checkpoints/.step-6.ckpt.old"]
+# near misses: never ours to remove
+OTHERS = ["checkpoints/notes.tmp", "checkpoints/.keep.tmp", "checkpoints/.step-4.ckpt.k3_x9a0q.tmp.bak",
+          ".summary.json.ABCDEFGH.tmp", ".summary.json.abc.tmp", "csv/.metrics.csv.ab12cd34.tmp",
+          "attention/deeper/.patterns.png.ab12cd34.tmp", "checkpoints/.last.ckpt.tmp.keep", "checkpoints/.x.old"]
+OTHER_DIRS = ["checkpoints/.step-8.ckpt.ab12cd34.tmp", "checkpoints/.logs.tmp", ".last.ckpt.tmp"]
+
+
+def plant(out: Path) -> None:
+    for name in STALE + OTHERS:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(f"{name}\n")
+    for name in STALE_DIRS + OTHER_DIRS:
+        (out / name).mkdir(parents=True)
+        (out / name / "shard.distcp").write_text(name)
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["before-any-checkpoint", "after-two-steps"])
+def test_a_run_removes_what_killed_writes_left_in_its_folders_and_nothing_else(env, first):
+    """A SIGKILL during a save leaves ``.step-N.ckpt.XXXXXXXX.tmp`` (or a sharded save's ``.NAME.tmp``/``.old``
+    folder) forever: the run that starts (ckpt_path=last, no checkpoint yet: killed before its first one finished)
+    or resumes in that folder removes them before it writes — only those names, only in the folders it writes."""
+    out = env["tmp"] / "killed"
+    if not first:
+        train(env, out, "trainer.max_steps=2")
+    plant(out)
+    others = {name: (out / name).read_text() for name in OTHERS}
+    proc = train(env, out, "ckpt_path=last", "trainer.max_steps=4")
+    assert "Done: 4 steps" in proc.stdout
+    assert [name for name in STALE + STALE_DIRS if (out / name).exists()] == []
+    assert {name: (out / name).read_text() for name in OTHERS} == others
+    assert all((out / name / "shard.distcp").read_text() == name for name in OTHER_DIRS)
+    assert "removed what killed writes left in" in proc.stdout + proc.stderr
+
+
 # ------------------------------------------------ 6. interrupted: saved, non-zero, and a re-run picks it up
 
 

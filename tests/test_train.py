@@ -295,6 +295,29 @@ def test_ckpt_path_last_is_this_runs_own_newest_checkpoint(tmp_path):
     assert find_checkpoint(None, here, paths) is None
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_the_finite_check_finds_every_nan_and_infinity_and_names_the_first(dtype):
+    """builder.checkpoint.nonfinite_tensor (run before every save) agrees with torch.isfinite, whatever the shape,
+    the layout or where the bad value sits; integer tensors, empty ones and steps are not weights."""
+    from builder.checkpoint import nonfinite_tensor
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(1,), (7,), (33, 5), (128, 96), (4, 3, 17), (50_003,)]
+    for trial in range(40):
+        state = {f"w{i}": torch.randn(shape, generator=gen).to(dtype) for i, shape in enumerate(shapes)}
+        state["w3"] = state["w3"].t()  # not contiguous
+        state.update(step=torch.tensor(7), ids=torch.arange(5), empty=torch.empty(0, dtype=dtype))
+        assert nonfinite_tensor(state) is None
+        bad = sorted(torch.randperm(len(shapes), generator=gen)[: 1 + trial % 3].tolist())
+        for i in bad:
+            t = state[f"w{i}"]
+            t[tuple(int(torch.randint(n, (1,), generator=gen)) for n in t.shape)] = (
+                float("nan"), float("inf"), -float("inf"))[trial % 3]
+        expected = next(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+        assert nonfinite_tensor(state) == expected == f"w{bad[0]}"
+        assert nonfinite_tensor(list(state.items())) == expected  # pairs, as read one at a time from shards
+
+
 def test_runs_go_to_paths_runs_dir_and_resume_from_there(env):
     runs = env["root"] / "elsewhere"
     small = [a for a in SMALL if not a.startswith("callbacks.")]  # (entries that callbacks=none leaves out)

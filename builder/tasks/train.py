@@ -19,20 +19,28 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from components import Block
 
 from ..budget import parameter_budget
-from ..checkpoint import check_resumable, is_sharded_checkpoint
+from ..checkpoint import (
+    check_resumable,
+    checkpoints_below,
+    is_sharded_checkpoint,
+    last_finite_sentence,
+    nonfinite_weights,
+    refuse_nonfinite,
+    written_at,
+)
 from ..checkpoint import check_sharded_resumable as sharded_resumable
 from ..config.checks import checked, skip_nonfinite_refusal
 from ..config.plain import to_plain
 from ..config.printing import inputs_checked
 from ..data.datamodule import TokenDataModule
-from ..errors import ConfigError, compile_refusal
-from ..files import atomic_write
+from ..errors import ConfigError, NonFiniteLossError, compile_refusal
+from ..files import atomic_write, temp_files
 from ..interp.tour import summary as tour_summary
 from ..interp.tour import write_tour
 from ..memory import check_training_memory
 from ..report import write_budget_files
 from ..training.callbacks import AtomicCheckpointIO, RunContext, SaveOnInterrupt, make_callbacks
-from ..training.fsdp import FullyShardedStrategy
+from ..training.fsdp import FullyShardedStrategy, clear_staging
 from ..training.launch import for_this_job
 from ..training.loggers import finish_wandb, log_config, log_image, log_table, make_loggers_from_config, wandb_run_dir
 from ..training.module import LitGPT
@@ -67,39 +75,36 @@ def make_datamodule(cfg):
     return TokenDataModule.from_settings(data)
 
 
-def _checkpoints(root: Path, pattern: str = "**/checkpoints/*.ckpt") -> list[Path]:
-    """Checkpoints below ``root``, oldest first (a hidden ``.name.ckpt.XXXX.tmp``: a write a kill cut short)."""
-    found = [p for p in root.glob(pattern) if not p.name.startswith(".")] if root.is_dir() else []
-    return sorted(found, key=_written)
-
-
-def _written(path: Path) -> float:
-    """When a checkpoint was last written: a sharded one (a directory) is rewritten file by file in place."""
-    return max([path.stat().st_mtime] + ([f.stat().st_mtime for f in path.iterdir()] if path.is_dir() else []))
-
-
 def find_checkpoint(ckpt_path: str | None, out_dir: Path, paths=None) -> str | None:
     """The checkpoint to resume from, or None to start from the beginning.
 
-    ``last`` is this run's own newest checkpoint (by time written) in ``out_dir/checkpoints``: the run directory
-    of a single run (resumed with the same ``hydra.run.dir``) or a sweep job's own directory — never another run's.
-    Periodic ``step-N.ckpt`` files count too, so a run killed with SIGKILL resumes from its last one. None there
-    yet (the first launch of a requeued job, a sweep job that never started): training starts from the beginning,
-    with a note that names the newest checkpoint under ``paths.runs_dir`` / ``paths.sweeps_dir``, if any."""
+    ``last`` is this run's own newest checkpoint (by time written) in ``out_dir/checkpoints`` whose weights are
+    finite: the run directory of a single run (resumed with the same ``hydra.run.dir``) or a sweep job's own
+    directory — never another run's. Periodic ``step-N.ckpt`` files count too, so a run killed with SIGKILL resumes
+    from its last one; one holding NaN or inf (written before each save was checked) is passed over, named. None
+    there yet (the first launch of a requeued job, a sweep job that never started): training starts from the
+    beginning, with a note that names the newest checkpoint under ``paths.runs_dir`` / ``paths.sweeps_dir``, if any."""
     if ckpt_path in (None, ""):
         return None
     if ckpt_path != "last":
         return ckpt_path  # checked (a file, a complete checkpoint of this model) by builder.checkpoint.check_resumable
-    own = _checkpoints(Path(out_dir), "checkpoints/*.ckpt")
-    if own:
-        return str(own[-1])
+    own = checkpoints_below(Path(out_dir), "checkpoints/*.ckpt")
+    for path in reversed(own):
+        try:
+            bad = nonfinite_weights(path)
+        except ConfigError:
+            return str(path)  # not readable: check_resumable names what is wrong with it
+        if bad is None:
+            return str(path)
+        rank_zero_info(f"ckpt_path=last: passing over {path}: its weights are not finite ({bad} holds NaN or inf)")
     paths = paths or {}
-    elsewhere = [c for k in ("runs_dir", "sweeps_dir") if paths.get(k) for c in _checkpoints(Path(str(paths[k])))]
+    elsewhere = [c for k in ("runs_dir", "sweeps_dir") if paths.get(k) for c in checkpoints_below(Path(str(paths[k])))]
     hint = ""
     if elsewhere:
-        newest = max(elsewhere, key=_written)
+        newest = max(elsewhere, key=written_at)
         hint = f" (to resume another run: ckpt_path={newest}, its newest, or that run's hydra.run.dir with ckpt_path=last)"
-    rank_zero_info(f"ckpt_path=last: no checkpoint of this run in {Path(out_dir) / 'checkpoints'} yet; training "
+    which = "with finite weights" if own else "yet"
+    rank_zero_info(f"ckpt_path=last: no checkpoint of this run in {Path(out_dir) / 'checkpoints'} {which}; training "
                    f"starts from the beginning{hint}")
     return None
 
@@ -138,6 +143,24 @@ def check_sharded_resumable(path, model_cfg: dict, strategy) -> None:
         raise ConfigError("ckpt_path", str(path), "a checkpoint file: this directory holds a sharded (fsdp2) "
                           "checkpoint, which only trainer.strategy=fsdp2 resumes")
     sharded_resumable(path, model_cfg)
+    refuse_nonfinite(nonfinite_weights(path), "ckpt_path", path)
+
+# the folders of a run that task=train writes atomically (builder/files.py): where a killed write leaves its temp file
+WRITTEN_ATOMICALLY = (".", "checkpoints", "attention")
+
+
+def remove_stale_writes(out_dir: Path) -> list[Path]:
+    """Remove what writes a kill cut short left in this run's own folders — atomic writes' ``.NAME.XXXXXXXX.tmp``
+    files, sharded checkpoints' ``.NAME.ckpt.tmp`` / ``.old`` directories (builder/training/fsdp.py) — before the run
+    writes anything; return them. Nothing else is touched: other names, other folders (the loggers' own), the
+    folders below these. The run directory is this run's alone (builder/config/preflight.py), so none is in use."""
+    removed = [f for sub in WRITTEN_ATOMICALLY for f in temp_files(out_dir / sub)]
+    for f in removed:
+        f.unlink(missing_ok=True)
+    removed += clear_staging(out_dir / "checkpoints")
+    if removed:
+        rank_zero_info(f"removed what killed writes left in {out_dir}: {', '.join(str(p.relative_to(out_dir)) for p in removed)}")
+    return removed
 
 
 @rank_zero_only
@@ -203,6 +226,8 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
                          plugins=[checkpoint_io] if isinstance(strategy, str) else None, use_distributed_sampler=False)
     if train_cfg["skip_nonfinite"] and trainer.world_size > 1:  # devices=auto or -1: Lightning's count, before launch
         raise skip_nonfinite_refusal(trainer.world_size)
+    if trainer.is_global_zero:
+        remove_stale_writes(out_dir)
     log_config(loggers, config)  # the loggers' first files, now that nothing is left to refuse
     for_this_job(trainer)  # multirun + DDP: the extra processes run this job only (builder/training/launch.py)
     if trainer.is_global_zero:
@@ -215,6 +240,8 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
         if on_interrupt.interrupted:
             raise SystemExit(EXIT_SIGINT) from None
         raise
+    except NonFiniteLossError as err:  # which checkpoint to go back to, read from disk to be sure
+        raise NonFiniteLossError(f"{err}. {last_finite_sentence(ckpt_dir, ckpt_path)}") from err
     except RuntimeError as err:
         refusal = compile_refusal("train.compile", "the model's kernels", err) if train_cfg.get("compile") else None
         if refusal is None:

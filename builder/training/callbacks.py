@@ -8,6 +8,7 @@ Each entry's settings are its dataclass in ``builder/config/schema.py`` (:data:`
 from __future__ import annotations
 
 import dataclasses
+import errno
 import signal
 import threading
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from pytorch_lightning.strategies import ModelParallelStrategy
 from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from ..checkpoint import last_finite_sentence
 from ..config.checks import check_callbacks
 from ..config.plain import to_plain
 from ..config.schema import (
@@ -33,7 +35,7 @@ from ..config.schema import (
     ThroughputConfig,
 )
 from ..errors import NonFiniteLossError
-from ..files import atomic_path
+from ..files import atomic_path, named_errors
 from ..generate import encode_prompt, generate
 from ..interp.capture import head_mask, record
 from ..interp.plots import draw_patterns
@@ -41,14 +43,39 @@ from .loggers import log_image, log_text
 from .progress_bar import StepProgressBar
 from .throughput import ThroughputMonitor, peak_flops
 
+# a write refused for want of room: a full disk, a quota, a file size limit, a read-only file system
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are written to a temporary file beside the target, then renamed over it:
-    a run killed mid-write never leaves a truncated ``last.ckpt``."""
+    a run killed mid-write never leaves a truncated ``last.ckpt``, a failed write leaves no partial file.
+
+    torch.save writes into a Python file, not a path: its C++ writer reports a full disk as a RuntimeError
+    ("basic_ios::clear: iostream error") with no errno, a Python file as OSError(ENOSPC) — which torch's zip writer
+    can bury under its own RuntimeError ("unexpected pos"), raised while closing the archive; that OSError is raised
+    instead, named by atomic_path, shown as one paragraph naming the run folder (builder.tasks.file_system_error)."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            try:
+                torch.save(checkpoint, f)
+            except RuntimeError as err:
+                refused = _buried_os_error(err)
+                if refused is None:
+                    raise
+                raise refused from None
+
+
+def _buried_os_error(err: BaseException) -> OSError | None:
+    """The OSError that ``err`` was raised while handling (its context, or its context's ...), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__context__
+    return None
 
 
 def _takes_part(trainer) -> bool:
@@ -91,7 +118,7 @@ class SampleText(pl.Callback):
         step = trainer.global_step
         self.rows.append([step, self.prompt, text])
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
+        with named_errors(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(f"--- step {step} ---\n{text}\n\n")
         log_text(trainer.loggers, "samples", ["step", "prompt", "text"], self.rows, step=step)
 
@@ -131,10 +158,11 @@ class SaveOnInterrupt(pl.Callback):
 
     Ctrl-C becomes a KeyboardInterrupt at the end of the current batch, as Lightning does with SIGTERM: raised where
     the signal lands, Python drops one that lands in a finaliser or a weakref callback (those run inside backward) and
-    training would go on. A second Ctrl-C interrupts at once. Any other error (a callback that fails at validation, a
-    write refused) saves the steps trained so far too — unless the loss or the weights are no longer finite (then
-    the last good checkpoint stays), or several processes train (one process's error is not the others': saving
-    would wait on them forever)."""
+    training would go on. A second Ctrl-C interrupts at once. Any other error (a callback that fails at validation)
+    saves the steps trained so far too — unless the loss is no longer finite, or a write was refused (a full
+    disk would refuse this one too), or several processes train (one process's error is not the others': saving
+    would wait on them forever). Weights that are not finite are never saved, interrupted or not: the message names
+    the last checkpoint whose weights are."""
 
     def __init__(self, path: Path, resume_hint: str | None = None):
         self.path = Path(path)
@@ -171,24 +199,33 @@ class SaveOnInterrupt(pl.Callback):
     def on_exception(self, trainer, pl_module, exception):
         self._restore()
         interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        if trainer.global_step == 0 or not (interrupted or self._worth_saving(trainer, exception)):
+            return
+        what = "interrupted" if interrupted else f"failed ({type(exception).__name__})"
         # a NaN/inf loss not yet looked at (train.finite_check_every) has stepped these weights; this process's own
         # losses only: the others may not be here to compare theirs (which also leaves nothing for the save's check)
         check = getattr(pl_module, "nonfinite_error", None)
-        unsafe = check is not None and check(collective=False) is not None
-        if trainer.global_step == 0 or unsafe or not (interrupted or self._worth_saving(trainer, pl_module, exception)):
+        try:  # the error that ended the run stays the one reported
+            if check is not None and (unsafe := check(collective=False)) is not None:
+                raise unsafe
+            trainer.save_checkpoint(self.path)  # refused when the weights are not finite (LitGPT.on_save_checkpoint)
+        except (NonFiniteLossError, OSError) as err:
+            if trainer.is_global_zero:
+                kept = f". {last_finite_sentence(self.path.parent, trainer.ckpt_path)}" \
+                    if isinstance(err, NonFiniteLossError) else ""
+                print(f"\n{what} at step {trainer.global_step}: {self.path} not saved: {err}{kept}", flush=True)
             return
-        trainer.save_checkpoint(self.path)
         self.saved = self.path
         if trainer.is_global_zero:
-            what = "interrupted" if interrupted else f"failed ({type(exception).__name__})"
             print(f"\n{what} at step {trainer.global_step}: saved {self.path}; to resume, run the same command with "
                   f"{self.resume_hint}", flush=True)
 
     @staticmethod
-    def _worth_saving(trainer, pl_module, exception) -> bool:
-        if isinstance(exception, NonFiniteLossError) or trainer.world_size > 1:
-            return False
-        return all(bool(torch.isfinite(p).all()) for p in pl_module.parameters())
+    def _worth_saving(trainer, exception) -> bool:
+        """Not after a NaN/inf loss, nor after a write the file system had no room for (it has none for this one
+        either), nor with several processes."""
+        no_room = isinstance(exception, OSError) and exception.errno in NO_ROOM
+        return not (isinstance(exception, NonFiniteLossError) or no_room or trainer.world_size > 1)
 
 
 # --------------------------------------------------------------------------------------------------

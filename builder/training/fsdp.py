@@ -19,11 +19,13 @@ builder/sharded.py, never torch's own reader, which unpickles (``load_checkpoint
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import torch
 from pytorch_lightning.strategies import ModelParallelStrategy
+from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.distributed.checkpoint.state_dict import (
@@ -68,12 +70,17 @@ class FullyShardedStrategy(ModelParallelStrategy):
         if self.checkpoint_format != "sharded":
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         path = Path(self.broadcast(str(filepath)))
-        tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+        tmp, old = staging(path)
         if self.global_rank == 0:
             for stale in (tmp, old):
                 _remove(stale)
         self.barrier()
-        super().save_checkpoint(checkpoint, tmp, storage_options)
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+        except BaseException:  # a failed write (a full disk) leaves no partial directory
+            if self.global_rank == 0:
+                _remove(tmp)
+            raise
         self.barrier()  # every shard and meta.pt written
         if self.global_rank == 0:
             if path.exists():
@@ -114,6 +121,35 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
+
+
+_STAGING = re.compile(r"\.(?P<name>.+\.ckpt)\.(?:tmp|old)")
+
+
+def staging(path: Path) -> tuple[Path, Path]:
+    """Where the sharded checkpoint ``path`` is written (``.NAME.tmp``), and where the one it replaces waits while
+    it is renamed into place (``.NAME.old``)."""
+    return path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+
+
+def clear_staging(folder: Path) -> list[Path]:
+    """Remove the staging directories (:func:`staging`) a killed sharded save left in ``folder``; return them. A
+    save killed between its two renames (``.NAME.old`` and ``.NAME.tmp`` there, no ``NAME``) is finished instead:
+    every shard was written before the first rename."""
+    folder = Path(folder)
+    found = sorted(p for p in folder.iterdir() if _STAGING.fullmatch(p.name) and p.is_dir()) if folder.is_dir() else []
+    removed = []
+    for entry in found:
+        target = entry.with_name(_STAGING.fullmatch(entry.name)["name"])
+        tmp, old = staging(target)
+        if old.is_dir() and tmp.is_dir() and not target.exists():
+            tmp.rename(target)
+            rank_zero_info(f"{target}: a sharded save killed between its renames, put in place")
+        for stale in (tmp, old):
+            if stale.is_dir():
+                _remove(stale)
+                removed.append(stale)
+    return removed
 
 
 # --------------------------------------------------------------------------------------------------

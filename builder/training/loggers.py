@@ -44,6 +44,7 @@ from components.registry import closest
 
 from ..config.plain import to_plain
 from ..errors import ConfigError
+from ..files import named_errors
 from ..tables import cell, table
 
 WANDB_MODES: tuple[str, ...] = ("online", "offline", "disabled", "shared")
@@ -354,7 +355,8 @@ def _log_rows(loggers, kind: str, key: str, columns: Sequence[str], rows: Sequen
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_text(key, markdown, global_step=step or 0)
         elif isinstance(logger, CSVLogger):
-            with _side_file(logger, kind, key, step, ".csv").open("w", newline="") as f:
+            path = _side_file(logger, kind, key, step, ".csv")
+            with named_errors(path), path.open("w", newline="") as f:
                 csv.writer(f).writerows([columns, *rows])
 
 

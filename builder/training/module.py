@@ -16,6 +16,7 @@ from pytorch_lightning.strategies import FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
+from ..checkpoint import nonfinite_tensor
 from ..config.checks import is_count
 from ..config.plain import to_plain
 from ..errors import NonFiniteLossError
@@ -130,9 +131,8 @@ class LitGPT(pl.LightningModule):
                     return None  # Lightning skips this batch's backward and optimizer step
                 raise NonFiniteLossError(
                     (f"train/loss is {loss.item()}" if here else "train/loss of another process is not finite")
-                    + f" at step {self.global_step} (batch {batch_idx}); the run stops and keeps its last good "
-                    "checkpoint. Lower train.lr (or raise train.warmup_steps), or set train.skip_nonfinite=true to "
-                    "skip such batches and count them")
+                    + f" at step {self.global_step} (batch {batch_idx}); the run stops. Lower train.lr (or raise "
+                    "train.warmup_steps), or set train.skip_nonfinite=true to skip such batches and count them")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
         return loss
 
@@ -174,9 +174,8 @@ class LitGPT(pl.LightningModule):
         what = (f"train/loss is {losses[first].item()} at step {step} (batch {self._unchecked[first][1]}; {seen})"
                 if first is not None else f"train/loss of another process is not finite ({seen})")
         return NonFiniteLossError(
-            f"{what}; the run stops and keeps its last good checkpoint, written before that step. "
-            "Lower train.lr (or raise train.warmup_steps), or set train.skip_nonfinite=true to skip such batches "
-            "and count them")
+            f"{what}; the run stops, and no checkpoint holds weights that step moved. Lower train.lr (or raise "
+            "train.warmup_steps), or set train.skip_nonfinite=true to skip such batches and count them")
 
     def raise_if_nonfinite(self) -> None:
         if (error := self.nonfinite_error()) is not None:
@@ -201,8 +200,8 @@ class LitGPT(pl.LightningModule):
                 and not self.train_cfg.get("skip_nonfinite"):
             raise NonFiniteLossError(
                 (f"val/loss is {mean.item()}" if here else "val/loss of another process is not finite")
-                + f" at step {self.global_step}: the weights are no longer finite; the run stops and keeps its last "
-                "good checkpoint. Lower train.lr (or raise train.warmup_steps)")
+                + f" at step {self.global_step}: the model no longer computes a finite loss; the run stops. Lower "
+                "train.lr (or raise train.warmup_steps)")
         self.log("val/loss", mean, prog_bar=True, sync_dist=True)
         self.log("val/ppl", torch.exp(mean), sync_dist=True)
 
@@ -274,7 +273,18 @@ class LitGPT(pl.LightningModule):
             self._rng_to_restore = None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        self.raise_if_nonfinite()  # never a checkpoint of weights a NaN/inf loss has stepped
+        """Every save, on every process, before the strategy writes anything: never a checkpoint of weights a
+        NaN/inf loss has stepped, nor of weights that are not finite (an update from a finite loss can overflow
+        them). The weights are checked here rather than in the checkpoint IO, which runs on process 0 alone under
+        DDP: a refusal there would leave the others waiting in the save's barrier; here all stop together."""
+        self.raise_if_nonfinite()
+        bad = nonfinite_tensor(checkpoint["state_dict"])  # this process's shards under FSDP
+        if self._first_bad_anywhere(self.global_step if bad else None) is not None:
+            raise NonFiniteLossError(
+                f"the weights are no longer finite at step {self.global_step} ("
+                + (f"{bad} holds NaN or inf" if bad else "in another process's shard")
+                + "; an update can overflow them even from a finite loss); the run stops without writing a checkpoint "
+                "of them. Lower train.lr (or raise train.warmup_steps, or set trainer.gradient_clip_val)")
         # plain containers only: weights_only=True must be able to load every checkpoint
         checkpoint["hyper_parameters"] = to_plain(dict(self.hparams))
         # the random state (dropout), so a resumed run draws what the uninterrupted one would have
