@@ -145,6 +145,7 @@ def check_sharded_resumable(path, model_cfg: dict, strategy) -> None:
     sharded_resumable(path, model_cfg)
     refuse_nonfinite(nonfinite_weights(path), "ckpt_path", path)
 
+
 # the folders of a run that task=train writes atomically (builder/files.py): where a killed write leaves its temp file
 WRITTEN_ATOMICALLY = (".", "checkpoints", "attention")
 
