@@ -164,14 +164,28 @@ def test_report_task_writes_files(tmp_path, cli):
     assert {r["model"] for r in budget["preset_attention_shares"]} == set(PRESETS)
 
 
-def test_report_side_by_side(tmp_path, cli):
+@pytest.mark.parametrize("models, want", [
+    ("[gpt3_175b,gpt3_125m]", ["gpt3_175b", "gpt3_125m"]),
+    ("[gpt3_175b,llama3_8b]", ["gpt3_175b", "llama3_8b"]),
+    ("[tiny,llama3_8b,gpt2_small]", ["tiny", "llama3_8b", "gpt2_small"]),
+    # a glob's matches in name order, the patterns in the order given, each model once
+    ("[llama3_*,gpt2_*,gpt2_small]", ["llama3_70b", "llama3_8b", "gpt2_large", "gpt2_medium", "gpt2_small",
+                                      "gpt2_xl"]),
+])
+def test_report_side_by_side_keeps_the_order_asked(tmp_path, models, want):
     out = tmp_path / "run"
-    proc = cli("task=report", "models=[gpt3_175b,gpt3_125m]", f"hydra.run.dir={out}")
+    proc = run_cli("task=report", f"models={models}", f"hydra.run.dir={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("gpt3_")]
-    assert lines[0].startswith("gpt3_125m") and lines[1].startswith("gpt3_175b")
+    table = proc.stdout.split("\n\nAttention share by preset")[0]
+    assert [line.split()[0] for line in table.splitlines()[2:]] == want
     budget = json.loads((out / "budget.json").read_text())
-    assert [b["model"] for b in budget["models"]] == ["gpt3_125m", "gpt3_175b"]
+    assert [b["model"] for b in budget["models"]] == want
+    md = (out / "budget.md").read_text()
+    assert [md.index(f"## Parameter budget: {name}\n") for name in want] == sorted(
+        md.index(f"## Parameter budget: {name}\n") for name in want)
+
+
+def test_report_of_a_glob(tmp_path, cli):
     proc = cli("task=report", "models=[gpt3_*]", f"hydra.run.dir={tmp_path / 'all'}")
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads((tmp_path / "all" / "budget.json").read_text())["models"]) == 8
