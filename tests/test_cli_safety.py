@@ -388,6 +388,28 @@ def test_sampling_options_out_of_range(tmp_path, files, override, words):
             out, *words)
 
 
+@pytest.mark.parametrize("fmt, tokenizer, want", [
+    ("hf", True, ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]),
+    ("hf", False, ["config.json", "model.safetensors"]),
+    ("hydraformer", True, ["hydraformer.json", "model.safetensors"]),
+])
+def test_export_names_every_file_it_writes(tmp_path, fmt, tokenizer, want):
+    """format=hf named config.json and model.safetensors of the four files it wrote."""
+    ckpt = tmp_path / "small.ckpt"
+    tiny_checkpoint(ckpt)
+    if not tokenizer:
+        state = torch.load(ckpt, weights_only=True)
+        del state["hyper_parameters"]["tokenizer"]
+        torch.save(state, ckpt)
+    out = tmp_path / "run"
+    proc = run_cli("task=export", f"checkpoint={ckpt}", f"format={fmt}", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    written = sorted(p.name for p in (out / "export").iterdir())
+    assert written == want
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("exported to "))
+    assert line.endswith("): " + ", ".join(want)), line
+
+
 def test_truncated_and_foreign_files_cannot_be_resumed_from(tmp_path, files):
     from builder.checkpoint import check_resumable
     from builder.errors import ConfigError
