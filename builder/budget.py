@@ -5,10 +5,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
-from .model import build_model, has_final_norm, norms_per_block, resolve
+from .config.schema import ModelConfig
+from .errors import ConfigError
+from .model import build_model, has_final_norm, model_config, norms_per_block, resolve
 
 GROUPS = ("token_embedding", "positions", "attention", "mlp", "norms", "unembedding")
 ATTENTION_MATRICES = ("W_q", "W_k", "W_v", "W_o")
@@ -77,13 +81,12 @@ def formula_groups(m: dict, specs: dict) -> dict | None:
     return groups
 
 
-def _per_head(m: dict, attention: nn.Module) -> dict | None:
-    """The lecture's count: W_q, W_k, W_v, W_o per head, per layer and over all heads and layers."""
-    if not hasattr(attention, "breakdown"):
+def _per_head(m: dict, layer: dict | None, n_kv: int) -> dict | None:
+    """The lecture's count: W_q, W_k, W_v, W_o per head, per layer and over all heads and layers, from one layer's
+    ``breakdown()`` (or its formula)."""
+    if layer is None:
         return None
-    layer = attention.breakdown()
     n_heads = m["n_heads"]
-    n_kv = getattr(attention, "n_kv_heads", n_heads)
     per_head = {}
     for name in ATTENTION_MATRICES:
         heads = n_kv if name in ("W_k", "W_v") else n_heads
@@ -154,22 +157,77 @@ def _check(measured: dict, formula: dict | None) -> dict:
     return {"agree": not mismatches, "mismatches": mismatches}
 
 
+# Deeper models are counted on the meta device from a one- and a two-block build, scaled to n_layers (every block
+# is built from the same specs, so each adds the same parameters): a config of a billion blocks is counted in
+# milliseconds, not built a block at a time (about 1 ms a block, and memory for each module).
+META_BLOCKS = 256
+# torch sizes a tensor's storage in bytes as a signed 64-bit integer: a model of this many parameters may hold a
+# tensor it cannot size even on the meta device, so its formula alone counts it.
+META_PARAMS = 1 << 59
+
+
+def _meta_count(mc: ModelConfig, blocks: int) -> tuple[dict, int, nn.Module]:
+    """Groups and total of the model ``mc`` describes with ``blocks`` blocks, built on the meta device."""
+    try:
+        with torch.device("meta"):
+            model = build_model(replace(mc, n_layers=blocks))
+    except RuntimeError as err:  # "Storage size calculation overflowed": a tensor beyond 64-bit sizes
+        raise ConfigError("model", f"d_model={mc.d_model}, vocab_size={mc.vocab_size}", "a model whose tensors torch "
+                          f"can size (under 2^63 bytes each; a component without a formula is counted by building "
+                          f"it on the meta device): {err}") from None
+    return measured_groups(model), sum(p.numel() for p in model.parameters()), model
+
+
+def _scaled(one: dict, two: dict, blocks: int) -> dict:
+    """Per group and part: the one-block count plus (blocks - 1) times what the second block added."""
+    out = {}
+    for g in two:
+        a, b = one.get(g, _zero()), two[g]
+        out[g] = _zero()
+        _add(out[g], a["weight"] + (blocks - 1) * (b["weight"] - a["weight"]),
+             a["bias"] + (blocks - 1) * (b["bias"] - a["bias"]))
+        if "tied" in b:
+            out[g]["tied"] = b["tied"]
+    return out
+
+
 def parameter_budget(cfg_model, name: str | None = None) -> dict:
-    """Where the parameters of the model a ``model`` config describes go. No memory is used:
-    the model is built on the meta device."""
-    m, specs = resolve(cfg_model)
-    with torch.device("meta"):
-        model = build_model(cfg_model)
-    groups = measured_groups(model)
-    total = sum(p.numel() for p in model.parameters())
+    """Where the parameters of the model a ``model`` config describes go. No memory is used: the model is built on
+    the meta device (one and two blocks, scaled, past META_BLOCKS blocks), and counted by its components' formulas
+    alone when it is too large for torch to size (META_PARAMS)."""
+    mc = model_config(cfg_model)
+    m, specs = resolve(mc)
+    layers = m["n_layers"]
     formula = formula_groups(m, specs)
-    check = _check(groups, formula)
-    check["meta_total"] = total
-    check["formula_total"] = None if formula is None else sum(g["total"] for g in formula.values())
-    if check["agree"] is not False and sum(g["total"] for g in groups.values()) != total:
-        check["agree"] = False
-        check["mismatches"].append({"group": "all", "part": "total", "meta": total,
-                                    "formula": sum(g["total"] for g in groups.values())})
+    formula_sum = None if formula is None else sum(g["total"] for g in formula.values())
+    attention = specs["attention"]
+    n_kv = attention.kwargs.get("n_kv_heads", m["n_heads"])
+    if formula_sum is not None and formula_sum >= META_PARAMS:
+        groups, total = formula, formula_sum
+        layer = attention.formula() if hasattr(attention.cls, "breakdown") else None
+        check = {"agree": None, "mismatches": [], "note": f"counted by the closed-form formula only ({total:,} "
+                 f"parameters: beyond what torch can size, even on the meta device)"}
+    else:
+        if layers <= META_BLOCKS:
+            groups, total, model = _meta_count(mc, layers)
+            note = None
+        else:
+            one, total_one, _ = _meta_count(mc, 1)
+            two, total_two, model = _meta_count(mc, 2)
+            groups, total = _scaled(one, two, layers), total_one + (layers - 1) * (total_two - total_one)
+            note = f"{layers:,} blocks: 1 and 2 built on the meta device, scaled"
+        built = model.blocks[0].attention
+        layer = built.breakdown() if hasattr(built, "breakdown") else None
+        n_kv = getattr(built, "n_kv_heads", m["n_heads"])
+        check = _check(groups, formula)
+        check["meta_total"] = total
+        check["formula_total"] = formula_sum
+        if note:
+            check["note"] = note if formula is not None else f"{check['note']}; {note}"
+        if check["agree"] is not False and sum(g["total"] for g in groups.values()) != total:
+            check["agree"] = False
+            check["mismatches"].append({"group": "all", "part": "total", "meta": total,
+                                        "formula": sum(g["total"] for g in groups.values())})
     return {
         "model": name,
         "config": {
@@ -181,7 +239,7 @@ def parameter_budget(cfg_model, name: str | None = None) -> dict:
         "total_params": total,
         "groups": groups,
         "attention_share": groups["attention"]["total"] / total,
-        "per_head": _per_head(m, model.blocks[0].attention),
+        "per_head": _per_head(m, layer, n_kv),
         "flops_per_token": flops_per_token(m, groups),
         "memory_bytes": memory_bytes(total),
         "check": check,

@@ -316,8 +316,8 @@ EXPORT_FORMATS = ("hydraformer", "hf")
 
 def export_model(checkpoint, out_dir: Path, format: str = "hydraformer") -> Path:
     """Write ``out_dir/export``: ``model.safetensors`` and ``hydraformer.json`` (model config + tokenizer), or with
-    ``format="hf"`` a Hugging Face directory (``config.json`` + ``model.safetensors`` + ``tokenizer.json`` when the
-    tokenizer is a ``tokenizers`` one) that transformers' AutoModelForCausalLM loads."""
+    ``format="hf"`` a Hugging Face directory (``config.json`` + ``model.safetensors``, and ``tokenizer.json`` +
+    ``tokenizer_config.json`` when the checkpoint has a tokenizer) that transformers' AutoModelForCausalLM loads."""
     if format not in EXPORT_FORMATS:
         raise ConfigError("format", format, f"one of {', '.join(EXPORT_FORMATS)}")
     return write_export(*load_model(checkpoint, dtype="auto"), Path(out_dir) / "export", format, checkpoint)

@@ -112,16 +112,24 @@ def available_memory(trainer) -> dict | None:
                 "shards": count if "fsdp" in strategy else 1}
     if accelerator not in ("cpu", "auto"):
         return None
-    found = [v for v in (_meminfo_available(), _cgroup_available()) if v is not None]
-    if not found:
+    host = _host_available()
+    if host is None:
         return None
     processes = devices if isinstance(devices, int) and devices > 0 else 1  # ddp_cpu: each process holds it all
-    return {"bytes": min(found), "where": "this machine has", "processes": processes,
+    return {"bytes": host, "where": "this machine has", "processes": processes,
             "shards": processes if "fsdp" in strategy else 1}  # fsdp_cpu: each holds its shard of the states
 
 
+def _host_available() -> int | None:
+    """What this machine's memory (or its cgroup's limit, whichever is less) has free; None when it cannot be told."""
+    found = [v for v in (_meminfo_available(), _cgroup_available()) if v is not None]
+    return min(found) if found else None
+
+
 def _gib(n: int) -> str:
-    return f"{n / GIB:,.1f} GiB" if n >= GIB // 10 else f"{n / (1 << 20):,.1f} MiB"
+    if n >= GIB // 10:
+        return f"{n / GIB:,.1f} GiB"
+    return f"{n / (1 << 20):,.1f} MiB" if n >= 1 << 17 else f"{n / 1024:,.1f} KiB"
 
 
 def _count(n: int) -> str:
@@ -162,3 +170,57 @@ def check_training_memory(budget: dict, cfg) -> dict | None:
     raise ConfigError("model", model, f"a model whose training fits in memory (d_model={m['d_model']}, n_layers="
                       f"{m['n_layers']}): {need}, and not even data.batch_size=1 fits beside the weights; pick a smaller "
                       f"model or a device with more memory, {skip}")
+
+
+# What each token of a continuation costs besides the KV cache, generously: its id in the output tensor (8 bytes), in
+# the Python list the tokenizer decodes (a pointer and an int object: 40), the decoder's pieces and the text, which
+# is copied for sample.txt and encoded to UTF-8 (up to 16 characters a token, a few bytes each, three times)
+TOKEN_BYTES = 256
+
+
+def kv_bytes_per_token(model) -> int:
+    """What one more position of ``model``'s KV cache holds: a key and a value per layer, n_kv_heads x d_head each (a
+    component without those attributes: d_model wide), in the weights' dtype."""
+    weights = next(model.parameters())
+    d_model = model.token_embedding.weight.shape[1]
+    per_layer = 0
+    for block in model.blocks:
+        attention = block.attention
+        heads, d_head = getattr(attention, "n_kv_heads", None), getattr(attention, "d_head", None)
+        per_layer += 2 * (heads * d_head if heads and d_head else d_model)
+    return per_layer * weights.element_size()
+
+
+def check_generation_memory(model, prompt_tokens: int, max_new_tokens: int, key: str = "max_new_tokens") -> dict:
+    """Refuse (ConfigError naming ``key``) a continuation of ``prompt_tokens`` by ``max_new_tokens`` that cannot fit
+    in the memory of the device ``model`` is on, before anything is allocated. The KV cache holds at most
+    ``model.context_length`` positions when the model has a position table (generation restarts it there), else
+    every token; each token also costs TOKEN_BYTES (its id, the decoded text). Returns the estimate (bytes)."""
+    limit = model.context_length
+    per_position = kv_bytes_per_token(model)
+
+    def need(new: int) -> int:
+        length = prompt_tokens + new
+        return per_position * (min(limit, length) if limit else length) + TOKEN_BYTES * length
+
+    weights = next(model.parameters())
+    if weights.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(weights.device)
+        available, where = free, f"GPU {weights.device.index or 0} has"
+    else:
+        available, where = _host_available(), "this machine has"
+    est = {"bytes": need(max_new_tokens), "available": available, "kv_bytes_per_token": per_position}
+    if available is None or est["bytes"] <= available:
+        return est
+    if limit:
+        fits = (available - per_position * limit) // TOKEN_BYTES - prompt_tokens
+        cache = (f"a KV cache of {_gib(per_position * limit)} (model.context_length={limit} positions of "
+                 f"{per_position:,} bytes: generation restarts it there)")
+    else:
+        fits = available // (per_position + TOKEN_BYTES) - prompt_tokens
+        cache = (f"{per_position:,} bytes of KV cache a token (the model's positions have no table to restart at, "
+                 f"so the cache holds every token)")
+    advice = f"use {key}={fits} or less" if fits >= 1 else "use a shorter prompt or a smaller model"
+    raise ConfigError(key, max_new_tokens, f"a continuation that fits in memory: {prompt_tokens + max_new_tokens:,} "
+                      f"tokens need {_gib(est['bytes'])} ({cache}, and {TOKEN_BYTES} bytes a token for its id and "
+                      f"text), but {where} {_gib(available)} available; {advice}")

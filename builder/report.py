@@ -114,9 +114,11 @@ def check_line(b: dict) -> str:
     ch = b["check"]
     if ch["agree"] is None:
         return f"Check: {ch['note']}"
+    how = f" ({ch['note']})" if ch.get("note") else ""
     if ch["agree"]:
-        return f"Check: meta-device count {ch['meta_total']:,} = closed-form formula {ch['formula_total']:,}"
-    lines = [f"!!! PARAMETER COUNT MISMATCH: meta-device count {ch['meta_total']:,} != formula {ch['formula_total']:,}"]
+        return f"Check: meta-device count {ch['meta_total']:,} = closed-form formula {ch['formula_total']:,}{how}"
+    lines = [f"!!! PARAMETER COUNT MISMATCH: meta-device count {ch['meta_total']:,} != formula "
+             f"{ch['formula_total']:,}{how}"]
     lines += [f"!!!   {m['group']}.{m['part']}: meta {m['meta']:,} vs formula {m['formula']:,}" for m in ch["mismatches"]]
     return "\n".join(lines)
 

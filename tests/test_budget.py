@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import builder
-from builder.budget import measured_groups
+from builder.budget import META_BLOCKS, measured_groups
 from builder.report import preset_names, preset_shares
 
 PRESETS = preset_names()
@@ -163,14 +164,118 @@ def test_report_task_writes_files(tmp_path, cli):
     assert {r["model"] for r in budget["preset_attention_shares"]} == set(PRESETS)
 
 
-def test_report_side_by_side(tmp_path, cli):
+@pytest.mark.parametrize("models, want", [
+    ("[gpt3_175b,gpt3_125m]", ["gpt3_175b", "gpt3_125m"]),
+    ("[gpt3_175b,llama3_8b]", ["gpt3_175b", "llama3_8b"]),
+    ("[tiny,llama3_8b,gpt2_small]", ["tiny", "llama3_8b", "gpt2_small"]),
+    # a glob's matches in name order, the patterns in the order given, each model once
+    ("[llama3_*,gpt2_*,gpt2_small]", ["llama3_70b", "llama3_8b", "gpt2_large", "gpt2_medium", "gpt2_small",
+                                      "gpt2_xl"]),
+])
+def test_report_side_by_side_keeps_the_order_asked(tmp_path, models, want):
     out = tmp_path / "run"
-    proc = cli("task=report", "models=[gpt3_175b,gpt3_125m]", f"hydra.run.dir={out}")
+    proc = run_cli("task=report", f"models={models}", f"hydra.run.dir={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("gpt3_")]
-    assert lines[0].startswith("gpt3_125m") and lines[1].startswith("gpt3_175b")
+    table = proc.stdout.split("\n\nAttention share by preset")[0]
+    assert [line.split()[0] for line in table.splitlines()[2:]] == want
     budget = json.loads((out / "budget.json").read_text())
-    assert [b["model"] for b in budget["models"]] == ["gpt3_125m", "gpt3_175b"]
+    assert [b["model"] for b in budget["models"]] == want
+    md = (out / "budget.md").read_text()
+    assert [md.index(f"## Parameter budget: {name}\n") for name in want] == sorted(
+        md.index(f"## Parameter budget: {name}\n") for name in want)
+
+
+def test_report_of_a_glob(tmp_path, cli):
     proc = cli("task=report", "models=[gpt3_*]", f"hydra.run.dir={tmp_path / 'all'}")
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads((tmp_path / "all" / "budget.json").read_text())["models"]) == 8
+
+
+# --- huge values: the report answers (or refuses) in seconds, whatever the config says
+
+
+def _tiny_total(d=128, layers=4, vocab=128, context=128, heads=4, d_head=32) -> int:
+    """The tiny preset's count written out by hand (learned positions, tied, biases, GELU 4d, LayerNorm, pre-norm):
+    token and position tables, per block attention (4 d·h·d_head weights, 3 h·d_head + d biases), the MLP (8d² + 5d)
+    and two LayerNorms (4d), and the final LayerNorm (2d)."""
+    q = heads * d_head
+    block = 4 * d * q + 3 * q + d + 8 * d * d + 5 * d + 4 * d
+    return vocab * d + context * d + layers * block + 2 * d
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("overrides, want", [
+    (["model.n_layers=1000000000"], _tiny_total(layers=10**9)),
+    # Llama 3 8B: untied 128256 x 4096 tables; a block's q, o (4096²), k, v (4096 x 1024), SwiGLU (3 x 4096 x 14336)
+    # and two RMSNorms; a final RMSNorm
+    (["model=llama3_8b", "model.n_layers=1000000000"],
+     2 * 128256 * 4096 + 10**9 * (2 * 4096**2 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096) + 4096),
+    (["model.d_model=4611686018427387904"], _tiny_total(d=1 << 62, d_head=1 << 60)),
+    (["model.vocab_size=4611686018427387904"], _tiny_total(vocab=1 << 62)),
+    (["model.context_length=4611686018427387904"], _tiny_total(context=1 << 62)),
+    (["model.n_heads=1099511627776", "model.d_head=1"], _tiny_total(heads=1 << 40, d_head=1)),
+])
+def test_report_of_huge_values_answers_from_the_formula(tmp_path, overrides, want):
+    """A billion blocks, or a tensor beyond what torch can size: counted in seconds (the old report built a billion
+    modules on the meta device for minutes, or ended in torch's storage-size traceback), by hand-written totals."""
+    out = tmp_path / "run"
+    proc = run_cli("task=report", *overrides, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    budget = json.loads((out / "budget.json").read_text())
+    assert budget["total_params"] == want
+    assert f"{want:,}" in proc.stdout and "Traceback" not in proc.stderr
+    check = budget["check"]  # the meta-device count (scaled past META_BLOCKS) agrees, or the formula alone counts
+    assert check["agree"] is True or (check["agree"] is None and "formula only" in check["note"])
+    assert (out / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model=tiny"],
+    ["model=llama3_8b", "model.d_model=64", "model.n_heads=4", "model.attention.n_kv_heads=2", "model.vocab_size=50"],
+    ["model=gemma2_2b", "model.d_model=32", "model.n_heads=4", "model.d_head=8", "model.vocab_size=40",
+     "model.mlp.hidden=48"],
+    ["model/norm=rmsnorm", "model.norm.layout=sandwich", "model.tie_embeddings=false", "model.bias=false"],
+])
+def test_a_deep_model_is_counted_from_two_blocks_like_a_full_meta_build(overrides):
+    """Past META_BLOCKS blocks the meta count scales a one- and a two-block build: the same groups and total as
+    building every block on the meta device, and as the formula."""
+    cfg = builder.compose([*overrides, f"model.n_layers={META_BLOCKS + 3}"])
+    b = builder.parameter_budget(cfg.model)
+    with torch.device("meta"):
+        model = builder.build_model(cfg.model)
+    assert b["groups"] == measured_groups(model)
+    assert b["total_params"] == sum(p.numel() for p in model.parameters()) == b["check"]["formula_total"]
+    assert b["check"]["agree"] is True and "scaled" in b["check"]["note"]
+    assert b["per_head"]["all_layers_weights"] == b["groups"]["attention"]["weight"] - sum(
+        v["weight"] for k, v in b["per_head"]["all_layers"].items() if k not in ("W_q", "W_k", "W_v", "W_o"))
+
+
+@pytest.fixture
+def formula_less_norm():
+    """A norm registered without a ``formula`` (a third party's): only the meta device can count it."""
+    from components import register
+    from components.registry import _REGISTRY
+
+    @register("norm", "gain_only_test", shared=("d_model",))
+    class GainOnly(torch.nn.Module):
+        def __init__(self, d_model: int):
+            super().__init__()
+            self.gain = torch.nn.Parameter(torch.ones(d_model))
+
+        def forward(self, x):
+            return x * self.gain
+
+    yield "gain_only_test"
+    _REGISTRY["norm"].pop("gain_only_test", None)
+
+
+@pytest.mark.timeout(120)
+def test_a_huge_model_without_a_formula_is_scaled_or_refused(formula_less_norm):
+    cfg = builder.compose([f"model/norm={formula_less_norm}", "model.n_layers=1000000000"])
+    b = builder.parameter_budget(cfg.model)
+    assert b["check"]["agree"] is None and "scaled" in b["check"]["note"]
+    assert b["total_params"] == _tiny_total(layers=10**9) - 10**9 * 2 * 128 - 128  # a gain, no bias, per norm
+    cfg = builder.compose([f"model/norm={formula_less_norm}", "model.d_model=4611686018427387904"])
+    with pytest.raises(builder.ConfigError, match=r"model='d_model=4611686018427387904, vocab_size=128' is not "
+                                                  r"accepted: a model whose tensors torch can size"):
+        builder.parameter_budget(cfg.model)

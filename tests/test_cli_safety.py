@@ -26,13 +26,13 @@ from builder.config.plain import to_plain
 TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.context_length=16"]
 
 
-def tiny_checkpoint(path: Path, **extra) -> dict:
+def tiny_checkpoint(path: Path, alphabet: str = "abcdefghijklmnopqrstuvwxyz .,", **extra) -> dict:
     """A small checkpoint as task=train writes it (model config, tokenizer, state_dict), without training."""
     from builder.data.tokenizers import CharTokenizer
 
-    cfg = to_plain(builder.compose([*TINY, "model.vocab_size=30"]).model)
+    cfg = to_plain(builder.compose([*TINY, f"model.vocab_size={len(alphabet) + 1}"]).model)
     model = builder.build_model(cfg)
-    tok = CharTokenizer("abcdefghijklmnopqrstuvwxyz .,")
+    tok = CharTokenizer(alphabet)
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
                 "hyper_parameters": {"model": cfg, "tokenizer": tok.to_dict()}, **extra}, path)
     return cfg
@@ -167,6 +167,82 @@ def test_full_error_shows_the_traceback_of_a_typo(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "n_layers" in proc.stderr
 
 
+# an override Hydra cannot parse: its own paragraph, one line ending the output, Hydra's reason (not its heading)
+@pytest.mark.parametrize("args, words", [
+    (["model.n_layers=[1"], ["model.n_layers='[1'", "no viable alternative at input '[1'"]),
+    (["-m", "seed=1,[2"], ["seed='1,[2'", "expecting {COMMA, BRACKET_CLOSE}"]),
+    (["text=a\"b"], ["text='a\"b'", "LexerNoViableAltException"]),
+    (["+foo={a:"], ["+foo='{a:'", "no viable alternative"]),
+    (["model.n_layers=${"], ["model.n_layers='${'", "extraneous input '{' expecting <EOF>",
+                             "for a literal '${', write '\\${'"]),
+    (["prompt=${oops"], ["prompt='${oops'", "for a literal '${', write '\\${'"]),
+])
+def test_an_override_hydra_cannot_parse_is_one_line(tmp_path, args, words):
+    out = tmp_path / "run"
+    proc = run_cli(*args, "task=report", f"hydra.run.dir={out}", f"hydra.sweep.dir={out}")
+    error = refused(proc, out, "an override Hydra can parse", *words)
+    assert proc.stderr == error + "\n" and proc.stdout == ""
+    assert "Error parsing override" not in error and "See https://hydra.cc/docs/1" not in error
+
+
+def test_an_override_hydra_cannot_parse_ends_a_new_interpreters_output_with_a_newline(tmp_path):
+    proc = run_cli("task=report", "model.n_layers=[1", cwd=tmp_path, fresh=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("Error: model.n_layers='[1'")
+    assert proc.stderr.endswith("')\n") and proc.stderr.count("\n") == 1
+
+
+# a ${...} in a value that does not resolve: one paragraph naming the key and how to write a literal '${'
+LITERAL = "for a literal '${', write '\\${'"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["task=attend", "text=a ${oops} b"], ["text='a ${oops} b'", "'text=a \\${oops} b'", "'oops' not found"]),
+    (["task=lens", "text=${model.nope}"], ["text='${model.nope}'", "'model.nope' not found"]),
+    (["task=sample", "prompt=${oc.env:HYDRAFORMER_UNSET_FOR_TEST}"],
+     ["prompt='${oc.env:HYDRAFORMER_UNSET_FOR_TEST}'", "HYDRAFORMER_UNSET_FOR_TEST"]),
+    (["task=context", "word=${nope:x}", "contexts=[a]"], ["word='${nope:x}'", "Unsupported interpolation type nope"]),
+    (["task=context", "word=mole", "contexts=[a,b ${oops}]"], ["contexts[1]='b ${oops}'", "'b \\${oops}'"]),
+    (["task=embed", "words=[a,${oops}]"], ["words[1]='${oops}'"]),
+    (["task=embed", "pairs=[[a,${oops}]]"], ["pairs[0][1]='${oops}'"]),
+    (["task=embed", "groups={x:[${oops}]}"], ["groups.x[0]='${oops}'"]),
+    (["task=train", "callbacks.text_samples.prompt=x ${oops}"],
+     ["callbacks.text_samples.prompt='x ${oops}'", "'callbacks.text_samples.prompt=x \\${oops}'"]),
+    (["task=train", "callbacks.attention_probe.text=${oops}"], ["callbacks.attention_probe.text='${oops}'"]),
+    (["-m", "task=attend", "text=a,b ${oops}"], ["text='b ${oops}'"]),  # every job of a sweep
+    (["task=attend", "text='a ${ b'"], ["text='a ${ b'", "no viable alternative"]),  # no interpolation at all
+])
+def test_a_value_whose_interpolation_does_not_resolve_is_one_paragraph(tmp_path, files, args, words):
+    """It was an InterpolationKeyError traceback (raised while reading Hydra's record of the command line)."""
+    out = tmp_path / "run"
+    proc = run_cli(*args, f"checkpoint={files['ckpt']}", f"hydra.run.dir={out}", f"hydra.sweep.dir={out}",
+                   env={"HYDRAFORMER_UNSET_FOR_TEST": None})
+    refused(proc, out, LITERAL, *words)
+
+
+def test_an_escaped_interpolation_is_taken_literally(tmp_path):
+    """``\\${`` gives a literal ``${``: the model reads it, the saved config.yaml loads back the same text, and a
+    sweep's jobs get it too."""
+    from omegaconf import OmegaConf
+
+    ckpt = tmp_path / "dollar.ckpt"
+    tiny_checkpoint(ckpt, alphabet="abcdefghijklmnopqrstuvwxyz .,${}")
+    out = tmp_path / "attend"
+    proc = run_cli("task=attend", f"checkpoint={ckpt}", "text=a \\${x} b", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "on 'a ${x} b'" in proc.stdout
+    assert OmegaConf.load(out / "config.yaml").text == "a ${x} b"
+    out = tmp_path / "sample"
+    proc = run_cli("task=sample", f"checkpoint={ckpt}", "prompt=\\${x}", "max_new_tokens=2", f"hydra.run.dir={out}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "sample.txt").read_text().startswith("${x}")
+    assert OmegaConf.load(out / "config.yaml").prompt == "${x}"
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "task=report", "text=a \\${x} b,c", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert OmegaConf.load(sweep / "0" / "config.yaml").text == "a ${x} b"
+
+
 # --------------------------------------------------------------------------------------------------
 # 3. the help page
 # --------------------------------------------------------------------------------------------------
@@ -286,6 +362,28 @@ def test_sampling_options_out_of_range(tmp_path, files, override, words):
     out = tmp_path / "run"
     refused(run_cli("task=sample", f"checkpoint={files['ckpt']}", "prompt=the", override, f"hydra.run.dir={out}"),
             out, *words)
+
+
+@pytest.mark.parametrize("fmt, tokenizer, want", [
+    ("hf", True, ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]),
+    ("hf", False, ["config.json", "model.safetensors"]),
+    ("hydraformer", True, ["hydraformer.json", "model.safetensors"]),
+])
+def test_export_names_every_file_it_writes(tmp_path, fmt, tokenizer, want):
+    """format=hf named config.json and model.safetensors of the four files it wrote."""
+    ckpt = tmp_path / "small.ckpt"
+    tiny_checkpoint(ckpt)
+    if not tokenizer:
+        state = torch.load(ckpt, weights_only=True)
+        del state["hyper_parameters"]["tokenizer"]
+        torch.save(state, ckpt)
+    out = tmp_path / "run"
+    proc = run_cli("task=export", f"checkpoint={ckpt}", f"format={fmt}", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    written = sorted(p.name for p in (out / "export").iterdir())
+    assert written == want
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("exported to "))
+    assert line.endswith("): " + ", ".join(want)), line
 
 
 def test_truncated_and_foreign_files_cannot_be_resumed_from(tmp_path, files):

@@ -22,7 +22,16 @@ from builder.config.plain import to_plain
 from builder.errors import ConfigError
 from builder.files import special_file
 from builder.hf import is_hf_gpt2_dir
-from builder.memory import _meminfo_available, available_memory, check_training_memory, training_memory
+from builder.memory import (
+    TOKEN_BYTES,
+    _meminfo_available,
+    available_memory,
+    check_generation_memory,
+    check_training_memory,
+    kv_bytes_per_token,
+    training_memory,
+)
+from components import KVCache
 
 CAP = 6 << 30  # address space of a child: ample for a refusal or a tiny run, far below what a refused run would take
 SMALL = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.context_length=32", "logger=csv",
@@ -273,3 +282,75 @@ def test_fifo_as_a_checkpoint_is_refused_not_waited_on(env, key):
     task = ["task=sample"] if key == "checkpoint" else ["data=text", f"data.path={env['corpus']}", *SMALL]
     proc = run_capped(env["env"], *task, f"{key}={fifo}", f"hydra.run.dir={out}", timeout=120)
     assert_refused(proc, out, f"{key}='{fifo}'", "named pipe (FIFO)")
+
+
+# --- 4. a length or count a person gives: what the model and the memory allow, or one paragraph ----------------------
+
+
+def _char_checkpoint(path: Path, *overrides: str) -> Path:
+    """A small checkpoint (char tokenizer, untrained weights) as task=train writes it."""
+    from builder.data.tokenizers import CharTokenizer
+
+    cfg = to_plain(builder.compose(["model.d_model=32", "model.n_layers=2", "model.n_heads=4",
+                                    "model.context_length=16", "model.vocab_size=30", *overrides]).model)
+    model = builder.build_model(cfg)
+    tok = CharTokenizer("abcdefghijklmnopqrstuvwxyz .,")
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"model": cfg, "tokenizer": tok.to_dict()}}, path)
+    return path
+
+
+@pytest.mark.parametrize("overrides, compile, words", [
+    ([], False, "model.context_length=16 positions"),  # a position table: the cache restarts, the tokens add up
+    (["model/embedding=rotary"], False, "the cache holds every token"),
+    (["model/embedding=rotary", "model/attention=grouped_query", "model.attention.n_kv_heads=2"], True,
+     "the cache holds every token"),
+])
+def test_sample_longer_than_memory_holds_is_refused(tmp_path, overrides, compile, words):
+    """max_new_tokens=10^12 used to allocate its output (8 TB) and cache up front: a traceback; now one paragraph
+    naming the key, what it needs and the most that fits, before anything is allocated."""
+    ckpt = _char_checkpoint(tmp_path / "small.ckpt", *overrides)
+    out = tmp_path / "run"
+    proc = run_capped({}, "task=sample", f"checkpoint={ckpt}", "prompt=the ", "max_new_tokens=1000000000000",
+                      f"compile={str(compile).lower()}", f"hydra.run.dir={out}", timeout=120)
+    err = assert_refused(proc, out, "max_new_tokens=1000000000000 is not accepted", words, "available",
+                         "use max_new_tokens=")
+    fits = int(err.split("use max_new_tokens=")[1].split()[0])
+    assert 1 <= fits < 10**12
+
+
+def test_the_generation_estimate_is_what_the_cache_holds():
+    """kv_bytes_per_token is what a KVCache holds per position after a forward pass (keys and values of every layer,
+    n_kv_heads x d_head, in the weights' dtype); a continuation of what the refusal says fits is accepted."""
+    for overrides in ([], ["model/embedding=rotary", "model/attention=grouped_query", "model.attention.n_kv_heads=2",
+                           "model.n_layers=3"]):
+        model = builder.build_model(builder.compose(["model.d_model=32", "model.n_heads=4", "model.vocab_size=30",
+                                                     "model.context_length=16", *overrides]).model).eval()
+        cache = KVCache()
+        with torch.no_grad():
+            model(torch.randint(0, 30, (1, 5)), cache=cache)
+        held = sum(t.numel() * t.element_size() for t in [*cache.keys.values(), *cache.values.values()])
+        assert held == 5 * kv_bytes_per_token(model)
+        est = check_generation_memory(model, 5, 100)
+        cached = (16 if model.context_length else 105) * kv_bytes_per_token(model)
+        assert est["bytes"] == cached + 105 * TOKEN_BYTES
+        with pytest.raises(ConfigError) as err:
+            check_generation_memory(model, 5, 10**15)
+        fits = int(str(err.value).split("use max_new_tokens=")[1].split()[0])
+        assert check_generation_memory(model, 5, fits // 2)["bytes"] <= est["available"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["task=embed", "neighbours=1000000000", "words=[a]"], ["neighbours=1000000000 is not accepted", "<= 100"]),
+    (["task=train", "data.source=adjectives", "data.n_sentences=1000000000"],
+     ["data.n_sentences=1000000000 is not accepted", "<= 10000000"]),
+    (["task=train", "data.source=lecture", "data.n_sentences=20000000"], ["data.n_sentences=20000000 is not accepted"]),
+])
+def test_other_counts_are_bounded(tmp_path, args, words):
+    """task=embed drew a bar for every token of the vocabulary (minutes, gigabytes); the generated languages built a
+    billion sentences in memory: both refused in one paragraph before anything runs."""
+    ckpt = _char_checkpoint(tmp_path / "small.ckpt")
+    out = tmp_path / "run"
+    proc = run_capped({}, *args, f"checkpoint={ckpt}" if args[0] == "task=embed" else "trainer.max_steps=1",
+                      f"hydra.run.dir={out}", timeout=120)
+    assert_refused(proc, out, *words)

@@ -106,10 +106,31 @@ def test_planned_jobs_without_a_directory_are_listed_as_not_run(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
+def test_a_short_sweep_validates_every_job_at_its_end(env):
+    """trainer.val_check_interval beyond trainer.max_steps: each job validates once at its end, so each has a
+    val/loss, a best checkpoint and a sample, sweep.md names the best job, and nothing printed is a bare None."""
+    sweep = env["root"] / "short"
+    proc = run_cli("-m", "seed=1,2", *data(env), *TINY, "trainer.max_steps=3", "trainer.val_check_interval=1000",
+                   f"hydra.sweep.dir={sweep}", cwd=env["root"], env=env["env"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for job in ("0", "1"):
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        assert summary["steps"] == 3 and summary["val_loss"] is not None, summary
+        assert summary["best_val_loss"] == summary["val_loss"]
+        assert Path(summary["best_checkpoint"]).name == "best-3.ckpt" and Path(summary["samples"]).is_file()
+        metrics = list(csv.DictReader(open(next((sweep / job).glob("csv/**/metrics.csv")))))
+        assert [r["step"] for r in metrics if r["val/loss"]] == ["2"]  # one validation, after the last step
+    md = (sweep / "sweep.md").read_text()
+    assert "2 jobs: 2 ok, 0 failed." in md and "Best: job " in md and "No val/loss" not in md
+    assert "(best: none" not in proc.stdout and "samples       : none" not in proc.stdout
+    assert not [line for line in proc.stdout.splitlines() if "None" in line and ("best" in line or ": None" in line)]
+
+
 def test_a_sweep_without_validation_shows_its_jobs_as_ok_not_failed(env):
-    """trainer.val_check_interval beyond trainer.max_steps: no val/loss in summary.json, and nothing failed."""
+    """trainer.limit_val_batches=0: no val/loss in summary.json, nothing failed, and the summary says why there is no
+    best checkpoint or sample (never a bare None)."""
     sweep = env["root"] / "no_val"
-    proc = run_cli("-m", "model.n_heads=1,2", *data(env), *TINY, "trainer.max_steps=2", "trainer.val_check_interval=100",
+    proc = run_cli("-m", "model.n_heads=1,2", *data(env), *TINY, "trainer.max_steps=2", "trainer.limit_val_batches=0",
                    f"hydra.sweep.dir={sweep}", cwd=env["root"], env=env["env"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert [j["overrides"][0] for j in read_plan(sweep)] == ["model.n_heads=1", "model.n_heads=2"]
@@ -120,6 +141,8 @@ def test_a_sweep_without_validation_shows_its_jobs_as_ok_not_failed(env):
     drawn = compare_sweep(sweep)["plot"]  # the texts sweep.png carries besides its points
     assert drawn["title"].endswith(" (2 no val/loss, not shown)") and "failed" not in drawn["title"]
     assert drawn["empty"] == "no job with a val/loss"
+    assert proc.stdout.count("(best: none (no validation ran))") == 2
+    assert proc.stdout.count("samples       : none (no validation ran)") == 2 and ": None" not in proc.stdout
 
 
 def test_a_sweep_stopped_during_job_1_lists_job_2_as_not_run(env):

@@ -138,6 +138,25 @@ def test_resume_matches_uninterrupted_run_and_seed_is_deterministic(env):
     assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 16
 
 
+def test_a_short_run_validates_at_its_end_once(env):
+    """A run whose last step is not a validation step validates after it (val/loss, best checkpoint, a sample); one
+    whose last step is validates once; the summary printed names no bare None."""
+    short = ["logger=csv", "train.warmup_steps=0", "callbacks.attention_probe=null"]
+    out, proc = train(env, "short", *short, "trainer.max_steps=3", "trainer.val_check_interval=1000")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["val_loss"] is not None and summary["best_val_loss"] == summary["val_loss"]
+    assert list(losses(out, "val/loss")) == [2]  # after the third (last) step
+    assert Path(summary["best_checkpoint"]).name == "best-3.ckpt"
+    assert (out / "samples.txt").read_text().startswith("--- step 3 ---")
+    assert f"(best: {summary['best_checkpoint']})" in proc.stdout and "None" not in proc.stdout.split("Done:")[1]
+    out, _ = train(env, "short_on_a_validation_step", *short, "trainer.max_steps=2", "trainer.val_check_interval=2")
+    assert list(losses(out, "val/loss")) == [1]  # the last step's own validation, not a second
+    assert (out / "samples.txt").read_text().count("--- step ") == 1
+    out, proc = train(env, "short_without_samples", "logger=csv", "callbacks.text_samples=null", "trainer.max_steps=2")
+    done = proc.stdout.split("Done:")[1]
+    assert "samples       : none (callbacks.text_samples is off)" in done and "None" not in done
+
+
 STEP2 = ["logger=csv", "trainer.max_steps=2", "trainer.val_check_interval=2", "train.warmup_steps=0"]
 
 

@@ -10,15 +10,17 @@ wandb mode. It returns the checked :class:`~builder.config.schema.Config` the ta
 from __future__ import annotations
 
 import os
+import re
 from contextvars import ContextVar
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 import components
 from components.registry import Settings, closest
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from .plain import to_plain
 from .schema import CALLBACK_SCHEMAS, Config
 from .spec import check, unknown_key
@@ -98,7 +100,11 @@ def check_job(cfg) -> Config:
     declarations; returns the checked Config (its ``callbacks`` name -> settings object). ConfigError otherwise.
     The ``model`` section is checked only when the task builds it."""
     # the job's part only: the hydra node holds interpolations only Hydra's run resolves (hydra.job.num ...)
-    plain = {str(k): to_plain(cfg[k]) for k in cfg if k != "hydra"} if isinstance(cfg, DictConfig) else to_plain(cfg)
+    try:
+        plain = {str(k): to_plain(cfg[k]) for k in cfg if k != "hydra"} if isinstance(cfg, DictConfig) else \
+            to_plain(cfg)
+    except InterpolationResolutionError as err:
+        raise interpolation_refusal(cfg, err) from None
     plain.pop("hydra", None)
     if not uses_composed_model(plain):
         plain.pop("model", None)
@@ -113,6 +119,24 @@ def check_job(cfg) -> Config:
         if checked.train.skip_nonfinite and processes is not None and processes > 1:
             raise skip_nonfinite_refusal(processes)
     return checked
+
+
+def interpolation_refusal(cfg: DictConfig, err: InterpolationResolutionError) -> ConfigError:
+    """A ``${...}`` that does not resolve (a key that is not there, an unknown resolver, an unset variable), in one
+    paragraph naming the key, the value as written and how to write a literal ``${``: OmegaConf's escape ``\\${``
+    (Hydra passes it on from the command line, in single quotes)."""
+    key = getattr(err, "full_key", None) or "config"
+    written: Any = OmegaConf.to_container(cfg, resolve=False)
+    for part in re.findall(r"[^.\[\]]+", key):
+        try:
+            written = written[int(part)] if isinstance(written, list) else written[part]
+        except (KeyError, IndexError, TypeError, ValueError):
+            written = None
+            break
+    literal = written.replace("${", "\\${") if isinstance(written, str) else None
+    example = "" if literal is None else f": '{key}={literal}'" if "[" not in key else f": '{literal}'"
+    return ConfigError(key, written, f"a value whose ${{...}} interpolations resolve; for a literal '${{', write "
+                       f"'\\${{' (on the command line in single quotes){example}", detail=first_line(err))
 
 
 def skip_nonfinite_refusal(processes: int) -> ConfigError:

@@ -203,6 +203,15 @@ def check_overrides(args: list[str], conf_dir: Path = CONF_DIR, tasks=None, *, c
                 raise ConfigError(key, v, f"one of {', '.join(opts)}{closest(v, opts)}")
 
 
+def overrides_as_typed(node) -> list[str]:
+    """Hydra's record of the command line's overrides (``hydra.overrides.task`` or ``.hydra``) as they were typed.
+
+    Each is a string OmegaConf reads as an interpolation when an item is read from the list: ``text=a ${oops}``
+    raised InterpolationKeyError, an escaped ``text=\\${x}`` lost its backslash (a DDP child process was started
+    with the unescaped one), ``${now:...}`` took another value. Read without resolving, they are the command line."""
+    return [str(o) for o in OmegaConf.to_container(node, resolve=False)]
+
+
 def _parsed(overrides: list[str]):
     parser = OverridesParser.create()
     parsed = []
@@ -211,11 +220,20 @@ def _parsed(overrides: list[str]):
             parsed.extend(parser.parse_overrides([line]))
         except Exception as err:  # OverrideParseException: name the override, not only the character
             key, _, value = line.partition("=")
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            literal = "; for a literal '${', write '\\${' (in single quotes)" if "${" in value else ""
             raise ConfigError(key, value, "an override Hydra can parse: key=value, a quoted string, a list [a,b], "
-                              "a sweep a,b (https://hydra.cc/docs/advanced/override_grammar/basic/)",
-                              detail=first) from err
+                              "a sweep a,b (https://hydra.cc/docs/advanced/override_grammar/basic/)" + literal,
+                              detail=parse_reason(err)) from err
     return parsed
+
+
+def parse_reason(err: Exception) -> str:
+    """The line of Hydra's parse error that says what is wrong (not its "Error parsing override '...'" heading,
+    the caret under the input or the link to the grammar), on one line."""
+    lines = [line.strip() for line in str(err).strip().splitlines()]
+    reasons = [line for line in lines if line and line.strip("^ ") and not line.startswith(("Error parsing override",
+                                                                                             "See https://"))]
+    return reasons[0] if reasons else (lines[0] if lines and lines[0] else type(err).__name__)
 
 
 def _override_for(text: str, full_key: str | None, parsed):
@@ -307,6 +325,10 @@ def composition_error(err: Exception, overrides: list[str], compose=None, file_v
         where = f"a key of {parent}" if parent else "a top-level key or config group"
         listed = f"; accepted: {', '.join(keys)}{MORE_KEYS.get(parent, '')}" if keys else ""
         return ConfigError(key, value, f"{where}{closest(missing, keys)}{listed}", detail=detail)
+    if cause_name == "GrammarParseError":  # '${' that starts no interpolation OmegaConf can read
+        return ConfigError(full_key or key, value, "a value OmegaConf can read: '${' starts an interpolation "
+                           "(${key}, ${resolver:args}); for a literal '${', write '\\${' (on the command "
+                           "line in single quotes)", detail=message)
     if cause_name == "ValidationError":
         return ConfigError(full_key or key, value, f"a value of the key's type: {message}", detail=detail)
     flat = "; ".join(line.strip() for line in text.splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line)

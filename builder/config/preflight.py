@@ -41,6 +41,7 @@ from .cli import (
     NO_CODE,
     check_command_line,
     composition_error,
+    overrides_as_typed,
     public_composer,
     target_accepted,
     walk,
@@ -223,7 +224,7 @@ def plan_jobs(config, config_loader=None, overrides: list[str] | None = None) ->
         return None
     params = OmegaConf.to_container(sweeper.params, resolve=True) if sweeper.get("params") else {}
     arguments = [f"{k}={v}" for k, v in params.items()]  # as BasicSweeper.sweep: its params, then the arguments
-    arguments += OmegaConf.to_container(config.hydra.overrides.task, resolve=False) if overrides is None else overrides
+    arguments += overrides_as_typed(config.hydra.overrides.task) if overrides is None else overrides
     return [{"num": num, "overrides": job} for num, job in enumerate(plan_basic_sweep(arguments, config_loader))]
 
 
@@ -249,7 +250,8 @@ def check_sweep(cfg: DictConfig, compose_job, config_loader=None, overrides: lis
     try:
         jobs = plan_jobs(cfg, config_loader, overrides)
     except Exception as err:  # a sweep the basic sweeper cannot expand (interval(...)): Hydra's words, one paragraph
-        raise composition_error(err, list(cfg.hydra.overrides.task) if overrides is None else overrides) from err
+        raise composition_error(err, overrides_as_typed(cfg.hydra.overrides.task) if overrides is None else overrides) \
+            from err
     if jobs is None:
         check_job(cfg)
         return {}
@@ -273,7 +275,7 @@ class Preflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         reset()
         try:
-            _checked[tuple(config.hydra.overrides.task)] = check_run(config)
+            _checked[tuple(overrides_as_typed(config.hydra.overrides.task))] = check_run(config)
         except ConfigError as err:
             raise Refused(err) from None
         _passed[0] = True

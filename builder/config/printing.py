@@ -67,6 +67,16 @@ def resolved(cfg: DictConfig) -> tuple[dict, str | None]:
         return OmegaConf.to_container(cfg, resolve=False), f"interpolations left unresolved: {err}"
 
 
+def literal(node: Any) -> Any:
+    """A resolved config (plain containers) as YAML that OmegaConf reads back the same: each ``${`` left in a string
+    is text (a value given as ``\\${``), escaped again."""
+    if isinstance(node, dict):
+        return {k: literal(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [literal(v) for v in node]
+    return node.replace("${", "\\${") if isinstance(node, str) else node
+
+
 def config_tree(config: dict, title: str = "config"):
     """A rich Tree: one branch per top-level section (its YAML), one leaf per top-level value."""
     tree = Tree(f"[bold]{title}[/bold]", guide_style="dim")
@@ -125,6 +135,7 @@ def save_config(cfg: DictConfig, out_dir, overrides: list[str] | None = None, *,
     ``model_used`` and ``model`` given, ``model`` is the composed model as the task completed it (task=train sets
     ``vocab_size`` to the tokenizer's): the saved file describes the model trained."""
     config, note = resolved(cfg)
+    text_only = note is None  # resolved: a '${' left in a value is text, and stays text in the file
     if not model_used:
         config, model_note = _with_model(config, model, model_source)
         note = "; ".join(n for n in (note, model_note) if n)
@@ -132,7 +143,8 @@ def save_config(cfg: DictConfig, out_dir, overrides: list[str] | None = None, *,
         config = {**config, "model": model}
     out = Path(out_dir)
     header = _header(list(overrides or []), note)
-    atomic_write(out / "config.yaml", header + OmegaConf.to_yaml(OmegaConf.create(config)))
+    atomic_write(out / "config.yaml", header + OmegaConf.to_yaml(OmegaConf.create(literal(config) if text_only
+                                                                                  else config)))
     atomic_write(out / "config_tree.txt", header + render_text(config_tree(config)))
 
 

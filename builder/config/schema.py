@@ -94,7 +94,8 @@ class DataConfig:
     val_batches: Annotated[int, Ge(0), doc("at most val_batches x batch_size fixed validation windows")] = 8
     num_workers: Annotated[int | None, Ge(0), doc("loader workers; null: 4 with a GPU, none on a CPU")] = None
     seed: Annotated[int, Ge(0), Lt(1 << 32), doc("seeds the windows' draw and the generated languages")] = "${seed}"
-    n_sentences: Annotated[int, Gt(0), doc("adjectives / lecture: sentences generated")] = 20_000
+    n_sentences: Annotated[int, Gt(0), Le(10_000_000), doc("adjectives / lecture: sentences generated (in memory: "
+                                                           "about 60 bytes and 25 µs each)")] = 20_000
     text_field: Annotated[str, Len(1), doc("text: the field of .jsonl records / column of .parquet files")] = "text"
     vocab_size: Annotated[int | None, Gt(0), Le(1 << 32), doc("tokens: ids in the token file; null: meta.json's, "
                                                               "else the tokenizer's")] = None
@@ -365,7 +366,8 @@ class Config:
                                                  "[[man,woman],[king,queen]]")] = None
     groups: Annotated[Any, doc("task=embed: {name: [words]} laid out on a 2-D map")] = None
     space: Annotated[str, OneOf("embedding", "unembedding"), doc("task=embed: which matrix")] = "embedding"
-    neighbours: Annotated[int, Gt(0), doc("task=embed: nearest tokens shown per word")] = 8
+    neighbours: Annotated[int, Gt(0), Le(100), doc("task=embed: nearest tokens shown per word (one bar each in "
+                                                   "nearest.png)")] = 8
     word: Annotated[str | None, doc("task=context: the word followed through the layers, e.g. mole")] = None
     contexts: Annotated[list[str] | None, doc("task=context: texts that use the word")] = None
     sweep_dir: Annotated[str | None, doc("task=compare: a sweep directory (multirun/<date>/<time>) or last")] = None

@@ -36,6 +36,7 @@ from ..config.cli import (
     check_command_line,
     composition_error,
     file_reader,
+    overrides_as_typed,
     public_composer,
     register_help_resolver,
 )
@@ -117,7 +118,7 @@ def _name_wandb_run(cfg, hc) -> None:
             wandb_cfg.group = "_".join(p for p in parts if p and p not in (".", "null"))
         if not wandb_cfg.get("name"):  # the job number and what the sweeper chose for it
             fixed = _fixed_keys(sys.argv[1:])
-            swept = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") not in fixed]
+            swept = [o for o in overrides_as_typed(hc.overrides.task) if o.split("=", 1)[0].lstrip("+~") not in fixed]
             wandb_cfg.name = f"{hc.job.num}: {' '.join(swept) or 'defaults'}"[:128]
 
 
@@ -193,7 +194,7 @@ def _run_task(cfg):
     if multirun:
         _name_wandb_run(cfg, hc)
     # shown once the task has checked its inputs (builder.config.printing.inputs_checked), never before an error
-    display = ConfigDisplay(cfg, out_dir, list(hc.overrides.task), dict(hc.runtime.choices),
+    display = ConfigDisplay(cfg, out_dir, overrides_as_typed(hc.overrides.task), dict(hc.runtime.choices),
                             model_used=uses_composed_model(cfg))
     failed = True
     try:
@@ -208,7 +209,7 @@ def _run_task(cfg):
                 try:
                     # every value checked once, before the task's imports (Lightning: seconds): by the preflight
                     # (builder/config/preflight.py), else (a job an Optuna sweeper chose) here
-                    token = hold(cfg, take_checked(hc.overrides.task) or check_job(cfg))
+                    token = hold(cfg, take_checked(overrides_as_typed(hc.overrides.task)) or check_job(cfg))
                     task = importlib.import_module(TASKS[cfg.task])
                     if not getattr(task, "SHOWS_CONFIG", False):
                         display.show()

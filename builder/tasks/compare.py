@@ -246,9 +246,9 @@ def to_markdown(rows: list[dict], sweep_dir: Path, planned: bool = False) -> str
         lines.append(f"Best: job {best['job']} (`{best['label']}`), val/loss {best['best_val_loss']:.4f}.")
     no_val = _without_val_loss(rows)
     if no_val:
-        lines.append(f"No val/loss in {len(no_val)} ok job{'s' if len(no_val) > 1 else ''} (no validation ran: "
-                     "trainer.val_check_interval beyond trainer.max_steps?): "
-                     + ", ".join(r["job"] for r in no_val) + ".")
+        lines.append(f"No val/loss in {len(no_val)} ok job{'s' if len(no_val) > 1 else ''} (no validation ran: a "
+                     "training run validates at its end, unless trainer.limit_val_batches=0 or the data has no "
+                     "validation windows; or not a training job): " + ", ".join(r["job"] for r in no_val) + ".")
     optuna = sweep_dir / "optimization_results.yaml"
     if optuna.is_file():
         lines += ["", "Optuna (optimization_results.yaml):", "", "```yaml", optuna.read_text().rstrip(), "```"]

@@ -1,6 +1,7 @@
 """task=export: a checkpoint as ``model.safetensors`` + ``hydraformer.json`` (model config and tokenizer), or with
-``format=hf`` as a Hugging Face directory (``config.json`` + ``model.safetensors`` [+ ``tokenizer.json``]) that
-transformers' AutoModelForCausalLM loads: the family is the one whose table in builder/hf.py expresses the model."""
+``format=hf`` as a Hugging Face directory (``config.json`` + ``model.safetensors`` [+ ``tokenizer.json`` and
+``tokenizer_config.json``]) that transformers' AutoModelForCausalLM loads: the family is the one whose table in
+builder/hf.py expresses the model. It prints the name of every file it wrote."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def run(cfg, out_dir: Path) -> int:
         hf_config_for(model_cfg, "checkpoint", cfg.checkpoint)
     inputs_checked(model_cfg, f"checkpoint={cfg.checkpoint}")
     dest = write_export(model, tokenizer, model_cfg, Path(out_dir) / "export", fmt, cfg.checkpoint)
-    what = "config.json + model.safetensors, a Hugging Face directory" if fmt == "hf" else \
-        "model.safetensors + hydraformer.json"
-    print(f"exported to {dest} ({what})")
+    written = sorted(p.name for p in dest.iterdir())  # a folder of this run's own: all of it is this export's
+    what = "a Hugging Face directory" if fmt == "hf" else "hydraformer's export, which load_model reads"
+    print(f"exported to {dest} ({what}): {', '.join(written)}")
     return 0

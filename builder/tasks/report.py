@@ -16,7 +16,7 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
     if cfg.get("models"):
         names = expand_models(cfg.models)
         presets = preset_configs(names)
-        budgets = sorted((parameter_budget(presets[n], n) for n in names), key=lambda b: b["total_params"])
+        budgets = [parameter_budget(presets[n], n) for n in names]  # in the order asked (a glob's matches sorted)
     else:
         budgets = [parameter_budget(cfg.model, model_name)]
     print(write_budget_files(budgets, out_dir))

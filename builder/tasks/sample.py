@@ -12,6 +12,7 @@ from ..config.printing import inputs_checked
 from ..errors import ConfigError, compile_refusal
 from ..files import atomic_write
 from ..generate import encode_prompt, generate
+from ..memory import check_generation_memory
 
 SHOWS_CONFIG = True  # run() calls inputs_checked once the checkpoint is loaded and the prompt fits (builder.tasks)
 
@@ -26,6 +27,7 @@ def run(cfg, out_dir: Path) -> int:
     limit = model.context_length
     if limit and ids.shape[1] > limit:
         raise ConfigError("prompt", f"<{ids.shape[1]} tokens>", f"at most model.context_length={limit} tokens")
+    check_generation_memory(model, ids.shape[1], int(cfg.max_new_tokens))
     inputs_checked(model_cfg, f"checkpoint={cfg.checkpoint}")
     gen = torch.Generator().manual_seed(int(cfg.seed))
     if cfg.compile and int(cfg.max_new_tokens) > 1:

@@ -39,7 +39,7 @@ from ..interp.tour import summary as tour_summary
 from ..interp.tour import write_tour
 from ..memory import check_training_memory
 from ..report import write_budget_files
-from ..training.callbacks import AtomicCheckpointIO, RunContext, SaveOnInterrupt, make_callbacks
+from ..training.callbacks import AtomicCheckpointIO, RunContext, SaveOnInterrupt, ValidateAtEnd, make_callbacks
 from ..training.fsdp import FullyShardedStrategy, clear_staging
 from ..training.launch import for_this_job
 from ..training.loggers import finish_wandb, log_config, log_image, log_table, make_loggers_from_config, wandb_run_dir
@@ -219,7 +219,7 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
     loggers = make_loggers_from_config(logger_cfg, out_dir, config=config, hparams_now=False)  # no file yet
     ckpt_dir = out_dir / "checkpoints"
     on_interrupt = SaveOnInterrupt(ckpt_dir / "last.ckpt", resume_hint(out_dir))  # always on
-    callbacks = [c for group in built.values() for c in group] + [on_interrupt]
+    callbacks = [c for group in built.values() for c in group] + [on_interrupt, ValidateAtEnd()]
     trainer_kwargs.setdefault("enable_checkpointing", "model_checkpoint" in built)
     trainer_kwargs["strategy"] = strategy
     # the data module shards its own sampler (builder/data/windows.py EpochSampler): exact DDP = bigger batch
@@ -269,7 +269,7 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
             "wandb": wandb_run_dir(loggers),
         }
         atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        print_summary(summary)
+        print_summary(summary, built)
         if cfg.get("tour"):
             _tour(cfg, module, dm.tokenizer, model_cfg, out_dir, sharded=isinstance(strategy, FullyShardedStrategy))
     finish_wandb()
@@ -293,16 +293,27 @@ def _metric(trainer, key: str):
     return None if value is None else float(value)
 
 
-def print_summary(s: dict) -> None:
+def print_summary(s: dict, callbacks=()) -> None:
+    """The run's figures and files (``s``: summary.json); a file the run did not write is ``none``, with why: its
+    callback is off (not in ``callbacks``), or no validation ran. Never a bare None."""
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+
+    def written(path, callback: str, otherwise: str) -> str:
+        if path is not None:
+            return str(path)
+        return f"none ({otherwise})" if callback in callbacks else f"none (callbacks.{callback} is off)"
+
+    checkpoint = written(s["last_checkpoint"], "model_checkpoint", "not written")
+    if "model_checkpoint" in callbacks:
+        checkpoint += f" (best: {written(s['best_checkpoint'], 'model_checkpoint', 'no validation ran')})"
     lines = [
         "",
         f"Done: {s['steps']} steps, val/loss {fmt(s['val_loss'], '.4f')} (ppl {fmt(s['val_ppl'], '.2f')}), "
         f"{fmt(s['tokens_per_s'], ',.0f')} tokens/s",
         f"  run directory : {s['run_dir']}",
-        f"  checkpoint    : {s['last_checkpoint']} (best: {s['best_checkpoint']})",
+        f"  checkpoint    : {checkpoint}",
         f"  budget        : {s['budget']} (+ budget.md, budget.png)",
-        f"  samples       : {s['samples']}",
+        f"  samples       : {written(s['samples'], 'text_samples', 'no validation ran')}",
     ]
     if s["attention"]:
         lines.append(f"  attention     : {s['attention'][-1]} (every head on the probe phrase, at each validation)")

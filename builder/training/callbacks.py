@@ -153,6 +153,24 @@ class AttentionProbe(pl.Callback):
         log_image(trainer.loggers, "attention/patterns", path, step=step, caption=f"step {step}")
 
 
+class ValidateAtEnd(pl.Callback):
+    """A training run that ends validates at its end: when the step that ends it (``trainer.max_steps``, or the last
+    batch of ``trainer.max_epochs``) is not a validation step of its own, one more validation runs after it. So every
+    run, and every job of a sweep, ends with a val/loss, a best checkpoint and a sample.
+
+    Lightning validates after a batch whose end asks the fit to stop (``trainer.should_stop``, the public flag early
+    stopping sets; a validation step's own validation runs once), and at the step that ends the run the fit stops
+    anyway. An epoch that ``trainer.check_val_every_n_epoch`` skips stays unvalidated, and ``limit_val_batches=0``
+    validates nothing, as asked."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        steps_done = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
+        epochs_done = (trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
+                       and batch_idx + 1 >= trainer.num_training_batches)
+        if steps_done or epochs_done:
+            trainer.should_stop = True
+
+
 class SaveOnInterrupt(pl.Callback):
     """Ctrl-C, SIGTERM or an error raised during training: write ``last.ckpt`` (atomically) before the run exits.
 

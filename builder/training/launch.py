@@ -44,6 +44,8 @@ from pytorch_lightning.strategies.launchers.subprocess_script import _Subprocess
 
 import __main__
 
+from ..config.cli import overrides_as_typed
+
 log = logging.getLogger(__name__)
 
 # what a DDP launch writes into os.environ (Lightning's launcher, torch.distributed, _set_num_threads_if_needed)
@@ -88,8 +90,9 @@ def job_command(local_rank: int) -> tuple[list[str], str]:
     spec = getattr(__main__, "__spec__", None)
     command = [sys.executable, "-m", spec.name] if spec is not None else [sys.executable, to_absolute_path(sys.argv[0])]
     command += _config_flags(sys.argv[1:])
-    command += [o for o in hc.overrides.hydra if not o.lstrip("+~").startswith(_HYDRA_NOT_INHERITED)]
-    command += list(hc.overrides.task)
+    command += [o for o in overrides_as_typed(hc.overrides.hydra) if not o.lstrip("+~").startswith(
+        _HYDRA_NOT_INHERITED)]
+    command += overrides_as_typed(hc.overrides.task)
     command += [f"hydra.run.dir={_quote(hc.runtime.output_dir)}", "hydra.output_subdir=null", "hydra.mode=RUN",
                 f"hydra.job.name={hc.job.name}_ddp_process_{local_rank}"]
     return command, get_original_cwd()
