@@ -84,14 +84,19 @@ def test_capture_memory_reports_each_mode():
 
 
 def test_startup_times_the_report_the_refusals_and_lightnings_import():
-    proc = subprocess.run([sys.executable, "benchmarks/startup.py", "--runs", "1"], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    """One round, against this same checkout (``--against``: the two trees alternated, the ratio of medians)."""
+    proc = subprocess.run([sys.executable, "benchmarks/startup.py", "--runs", "1", "--against", str(REPO)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"^import builder: [\d.]+ s; heavy modules imported: \[\]$", proc.stdout, re.M), proc.stdout
-    names = re.findall(r"^(.+): median [\d.]+ s over 1 runs \(min [\d.]+, max [\d.]+\)$", proc.stdout, re.M)
-    assert names == ["task=report model=gpt2_small", "task=train model.n_heads=5 (refused)",
-                     "task=train data.tokenizer=bpe (refused)", "task=train train.lr=0 (refused)",
-                     "import pytorch_lightning"], proc.stdout
+    names = re.findall(r"^(.+) \[(this|against)\]: median [\d.]+ s over 1 runs \(min [\d.]+, max [\d.]+\)"
+                       r"(?:; this/against [\d.]+x)?$", proc.stdout, re.M)
+    commands = ["task=report model=gpt2_small", "task=train model.n_heads=5 (refused)",
+                "task=train data.tokenizer=bpe (refused)", "task=train train.lr=0 (refused)",
+                "task=train model.nlayers=3 (refused)"]
+    assert names == [(c, t) for c in commands for t in ("this", "against")] + [("import pytorch_lightning", "this")], \
+        proc.stdout
+    assert proc.stdout.count("this/against") == len(commands)
 
 
 def test_checkpoint_check_times_the_finite_check_against_a_save(tmp_path):
