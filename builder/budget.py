@@ -172,6 +172,8 @@ def _meta_count(mc: ModelConfig, blocks: int) -> tuple[dict, int, nn.Module]:
         with torch.device("meta"):
             model = build_model(replace(mc, n_layers=blocks))
     except RuntimeError as err:  # "Storage size calculation overflowed": a tensor beyond 64-bit sizes
+        if "overflow" not in str(err):
+            raise
         raise ConfigError("model", f"d_model={mc.d_model}, vocab_size={mc.vocab_size}", "a model whose tensors torch "
                           f"can size (under 2^63 bytes each; a component without a formula is counted by building "
                           f"it on the meta device): {err}") from None
