@@ -2,6 +2,7 @@
 the last periodic checkpoint, NaN losses stop the run (or are skipped), unsafe files are refused."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -223,7 +224,10 @@ def test_resuming_never_starts_from_nonfinite_weights(env):
     for bad in ("last.ckpt", "step-3.ckpt"):
         assert f"passing over {ckpts / bad}: its weights are not finite (model.blocks.1.mlp.fc.weight holds NaN " \
                "or inf)" in said, said[-3000:]
-    assert f"Restoring states from the checkpoint path at {ckpts / 'step-2.ckpt'}" in said
+    # the newest finite one: step 2's state (step-2.ckpt, or best-2.ckpt, written at the run's final validation)
+    restored = Path(re.search(r"Restoring states from the checkpoint path at (\S+\.ckpt)", said).group(1))
+    assert restored.parent == ckpts and restored.name in ("step-2.ckpt", "best-2.ckpt"), restored
+    assert torch.load(restored, weights_only=True)["global_step"] == 2
     assert "Done: 4 steps" in resumed.stdout
     refused = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}",
                       f"ckpt_path={ckpts / 'step-3.ckpt'}", "trainer.max_steps=6", env=env["env"])
