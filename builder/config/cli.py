@@ -57,6 +57,8 @@ KEPT_CALLBACKS = ("preflight",)
 HYDRA_TARGETS = (CORE_PLUGINS, "hydra_plugins.", "optuna.samplers.", "optuna.pruners.")
 # logging.config.dictConfig calls a handler's/formatter's ``class`` and any ``()`` factory: the standard library's only
 LOGGING_CLASSES = ("logging.",)
+LOGGING_ACCEPTED = ("configs never name code to run: logging handlers and formatters of the standard library "
+                    "(class: logging.StreamHandler ...), no '()' factories")
 LOGGING_SECTIONS = ("hydra_logging", "job_logging")
 # a file system that refuses a write: what each errno means, for one paragraph naming the setting and the path
 FILE_SYSTEM_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
@@ -150,11 +152,15 @@ def _names_code(key: str, value: str, removing: bool) -> ConfigError | None:
                            f"({', '.join(HYDRA_CALLBACKS)}); remove this override")
     if parts[-1] == "_target_":
         return ConfigError(key, value, target_accepted(key))
-    if set(parts) & set(LOGGING_SECTIONS) and (parts[-1] == "()" or (
-            parts[-1] == "class" and not value.strip("'\"").startswith(LOGGING_CLASSES))):
-        return ConfigError(key, value, f"{NO_CODE}: logging handlers and formatters of the standard library "
-                           "(class: logging.StreamHandler ...), no '()' factories")
+    if set(parts) & set(LOGGING_SECTIONS) and logging_names_code(parts[-1], value.strip("'\"")):
+        return ConfigError(key, value, LOGGING_ACCEPTED)
     return None
+
+
+def logging_names_code(last_key: str, value) -> bool:
+    """Whether a logging config's entry ``last_key: value`` makes ``logging.config.dictConfig`` call code other than
+    the standard library's: a ``()`` factory, or a handler's or formatter's ``class`` outside ``logging``."""
+    return last_key == "()" or (last_key == "class" and not str(value).startswith(LOGGING_CLASSES))
 
 
 def target_accepted(key: str) -> str:
@@ -335,8 +341,6 @@ def composition_error(err: Exception, overrides: list[str], compose=None, file_v
     return ConfigError(key, value, f"a config Hydra can compose: {flat}")
 
 
-
-
 # --------------------------------------------------------------------------------------------------
 # the config folders a command line adds
 # --------------------------------------------------------------------------------------------------
@@ -366,9 +370,8 @@ def _file_names_code(data, where: str) -> ConfigError | None:
                 return ConfigError(key, value, f"hydraformer's own: hydra.callbacks.{KEPT_CALLBACKS[0]} checks the "
                                    "composed config before Hydra writes anything, and stays", detail=f"set in {where}")
         if set(parts) & set(LOGGING_SECTIONS) or where.startswith(tuple(f"hydra/{s}/" for s in LOGGING_SECTIONS)):
-            if parts[-1] == "()" or (parts[-1] == "class" and not str(value).startswith(LOGGING_CLASSES)):
-                return ConfigError(key, value, f"{NO_CODE}: logging handlers and formatters of the standard library "
-                                   "(class: logging.StreamHandler ...), no '()' factories", detail=f"set in {where}")
+            if logging_names_code(parts[-1], value):
+                return ConfigError(key, value, LOGGING_ACCEPTED, detail=f"set in {where}")
     return None
 
 
@@ -387,6 +390,10 @@ def _search_folder(entry: str) -> Path | None:
         locations = list(spec.submodule_search_locations or []) if spec else []
         return Path(locations[0]) if locations else None
     return Path(entry[len("file://"):] if entry.startswith("file://") else entry).expanduser().absolute()
+
+
+def _sets_searchpath(override: str) -> bool:
+    return override.split("=", 1)[0].lstrip("+~") == "hydra.searchpath"
 
 
 def _searchpath_values(value) -> list[str]:
@@ -409,9 +416,8 @@ def check_config_folders(ns: argparse.Namespace, app_dir: Path) -> None:
         path = ns.config_path
         entries.append(path if path.startswith("pkg://") or os.path.isabs(path) else str(app_dir / path))
     for line in ns.overrides:
-        key, _, value = line.partition("=")
-        if key.lstrip("+~") == "hydra.searchpath":
-            entries += _searchpath_values(value)
+        if _sets_searchpath(line):
+            entries += _searchpath_values(line.partition("=")[2])
     seen: set[Path] = set()
     while entries:
         folder = _search_folder(entries.pop(0))
@@ -439,8 +445,7 @@ def check_command_line(args: list[str], tasks=None, app_dir: Path | None = None)
                           "nothing: a config never runs code, and Hydra's rerun unpickles the file it is given (a "
                           "pickle can run any code). To run a job again, pass its overrides (its .hydra/overrides.yaml)"
                           " or its folder's config with --config-dir DIR/.hydra --config-name config")
-    elsewhere = ns.config_dir or ns.config_path or any(o.split("=", 1)[0].lstrip("+~") == "hydra.searchpath"
-                                                       for o in ns.overrides)
+    elsewhere = ns.config_dir or ns.config_path or any(map(_sets_searchpath, ns.overrides))
     check_overrides(ns.overrides, tasks=tasks, check_options=not elsewhere)
     _parsed(ns.overrides)
     check_config_folders(ns, app_dir or Path.cwd())
@@ -453,7 +458,7 @@ def public_composer(ns: argparse.Namespace):
     ``hydra.main`` ended) and for checking a command without running it (preflight.check_command)."""
     def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
         extra = [f"hydra.searchpath=[file://{os.path.abspath(ns.config_dir)}]"] if ns.config_dir and not any(
-            o.split("=", 1)[0].lstrip("+~") == "hydra.searchpath" for o in overrides) else []
+            map(_sets_searchpath, overrides)) else []
         GlobalHydra.instance().clear()
         try:
             with warnings.catch_warnings(), initialize_config_module("conf", version_base="1.3"):

@@ -37,10 +37,11 @@ from .checks import check_job
 from .cli import (
     FILE_SYSTEM_ERRORS,
     HYDRA_TARGETS,
-    LOGGING_CLASSES,
+    LOGGING_ACCEPTED,
     NO_CODE,
     check_command_line,
     composition_error,
+    logging_names_code,
     overrides_as_typed,
     public_composer,
     target_accepted,
@@ -113,10 +114,8 @@ def check_hydra_node(cfg: DictConfig) -> None:
                 raise ConfigError(key, value, f"{NO_CODE}: a launcher or sweeper of Hydra or an installed Hydra "
                                   "plugin (hydra/launcher=..., hydra/sweeper=...)")
     for key, value in walk(_plain(hydra_cfg.get("job_logging")) or {}, "hydra.job_logging"):
-        last = key.rsplit(".", 1)[-1]
-        if last == "()" or (last == "class" and not str(value).startswith(LOGGING_CLASSES)):
-            raise ConfigError(key, value, f"{NO_CODE}: logging handlers and formatters of the standard library "
-                              "(class: logging.StreamHandler ...), no '()' factories")
+        if logging_names_code(key.rsplit(".", 1)[-1], value):
+            raise ConfigError(key, value, LOGGING_ACCEPTED)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,11 +213,13 @@ def _check_run_dir_unused(cfg: DictConfig, multirun: bool) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def plan_jobs(config, config_loader=None, overrides: list[str] | None = None) -> list[dict] | None:
+def plan_jobs(config, overrides: list[str] | None = None) -> list[dict] | None:
     """The jobs a multirun will run, ``[{"num", "overrides"}]`` in order, as Hydra's basic sweeper expands them (its
     ``hydra.sweeper.params``, then the command line's overrides — ``overrides``, else the config's
-    ``hydra.overrides.task`` — each comma list a sweep); None for any other sweeper (Optuna picks each trial from the
-    ones before: nothing is known up front)."""
+    ``hydra.overrides.task`` — each comma list a sweep; ``glob(...)`` over a config group through the running app's
+    config loader, when there is one); None for any other sweeper (Optuna picks each trial from the ones before:
+    nothing is known up front)."""
+    config_loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
     sweeper = config.hydra.sweeper
     if sweeper.get("_target_") != BASIC_SWEEPER:
         return None
@@ -238,8 +239,7 @@ def check_run(cfg: DictConfig) -> object:
     return check_job(cfg)
 
 
-def check_sweep(cfg: DictConfig, compose_job, config_loader=None, overrides: list[str] | None = None
-                ) -> dict[tuple[str, ...], object]:
+def check_sweep(cfg: DictConfig, compose_job, overrides: list[str] | None = None) -> dict[tuple[str, ...], object]:
     """A multirun's master config (with its ``hydra`` node): the preflight's checks, then every planned job composed
     by ``compose_job(overrides)`` (the job's config) and checked. Returns job overrides -> checked Config (empty
     when the sweeper plans nothing up front). Raises ConfigError (a job Hydra cannot compose too)."""
@@ -248,7 +248,7 @@ def check_sweep(cfg: DictConfig, compose_job, config_loader=None, overrides: lis
     _check_output_folders(cfg, multirun=True)
     _check_run_dir_unused(cfg, multirun=True)
     try:
-        jobs = plan_jobs(cfg, config_loader, overrides)
+        jobs = plan_jobs(cfg, overrides)
     except Exception as err:  # a sweep the basic sweeper cannot expand (interval(...)): Hydra's words, one paragraph
         raise composition_error(err, overrides_as_typed(cfg.hydra.overrides.task) if overrides is None else overrides) \
             from err
@@ -282,9 +282,8 @@ class Preflight(Callback):
 
     def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs) -> None:
         reset()
-        loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
         try:
-            _checked.update(check_sweep(config, lambda overrides: compose(config_name, overrides), loader))
+            _checked.update(check_sweep(config, lambda overrides: compose(config_name, overrides)))
         except ConfigError as err:
             raise Refused(err) from None
         _passed[0] = True
@@ -300,12 +299,10 @@ def check_command(args: list[str], tasks=None) -> int:
     sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     try:
-        if not (ns.multirun or sweeps):
-            check_run(compose(fixed, with_hydra=True))
-            return 1
-        master = compose(fixed, with_hydra=True)  # as Hydra's multirun master: every sweep left out
-    except ConfigError:
-        raise
+        cfg = compose(fixed, with_hydra=True)  # a multirun's master config, as Hydra's: every sweep left out
     except Exception as err:
         raise composition_error(err, ns.overrides, compose) from err
-    return max(1, len(check_sweep(master, compose, None, ns.overrides)))
+    if not (ns.multirun or sweeps):
+        check_run(cfg)
+        return 1
+    return max(1, len(check_sweep(cfg, compose, ns.overrides)))

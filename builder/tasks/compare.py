@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -398,9 +397,8 @@ def write_plan(config) -> Path | None:
     sweeper makes none). Returns its path, or None."""
     sweep = _sweep_dir(config)
     path = sweep / PLAN_FILE
-    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
     try:
-        jobs = plan_jobs(config, loader)
+        jobs = plan_jobs(config)
     except Exception as err:  # a sweep the basic sweeper cannot expand: no plan
         log.info(f"sweep plan not recorded ({err}): the comparison lists the jobs that started")
         jobs = None
