@@ -11,9 +11,11 @@ refused before it is opened (reading a FIFO blocks until a writer comes; /dev/ze
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,6 +68,24 @@ def named_errors(path) -> Iterator[None]:
         if err.filename is not None or err.errno is None:
             raise
         raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
+
+
+def file_being_written(tb) -> str | None:
+    """The path of the file a write that failed without naming one was writing: the innermost open-for-writing file
+    object (``open(path, "w")``, ``"a"``, ``"+"``) among the locals of the traceback's frames. A write by another
+    library (Lightning's metrics.csv, a log file) names no file — Python names one only when opening — and would
+    otherwise be taken for standard output's. None when no frame holds one (a ``print`` to stdout)."""
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in list(frame.f_locals.values()):
+            name = getattr(value, "name", None)
+            if (isinstance(value, io.IOBase) and isinstance(name, str) and value not in (sys.stdout, sys.stderr)
+                    and any(m in getattr(value, "mode", "") for m in "wa+")):
+                return os.path.abspath(name)
+    return None
 
 
 @contextmanager

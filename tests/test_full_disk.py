@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import CORPUS, run_cli, train_env
 
-from builder.files import atomic_write, named_errors
+from builder.files import atomic_write, file_being_written, named_errors
 
 SMALL = ["data=text", "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.context_length=32",
          "logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
@@ -121,7 +121,45 @@ def test_a_token_cache_past_the_file_size_limit_names_the_cache(env):
     assert leftovers(cache) == []
 
 
+def test_another_librarys_write_past_the_limit_names_its_file(env):
+    """Lightning's CSV logger writes metrics.csv through its own file object: the failed write names no file, and
+    was taken for standard output's. The file is found among the frames of the traceback."""
+    out, quiet = env["tmp"] / "run", [*SMALL, f"data.path={env['corpus']}", "callbacks.model_checkpoint=null",
+                                      "trainer.log_every_n_steps=1", "model.d_model=16", "model.n_layers=1"]
+    assert run_cli(*quiet, f"hydra.run.dir={env['tmp'] / 'warm'}", "trainer.max_steps=1", env=env["env"]).returncode == 0
+    proc = run_cli(*quiet, f"hydra.run.dir={out}", "trainer.max_steps=1500", env=env["env"], file_size=90_000)
+    refused(proc, "hydra.run.dir", out, "file too large", f"{out / 'csv' / 'metrics.csv'})")
+
+
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
+def test_hydras_own_write_past_the_limit_names_the_folder_and_removes_it(env, multirun):
+    """Hydra writes .hydra/config.yaml (a sweep: multirun.yaml) after the preflight and before the job: a write it
+    cannot finish is the same paragraph, and the folder that holds nothing of the user's goes."""
+    folder = env["tmp"] / ("sweep" if multirun else "run")
+    args = ["-m", f"hydra.sweep.dir={folder}", "model.n_layers=1,2"] if multirun else [f"hydra.run.dir={folder}"]
+    proc = run_cli(*args, "task=report", env=env["env"], file_size=2_000)
+    key, written = ("hydra.sweep.dir", "multirun.yaml") if multirun else ("hydra.run.dir", ".hydra/config.yaml")
+    refused(proc, key, folder, "file too large", f"{folder / written})")
+    assert not folder.exists()
+
+
 # ----------------------------------------------------------------------------------- the writers, one by one
+
+
+def test_the_file_a_failed_write_was_writing_is_found_in_the_traceback(tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+
+    def write_log():
+        with open("/dev/full", "a") as log:
+            log.write("x" * 100_000)
+
+    with pytest.raises(OSError) as raised:
+        write_log()
+    assert raised.value.filename is None and file_being_written(raised.value.__traceback__) == "/dev/full"
+    with open(os.devnull) as reading, pytest.raises(OSError) as raised:  # a file open for reading is not taken
+        reading.write("x")
+    assert file_being_written(raised.value.__traceback__) is None
 
 
 def test_a_write_that_names_no_file_is_named_by_its_writer(tmp_path):

@@ -56,6 +56,7 @@ HYDRA_OWN = (".hydra", "multirun.yaml")
 # job overrides -> the checked Config the preflight made for that job (taken by builder.tasks.run_task)
 _checked: dict[tuple[str, ...], object] = {}
 _passed = [False]  # whether the preflight of this process's command passed (reset when the next one starts)
+_passed_config: list = [None]  # the composed config (hydra node included) it passed
 
 
 class Refused(SystemExit):
@@ -72,10 +73,16 @@ def preflight_passed() -> bool:
     return _passed[0]
 
 
+def passed_config() -> DictConfig | None:
+    """The composed config (with its ``hydra`` node) the preflight of the running command passed, else None."""
+    return _passed_config[0] if _passed[0] else None
+
+
 def reset() -> None:
     """A new command starts in this process: nothing checked, nothing passed yet."""
     _checked.clear()
     _passed[0] = False
+    _passed_config[0] = None
 
 
 def take_checked(overrides) -> object | None:
@@ -278,7 +285,7 @@ class Preflight(Callback):
             _checked[tuple(overrides_as_typed(config.hydra.overrides.task))] = check_run(config)
         except ConfigError as err:
             raise Refused(err) from None
-        _passed[0] = True
+        _passed[0], _passed_config[0] = True, config
 
     def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs) -> None:
         reset()
@@ -286,7 +293,7 @@ class Preflight(Callback):
             _checked.update(check_sweep(config, lambda overrides: compose(config_name, overrides)))
         except ConfigError as err:
             raise Refused(err) from None
-        _passed[0] = True
+        _passed[0], _passed_config[0] = True, config
 
 
 def check_command(args: list[str], tasks=None) -> int:

@@ -40,12 +40,14 @@ from ..config.cli import (
     public_composer,
     register_help_resolver,
 )
-from ..config.preflight import Refused, preflight_passed, take_checked
+from ..config.preflight import Refused, passed_config, preflight_passed, take_checked
 from ..config.preflight import reset as reset_preflight
 from ..config.printing import WRITTEN, ConfigDisplay, displaying
 from ..config.schema import TASK_NAMES, register_schemas
 from ..errors import ConfigError, DataError, NonFiniteLossError
-from .compare import record_failure
+from ..files import file_being_written
+from .compare import OUTPUTS as SWEEP_OUTPUTS
+from .compare import PLAN_FILE, record_failure
 
 # errors whose message is the whole story: shown as one paragraph, no traceback
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RegistryError, DataError, NonFiniteLossError)
@@ -68,13 +70,14 @@ READS_CHECKPOINT = ("sample", "export", "attend", "heads", "lens", "embed", "con
 # builder.config.printing.inputs_checked itself when it is past its checks; any other gets it shown just before it runs.
 
 
-def discard_if_empty(out_dir: Path, root=None) -> None:
-    """A run that failed before writing anything leaves no directory behind (only Hydra's own files), nor the empty
-    folders above it up to ``root`` (``paths.runs_dir``) included: the ``<date>`` folder a first run of the day
-    made, the ``outputs/`` folder a first run made."""
+def discard_if_empty(out_dir: Path, root=None, also: tuple[str, ...] = ()) -> None:
+    """A run that failed before writing anything leaves no directory behind (only Hydra's own files, and the files
+    named in ``also``), nor the empty folders above it up to ``root`` (``paths.runs_dir``) included: the ``<date>``
+    folder a first run of the day made, the ``outputs/`` folder a first run made."""
     if not out_dir.is_dir():
         return
-    ours = [p for p in out_dir.iterdir() if p.name != ".hydra" and p.name not in WRITTEN and not p.name.endswith(".log")]
+    kept = (".hydra", *WRITTEN, *also)
+    ours = [p for p in out_dir.iterdir() if p.name not in kept and not p.name.endswith(".log")]
     if ours:
         return
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -139,17 +142,18 @@ def _stdout_target() -> str:
         return "<stdout>"
 
 
-def file_system_error(err: OSError, cfg, out_dir: Path) -> ConfigError | None:
+def file_system_error(err: OSError, cfg, out_dir: Path, out_key: str = "hydra.run.dir") -> ConfigError | None:
     """A write the file system refused (full, read-only, not ours, a file where a folder goes) as a ConfigError
     naming the setting whose path it was (``hydra.run.dir``, ``data.cache_dir`` / ``$HYDRAFORMER_CACHE``, ...), the
     path and what is wrong; None for any other OSError."""
     reason = FILE_SYSTEM_ERRORS.get(err.errno)
     if reason is None:
         return None
-    if err.filename is None:  # a write to stdout/stderr (a pipe or file on a full disk)
+    filename = err.filename if err.filename is not None else file_being_written(err.__traceback__)
+    if filename is None:  # a write to stdout/stderr (a pipe or file on a full disk)
         return ConfigError("stdout", _stdout_target(), f"a file or terminal that takes the task's output: {reason}")
-    path = Path(os.fsdecode(err.filename)).expanduser().absolute()
-    settings = [("hydra.run.dir", out_dir)]
+    path = Path(os.fsdecode(filename)).expanduser().absolute()
+    settings = [(out_key, out_dir)]
     with contextlib.suppress(Exception):  # an interpolation that cannot be resolved here names nothing
         cache = cfg.data.get("cache_dir") if cfg.get("data") else None
         if cache:
@@ -336,6 +340,24 @@ def _status(code) -> int:
     return 1
 
 
+def _hydra_write_error(err: OSError) -> ConfigError | None:
+    """A write of Hydra's own that the file system refused after the preflight passed and before the job started
+    (``.hydra/config.yaml``, ``multirun.yaml``) as the paragraph :func:`file_system_error` makes for a job's, naming
+    the run (or sweep) folder; that folder goes when it holds only Hydra's files. None for any other error."""
+    cfg = passed_config()
+    if cfg is None:
+        return None
+    multirun = cfg.hydra.mode == RunMode.MULTIRUN
+    with contextlib.suppress(Exception):  # an interpolation only the job resolves: the path named plainly
+        out_dir = Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)).expanduser().absolute()
+        refusal = file_system_error(err, cfg, out_dir, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+        if refusal is not None:  # a sweep that never started a job: its plan and comparison go with its folder
+            also = ("multirun.yaml", PLAN_FILE, *SWEEP_OUTPUTS) if multirun else ()
+            discard_if_empty(out_dir, cfg.get("paths", {}).get("sweeps_dir") if multirun else _runs_dir(cfg), also)
+        return refusal
+    return file_system_error(err, cfg, Path(os.fsdecode(err.filename or ".")))
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``hydraformer`` command (and ``python run.py``): ``argv`` (``sys.argv[1:]`` when None) in, the exit status
     out — 0 done, 2 refused (one paragraph on stderr, no folder left), 1 a crash (its traceback), a task's own.
@@ -358,12 +380,14 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as stop:
         return _status(stop.code)
     except Exception as err:
-        if _front.started:  # a job's crash or failure (a user error it reported itself), not a composition's
+        refusal = None if _front.task_started or not isinstance(err, OSError) else _hydra_write_error(err)
+        if refusal is None and _front.started:  # a job's crash or failure (a user error it reported), not Hydra's
             if _front.users_full_error() == "1":
                 raise
             traceback.print_exc()
             return 1
-        refusal = composition_error(err, ns.overrides, public_composer(ns), file_reader(ns))
+        if refusal is None:
+            refusal = composition_error(err, ns.overrides, public_composer(ns), file_reader(ns))
         if _front.users_full_error() == "1":
             raise refusal from err
         return _refuse(refusal)
