@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .data.tokenizers import tokenizer_from_dict
 from .errors import ConfigError, first_line
-from .files import atomic_path, atomic_write, special_file
+from .files import atomic_write, special_file, write_safetensors
 from .hf import load_hf, save_hf
 from .model import build_model, check_state, load_state
 
@@ -338,8 +338,7 @@ def save_export(model, tokenizer, model_cfg, dest) -> Path:
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if model.tie_embeddings:
         state.pop("unembedding.weight", None)  # the same tensor as token_embedding.weight
-    with atomic_path(dest / EXPORT_WEIGHTS) as tmp:
-        save_file(state, str(tmp))
+    write_safetensors(dest / EXPORT_WEIGHTS, state)
     meta = {"format": "hydraformer-export-v1", "model": model_cfg,
             "tokenizer": tokenizer.to_dict() if tokenizer is not None else None}
     atomic_write(dest / EXPORT_CONFIG, json.dumps(meta, indent=2) + "\n")

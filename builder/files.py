@@ -128,3 +128,21 @@ def atomic_write(path, data: str | bytes, *, replace: bool = True) -> Path:
         f.flush()
         os.fsync(f.fileno())
     return path
+
+
+def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> Path:
+    """Write ``tensors`` as a safetensors file at ``path``, atomically: the one writer of the format. safetensors'
+    Rust writer reports a refused write as ``SafetensorError("... I/O error: ... (os error 28)")``; it is raised as
+    the OSError it was, naming ``path`` (so a full disk is one paragraph, as for every other file)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except Exception as err:
+            code = re.search(r"\(os error (\d+)\)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from err
+    return path

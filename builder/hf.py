@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import components
 
 from .data.tokenizers import GPT2BPETokenizer, HFTokenizer, as_tokenizer_json
 from .errors import ConfigError, first_line
-from .files import atomic_path, atomic_write, special_file
+from .files import atomic_write, special_file, write_safetensors
 from .model import ModelConfig, build_model, check_floating, load_state, model_config
 
 HF_CONFIG = "config.json"
@@ -920,8 +920,7 @@ def save_hf(model, tokenizer, model_cfg, dest, key: str = "checkpoint", path="")
     hf_cfg.update({"bos_token_id": None, "eos_token_id": None, "pad_token_id": None})
     tensors = {h: t.detach().contiguous().clone() for h, t in to_hf_state(fam, state, flat).items()}
     dest = Path(dest)
-    with atomic_path(dest / SAFETENSORS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    write_safetensors(dest / SAFETENSORS, tensors, metadata={"format": "pt"})
     tok_json = as_tokenizer_json(tokenizer) if tokenizer is not None else None
     if tok_json is not None:  # transformers' AutoTokenizer reads it through tokenizer_config.json
         atomic_write(dest / TOKENIZER_JSON, tok_json)

@@ -143,6 +143,32 @@ def test_hydras_own_write_past_the_limit_names_the_folder_and_removes_it(env, mu
     assert not folder.exists()
 
 
+def test_a_sharded_checkpoint_past_the_file_size_limit_is_one_paragraph(env):
+    """trainer=fsdp_cpu, two processes: torch's CheckpointException gathers each process's failure (one the zip
+    writer's RuntimeError, one the OSError of its shard file); the paragraph names the checkpoint, and no staging
+    folder is left."""
+    out = env["tmp"] / "run"
+    proc = run_cli(*SMALL, f"data.path={env['corpus']}", f"hydra.run.dir={out}", "trainer=fsdp_cpu",
+                   "model.d_model=64", "trainer.max_steps=2", "callbacks.model_checkpoint.every_n_train_steps=2",
+                   env=env["env"], file_size=250_000)
+    refused(proc, "hydra.run.dir", out, "file too large", f"{out / 'checkpoints'}/")
+    assert list((out / "checkpoints").iterdir()) == [] and leftovers(out) == []
+
+
+@pytest.mark.parametrize("fmt", ["hydraformer", "hf"])
+def test_an_export_past_the_file_size_limit_is_one_paragraph(env, fmt):
+    """safetensors' Rust writer says "I/O error: File too large (os error 27)" in a SafetensorError: raised as the
+    OSError it was, naming the file; the run folder that holds nothing else goes."""
+    run = env["tmp"] / "trained"
+    assert run_cli(*SMALL, f"data.path={env['corpus']}", f"hydra.run.dir={run}", "trainer.max_steps=1",
+                   env=env["env"]).returncode == 0
+    out = env["tmp"] / "export"
+    proc = run_cli("task=export", f"checkpoint={run / 'checkpoints' / 'last.ckpt'}", f"format={fmt}",
+                   f"hydra.run.dir={out}", env=env["env"], file_size=60_000)
+    refused(proc, "hydra.run.dir", out, "file too large", f"{out / 'export' / 'model.safetensors'})")
+    assert not out.exists()
+
+
 # ----------------------------------------------------------------------------------- the writers, one by one
 
 

@@ -71,13 +71,14 @@ READS_CHECKPOINT = ("sample", "export", "attend", "heads", "lens", "embed", "con
 
 
 def discard_if_empty(out_dir: Path, root=None, also: tuple[str, ...] = ()) -> None:
-    """A run that failed before writing anything leaves no directory behind (only Hydra's own files, and the files
-    named in ``also``), nor the empty folders above it up to ``root`` (``paths.runs_dir``) included: the ``<date>``
-    folder a first run of the day made, the ``outputs/`` folder a first run made."""
+    """A run that failed before writing anything leaves no directory behind (only Hydra's own files, the files
+    named in ``also`` and empty folders), nor the empty folders above it up to ``root`` (``paths.runs_dir``)
+    included: the ``<date>`` folder a first run of the day made, the ``outputs/`` folder a first run made."""
     if not out_dir.is_dir():
         return
     kept = (".hydra", *WRITTEN, *also)
-    ours = [p for p in out_dir.iterdir() if p.name not in kept and not p.name.endswith(".log")]
+    ours = [p for p in out_dir.iterdir() if p.name not in kept and not p.name.endswith(".log")
+            and not (p.is_dir() and not any(p.iterdir()))]  # an empty folder (export/ before its first file) is none
     if ours:
         return
     shutil.rmtree(out_dir, ignore_errors=True)

@@ -77,9 +77,12 @@ class FullyShardedStrategy(ModelParallelStrategy):
         self.barrier()
         try:
             super().save_checkpoint(checkpoint, tmp, storage_options)
-        except BaseException:  # a failed write (a full disk) leaves no partial directory
+        except BaseException as err:  # a failed write (a full disk) leaves no partial directory
             if self.global_rank == 0:
                 _remove(tmp)
+            refused = refused_write(err)
+            if refused is not None:  # the one paragraph of a full disk, naming the checkpoint (not its staging)
+                raise OSError(refused.errno, refused.strerror, str(path)) from err
             raise
         self.barrier()  # every shard and meta.pt written
         if self.global_rank == 0:
@@ -114,6 +117,15 @@ class FullyShardedStrategy(ModelParallelStrategy):
         if self._data_parallel_size == "auto" and self._tensor_parallel_size == "auto":
             self._data_parallel_size, self._tensor_parallel_size = self.num_nodes * self.num_processes, 1
         super().setup_environment()
+
+
+def refused_write(err: BaseException) -> OSError | None:
+    """The write the file system refused (an OSError with an errno: full, capped, read-only) behind a failed sharded
+    save: torch's CheckpointException gathers every process's failure (each pickled, so without its chain), where
+    one process's may be torch's zip writer's RuntimeError and another's the OSError of the file it was writing."""
+    failures = getattr(err, "failures", None)
+    found = [exc for exc, _ in failures.values()] if isinstance(failures, dict) else [err]
+    return next((exc for exc in found if isinstance(exc, OSError) and exc.errno is not None), None)
 
 
 def _remove(path: Path) -> None:
