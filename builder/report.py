@@ -26,14 +26,20 @@ def preset_names() -> list[str]:
 
 
 def human(n: float, unit: str = "") -> str:
-    for scale, suffix in ((1e12, "T"), (1e9, "B" if not unit else "G"), (1e6, "M"), (1e3, "K")):
+    """``n`` with an SI prefix (a count: K, M, B, T; with a unit, FLOP: up to Z, and past 1,000 Z in powers of
+    ten), so no figure runs to four digits or more before its point."""
+    if unit and abs(n) >= 1e24:
+        return f"{n:.2e} {unit}"
+    big = ((1e21, "Z"), (1e18, "E"), (1e15, "P")) if unit else ()
+    for scale, suffix in (*big, (1e12, "T"), (1e9, "B" if not unit else "G"), (1e6, "M"), (1e3, "K")):
         if abs(n) >= scale:
             return f"{n / scale:.2f} {suffix}{unit}"
     return f"{n:.0f} {unit}".rstrip()
 
 
 def human_bytes(n: float) -> str:
-    for scale, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+    for scale, suffix in ((2**60, "EiB"), (2**50, "PiB"), (2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"),
+                          (2**10, "KiB")):
         if n >= scale:
             return f"{n / scale:.2f} {suffix}"
     return f"{n} B"

@@ -1,6 +1,7 @@
 """Parameter budget: meta-device counts = formulas = materialised counts; GPT-2/GPT-3 figures."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -227,6 +228,17 @@ def test_report_of_huge_values_answers_from_the_formula(tmp_path, overrides, wan
     check = budget["check"]  # the meta-device count (scaled past META_BLOCKS) agrees, or the formula alone counts
     assert check["agree"] is True or (check["agree"] is None and "formula only" in check["note"])
     assert (out / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    flops = re.findall(r"([\d.]+)(?:e\+\d+)? [KMGTPEZ]?FLOP", proc.stdout)
+    assert flops and all(float(f) < 1000 for f in flops), "each figure in the unit that keeps it under 1,000"
+
+
+def test_figures_take_the_prefix_that_keeps_them_short():
+    from builder.report import human, human_bytes
+
+    assert [human(x, "FLOP") for x in (950, 1.37626e15, 2e18, 3.5e23, 1e12, 2.04e39)] == [
+        "950 FLOP", "1.38 PFLOP", "2.00 EFLOP", "350.00 ZFLOP", "1.00 TFLOP", "2.04e+39 FLOP"]
+    assert [human(x) for x in (1.2e9, 1.98e14)] == ["1.20 B", "198.00 T"]  # counts: billions, trillions
+    assert human_bytes(3 * 2**50) == "3.00 PiB" and human_bytes(512) == "512 B"
 
 
 @pytest.mark.parametrize("overrides", [

@@ -345,6 +345,8 @@ def test_the_generation_estimate_is_what_the_cache_holds():
     (["task=train", "data.source=adjectives", "data.n_sentences=1000000000"],
      ["data.n_sentences=1000000000 is not accepted", "<= 10000000"]),
     (["task=train", "data.source=lecture", "data.n_sentences=20000000"], ["data.n_sentences=20000000 is not accepted"]),
+    (["task=embed", f"words=[{','.join(f'w{i}' for i in range(65))}]"], ["a list of 1 to 64 strings"]),
+    (["task=embed", f"pairs=[{','.join('[a,b]' for _ in range(65))}]"], ["a list of 1 to 64 lists of strings"]),
 ])
 def test_other_counts_are_bounded(tmp_path, args, words):
     """task=embed drew a bar for every token of the vocabulary (minutes, gigabytes); the generated languages built a

@@ -71,6 +71,7 @@ class ModelConfig:
             yield "n_heads", self.n_heads, f"a divisor of model.d_model={self.d_model}, or set model.d_head explicitly"
 
 
+MAX_WORDS = 64  # task=embed: words or pairs drawn in one picture
 TASK_NAMES = ("train", "report", "sample", "export", "attend", "heads", "lens", "embed", "context", "tour", "compare")
 Count = Annotated[int, Gt(0)]
 
@@ -361,9 +362,10 @@ class Config:
                                                               "all")] = None
     heads: Annotated[list[Annotated[int, Ge(0)]] | None, doc("task=attend: heads to draw, e.g. [1,2]; null: "
                                                              "all")] = None
-    words: Annotated[list[str] | None, doc("task=embed: words whose nearest tokens to list, e.g. [cat,fluffy]")] = None
-    pairs: Annotated[list[list[str]] | None, doc("task=embed: word pairs that give a direction, e.g. "
-                                                 "[[man,woman],[king,queen]]")] = None
+    words: Annotated[list[str] | None, Len(1, MAX_WORDS), doc("task=embed: words whose nearest tokens to list (one "
+                                                            "panel each in nearest.png), e.g. [cat,fluffy]")] = None
+    pairs: Annotated[list[list[str]] | None, Len(1, MAX_WORDS), doc("task=embed: word pairs that give a direction, "
+                                                                    "e.g. [[man,woman],[king,queen]]")] = None
     groups: Annotated[Any, doc("task=embed: {name: [words]} laid out on a 2-D map")] = None
     space: Annotated[str, OneOf("embedding", "unembedding"), doc("task=embed: which matrix")] = "embedding"
     neighbours: Annotated[int, Gt(0), Le(100), doc("task=embed: nearest tokens shown per word (one bar each in "

@@ -141,11 +141,13 @@ def _phrase(bare, constraints, optional: bool) -> str:
         (item,) = typing.get_args(bare)[:1] or (Any,)
         inner_bare, _, inner_constraints, _ = _unwrap(item)
         sizes = [c for c in constraints if isinstance(c, (MinLen, MaxLen))]
-        count = ""
-        if len(sizes) == 2 and sizes[0].min_length == sizes[1].max_length:
-            count = f"{sizes[0].min_length} "
+        low = next((c.min_length for c in sizes if isinstance(c, MinLen)), 0)
+        high = next((c.max_length for c in sizes if isinstance(c, MaxLen)), None)
+        count = "" if (low, high) == (0, None) else f"{low} " if low == high else \
+            f"at least {low} " if high is None else f"{low} to {high} " if low else f"at most {high} "
         item_text = _phrase(inner_bare, inner_constraints, False)
-        for one, many in (("an integer", "integers"), ("a number", "numbers"), ("a string", "strings")):
+        for one, many in (("an integer", "integers"), ("a number", "numbers"), ("a string", "strings"),
+                          ("a list of", "lists of")):
             item_text = item_text.replace(one, many)
         text = f"a list of {count}{item_text}"
     else:
