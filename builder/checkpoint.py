@@ -10,6 +10,8 @@ setting, the path and what is wrong — never a traceback:
 from __future__ import annotations
 
 import json
+import warnings
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,12 +39,15 @@ def read_checkpoint(path, key: str = "checkpoint", *, mmap: bool = False) -> dic
     ``weights_only=True``; ConfigError for a file that is not one (truncated, another format, a pickle that
     wants to run code). ``mmap``: map the tensors instead of reading them (a check before Lightning loads it)."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # torch's note on a pickle protocol it did not write: the refusal says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # not a zip/pickle at all, or a pickle that wants to run code
         if mmap:  # a legacy (non-zip) file cannot be mapped: read it, for the real answer
             return read_checkpoint(path, key)
+        kind = "" if zipfile.is_zipfile(path) else " (it is not a zip archive, the form torch.save writes)"
         raise ConfigError(key, str(path), f"{CHECKPOINT}; this file could not be loaded safely with "
-                          f"weights_only=True: {first_line(err)}") from None
+                          f"weights_only=True{kind}: {first_line(err)}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or not isinstance(ckpt.get("hyper_parameters"), dict) \
             or "model" not in ckpt["hyper_parameters"]:
         raise ConfigError(key, str(path), "a hydraformer checkpoint: this file holds no model config and state_dict")
@@ -185,14 +190,26 @@ def nonfinite_tensor(tensors: Mapping | Iterable[tuple[str, Any]]) -> str | None
     return names[min(bad)] if bad else None
 
 
+def training_state(ckpt: Mapping) -> Iterator[tuple[str, Any]]:
+    """A training checkpoint's weights (``model.blocks.0...``) then its optimizers' states, each named as it sits in
+    the checkpoint (``optimizer_states[0].state[3].exp_avg_sq``): what must be finite for training to go on from it
+    (an overflowed second moment leaves the weights finite but stops that weight from ever moving again)."""
+    yield from ckpt["state_dict"].items()
+    for i, optimizer in enumerate(ckpt.get("optimizer_states") or ()):
+        for index, state in (optimizer.get("state") or {}).items() if isinstance(optimizer, Mapping) else ():
+            for name, value in state.items() if isinstance(state, Mapping) else ():
+                yield f"optimizer_states[{i}].state[{index}].{name}", value
+
+
 def nonfinite_weights(path, key: str = "ckpt_path") -> str | None:
-    """The first weight of the training checkpoint at ``path`` (a file, or a sharded directory) that is not finite,
-    named as the checkpoint names it; None when all are. The tensors are mapped (a file) or read one at a time
-    (shards), never all held at once. ConfigError for what is not a readable checkpoint."""
+    """The first weight or optimizer state of the training checkpoint at ``path`` (a file, or a sharded directory:
+    its weights) that is not finite, named as the checkpoint names it; None when all are. The tensors are mapped (a
+    file) or read one at a time (shards), never all held at once. ConfigError for what is not a readable
+    checkpoint."""
     path = Path(str(path))
     if is_sharded_checkpoint(path):
         return nonfinite_tensor(_sharded_weights(path, key))
-    return nonfinite_tensor(read_checkpoint(path, key, mmap=True)["state_dict"])
+    return nonfinite_tensor(training_state(read_checkpoint(path, key, mmap=True)))
 
 
 def checkpoints_below(root, pattern: str = "**/checkpoints/*.ckpt") -> list[Path]:
@@ -299,16 +316,25 @@ def check_resumable(path, model_cfg: dict | None = None, key: str = "ckpt_path")
         with torch.device("meta"):  # shapes only: nothing is allocated
             model = build_model(model_cfg)
         check_state(model.state_dict(), _model_tensors(ckpt), key, path)
-    refuse_nonfinite(nonfinite_tensor(ckpt["state_dict"]), key, path)
+    refuse_nonfinite(nonfinite_tensor(training_state(ckpt)), key, path)
     return path
 
 
+class NonFiniteWeights(ConfigError):
+    """The refusal to resume from a checkpoint whose weight ``tensor`` holds NaN or inf: ``ckpt_path=last`` passes
+    over such a checkpoint for an earlier one, any other refusal stops."""
+
+    def __init__(self, key: str, path, tensor: str):
+        super().__init__(key, str(path), f"a checkpoint whose weights and optimizer state are finite: {tensor} holds "
+                         "NaN or inf (training from it would stop at once, or never move that weight again); resume "
+                         "from an earlier one, or `last` (this run's newest with finite weights)")
+        self.tensor = tensor
+
+
 def refuse_nonfinite(bad: str | None, key: str, path) -> None:
-    """The refusal to resume from a checkpoint whose weight ``bad`` holds NaN or inf (None: all are finite)."""
+    """:class:`NonFiniteWeights` for the weight ``bad`` (None: all are finite, nothing raised)."""
     if bad is not None:
-        raise ConfigError(key, str(path), f"a checkpoint whose weights are finite: {bad} holds NaN or inf (training "
-                          "from it would stop at once); resume from an earlier one, or `last` (this run's newest "
-                          "with finite weights)")
+        raise NonFiniteWeights(key, path, bad)
 
 
 EXPORT_FORMATS = ("hydraformer", "hf")

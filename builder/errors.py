@@ -23,10 +23,14 @@ class NonFiniteLossError(RuntimeError):
 def first_line(err: BaseException) -> str:
     """An exception's message cut to its first line (its type's name when it has none): the part of another
     library's error worth quoting inside a ConfigError. torch.load(weights_only=True)'s refusal starts with a
-    paragraph suggesting weights_only=False: the line after it, naming what the file would have run, is quoted."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].startswith("Weights only load failed"):
-        return lines[1]
+    paragraph suggesting weights_only=False and asking for an issue: only what its unpickler stopped at (an
+    unsupported global the file would have run, an opcode of a file that is no pickle) is quoted."""
+    text = str(err)
+    if text.startswith("Weights only load failed") and "\n" in text:
+        why = text.split("\n", 1)[1].split("Check the documentation", 1)[0].split("WeightsUnpickler error:")[-1]
+        if why.strip():
+            return "its unpickler stopped at: " + " ".join(why.split()).rstrip(".")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
 
 

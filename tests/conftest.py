@@ -447,10 +447,9 @@ def _flush_c_streams() -> None:
         ctypes.CDLL(None).fflush(None)
 
 
-def refused(proc, out: Path, *words: str, config_shown: bool = False) -> str:
+def refused(proc, out: Path, *words: str) -> str:
     """The one paragraph of a refused run (``run_cli``'s): exit status 2, one line starting "Error: " naming each of
-    ``words``, no traceback, no run directory ``out`` left behind, no config shown (``config_shown``: a task that
-    shows it before reading its checkpoint: attend, lens, context, embed, tour, heads). Returns the paragraph."""
+    ``words``, no traceback, no run directory ``out`` left behind, no config shown. Returns the paragraph."""
     text = proc.stdout + proc.stderr
     assert proc.returncode == 2, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
@@ -459,7 +458,7 @@ def refused(proc, out: Path, *words: str, config_shown: bool = False) -> str:
     for word in words:
         assert word in errors[0], (word, errors[0])
     assert not out.exists(), "a refused run leaves no run directory"
-    assert config_shown or "├──" not in proc.stderr, "the config is shown only once the inputs are checked"
+    assert "├──" not in text, "the config is shown only once the inputs are checked"
     return errors[0]
 
 

@@ -22,6 +22,7 @@ from conftest import REPO, Touch, refused, run_cli
 
 import builder
 from builder.config.plain import to_plain
+from builder.tasks import READS_CHECKPOINT
 
 TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.context_length=16"]
 
@@ -384,6 +385,27 @@ def test_export_names_every_file_it_writes(tmp_path, fmt, tokenizer, want):
     assert written == want
     line = next(line for line in proc.stdout.splitlines() if line.startswith("exported to "))
     assert line.endswith("): " + ", ".join(want)), line
+
+
+NEEDS = {"context": ["word=cat", "contexts=[a cat]"], "embed": ["words=[cat]"]}  # what each asks before its model
+
+
+@pytest.mark.parametrize("task", READS_CHECKPOINT)
+def test_every_task_that_reads_a_model_refuses_a_bad_one_before_showing_its_config(tmp_path, task):
+    """Garbage, a pickle that would run code, a missing file, no checkpoint at all: one paragraph naming
+    ``checkpoint``, no config tree printed first, nothing unpickled, no run folder left."""
+    garbage, evil = tmp_path / "garbage.ckpt", tmp_path / "evil.ckpt"
+    garbage.write_bytes(b"not a checkpoint\n")
+    torch.save({"state_dict": Touch(str(tmp_path / "ran"))}, evil)
+    for checkpoint, words in ((garbage, ["not a zip archive", "Unsupported operand"]),
+                              (evil, ["unsupported GLOBAL os.makedirs"]),
+                              (tmp_path / "missing.ckpt", ["missing.ckpt"]),
+                              (None, [f"python run.py task={task} checkpoint=PATH"])):
+        out = tmp_path / "run"
+        given = [] if checkpoint is None else [f"checkpoint={checkpoint}"]
+        refused(run_cli(f"task={task}", *given, *NEEDS.get(task, []), f"hydra.run.dir={out}", cwd=tmp_path), out,
+                "checkpoint=", *words)
+    assert not (tmp_path / "ran").exists()
 
 
 def test_truncated_and_foreign_files_cannot_be_resumed_from(tmp_path, files):

@@ -197,13 +197,17 @@ def test_an_interrupt_never_saves_nonfinite_weights(env):
     assert not (out / "checkpoints" / "last.ckpt").exists()
 
 
-def poison(path: Path, dest: Path) -> None:
-    """Write a copy of the checkpoint ``path`` to ``dest`` with one weight NaN (a checkpoint an earlier version
-    could write), newer than every other file."""
+def poison(path: Path, dest: Path, optimizer: bool = False) -> str:
+    """Write a copy of the checkpoint ``path`` to ``dest`` with one weight NaN, or (``optimizer``) one second moment
+    of AdamW's inf (a checkpoint an earlier version could write), newer than every other file; returns its name."""
     ckpt = torch.load(path, weights_only=True)
-    ckpt["state_dict"]["model.blocks.1.mlp.fc.weight"][0, 0] = float("nan")
+    if optimizer:
+        ckpt["optimizer_states"][0]["state"][3]["exp_avg_sq"][0] = float("inf")
+    else:
+        ckpt["state_dict"]["model.blocks.1.mlp.fc.weight"][0, 0] = float("nan")
     torch.save(ckpt, dest)
     os.utime(dest, (time.time() + 60, time.time() + 60))
+    return "optimizer_states[0].state[3].exp_avg_sq" if optimizer else "model.blocks.1.mlp.fc.weight"
 
 
 def test_resuming_never_starts_from_nonfinite_weights(env):
@@ -215,15 +219,14 @@ def test_resuming_never_starts_from_nonfinite_weights(env):
                    env=env["env"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpts = out / "checkpoints"
-    poison(ckpts / "last.ckpt", ckpts / "step-3.ckpt")
-    poison(ckpts / "last.ckpt", ckpts / "last.ckpt")  # newest of all now, and not finite
+    poisoned = {"step-3.ckpt": poison(ckpts / "last.ckpt", ckpts / "step-3.ckpt", optimizer=True),
+                "last.ckpt": poison(ckpts / "last.ckpt", ckpts / "last.ckpt")}  # newest of all now, and not finite
     resumed = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}", "ckpt_path=last",
                       "trainer.max_steps=4", "trainer.val_check_interval=1000", env=env["env"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     said = resumed.stdout + resumed.stderr
-    for bad in ("last.ckpt", "step-3.ckpt"):
-        assert f"passing over {ckpts / bad}: its weights are not finite (model.blocks.1.mlp.fc.weight holds NaN " \
-               "or inf)" in said, said[-3000:]
+    for bad, tensor in poisoned.items():
+        assert f"passing over {ckpts / bad}: it is not finite ({tensor} holds NaN or inf)" in said, said[-3000:]
     # the newest finite one: step 2's state (step-2.ckpt, or best-2.ckpt, written at the run's final validation)
     restored = Path(re.search(r"Restoring states from the checkpoint path at (\S+\.ckpt)", said).group(1))
     assert restored.parent == ckpts and restored.name in ("step-2.ckpt", "best-2.ckpt"), restored
@@ -232,8 +235,8 @@ def test_resuming_never_starts_from_nonfinite_weights(env):
     refused = run_cli("data=text", f"data.path={env['corpus']}", *SMALL, f"hydra.run.dir={out}",
                       f"ckpt_path={ckpts / 'step-3.ckpt'}", "trainer.max_steps=6", env=env["env"])
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
-    assert f"ckpt_path='{ckpts / 'step-3.ckpt'}' is not accepted: a checkpoint whose weights are finite: " \
-           "model.blocks.1.mlp.fc.weight holds NaN or inf" in refused.stderr
+    assert f"ckpt_path='{ckpts / 'step-3.ckpt'}' is not accepted: a checkpoint whose weights and optimizer state " \
+           "are finite: optimizer_states[0].state[3].exp_avg_sq holds NaN or inf" in refused.stderr
 
 
 # process 1's loss at step 3 only becomes NaN: a fault on one process of two, put into the real run.py

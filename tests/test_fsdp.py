@@ -186,7 +186,8 @@ def test_sharded_weights_that_are_not_finite_are_found_shard_by_shard(tmp_path):
     assert nonfinite_weights(bad) == "model.blocks.1.mlp.proj.weight"
     assert find_checkpoint("last", tmp_path / "run") == str(good)
     with pytest.raises(builder.ConfigError, match=r"ckpt_path=.*last.ckpt.*is not accepted: a checkpoint whose "
-                                                  r"weights are finite: model.blocks.1.mlp.proj.weight holds NaN"):
+                                                  r"weights and optimizer state are finite: "
+                                                  r"model.blocks.1.mlp.proj.weight holds NaN"):
         check_sharded_resumable(bad, model_cfg, FullyShardedStrategy())
 
 

@@ -151,3 +151,31 @@ def test_bad_model_and_data_settings_are_refused_before_lightning_is_imported(tm
         key, value = override.split("=")
         assert f"{key}={value}" in err.replace("'", "") and words in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_no_checkpoint_is_written_of_an_optimizer_state_that_is_not_finite(tmp_path):
+    """An update can overflow AdamW's second moment (a gradient past 1.8e19 squares to inf) and leave the weights
+    finite: that weight then never moves again. A save checks the optimizer's state with the weights: refused, the
+    moment named, nothing written."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from builder.errors import NonFiniteLossError
+
+    cfg = builder.compose(["model.d_model=16", "model.n_layers=1", "model.n_heads=2", "model.vocab_size=20",
+                           "model.context_length=8"])
+    module = LitGPT(dict(cfg.model), TRAIN, None, total_steps=2)
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randint(0, 20, (8, 8), generator=g), torch.randint(0, 20, (8, 8), generator=g))
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    trainer.save_checkpoint(tmp_path / "finite.ckpt")
+    optimizer = trainer.optimizers[0]
+    param = optimizer.param_groups[0]["params"][1]
+    optimizer.state[param]["exp_avg_sq"].view(-1)[0] = float("inf")
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    with pytest.raises(NonFiniteLossError, match=r"the optimizer's state is no longer finite at step 2 "
+                                                 r"\(optimizer_states\[0\]\.state\[\d+\]\.exp_avg_sq holds NaN or inf"):
+        trainer.save_checkpoint(tmp_path / "overflowed.ckpt")
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["finite.ckpt"]

@@ -304,14 +304,19 @@ def test_ckpt_path_last_is_this_runs_own_newest_checkpoint(tmp_path):
         path.write_bytes(b"x")
         os.utime(path, (1000 + i, 1000 + i))
     paths = {"runs_dir": str(runs), "sweeps_dir": str(sweeps)}
-    assert find_checkpoint("last", here, paths) is None  # other runs' checkpoints are never this run's
+    def anything(path):  # the selection alone: the run's check of a candidate is tested with real checkpoints
+        pass
+
+    assert find_checkpoint("last", here, paths, anything) is None  # other runs' checkpoints are never this run's
     own = here / "checkpoints"
     own.mkdir(parents=True)
     for i, name in enumerate(["step-8.ckpt", "last.ckpt", ".last.ckpt.x1.tmp"]):
         (own / name).write_bytes(b"x")
         os.utime(own / name, (2000 + i, 2000 + i))
-    assert find_checkpoint("last", here, paths) == str(own / "last.ckpt")  # the newest, a killed write's temp aside
-    assert find_checkpoint(None, here, paths) is None
+    assert find_checkpoint("last", here, paths, anything) == str(own / "last.ckpt")  # newest; a temp file aside
+    assert find_checkpoint(None, here, paths, anything) is None
+    with pytest.raises(builder.ConfigError, match="could not be loaded safely"):  # the default check reads it
+        find_checkpoint("last", here, paths)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])

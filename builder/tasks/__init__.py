@@ -64,10 +64,12 @@ class JobFailed(RuntimeError):
 # start-up (task=report must not pay for Lightning or wandb).
 TASKS = {name: f"{__name__}.{name}" for name in TASK_NAMES}
 TAKES_MODEL_NAME = ("report", "train")
-# tasks whose model is read from ``checkpoint=``: the composed ``model`` section is not theirs to show
+# tasks whose model is read from ``checkpoint=`` (through builder/tasks/reading.py's read_model)
 READS_CHECKPOINT = ("sample", "export", "attend", "heads", "lens", "embed", "context", "tour")
-# The config is shown once a task has checked its inputs: a task module with ``SHOWS_CONFIG = True`` calls
-# builder.config.printing.inputs_checked itself when it is past its checks; any other gets it shown just before it runs.
+# The config is shown once a task has checked its inputs: these tasks call builder.config.printing.inputs_checked
+# themselves when they are past their checks (read_model does, once the model has loaded); any other gets it shown
+# just before it runs.
+SHOW_THEIR_CONFIG = ("train", *READS_CHECKPOINT)
 
 
 def discard_if_empty(out_dir: Path, root=None, also: tuple[str, ...] = ()) -> None:
@@ -216,7 +218,7 @@ def _run_task(cfg):
                     # (builder/config/preflight.py), else (a job an Optuna sweeper chose) here
                     token = hold(cfg, take_checked(overrides_as_typed(hc.overrides.task)) or check_job(cfg))
                     task = importlib.import_module(TASKS[cfg.task])
-                    if not getattr(task, "SHOWS_CONFIG", False):
+                    if cfg.task not in SHOW_THEIR_CONFIG:
                         display.show()
                     extra = (hc.runtime.choices.get("model"),) if cfg.task in TAKES_MODEL_NAME else ()
                     try:

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import load_model
-from ..errors import ConfigError
 from ..interp.pictures import write_attention_pictures
+from .reading import read_model
 
 
 def run(cfg, out_dir: Path) -> int:
-    if not cfg.checkpoint:
-        raise ConfigError("checkpoint", None, "a checkpoint, export or Hugging Face directory: "
-                          "python run.py task=attend checkpoint=PATH text='...'")
-    model, tokenizer, _ = load_model(cfg.checkpoint, dtype=cfg.get("dtype"))
+    model, tokenizer, _ = read_model(cfg, "text='...'", texts={"text": cfg.text})
     files = write_attention_pictures(model, tokenizer, cfg.text, out_dir, cfg.layers, cfg.heads,
                                      title=Path(str(cfg.checkpoint)).name)
     print(f"attention of {len(model.blocks)} layers x {model.blocks[0].attention.n_heads} heads on {cfg.text!r}:")

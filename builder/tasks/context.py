@@ -5,22 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..checkpoint import load_model
 from ..config.plain import to_plain
 from ..errors import ConfigError
 from ..files import atomic_write
 from ..interp.context import context_views
 from ..interp.plots import context_figure, save_figure
+from .reading import read_model
 
 
 def run(cfg, out_dir: Path) -> int:
-    if not cfg.checkpoint:
-        raise ConfigError("checkpoint", None, "a checkpoint, export or Hugging Face directory: python run.py "
-                          "task=context checkpoint=PATH word=mole contexts=['the mole dug','a mole of carbon']")
     word, contexts = cfg.get("word"), to_plain(cfg.get("contexts"))
     if not word:
         raise ConfigError("word", word, "the word to follow through the layers, e.g. word=mole")
-    model, tokenizer, _ = load_model(cfg.checkpoint, dtype=cfg.get("dtype"))
+    model, tokenizer, _ = read_model(cfg, "word=mole contexts=['the mole dug','a mole of carbon']",
+                                 texts={"word": word, "contexts": contexts})
     views = context_views(model, tokenizer, str(word), contexts)
     out_dir = Path(out_dir)
     png = save_figure(context_figure(views), out_dir / "context.png")

@@ -5,24 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..checkpoint import load_model
 from ..config.plain import to_plain
 from ..errors import ConfigError
 from ..files import atomic_write
 from ..interp import views
 from ..interp.embed import embedding_map, pair_direction, same_group_fraction
 from ..interp.plots import direction_figure, map_figure, nearest_figure, save_figure
+from .reading import read_model
 
 
 def run(cfg, out_dir: Path) -> int:
-    if not cfg.checkpoint:
-        raise ConfigError("checkpoint", None, "a checkpoint, export or Hugging Face directory: "
-                          "python run.py task=embed checkpoint=PATH words=[cat,fluffy]")
     words, pairs, groups = cfg.get("words"), cfg.get("pairs"), cfg.get("groups")
     if not (words or pairs or groups):
         raise ConfigError("words", words, "at least one of words=[...] (nearest tokens), pairs=[[a,b],...] (a "
                           "direction) or groups={name: [words]} (a 2-D map), e.g. words=[cat,fluffy]")
-    model, tokenizer, _ = load_model(cfg.checkpoint, dtype=cfg.get("dtype"))
+    model, tokenizer, _ = read_model(cfg, "words=[cat,fluffy]", texts={"words": words})
     out_dir = Path(out_dir)
     space = cfg.get("space") or "embedding"
     report, files = {"space": space}, []

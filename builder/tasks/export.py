@@ -7,22 +7,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import EXPORT_FORMATS, load_model, write_export
+from ..checkpoint import EXPORT_FORMATS, write_export
 from ..config.printing import inputs_checked
 from ..errors import ConfigError
 from ..hf import hf_config_for
-
-SHOWS_CONFIG = True  # run() calls inputs_checked once the checkpoint is loaded (builder.tasks)
+from .reading import read_model
 
 
 def run(cfg, out_dir: Path) -> int:
-    if not cfg.checkpoint:
-        raise ConfigError("checkpoint", None, "a checkpoint path: python run.py task=export checkpoint=PATH")
     fmt = cfg.get("format", "hydraformer")
     if fmt not in EXPORT_FORMATS:
         raise ConfigError("format", fmt, f"one of {', '.join(EXPORT_FORMATS)} (task=export format=hf writes a "
                           "Hugging Face directory)")
-    model, tokenizer, model_cfg = load_model(cfg.checkpoint, dtype="auto")
+    model, tokenizer, model_cfg = read_model(cfg, "format=hf", dtype="auto", checked=False)
     if fmt == "hf":  # a model no family's table expresses is refused before the config is shown
         hf_config_for(model_cfg, "checkpoint", cfg.checkpoint)
     inputs_checked(model_cfg, f"checkpoint={cfg.checkpoint}")

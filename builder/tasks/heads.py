@@ -5,19 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..checkpoint import load_model
-from ..errors import ConfigError
 from ..files import atomic_write
 from ..interp.capture import head_layout
 from ..interp.heads import PATTERNS, draw_best, format_table, score_heads
+from .reading import read_model
 
 
 def run(cfg, out_dir: Path) -> int:
     checkpoint = cfg.get("checkpoint")
-    if checkpoint in (None, ""):
-        raise ConfigError("checkpoint", checkpoint, "a checkpoint written by task=train or an export directory "
-                          "(checkpoint=outputs/.../checkpoints/last.ckpt)")
-    model, tokenizer, _ = load_model(checkpoint, dtype=cfg.get("dtype"))
+    model, tokenizer, _ = read_model(cfg)
     scores = score_heads(model, tokenizer)
     out_dir = Path(out_dir)
     drawings = draw_best(model, tokenizer, scores, out_dir)

@@ -5,19 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..checkpoint import load_model
-from ..errors import ConfigError
 from ..files import atomic_write
 from ..interp import views
 from ..interp.pictures import encode_text
 from ..interp.plots import save_figure
+from .reading import read_model
 
 
 def run(cfg, out_dir: Path) -> int:
-    if not cfg.checkpoint:
-        raise ConfigError("checkpoint", None, "a checkpoint, export or Hugging Face directory: "
-                          "python run.py task=lens checkpoint=PATH text='...'")
-    model, tokenizer, _ = load_model(cfg.checkpoint, dtype=cfg.get("dtype"))
+    model, tokenizer, _ = read_model(cfg, "text='...'", texts={"text": cfg.text})
     ids = encode_text(tokenizer, cfg.text, model)
     lens = views.lens_words(model, tokenizer, ids)
     tokens, guesses, prediction = lens["tokens"], lens["guesses"], lens["prediction"]

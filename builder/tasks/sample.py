@@ -7,20 +7,16 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_model
 from ..config.printing import inputs_checked
 from ..errors import ConfigError, compile_refusal
 from ..files import atomic_write
 from ..generate import encode_prompt, generate
 from ..memory import check_generation_memory
-
-SHOWS_CONFIG = True  # run() calls inputs_checked once the checkpoint is loaded and the prompt fits (builder.tasks)
+from .reading import read_model
 
 
 def run(cfg, out_dir: Path) -> int:
-    if not cfg.checkpoint:
-        raise ConfigError("checkpoint", None, "a checkpoint path: python run.py task=sample checkpoint=PATH")
-    model, tokenizer, model_cfg = load_model(cfg.checkpoint, dtype=cfg.get("dtype"))
+    model, tokenizer, model_cfg = read_model(cfg, "prompt='The '", checked=False)
     if tokenizer is None:
         raise ConfigError("checkpoint", cfg.checkpoint, "a checkpoint that carries its tokenizer")
     ids = torch.tensor([encode_prompt(tokenizer, cfg.prompt)])

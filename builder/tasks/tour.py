@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import load_model
-from ..errors import ConfigError
 from ..interp.tour import summary, write_tour
+from .reading import read_model
 
 
 def run(cfg, out_dir: Path) -> int:
-    if not cfg.checkpoint:
-        raise ConfigError("checkpoint", None, "a checkpoint, export or Hugging Face directory: "
-                          "python run.py task=tour checkpoint=PATH")
-    model, tokenizer, model_cfg = load_model(cfg.checkpoint, dtype=cfg.get("dtype"))
+    model, tokenizer, model_cfg = read_model(cfg, texts={"text": cfg.text})
     page, measured = write_tour(Path(out_dir) / "lecture.html", model, tokenizer, model_cfg, cfg.text,
                                 title=f"The lecture, with {Path(str(cfg.checkpoint)).name}")
     if measured is not None:

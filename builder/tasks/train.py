@@ -20,6 +20,7 @@ from components import Block
 
 from ..budget import parameter_budget
 from ..checkpoint import (
+    NonFiniteWeights,
     check_resumable,
     checkpoints_below,
     is_sharded_checkpoint,
@@ -75,28 +76,34 @@ def make_datamodule(cfg):
     return TokenDataModule.from_settings(data)
 
 
-def find_checkpoint(ckpt_path: str | None, out_dir: Path, paths=None) -> str | None:
-    """The checkpoint to resume from, or None to start from the beginning.
+def find_checkpoint(ckpt_path: str | None, out_dir: Path, paths=None, check=None) -> str | None:
+    """The checkpoint to resume from, checked by ``check(path)`` (the run's whole check of a checkpoint, which raises
+    ConfigError; by default: its weights are finite), or None to start from the beginning. Each candidate is read
+    once, by that check.
 
-    ``last`` is this run's own newest checkpoint (by time written) in ``out_dir/checkpoints`` whose weights are
-    finite: the run directory of a single run (resumed with the same ``hydra.run.dir``) or a sweep job's own
-    directory — never another run's. Periodic ``step-N.ckpt`` files count too, so a run killed with SIGKILL resumes
-    from its last one; one holding NaN or inf (written before each save was checked) is passed over, named. None
-    there yet (the first launch of a requeued job, a sweep job that never started): training starts from the
-    beginning, with a note that names the newest checkpoint under ``paths.runs_dir`` / ``paths.sweeps_dir``, if any."""
+    ``last`` is this run's own newest checkpoint (by time written) in ``out_dir/checkpoints`` that passes: the run
+    directory of a single run (resumed with the same ``hydra.run.dir``) or a sweep job's own directory — never
+    another run's. Periodic ``step-N.ckpt`` files count too, so a run killed with SIGKILL resumes from its last one;
+    one holding NaN or inf (:class:`NonFiniteWeights`, written before each save was checked) is passed over, named;
+    any other refusal stops. None there yet (the first launch of a requeued job, a sweep job that never started):
+    training starts from the beginning, with a note that names the newest checkpoint under ``paths.runs_dir`` /
+    ``paths.sweeps_dir``, if any."""
+    if check is None:
+        def check(path):
+            refuse_nonfinite(nonfinite_weights(path), "ckpt_path", path)
     if ckpt_path in (None, ""):
         return None
     if ckpt_path != "last":
-        return ckpt_path  # checked (a file, a complete checkpoint of this model) by builder.checkpoint.check_resumable
+        check(ckpt_path)
+        return ckpt_path
     own = checkpoints_below(Path(out_dir), "checkpoints/*.ckpt")
     for path in reversed(own):
         try:
-            bad = nonfinite_weights(path)
-        except ConfigError:
-            return str(path)  # not readable: check_resumable names what is wrong with it
-        if bad is None:
-            return str(path)
-        rank_zero_info(f"ckpt_path=last: passing over {path}: its weights are not finite ({bad} holds NaN or inf)")
+            check(str(path))
+        except NonFiniteWeights as err:
+            rank_zero_info(f"ckpt_path=last: passing over {path}: it is not finite ({err.tensor} holds NaN or inf)")
+            continue
+        return str(path)
     paths = paths or {}
     elsewhere = [c for k in ("runs_dir", "sweeps_dir") if paths.get(k) for c in checkpoints_below(Path(str(paths[k])))]
     hint = ""
@@ -197,11 +204,14 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
         return 0
     checkpoint_io = AtomicCheckpointIO()
     strategy = make_strategy(trainer_kwargs, checkpoint_io)  # (trainer.checkpoint_format refused here if misplaced)
-    ckpt_path = find_checkpoint(cfg.ckpt_path, out_dir, to_plain(cfg.get("paths")))
-    if ckpt_path and is_sharded_checkpoint(ckpt_path):
-        check_sharded_resumable(ckpt_path, model_cfg, strategy)
-    else:
-        ckpt_path = check_resumable(ckpt_path, model_cfg)
+
+    def resumable(path) -> None:  # a file or a sharded directory of this model, with its optimizer, finite
+        if is_sharded_checkpoint(path):
+            check_sharded_resumable(path, model_cfg, strategy)
+        else:
+            check_resumable(path, model_cfg)
+
+    ckpt_path = find_checkpoint(cfg.ckpt_path, out_dir, to_plain(cfg.get("paths")), resumable)
     logger_cfg = to_plain(cfg.logger) if cfg.logger else {}
 
     # everything that can be refused is checked before the first file is written

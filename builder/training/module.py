@@ -16,7 +16,7 @@ from pytorch_lightning.strategies import FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
-from ..checkpoint import nonfinite_tensor
+from ..checkpoint import nonfinite_tensor, training_state
 from ..config.checks import is_count
 from ..config.plain import to_plain
 from ..errors import NonFiniteLossError
@@ -278,10 +278,11 @@ class LitGPT(pl.LightningModule):
         them). The weights are checked here rather than in the checkpoint IO, which runs on process 0 alone under
         DDP: a refusal there would leave the others waiting in the save's barrier; here all stop together."""
         self.raise_if_nonfinite()
-        bad = nonfinite_tensor(checkpoint["state_dict"])  # this process's shards under FSDP
+        bad = nonfinite_tensor(training_state(checkpoint))  # weights, optimizer state: this process's shards
         if self._first_bad_anywhere(self.global_step if bad else None) is not None:
+            what = "the optimizer's state is" if bad and bad.startswith("optimizer_states") else "the weights are"
             raise NonFiniteLossError(
-                f"the weights are no longer finite at step {self.global_step} ("
+                f"{what} no longer finite at step {self.global_step} ("
                 + (f"{bad} holds NaN or inf" if bad else "in another process's shard")
                 + "; an update can overflow them even from a finite loss); the run stops without writing a checkpoint "
                 "of them. Lower train.lr (or raise train.warmup_steps, or set trainer.gradient_clip_val)")
