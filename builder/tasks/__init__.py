@@ -61,7 +61,7 @@ class JobFailed(RuntimeError):
 # task name -> the module whose ``run(cfg, out_dir[, model_name])`` does it. Imported when the task runs:
 # start-up (task=report must not pay for Lightning or wandb).
 TASKS = {name: f"{__name__}.{name}" for name in TASK_NAMES}
-TAKES_MODEL_NAME = ("report", "train")
+TAKES_MODEL_NAME = ("report", "train", "plan")
 # tasks whose model is read from ``checkpoint=``: the composed ``model`` section is not theirs to show
 READS_CHECKPOINT = ("sample", "export", "attend", "heads", "lens", "embed", "context", "tour")
 # The config is shown once a task has checked its inputs: a task module with ``SHOWS_CONFIG = True`` calls
