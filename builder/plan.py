@@ -26,6 +26,7 @@ From the exact parameter budget (builder/budget.py) and the one memory estimate 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 from .errors import ConfigError
 from .memory import GIB, block_params, training_memory
@@ -195,7 +196,7 @@ def make_plan(budget: dict, plan_cfg, batch_size: int, context_length: int) -> d
         layouts["tp"]["note"] = "not needed: FSDP alone fits"
     return {"model": budget.get("model"), "params": params, "tokens": tokens,
             "chinchilla_tokens": CHINCHILLA_TOKENS_PER_PARAM * params, **flops,
-            "gpu": plan_cfg.gpu, "accelerator": {k: getattr(gpu, k) for k in gpu.__dataclass_fields__},
+            "gpu": plan_cfg.gpu, "accelerator": asdict(gpu),
             "gpus": n, "nodes": nodes, "gpus_per_node": n // nodes, "min_gpus": min(possible),
             "precision": plan_cfg.precision,
             "mfu": plan_cfg.mfu, "batch_size": batch_size, "context_length": context_length,

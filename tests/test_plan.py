@@ -3,10 +3,12 @@ its figures held against published runs, its launch commands composed, and its r
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 import builder
 from builder.budget import parameter_budget
@@ -130,3 +132,20 @@ def test_bad_input_is_one_paragraph_naming_the_key(tmp_path, args, words):
     err = refused(tmp_path, *args)
     for word in words:
         assert word in err, (word, err)
+
+
+def test_published_gpu_hours_imply_the_mfu_the_papers_report():
+    """benchmarks/plan_world.py (the README's table): the plan's FLOPs over Llama 2's published A100 GPU-hours give
+    an MFU of 0.35-0.5, Llama 3.1 405B's 0.3-0.45 (its paper reports 0.38-0.43), torchtitan's tokens/s 0.3-0.35."""
+    proc = subprocess.run([sys.executable, "benchmarks/plan_world.py", "--json"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = {r["run"]: r for r in json.loads(proc.stdout)}
+    assert abs(found["GPT-3 175B, 300B tokens"]["plan"] / 3.14e23 - 1) < 0.02
+    for size in ("7B", "13B", "70B"):
+        assert 0.35 < found[f"Llama 2 {size}, 2T tokens"]["implied_mfu"] < 0.5, size
+    assert 0.3 < found["Llama 3.1 405B, 15T tokens"]["implied_mfu"] < 0.45
+    assert 0.3 < found["torchtitan Llama 3.1 8B, 8 H100, FSDP"]["implied_mfu"] < 0.35
+    assert found["Llama 2 13B, 2T tokens"]["params"] == pytest.approx(13.0e9, rel=0.01)
+    assert found["Llama 2 70B, 2T tokens"]["params"] == pytest.approx(69.0e9, rel=0.01)
+    assert found["Llama 3.1 405B, 15T tokens"]["params"] == pytest.approx(405.9e9, rel=0.01)
