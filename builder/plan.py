@@ -228,7 +228,8 @@ def fits_nowhere(budget, plan_cfg, gpu, batch_size, context_length, asked, fewes
                        f"GPU needs {need:,.1f} GiB for the activations, logits and FSDP's working copies of "
                        f"data.batch_size={batch_size} windows of {context_length} tokens, beside the "
                        f"{capacity:,.1f} GiB a {plan_cfg.gpu} has past its allowance (plan.reserve={plan_cfg.reserve}); "
-                       f"use a smaller data.batch_size or data.context_length, or a GPU with more memory (plan.gpu)")
+                       f"use a {'smaller data.batch_size or ' if batch_size > 1 else ''}shorter data.context_length, or a GPU "
+                       f"with more memory (plan.gpu)")
 
 
 # --------------------------------------------------------------------------------------------------

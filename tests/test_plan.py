@@ -149,3 +149,31 @@ def test_published_gpu_hours_imply_the_mfu_the_papers_report():
     assert found["Llama 2 13B, 2T tokens"]["params"] == pytest.approx(13.0e9, rel=0.01)
     assert found["Llama 2 70B, 2T tokens"]["params"] == pytest.approx(69.0e9, rel=0.01)
     assert found["Llama 3.1 405B, 15T tokens"]["params"] == pytest.approx(405.9e9, rel=0.01)
+
+
+def test_every_preset_gets_a_plan_on_h100s_and_its_command_composes():
+    """Each preset at one window a GPU of its own context: a layout fits on some count of H100s and the FLOPs exceed
+    6 x params x tokens — or, past 32K tokens a window (qwen2_7b's 131,072), the paragraph that no layout here fits
+    (no context parallelism), and a plan at 8,192. Three launch commands composed."""
+    from builder.config.checks import check_job
+    from builder.errors import ConfigError
+    from builder.plan import kept_overrides, launch_command, make_plan
+    from builder.report import preset_names
+
+    refused = []
+    for name in preset_names():
+        args = ["task=plan", f"model={name}", "data.batch_size=1"]
+        cfg = builder.compose(args)
+        settings = check_job(cfg)
+        budget = parameter_budget(cfg.model, name)
+        try:
+            p = make_plan(budget, settings.plan, 1, settings.data.context_length)
+        except ConfigError as err:
+            assert settings.data.context_length > 32768 and "shorter data.context_length" in str(err), (name, err)
+            refused.append(name)
+            p = make_plan(budget, settings.plan, 1, 8192)
+        assert p["layouts"][p["chosen"]]["fits"] and p["flops_total"] > p["flops_params"] > 0, name
+        assert p["min_gpus"] >= 16 * p["params"] / (79.6 * GIB), name
+        if name in ("tiny", "gpt2_small", "qwen3_8b"):
+            assert check_command(launch_command(p, kept_overrides(args))["args"], TASKS) == 1, name
+    assert refused == ["qwen2_7b"]
