@@ -104,6 +104,11 @@ def test_a_checkpoints_model_is_planned_and_its_command_rebuilds_that_model(tmp_
     rebuilt = builder.compose(p["command"][1:])
     assert parameter_budget(rebuilt.model)["total_params"] == p["params"]
     assert rebuilt.model.attention.n_kv_heads == 2 and rebuilt.model.n_layers == 3
+    # a training checkpoint's file: its model config read, its tensors mapped, not loaded
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"model": to_plain(cfg.model)}}, ckpt)
+    assert plan(tmp_path, f"checkpoint={ckpt}", name="from_ckpt")["params"] == p["params"]
 
 
 def test_an_accelerator_added_on_the_command_line_is_planned_for(tmp_path):
