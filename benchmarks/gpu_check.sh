@@ -7,7 +7,8 @@
 #
 # Steps: the gpu-marked tests (bf16-mixed run.py training with trainer=gpu, torch.compile, FSDP on one GPU,
 # capture and sampling on cuda), then benchmarks/train_throughput.py for gpt2_small (bf16, with and without
-# compile: tokens/s and MFU against the data sheet's dense bf16 peak) and the Llama-shaped tinyllama_1b.
+# compile: tokens/s and MFU against the data sheet's dense bf16 peak) and the Llama-shaped tinyllama_1b, and beside
+# them task=plan's prediction for the same shapes on one of this GPU (at its default MFU, 0.4).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
@@ -31,10 +32,11 @@ PY
 
 if [ "$SMOKE" = 1 ]; then
   DEVICE=cpu; GPT2="--preset tiny --batch 2 --rounds 2"; LLAMA="--arch llama --batch 2 --rounds 1 --context 32"
-  MODES="fp32"
+  MODES="fp32"; PLAN_GPT2="model=tiny data.batch_size=2"; PLAN_LLAMA="model=tiny data.batch_size=2 data.context_length=32"
 else
   DEVICE=cuda; GPT2="--preset gpt2_small --batch 16 --rounds 10"; LLAMA="--arch llama --preset tinyllama_1b --batch 4 --rounds 6"
-  MODES="bf16,bf16+compile"
+  MODES="bf16,bf16+compile"; PLAN_GPT2="model=gpt2_small data.batch_size=16"
+  PLAN_LLAMA="model=tinyllama_1b data.batch_size=4"
 fi
 
 timeout 240 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
@@ -49,6 +51,21 @@ for name in gpt2 llama; do
     echo "| train_throughput $name $args | $line |" >> "$TABLE"
   done
   grep -qE "^(fp32|bf16)" "$OUT/throughput_$name.log" || echo "| train_throughput $name $args | failed: see throughput_$name.log |" >> "$TABLE"
+done
+GPU_KEY=$(python3 -c "import torch; n = torch.cuda.get_device_name() if torch.cuda.is_available() else ''; \
+print(next((k for w, k in (('H200', 'h200_141gb'), ('B200', 'b200'), ('A100', 'a100_80gb')) if w in n), 'h100_80gb'))")
+for name in gpt2 llama; do
+  if [ "$name" = gpt2 ]; then args="$PLAN_GPT2"; else args="$PLAN_LLAMA"; fi
+  # shellcheck disable=SC2086
+  timeout 120 python3 run.py task=plan $args plan.gpu="$GPU_KEY" plan.gpus=1 plan.tokens=1e9 \
+    hydra.run.dir="$OUT/plan_$name" > "$OUT/plan_$name.log" 2>&1
+  python3 - "$OUT/plan_$name/plan.json" "$name $args" >> "$TABLE" <<'PY' || echo "| task=plan $name | failed: see plan_$name.log |" >> "$TABLE"
+import json, sys
+p = json.load(open(sys.argv[1]))
+v = p["layouts"][p["chosen"]]
+print(f"| task=plan {sys.argv[2]} on 1 x {p['gpu']}, MFU {p['mfu']} | predicted {v['tokens_per_s_per_gpu']:,.0f} "
+      f"tok/s ({v['layout']}, {v['memory']['total'] / 2**30:.1f} GiB a GPU) |")
+PY
 done
 echo
 cat "$TABLE"

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from .data.tokenizers import tokenizer_from_dict
 from .errors import ConfigError, first_line
 from .files import atomic_write, special_file, write_safetensors
-from .hf import load_hf, save_hf
+from .hf import hf_model_config, load_hf, read_hf_config, save_hf
 from .model import build_model, check_state, load_state
 
 EXPORT_WEIGHTS = "model.safetensors"
@@ -71,7 +71,8 @@ def _tokenizer(tok, key: str, path: Path, what: str):
         raise ConfigError(key, str(path), f"{what} with a tokenizer hydraformer can rebuild: {first_line(err)}") from None
 
 
-def _load_export(path: Path, key: str):
+def _export_meta(path: Path, key: str) -> dict:
+    """An export directory's hydraformer.json, holding a model config; ConfigError naming ``key`` otherwise."""
     try:
         meta = json.loads((path / EXPORT_CONFIG).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -79,6 +80,11 @@ def _load_export(path: Path, key: str):
             from None
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
         raise ConfigError(key, str(path), f"{EXPORT}; its {EXPORT_CONFIG} holds no model config (a \"model\" object)")
+    return meta
+
+
+def _load_export(path: Path, key: str):
+    meta = _export_meta(path, key)
     weights = path / EXPORT_WEIGHTS
     if not weights.is_file():
         raise ConfigError(key, str(path), f"{EXPORT}; {EXPORT_WEIGHTS} is missing")
@@ -267,6 +273,29 @@ def load_model(path, key: str = "checkpoint", *, dtype=None):
     model = _build(hp["model"], key, path, "a checkpoint")
     load_state(model, _model_tensors(ckpt), key, path)
     return model.eval(), _tokenizer(hp.get("tokenizer"), key, path, "a checkpoint"), hp["model"]
+
+
+def model_config_of(path, key: str = "checkpoint") -> dict:
+    """The model config a checkpoint, a sharded checkpoint, an export or a Hugging Face directory describes, its
+    weights left unread (a checkpoint file's are mapped, not read); ConfigError as ``load_model``'s."""
+    path = Path(str(path)).expanduser()
+    if not path.exists():
+        raise ConfigError(key, str(path), "an existing checkpoint file or export directory")
+    if kind := special_file(path):
+        raise ConfigError(key, str(path), f"a checkpoint file or export directory; it is {kind}")
+    if path.is_dir():
+        if (path / EXPORT_CONFIG).is_file():
+            return _export_meta(path, key)["model"]
+        if (path / "config.json").is_file():
+            hf_cfg = read_hf_config(path)
+            if hf_cfg is None:
+                raise ConfigError(key, str(path), "a Hugging Face directory; its config.json is not a JSON object")
+            return hf_model_config(hf_cfg, key, path)[2]
+        if is_sharded_checkpoint(path):
+            return _sharded_meta(path, key)["hyper_parameters"]["model"]
+        raise ConfigError(key, str(path), f"a checkpoint file, a sharded checkpoint directory ({SHARDED_META} + "
+                          f".metadata) or a directory holding {EXPORT_CONFIG}")
+    return read_checkpoint(path, key, mmap=True)["hyper_parameters"]["model"]
 
 
 def _model_tensors(ckpt: dict) -> dict:

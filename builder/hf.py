@@ -691,7 +691,7 @@ def _normalise_names(fam: Family, names, n_layers: int) -> dict:
 # files
 
 
-def _read_config(path: Path) -> dict | None:
+def read_hf_config(path: Path) -> dict | None:
     """config.json as a dict, or None when there is none, it is not a JSON object, or not a regular file."""
     if special_file(path / HF_CONFIG):  # a FIFO would block the read
         return None
@@ -705,14 +705,14 @@ def _read_config(path: Path) -> dict | None:
 def is_hf_dir(path) -> bool:
     """True for a directory whose ``config.json`` describes a family hydraformer reads."""
     path = Path(str(path)).expanduser()
-    cfg = _read_config(path) if path.is_dir() else None
+    cfg = read_hf_config(path) if path.is_dir() else None
     return cfg is not None and family_of(cfg) is not None
 
 
 def is_hf_gpt2_dir(path) -> bool:
     """True for a directory whose ``config.json`` describes a GPT-2 (``model_type: gpt2`` or GPT2LMHeadModel)."""
     path = Path(str(path)).expanduser()
-    cfg = _read_config(path) if path.is_dir() else None
+    cfg = read_hf_config(path) if path.is_dir() else None
     return cfg is not None and family_of(cfg) is FAMILIES["gpt2"]
 
 
@@ -875,7 +875,7 @@ def load_hf(path, key: str = "checkpoint", dtype=None):
     _refuse_special([path / name for name in (HF_CONFIG, *WEIGHT_FILES, *TOKENIZER_FILES)], key, path)
     if not (path / HF_CONFIG).is_file():
         raise ConfigError(key, str(path), f"a Hugging Face directory holding {HF_CONFIG}")
-    hf_cfg = _read_config(path)
+    hf_cfg = read_hf_config(path)
     if hf_cfg is None:
         raise ConfigError(key, str(path), f"a Hugging Face directory; its {HF_CONFIG} is not a JSON object")
     fam, _, model_cfg = hf_model_config(hf_cfg, key, path)
@@ -900,7 +900,7 @@ def load_hf(path, key: str = "checkpoint", dtype=None):
 def load_hf_gpt2(path, key: str = "checkpoint"):
     """A Hugging Face GPT-2 directory as ``(model, tokenizer_or_None, model_config_dict)``; other families refused."""
     path = Path(str(path)).expanduser()
-    cfg = _read_config(path) if (path / HF_CONFIG).is_file() and not special_file(path / HF_CONFIG) else None
+    cfg = read_hf_config(path) if (path / HF_CONFIG).is_file() and not special_file(path / HF_CONFIG) else None
     if cfg is not None and family_of(cfg) is not FAMILIES["gpt2"]:
         raise ConfigError(key, str(path), "a Hugging Face GPT-2 directory (config.json with model_type 'gpt2' or "
                           f"architectures GPT2LMHeadModel); its config.json has model_type={cfg.get('model_type')!r}, "

@@ -11,7 +11,12 @@ n_layers L and vocabulary V, in bytes:
 * activations kept for the backward pass: L · b·s·h·(34 + 5·a·s/h) at 16 bits (Korthikanti et al. 2022,
   "Reducing Activation Recomputation in Large Transformer Models", §4.1), twice that at 32 bits; the 5·a·s/h
   part is the a·s² attention scores, which fused attention (``scaled_dot_product_attention``) does not keep;
-* the logits: b·s·V × 12 (the logits, their fp32 log-softmax and its gradient).
+* the logits: b·s·V × 12 (the logits, their fp32 log-softmax and its gradient);
+* with ``train.activation_checkpointing``: each block's input (b·s·h in the weights' dtype) plus one block's
+  activations instead of L blocks'; under FSDP the parameters gathered at once (``training_memory``'s ``working``).
+
+``training_memory`` is the one estimate: ``task=plan`` (builder/plan.py) applies it to each parallel layout (DDP,
+FSDP, FSDP with activation checkpointing, tensor parallel) on the GPUs it plans for.
 
 The run is refused only when even the least it needs (the scores left out) exceeds what is available, so the
 check never stops a run that fits; measured on the CPU, the least is 15-20 % under the peak (allocator,
@@ -32,31 +37,67 @@ GIB = 1 << 30
 
 def _bytes_per_value(precision) -> tuple[int, int]:
     """(bytes an activation takes, bytes a parameter's weight + gradient + two AdamW moments take)."""
+    act, split = _precision_bytes(precision)
+    return act, sum(split)
+
+
+def _precision_bytes(precision) -> tuple[int, tuple[int, int, int]]:
+    """(bytes an activation takes, (weight, gradient, AdamW's two moments) bytes a parameter)."""
     p = str(precision).lower()
     if p.startswith("64"):
-        return 8, 32
+        return 8, (8, 8, 16)
     if p.startswith(("16", "bf16", "transformer-engine")):
-        return 2, 8 if p.endswith("-true") else 16
-    return 4, 16  # 32-true, 32
+        return 2, (2, 2, 4) if p.endswith("-true") else (4, 4, 8)  # mixed: fp32 weights, gradients and moments
+    return 4, (4, 4, 8)  # 32-true, 32
+
+
+def block_params(budget: dict) -> int:
+    """The parameters of one transformer block (attention, MLP and the block's norms): what FSDP gathers at once."""
+    g, layers = budget["groups"], budget["config"]["n_layers"]
+    return (g["attention"]["total"] + g["mlp"]["total"] + g["norms"]["total"]) // layers
 
 
 def training_memory(budget: dict, batch_size: int, context_length: int | None = None, precision="32-true",
-                    shards: int = 1) -> dict:
-    """The estimate (bytes) for one training process: ``states`` (weights, gradients, AdamW; divided over
-    ``shards`` FSDP processes), ``activations`` (scores left out), ``scores`` (the a·s² attention part),
-    ``logits``; ``least`` = states + activations + logits, ``most`` = least + scores; ``per_window`` is what one
-    more window of the batch adds to ``least``."""
+                    shards: int = 1, checkpointing: bool = False, tensor_parallel: int = 1) -> dict:
+    """The estimate (bytes) for one training process: ``states`` (``weights`` + ``gradients`` + ``optimizer``:
+    AdamW's two moments; divided over ``shards`` FSDP processes x ``tensor_parallel`` ones), ``activations`` (scores
+    left out), ``scores`` (the a·s² attention part), ``logits``, and ``working`` (FSDP, shards > 1: the parameters
+    gathered at once, in the compute dtype — the root module's, kept through the step, and two blocks', the one
+    running and the one prefetched — and one block's unsharded gradients in fp32); ``least`` = states + working +
+    activations + logits, ``most`` = least + scores; ``per_window`` is what one more window adds to ``least``.
+
+    ``checkpointing`` (per block, train.activation_checkpointing): each block keeps only its input (in the weights'
+    dtype: the residual stream's) and one block's activations are recomputed at a time in the backward pass.
+    ``tensor_parallel`` t (Megatron-style within a node, no sequence parallelism): a block keeps s·b·h·(10 + 24/t)
+    at 16 bits (Korthikanti et al. §4.2) and the logits are split over the t processes."""
     m = budget["config"]
     b, s = int(batch_size), int(context_length or m["context_length"])
-    act_bytes, state_bytes = _bytes_per_value(precision)
-    states = state_bytes * budget["total_params"] // max(1, shards)
-    activations = m["n_layers"] * s * m["d_model"] * 34 * act_bytes // 2  # one window's
-    logits = 12 * s * m["vocab_size"]
-    scores = m["n_layers"] * 5 * m["n_heads"] * s * s * act_bytes // 2
-    least = states + b * (activations + logits)
-    return {"states": states, "state_bytes_per_param": state_bytes, "activations": b * activations,
+    t = max(1, int(tensor_parallel))
+    act_bytes, (w_bytes, g_bytes, o_bytes) = _precision_bytes(precision)
+    params = budget["total_params"]
+    split = max(1, shards) * t
+    weights, gradients, optimizer = (n * params // split for n in (w_bytes, g_bytes, o_bytes))
+    working = 0
+    if shards > 1 and "groups" in budget:  # (a budget of counts alone: no working copies counted)
+        compute = 2 if act_bytes == 2 else w_bytes  # FSDP2 gathers in param_dtype: bf16 under bf16-mixed
+        block = block_params(budget) // t
+        root = (params - m["n_layers"] * block_params(budget)) // t
+        working = compute * (root + 2 * block) + 4 * block
+    layer = int(s * m["d_model"] * (10 + 24 / t) * act_bytes) // 2  # one block's, one window (t = 1: 34·s·h)
+    scores_layer = 5 * m["n_heads"] * s * s * act_bytes // 2 // t
+    if checkpointing:  # each block's input kept, one block's activations (and scores) alive at a time
+        activations = m["n_layers"] * s * m["d_model"] * w_bytes + layer
+        scores = scores_layer
+    else:
+        activations, scores = m["n_layers"] * layer, m["n_layers"] * scores_layer
+    logits = 12 * s * m["vocab_size"] // t
+    states = weights + gradients + optimizer
+    least = states + working + b * (activations + logits)
+    return {"weights": weights, "gradients": gradients, "optimizer": optimizer, "states": states,
+            "state_bytes_per_param": w_bytes + g_bytes + o_bytes, "working": working, "activations": b * activations,
             "logits": b * logits, "scores": b * scores, "per_window": activations + logits, "least": least,
-            "most": least + b * scores, "batch_size": b, "context_length": s, "precision": str(precision)}
+            "most": least + b * scores, "batch_size": b, "context_length": s, "precision": str(precision),
+            "shards": max(1, shards), "tensor_parallel": t, "checkpointing": bool(checkpointing)}
 
 
 def _meminfo_available() -> int | None:
@@ -148,7 +189,8 @@ def check_training_memory(budget: dict, cfg) -> dict | None:
         return None
     precision = cfg["trainer"].get("precision", "32-true")
     data = cfg["data"]
-    est = training_memory(budget, data["batch_size"], data.get("context_length"), precision, device["shards"])
+    est = training_memory(budget, data["batch_size"], data.get("context_length"), precision, device["shards"],
+                          checkpointing=bool(cfg["train"].get("activation_checkpointing", False)))
     est["available"], n = device["bytes"], device["processes"]
     if est["least"] * n <= device["bytes"]:
         return est
@@ -161,7 +203,7 @@ def check_training_memory(budget: dict, cfg) -> dict | None:
             f"up to {_gib(est['most'] * n)} with attention's scores kept), but {device['where']} "
             f"{_gib(device['bytes'])} available")
     skip = "or set train.check_memory=false to skip this check"
-    fits = (device["bytes"] // n - est["states"]) // est["per_window"]
+    fits = (device["bytes"] // n - est["states"] - est["working"]) // est["per_window"]
     if fits >= 1:
         raise ConfigError("data.batch_size", est["batch_size"], f"a batch that fits in memory: {need}; use "
                           f"data.batch_size={fits} or less (trainer.accumulate_grad_batches keeps the effective "

@@ -9,6 +9,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import AttentionMask, KVCache, StaticKVCache
 from .positions import Embedding
@@ -90,6 +91,7 @@ class Transformer(nn.Module):
         if tie_embeddings:
             self.unembedding.weight = self.token_embedding.weight
         self.mask = mask
+        self.checkpoint_blocks = False  # set_activation_checkpointing
         for i, block in enumerate(self.blocks):
             block.attention.layer = i
         self.init_weights(init_std)
@@ -110,6 +112,16 @@ class Transformer(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, 0.0, std)
+
+    def set_activation_checkpointing(self, on: bool = True) -> None:
+        """While training, each block keeps only its input and recomputes its activations in the backward pass
+        (``torch.utils.checkpoint``, non-reentrant, the random state kept: dropout draws the same)."""
+        self.checkpoint_blocks = bool(on)
+
+    def _run_block(self, block, x, mask, pos, cache):
+        if self.checkpoint_blocks and cache is None and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, mask, self.positions, pos, cache, use_reentrant=False)
+        return block(x, mask, self.positions, pos, cache)
 
     def layer_masks(self, q_pos, k_pos, attention_mask=None, filled=None) -> list[AttentionMask]:
         """One AttentionMask per layer; layers with the same rule share the tensor.
@@ -173,7 +185,7 @@ class Transformer(nn.Module):
         if self.drop.p:
             x = self.drop(x)
         for block, mask in zip(self.blocks, masks):
-            x = block(x, mask, self.positions, pos, cache)
+            x = self._run_block(block, x, mask, pos, cache)
         if isinstance(cache, StaticKVCache):
             cache.advance(t)
         if last_only:  # the next token's logits only (generation): the unembedding is the largest matmul per token

@@ -73,6 +73,7 @@ def test_gpu_check_runs_its_steps_on_cpu(tmp_path):
     assert "| pytest -m gpu (tests/test_gpu.py) | 4 skipped" in table
     assert re.search(r"train_throughput gpt2 .*builder +\d+ tok/s", table)
     assert re.search(r"train_throughput llama .*builder +\d+ tok/s", table)
+    assert re.search(r"task=plan gpt2 model=tiny .* on 1 x h100_80gb, MFU 0.4 \| predicted [\d,]+ tok/s", table), table
 
 
 def test_capture_memory_reports_each_mode():

@@ -408,6 +408,18 @@ def test_every_task_that_reads_a_model_refuses_a_bad_one_before_showing_its_conf
     assert not (tmp_path / "ran").exists()
 
 
+def test_a_task_that_shows_its_own_config_is_listed_as_one():
+    """builder.tasks shows a task's config just before it runs unless the task says when its inputs are checked
+    (inputs_checked, or read_model, which calls it): a task doing that must be in SHOW_THEIR_CONFIG, or its config
+    is printed twice, the first time before a refusal."""
+    from builder.tasks import SHOW_THEIR_CONFIG, TASKS
+
+    for name, module in TASKS.items():
+        source = (REPO / (module.replace(".", "/") + ".py")).read_text()
+        shows = "inputs_checked(" in source or "read_model(" in source
+        assert shows == (name in SHOW_THEIR_CONFIG), name
+
+
 def test_truncated_and_foreign_files_cannot_be_resumed_from(tmp_path, files):
     from builder.checkpoint import check_resumable
     from builder.errors import ConfigError

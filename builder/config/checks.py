@@ -28,7 +28,7 @@ from .spec import check, unknown_key
 # WANDB_MODE / logger.wandb.mode: builder/training/loggers.py WANDB_MODES, and wandb's legacy names for two of them
 WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")
 # tasks whose model is the composed ``model`` section (the others read theirs from ``checkpoint=``)
-COMPOSED_MODEL_TASKS = ("train", "report")
+COMPOSED_MODEL_TASKS = ("train", "report", "plan")
 # the running job's checked config (builder.tasks.run_task sets it; a task reads it with checked(cfg))
 _CHECKED: ContextVar[tuple[int, Config] | None] = ContextVar("hydraformer_checked", default=None)
 
@@ -40,7 +40,8 @@ def is_count(value) -> bool:
 def uses_composed_model(cfg) -> bool:
     """Whether the task of ``cfg`` (a DictConfig or a plain dict) builds ``model`` (not a checkpoint's model, not a
     list of presets)."""
-    return cfg.get("task") in COMPOSED_MODEL_TASKS and not (cfg.get("task") == "report" and cfg.get("models"))
+    return cfg.get("task") in COMPOSED_MODEL_TASKS and not (cfg.get("task") == "report" and cfg.get("models")) \
+        and not (cfg.get("task") == "plan" and cfg.get("checkpoint"))
 
 
 def check_callbacks(entries: Any) -> dict:

@@ -10,7 +10,16 @@ import dataclasses
 
 import components
 
-from .schema import CALLBACK_SCHEMAS, Config, DataConfig, ModelConfig, TrainConfig, TrainerConfig
+from .schema import (
+    CALLBACK_SCHEMAS,
+    AcceleratorConfig,
+    Config,
+    DataConfig,
+    ModelConfig,
+    PlanConfig,
+    TrainConfig,
+    TrainerConfig,
+)
 from .spec import MISSING, Declared, declared
 
 HEADER = ("# Every key\n\nGenerated from the declarations by `python -m builder.config.keys > docs/keys.md` "
@@ -53,6 +62,9 @@ def sections() -> list[tuple[str, list[Declared], str]]:
     out += [("data", declared(DataConfig), "data."), ("train", declared(TrainConfig), "train."),
             ("trainer (pytorch_lightning.Trainer's arguments)", declared(TrainerConfig), "trainer.")]
     out += [(f"callbacks.{name}", declared(cls), f"callbacks.{name}.") for name, cls in CALLBACK_SCHEMAS.items()]
+    out += [("plan (task=plan)", declared(PlanConfig), "plan."),
+            ("plan.accelerators.NAME (each accelerator of task=plan's table)", declared(AcceleratorConfig),
+             "plan.accelerators.NAME.")]
     return out
 
 

@@ -20,9 +20,9 @@ from typing import Annotated, Any
 from annotated_types import Ge, Gt, Le, Len, Lt, doc
 
 import components
-from components.registry import OneOf
+from components.registry import OneOf, closest
 
-from .spec import MISSING, Component
+from .spec import MISSING, Component, check
 
 # data.source: the corpora of builder/data/corpus.py, and ``tokens``: a flat token file (builder/data/token_files.py)
 ACCEPTED_SOURCES = ("embedded", "text", "adjectives", "lecture")
@@ -72,7 +72,8 @@ class ModelConfig:
 
 
 MAX_WORDS = 64  # task=embed: words or pairs drawn in one picture
-TASK_NAMES = ("train", "report", "sample", "export", "attend", "heads", "lens", "embed", "context", "tour", "compare")
+TASK_NAMES = ("train", "report", "sample", "export", "attend", "heads", "lens", "embed", "context", "tour", "compare",
+              "plan")
 Count = Annotated[int, Gt(0)]
 
 
@@ -139,6 +140,9 @@ class TrainConfig:
                                                          "GPU")] = None
     check_memory: Annotated[bool, doc("refuse a run whose memory estimate clearly exceeds the device's free "
                                       "memory")] = True
+    activation_checkpointing: Annotated[bool, doc("recompute each transformer block's activations in the backward "
+                                                  "pass instead of keeping them (torch.utils.checkpoint): less "
+                                                  "memory, about a third more compute")] = False
 
     def problems(self, context=None):
         if self.min_lr > self.lr:
@@ -266,6 +270,71 @@ class TrainerConfig:
         return max(count, 1) * self.num_nodes
 
 
+@dataclass
+class AcceleratorConfig:
+    """One accelerator task=plan can plan for: its data sheet's figures (conf/plan/default.yaml lists the shipped
+    ones; add one under ``plan.accelerators.<name>``)."""
+
+    memory_gib: Annotated[float, Gt(0), doc("memory per GPU in GiB (what nvidia-smi reports)")] = MISSING
+    bf16_tflops: Annotated[float, Gt(0), doc("dense bf16 tensor-core peak, TFLOP/s (no sparsity)")] = MISSING
+    fp8_tflops: Annotated[float | None, Gt(0), doc("dense fp8 peak, TFLOP/s; null: no fp8")] = None
+    fp32_tflops: Annotated[float, Gt(0), doc("fp32 peak without tensor cores, TFLOP/s")] = MISSING
+    intra_node_gbps: Annotated[float, Gt(0), doc("each GPU's bandwidth to the GPUs of its node (NVLink), GB/s each "
+                                                 "way")] = MISSING
+    inter_node_gbps: Annotated[float, Gt(0), doc("each GPU's network bandwidth to other nodes, GB/s each "
+                                                 "way")] = MISSING
+    gpus_per_node: Annotated[int, Gt(0), doc("GPUs in one node")] = 8
+    source: Annotated[str, doc("where the figures come from")] = ""
+
+
+PLAN_PRECISIONS = ("bf16-mixed", "32-true")  # what trainer=fsdp trains in (FSDP2_PRECISIONS' long forms)
+
+
+@dataclass
+class PlanConfig:
+    """task=plan: what training the model on ``tokens`` takes on ``gpu``s (builder/plan.py)."""
+
+    tokens: Annotated[float | None, Gt(0), doc("training tokens, e.g. 2e12; null: Chinchilla's 20 x "
+                                               "parameters")] = None
+    gpu: Annotated[str, Len(1), doc("the accelerator: a key of plan.accelerators")] = "h100_80gb"
+    gpus: Annotated[int | None, Gt(0), doc("GPUs in all; null: nodes x gpus_per_node, else the fewest that "
+                                           "fit")] = None
+    nodes: Annotated[int | None, Gt(0), doc("nodes; null: as many as plan.gpus needs")] = None
+    mfu: Annotated[float, Gt(0), Le(1), doc("assumed model FLOPs utilisation: the share of the dense peak the "
+                                            "training reaches (Llama 3 405B: 0.38-0.43)")] = 0.4
+    precision: Annotated[str, OneOf(*PLAN_PRECISIONS), doc("the training precision (its peak: bf16 or fp32)")] = \
+        "bf16-mixed"
+    global_batch: Annotated[int | None, Gt(0), doc("windows per optimizer step over all GPUs, reached with "
+                                                   "trainer.accumulate_grad_batches; null: data.batch_size per "
+                                                   "data-parallel GPU, no accumulation")] = None
+    price_per_gpu_hour: Annotated[float, Ge(0), doc("USD per GPU-hour, for the cost")] = 2.0
+    reserve: Annotated[float, Ge(0), Lt(1), doc("the allowance: the share of each GPU's memory kept for the CUDA "
+                                                "context, communication buffers and allocator fragmentation")] = 0.1
+    accelerators: Annotated[dict[str, Any], doc("name -> its data sheet, each entry checked as an AcceleratorConfig "
+                                                "(conf/plan/default.yaml; add one with +plan.accelerators.NAME={...})")] \
+        = field(default_factory=dict)
+
+    def problems(self, context=None):
+        for name, entry in self.accelerators.items():
+            self.accelerators[name] = entry if isinstance(entry, AcceleratorConfig) else \
+                check(AcceleratorConfig, entry, f"plan.accelerators.{name}")
+        if self.gpu not in self.accelerators:
+            known = ", ".join(self.accelerators) or "none (plan.accelerators is empty)"
+            yield "gpu", self.gpu, f"an accelerator of plan.accelerators{closest(self.gpu, list(self.accelerators))}:" \
+                                   f" one of {known}; add another as +plan.accelerators.NAME={{memory_gib:" \
+                                   "..,bf16_tflops:..,fp32_tflops:..,intra_node_gbps:..,inter_node_gbps:..} or in a " \
+                                   "config file"
+            return
+        per_node = self.accelerators[self.gpu].gpus_per_node
+        if self.gpus is not None and self.nodes is not None and (self.gpus % self.nodes or
+                                                                 self.gpus // self.nodes > per_node):
+            yield "gpus", self.gpus, f"a multiple of plan.nodes={self.nodes} with at most {per_node} GPUs a node " \
+                                     f"({self.gpu}: gpus_per_node={per_node}), or null for plan.nodes x {per_node}"
+        elif self.gpus is not None and self.nodes is None and self.gpus > per_node and self.gpus % per_node:
+            yield "gpus", self.gpus, f"at most one node's {per_node} GPUs ({self.gpu}: gpus_per_node={per_node}) or " \
+                                     f"whole nodes, a multiple of {per_node}; or set plan.nodes"
+
+
 # --- the ``callbacks`` group (conf/callbacks/): one entry per callback of task=train, built by
 # builder/training/callbacks.py. ``~callbacks.NAME`` or ``callbacks.NAME=null`` switches one off.
 
@@ -373,6 +442,7 @@ class Config:
     word: Annotated[str | None, doc("task=context: the word followed through the layers, e.g. mole")] = None
     contexts: Annotated[list[str] | None, doc("task=context: texts that use the word")] = None
     sweep_dir: Annotated[str | None, doc("task=compare: a sweep directory (multirun/<date>/<time>) or last")] = None
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
 
 _stored: set[tuple[str, str]] = set()

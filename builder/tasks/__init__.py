@@ -63,13 +63,13 @@ class JobFailed(RuntimeError):
 # task name -> the module whose ``run(cfg, out_dir[, model_name])`` does it. Imported when the task runs:
 # start-up (task=report must not pay for Lightning or wandb).
 TASKS = {name: f"{__name__}.{name}" for name in TASK_NAMES}
-TAKES_MODEL_NAME = ("report", "train")
+TAKES_MODEL_NAME = ("report", "train", "plan")
 # tasks whose model is read from ``checkpoint=`` (through builder/tasks/reading.py's read_model)
 READS_CHECKPOINT = ("sample", "export", "attend", "heads", "lens", "embed", "context", "tour")
 # The config is shown once a task has checked its inputs: these tasks call builder.config.printing.inputs_checked
 # themselves when they are past their checks (read_model does, once the model has loaded); any other gets it shown
 # just before it runs.
-SHOW_THEIR_CONFIG = ("train", *READS_CHECKPOINT)
+SHOW_THEIR_CONFIG = ("train", "plan", *READS_CHECKPOINT)
 
 
 def discard_if_empty(out_dir: Path, root=None, also: tuple[str, ...] = ()) -> None:

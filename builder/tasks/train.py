@@ -50,8 +50,6 @@ from ..training.module import LitGPT
 # Not ours to fix, and it buries the run's own output.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
-SHOWS_CONFIG = True  # run() calls inputs_checked once the data, model and callbacks are checked (builder.tasks)
-
 
 # an interrupted run exits as a shell reports a process killed by the signal (128 + its number): SLURM's requeue and
 # `a && b` see a run that did not finish, whose last.ckpt resumes it

@@ -89,6 +89,7 @@ class LitGPT(pl.LightningModule):
 
     def _set_model(self, model: nn.Module) -> None:
         self.model = model
+        model.set_activation_checkpointing(bool(self.train_cfg.get("activation_checkpointing", False)))
         # kept out of the module tree, so parameters keep their one name in the state dict
         object.__setattr__(self, "_forward", torch.compile(model) if self.train_cfg.get("compile") else model)
 
