@@ -63,7 +63,7 @@ class JobFailed(RuntimeError):
 TASKS = {name: f"{__name__}.{name}" for name in TASK_NAMES}
 TAKES_MODEL_NAME = ("report", "train")
 # tasks whose model is read from ``checkpoint=``: the composed ``model`` section is not theirs to show
-READS_CHECKPOINT = ("sample", "export", "attend", "heads", "lens", "embed", "context", "tour")
+READS_CHECKPOINT = ("sample", "export", "attend", "heads", "lens", "embed", "context", "tour", "ablate", "patch")
 # The config is shown once a task has checked its inputs: a task module with ``SHOWS_CONFIG = True`` calls
 # builder.config.printing.inputs_checked itself when it is past its checks; any other gets it shown just before it runs.
 
