@@ -175,9 +175,11 @@ def patch(model: nn.Module, clean: torch.Tensor, corrupted: torch.Tensor, answer
 
 def _grid(fig, ax, values: np.ndarray, xlabels: list[str], ylabels: list[str], title: str, label: str,
           symmetric: bool = True):
+    """A heatmap with its values written in (small grids), labelled axes and a colour bar; ``symmetric``: a
+    diverging scale around 0, else 0 to 1 (shares, accuracies)."""
     lim = float(np.nanmax(np.abs(values))) if values.size else 1.0
-    lim = lim or 1.0
-    im = ax.imshow(values, cmap="RdBu_r", vmin=-lim if symmetric else None, vmax=lim if symmetric else None,
+    lim = (lim or 1.0) if symmetric else 1.0
+    im = ax.imshow(values, cmap="RdBu_r" if symmetric else "viridis", vmin=-lim if symmetric else 0.0, vmax=lim,
                    aspect="auto")
     ax.set_xticks(range(len(xlabels)), xlabels, fontsize=8, rotation=90 if max(map(len, xlabels)) > 3 else 0)
     ax.set_yticks(range(len(ylabels)), ylabels, fontsize=8)
@@ -185,7 +187,8 @@ def _grid(fig, ax, values: np.ndarray, xlabels: list[str], ylabels: list[str], t
     if values.size <= 200:
         for (i, j), v in np.ndenumerate(values):
             ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=6,
-                    color="white" if abs(v) > 0.6 * lim else "black")
+                    color=("white" if abs(v) > 0.6 * lim else "black") if symmetric else
+                    ("black" if v > 0.6 else "white"))
     fig.colorbar(im, ax=ax, shrink=0.8).set_label(label, fontsize=8)
 
 
