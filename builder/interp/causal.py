@@ -185,8 +185,10 @@ def sense_figure(result: dict) -> ShownFigure:
     fig = ShownFigure(figsize=(3.2 + 1.4 * len(heads), 1.8 + 0.6 * len(layers)), layout="constrained")
     axes = fig.subplots(1, 2)
     rows, cols = [f"layer {la}" for la in layers], [f"H{h}" for h in heads]
-    _grid(fig, axes[0], grid(result["ablated"]), cols, rows, f"sense accuracy, each head ablated "
-          f"(trained {result['trained']:.0%}, chance {result['chance']:.0%})", "accuracy", symmetric=False)
-    _grid(fig, axes[1], grid(result["flipped"]), cols, rows, "pairs flipped by patching the head at the homonym",
-          "share flipped", symmetric=False)
+    _grid(fig, axes[0], grid(result["ablated"]), cols, rows, "sense accuracy, the head ablated", "accuracy",
+          symmetric=False)
+    _grid(fig, axes[1], grid(result["flipped"]), cols, rows, "pairs flipped, the head patched", "share flipped",
+          symmetric=False)
+    fig.suptitle(f"sense choice after the homonym: trained {result['trained']:.0%}, chance {result['chance']:.0%}",
+                 fontsize=10)
     return fig

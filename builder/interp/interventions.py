@@ -173,12 +173,15 @@ def patch(model: nn.Module, clean: torch.Tensor, corrupted: torch.Tensor, answer
 # ------------------------------------------------------------------------------------------- pictures
 
 
+CELL = 0.5  # inches per heatmap column: room for a value written in the cell
+
+
 def _grid(fig, ax, values: np.ndarray, xlabels: list[str], ylabels: list[str], title: str, label: str,
-          symmetric: bool = True):
+          symmetric: bool = True, least: float = 0.0):
     """A heatmap with its values written in (small grids), labelled axes and a colour bar; ``symmetric``: a
     diverging scale around 0, else 0 to 1 (shares, accuracies)."""
     lim = float(np.nanmax(np.abs(values))) if values.size else 1.0
-    lim = (lim or 1.0) if symmetric else 1.0
+    lim = (max(lim, least) or 1.0) if symmetric else 1.0
     im = ax.imshow(values, cmap="RdBu_r" if symmetric else "viridis", vmin=-lim if symmetric else 0.0, vmax=lim,
                    aspect="auto")
     ax.set_xticks(range(len(xlabels)), xlabels, fontsize=8, rotation=90 if max(map(len, xlabels)) > 3 else 0)
@@ -186,10 +189,12 @@ def _grid(fig, ax, values: np.ndarray, xlabels: list[str], ylabels: list[str], t
     ax.set_title(title, fontsize=9)
     if values.size <= 200:
         for (i, j), v in np.ndenumerate(values):
-            ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=6,
+            ax.text(j, i, f"{v:+.2f}" if symmetric else f"{v:.2f}", ha="center", va="center", fontsize=6,
                     color=("white" if abs(v) > 0.6 * lim else "black") if symmetric else
                     ("black" if v > 0.6 else "white"))
-    fig.colorbar(im, ax=ax, shrink=0.8).set_label(label, fontsize=8)
+    bar = fig.colorbar(im, ax=ax, shrink=0.8)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
 
 
 def ablation_figure(result: dict, title: str = "") -> Figure:
@@ -197,8 +202,8 @@ def ablation_figure(result: dict, title: str = "") -> Figure:
     heads = np.asarray(result["heads"], dtype=float)
     mlps = np.asarray(result["mlps"], dtype=float)
     n_layers = max(heads.shape[0] if heads.size else 0, len(mlps))
-    fig = ShownFigure(figsize=(2.2 + 0.7 * (heads.shape[1] if heads.size else 0) + (1.8 if mlps.size else 0),
-                               1.6 + 0.5 * n_layers), layout="constrained")
+    fig = ShownFigure(figsize=(2.6 + CELL * (heads.shape[1] if heads.size else 0) + (1.8 if mlps.size else 0),
+                               1.8 + 0.5 * n_layers), layout="constrained")
     what = "loss" if result["metric"] == "loss" else "logit difference"
     axes = fig.subplots(1, 2 if heads.size and mlps.size else 1, squeeze=False,
                         width_ratios=[max(heads.shape[1], 1), 1] if heads.size and mlps.size else None)[0]
@@ -218,14 +223,16 @@ def patching_figure(result: dict, tokens: list[str], title: str = "") -> Figure:
     and each head."""
     labels = token_labels(tokens)
     n_layers = len(result["heads"])
-    fig = ShownFigure(figsize=(4 + 1.1 * len(tokens), 2.2 + 0.9 * n_layers), layout="constrained")
+    n_heads = len(result["heads"][0])
+    fig = ShownFigure(figsize=(1.2 + CELL * (3 * len(tokens) + max(n_heads, 2)) + 4 * 1.1, 2.0 + 0.6 * n_layers),
+                      layout="constrained")
     axes = fig.subplots(1, 4, width_ratios=[len(tokens)] * 3 + [max(len(result["heads"][0]), 2)])
     rows = [f"layer {i}" for i in range(n_layers)]
     names = {"resid_pre": "residual stream entering", "attn_out": "attention output", "mlp_out": "MLP output"}
     for ax, stream in zip(axes, PATCHED_STREAMS):
-        _grid(fig, ax, np.asarray(result[stream]), labels, rows, names[stream], "share restored")
+        _grid(fig, ax, np.asarray(result[stream]), labels, rows, names[stream], "share restored", least=1.0)
     heads = np.asarray(result["heads"])
     _grid(fig, axes[3], heads, [f"H{h}" for h in range(heads.shape[1])], rows, "each head (all positions)",
-          "share restored")
+          "share restored", least=1.0)
     fig.suptitle(title or "activation patching: share of the clean - corrupted logit difference restored", fontsize=10)
     return fig

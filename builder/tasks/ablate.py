@@ -28,10 +28,10 @@ def run(cfg, out_dir: Path) -> int:
     result = ablate(model, inputs, cfg.ablation, answers)
     result.update(texts=texts, answers=to_plain(cfg.get("answers")), checkpoint=str(cfg.checkpoint))
     out_dir = Path(out_dir)
-    png = save_figure(ablation_figure(result, title=f"{Path(str(cfg.checkpoint)).name}: {cfg.ablation} ablation"),
-                      out_dir / "ablate.png")
-    atomic_write(out_dir / "ablate.json", json.dumps(result, indent=2) + "\n")
     what = "loss" if answers is None else f"logit({cfg.answers[0]}) - logit({cfg.answers[1]})"
+    title = f"{Path(str(cfg.checkpoint)).name}: {cfg.ablation} ablation ({what} {result['baseline']:.3f} unablated)"
+    png = save_figure(ablation_figure(result, title=title), out_dir / "ablate.png")
+    atomic_write(out_dir / "ablate.json", json.dumps(result, indent=2) + "\n")
     print(f"{cfg.ablation}-ablating each head and each MLP on {len(texts)} text(s), {result['tokens']} tokens: "
           f"{what} is {result['baseline']:.4f} with nothing ablated")
     ranked = sorted(((abs(v), f"L{layer}H{h}", v) for layer, row in enumerate(result["heads"])
