@@ -22,6 +22,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import timeit
 from pathlib import Path
 
 import torch
@@ -109,6 +110,12 @@ def main():
             rates[name].append(args.steps * BATCH * context / (time.perf_counter() - start))
     for name, values in rates.items():
         print(f"{name:15s} median {statistics.median(values):9.0f} tokens/s")
+    point, x = next(iter(hooked.hook_dict.values())), torch.zeros(1)
+    idle = (timeit.timeit(lambda: point(x), number=100_000) - timeit.timeit(lambda: x, number=100_000)) / 100_000
+    step = BATCH * context / statistics.median(rates["no hook points"])
+    print(f"an idle hook point's call: {1e9 * idle:.0f} ns; {len(hooked.hook_dict)} per forward pass = "
+          f"{1e6 * idle * len(hooked.hook_dict):.0f} us, {100 * idle * len(hooked.hook_dict) / step:.3f}% of a "
+          f"training step ({1000 * step:.0f} ms)")
     ratios = [a / b for a, b in zip(rates["hook points"], rates["no hook points"])]
     print(f"hook points / no hook points: median per-round ratio {statistics.median(ratios):.3f} "
           f"({args.rounds} rounds of {args.steps} steps, {torch.get_num_threads()} threads)")

@@ -108,3 +108,21 @@ def test_bad_input_is_named(models, tmp_path):
     proc = run_cli("task=patch", f"checkpoint={path}", "clean=a fluffy", f"hydra.run.dir={tmp_path}/e", env=env)
     assert proc.returncode == 2 and "corrupted" in proc.stderr
     assert not any((tmp_path / x).exists() for x in "abcde")
+
+
+def test_ablate_on_the_validation_split(models, tmp_path):
+    """split=val measures on the data config's validation windows, refused for data of another tokenizer."""
+    path, _ = models["checkpoint"]
+    corpus = path.parent.parent.parent / "corpus.txt"
+    out = tmp_path / "val"
+    proc = run_cli("task=ablate", f"checkpoint={path}", "split=val", "data=text", f"data.path={corpus}",
+                   "data.val_batches=2", f"hydra.run.dir={out}", env=models["env"])  # windows of 128 cut to 64
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "ablate.json").read_text())
+    assert result["texts"] == ["validation windows of data.source=text"] and result["tokens"] > 64
+    assert "validation windows" in proc.stdout
+    other = tmp_path / "other.txt"
+    other.write_text("zyxw vut " * 400, encoding="utf-8")
+    proc = run_cli("task=ablate", f"checkpoint={path}", "split=val", "data=text", f"data.path={other}",
+                   f"hydra.run.dir={tmp_path / 'refused'}", env=models["env"])
+    assert proc.returncode == 2 and "data" in proc.stderr and "tokenizer is not the checkpoint's" in proc.stderr

@@ -375,6 +375,9 @@ class Config:
     ablation: Annotated[str, OneOf("zero", "mean"), doc("task=ablate: zero sets each head's (each MLP's) output to 0; "
                                                         "mean to its mean over every token measured")] = "mean"
     texts: Annotated[list[str] | None, doc("task=ablate: the texts the ablations are measured on; null: text")] = None
+    split: Annotated[str, OneOf("text", "val"), doc("task=ablate: measure on the texts, or on the validation windows "
+                                                    "of the data config (data=..., as the checkpoint was trained)")
+                     ] = "text"
     answers: Annotated[list[str] | None, Len(2, 2), doc("task=ablate / patch: [right, wrong]: measure logit(right) - "
                                                         "logit(wrong) after the last token (ablate, null: the loss; "
                                                         "patch, null: each prompt's own prediction)")] = None
