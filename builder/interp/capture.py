@@ -26,7 +26,8 @@ FIELDS = ("q", "k", "v", "scores", "mask", "pattern", "z", "result")
 class AttentionRecord:
     """Tensors per layer, detached: q, k, v ``[B, H, T, d_head]``, scores / pattern ``[B, H, Tq, Tk]``,
     mask ``[B|1, 1, Tq, Tk]`` (True = may attend, None = all), z (weighted values) and result
-    (each head's update to the residual stream, ``[B, H, T, d_model]``)."""
+    (each head's update to the residual stream, ``[B, H, T, d_model]``). k and v are repeated to one per query
+    head; with a KV cache they are the new tokens' (the scores and the pattern cover every key)."""
 
     def __init__(self, fields=None, layers=None):
         """``fields`` / ``layers``: keep only these (default: every field of every layer) — a long input of a
