@@ -122,3 +122,34 @@ def test_the_same_patches_give_the_same_logits(both, name):
         unpatched = ours(corrupted)
     torch.testing.assert_close(mine, theirs, atol=ATOL, rtol=0)
     assert (mine - unpatched).abs().max() > 1e-3
+
+
+def test_grouped_query_keys_and_values_as_transformer_lens_holds_them(tmp_path):
+    """A random Llama (4 query heads on 2 key/value heads): hook_k / hook_v hold one entry per key/value head in both
+    ([batch, pos, 2, d_head]), hook_rot_q / hook_rot_k the rotated ones, with the same values; an edit of key/value
+    head 1 gives the same logits."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    gpt2 = random_gpt2_dir(tmp_path / "gpt2", TEXTS, n_layer=1)  # (its tokenizer, saved beside the Llama)
+    slow = transformers.GPT2TokenizerFast(vocab_file=str(gpt2 / "vocab.json"), merges_file=str(gpt2 / "merges.txt"))
+    path = tmp_path / "llama"
+    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=300, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    slow.save_pretrained(path)
+    hf = transformers.LlamaForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    bridge = TransformerBridge.boot_transformers(str(path), hf_model=hf,
+                                                 tokenizer=transformers.AutoTokenizer.from_pretrained(path)).eval()
+    ours, _, _ = load_model(path)
+    ids = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(1))
+    names = [f"blocks.1.attn.hook_{n}" for n in ("q", "k", "v", "rot_q", "rot_k", "z")]
+    with torch.no_grad():
+        _, mine = ours.run_with_cache(ids, names_filter=names)
+        _, theirs = bridge.run_with_cache(ids, names_filter=lambda name: name in names)
+        edit = [("blocks.1.attn.hook_v", _ablate_value_head(1))]
+        edited, their_edited = ours.run_with_hooks(ids, fwd_hooks=edit), bridge.run_with_hooks(ids, fwd_hooks=edit)
+    assert mine["blocks.1.attn.hook_k"].shape == theirs["blocks.1.attn.hook_k"].shape == (2, 9, 2, 8)
+    for name in names:
+        torch.testing.assert_close(mine[name], theirs[name], atol=ATOL, rtol=0, msg=name)
+    torch.testing.assert_close(edited, their_edited, atol=ATOL, rtol=0)
