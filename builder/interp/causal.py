@@ -25,7 +25,7 @@ from torch import nn
 
 from ..data import adjectives as adj
 from ..data import senses
-from .interventions import _grid, _means
+from .interventions import mean_activations, value_grid
 from .plots import ShownFigure
 from .probes import _batches, sense_head
 
@@ -94,7 +94,7 @@ def sense_causal(model: nn.Module, tokenizer, sentences, seed: int = 0) -> dict:
     table = _sense_table(tokenizer)
     encoded = list(_batches(tokenizer, sentences))
     chance = sum(1 / len(senses.HOMONYMS[s.word]) for s in sentences) / len(sentences)
-    means = _means(model, [ids for _, ids in encoded], [_z(layer) for layer in range(len(model.blocks))])
+    means = mean_activations(model, [ids for _, ids in encoded], [_z(layer) for layer in range(len(model.blocks))])
     trained = _accuracy(model, sentences, encoded, table)
     ablated = {f"L{layer}H{h}": _accuracy(model, sentences, encoded, table, [(_z(layer), _mean_ablated(means, layer, h))])
                for layer, h in _heads(model)}
@@ -144,7 +144,7 @@ def adjective_causal(model: nn.Module, tokenizer, sentences, adjective_head: tup
     head mean-ablated; the adjective head's rise on each apart."""
     model.eval()
     encoded = list(_batches(tokenizer, sentences))
-    means = _means(model, [ids for _, ids in encoded], [_z(layer) for layer in range(len(model.blocks))])
+    means = mean_activations(model, [ids for _, ids in encoded], [_z(layer) for layer in range(len(model.blocks))])
 
     def losses(fwd_hooks=()) -> tuple[float, float]:
         at_nouns = elsewhere = n_nouns = n_else = 0.0
@@ -185,9 +185,9 @@ def sense_figure(result: dict) -> ShownFigure:
     fig = ShownFigure(figsize=(3.2 + 1.4 * len(heads), 1.8 + 0.6 * len(layers)), layout="constrained")
     axes = fig.subplots(1, 2)
     rows, cols = [f"layer {la}" for la in layers], [f"H{h}" for h in heads]
-    _grid(fig, axes[0], grid(result["ablated"]), cols, rows, "sense accuracy, the head ablated", "accuracy",
+    value_grid(fig, axes[0], grid(result["ablated"]), cols, rows, "sense accuracy, the head ablated", "accuracy",
           symmetric=False)
-    _grid(fig, axes[1], grid(result["flipped"]), cols, rows, "pairs flipped, the head patched", "share flipped",
+    value_grid(fig, axes[1], grid(result["flipped"]), cols, rows, "pairs flipped, the head patched", "share flipped",
           symmetric=False)
     fig.suptitle(f"sense choice after the homonym: trained {result['trained']:.0%}, chance {result['chance']:.0%}",
                  fontsize=10)

@@ -65,7 +65,7 @@ def _zeroed(kind: str, means: dict, name: str, head: int | None) -> Callable:
     return fn
 
 
-def _means(model: nn.Module, inputs: Sequence[torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
+def mean_activations(model: nn.Module, inputs: Sequence[torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
     """Each hook's activation averaged over every token of ``inputs`` (batch and position): [head, d_head] for
     hook_z, [d_model] for hook_mlp_out."""
     sums: dict[str, torch.Tensor] = {}
@@ -110,7 +110,7 @@ def ablate(model: nn.Module, inputs: Sequence[torch.Tensor], kind: str = "mean",
         n_layers, n_heads = len(model.blocks), _n_heads(model)
         z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
         mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)]
-        means = _means(model, inputs, z_names + mlp_names) if kind == "mean" else {}
+        means = mean_activations(model, inputs, z_names + mlp_names) if kind == "mean" else {}
         baseline = _measure(model, inputs, answers)
         head_changes = [[_measure(model, inputs, answers, [(z_names[layer], _zeroed(kind, means, z_names[layer], h))])
                          - baseline for h in range(n_heads)] for layer in range(n_layers)] if heads else []
@@ -176,7 +176,7 @@ def patch(model: nn.Module, clean: torch.Tensor, corrupted: torch.Tensor, answer
 CELL = 0.5  # inches per heatmap column: room for a value written in the cell
 
 
-def _grid(fig, ax, values: np.ndarray, xlabels: list[str], ylabels: list[str], title: str, label: str,
+def value_grid(fig, ax, values: np.ndarray, xlabels: list[str], ylabels: list[str], title: str, label: str,
           symmetric: bool = True, least: float = 0.0):
     """A heatmap with its values written in (small grids), labelled axes and a colour bar; ``symmetric``: a
     diverging scale around 0, else 0 to 1 (shares, accuracies)."""
@@ -209,10 +209,10 @@ def ablation_figure(result: dict, title: str = "") -> Figure:
                         width_ratios=[max(heads.shape[1], 1), 1] if heads.size and mlps.size else None)[0]
     rows = [f"layer {i}" for i in range(n_layers)]
     if heads.size:
-        _grid(fig, axes[0], heads, [f"H{h}" for h in range(heads.shape[1])], rows,
+        value_grid(fig, axes[0], heads, [f"H{h}" for h in range(heads.shape[1])], rows,
               f"{result['ablation']}-ablating each head", f"change in {what}")
     if mlps.size:
-        _grid(fig, axes[-1], mlps[:, None], ["MLP"], rows, "each MLP", f"change in {what}")
+        value_grid(fig, axes[-1], mlps[:, None], ["MLP"], rows, "each MLP", f"change in {what}")
     fig.suptitle(title or f"{result['ablation']} ablation: change in {what} (baseline {result['baseline']:.3f})",
                  fontsize=10)
     return fig
@@ -230,9 +230,9 @@ def patching_figure(result: dict, tokens: list[str], title: str = "") -> Figure:
     rows = [f"layer {i}" for i in range(n_layers)]
     names = {"resid_pre": "residual stream entering", "attn_out": "attention output", "mlp_out": "MLP output"}
     for ax, stream in zip(axes, PATCHED_STREAMS):
-        _grid(fig, ax, np.asarray(result[stream]), labels, rows, names[stream], "share restored", least=1.0)
+        value_grid(fig, ax, np.asarray(result[stream]), labels, rows, names[stream], "share restored", least=1.0)
     heads = np.asarray(result["heads"])
-    _grid(fig, axes[3], heads, [f"H{h}" for h in range(heads.shape[1])], rows, "each head (all positions)",
+    value_grid(fig, axes[3], heads, [f"H{h}" for h in range(heads.shape[1])], rows, "each head (all positions)",
           "share restored", least=1.0)
     fig.suptitle(title or "activation patching: share of the clean - corrupted logit difference restored", fontsize=10)
     return fig
