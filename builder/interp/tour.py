@@ -155,9 +155,10 @@ def tour_html(model, tokenizer, model_cfg: dict, text: str, title: str = "", mea
 
 
 def _causal_body(measured: dict | None) -> str:
-    commands = ("<pre>python run.py task=ablate checkpoint=CKPT texts='[near the garden , the mole dug again .]'\n"
-                "python run.py task=patch checkpoint=CKPT clean='near the garden , the mole' "
-                "corrupted='in the lab , the mole' 'answers=[dug,reacted]'</pre>")
+    commands = "<pre>" + html.escape(
+        "python run.py task=ablate checkpoint=CKPT \"texts=['near the garden , the small mole dug again .']\"\n"
+        "python run.py task=patch checkpoint=CKPT \"clean='near the garden , the mole'\" "
+        "\"corrupted='in the lab , the mole'\" \"answers=[dug,reacted]\"") + "</pre>"
     if not measured or "causal" not in measured:
         return "<p class='note'>The measurements below need a model of the lecture's language (experiment=lecture); " \
                f"any model takes the two tasks:</p>{commands}"
