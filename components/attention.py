@@ -2,9 +2,17 @@
 
 One fused projection makes q, k and v (W_q, W_k, W_v stacked row-wise); W_o maps
 the concatenated heads back to the residual stream. The default path is the
-fused ``scaled_dot_product_attention``; while a recorder is attached (see
-``builder.capture_attention``) the explicit path runs instead and hands every
-intermediate tensor to it. Both give the same output.
+fused ``scaled_dot_product_attention``; while a function is attached to a hook
+point of the scores or the pattern (see components/hooks.py) the explicit path
+runs instead (q·k, mask, softmax, weighted sum). Both give the same output.
+
+Hook points (TransformerLens's names and layouts): ``hook_q`` [batch, pos, head, d_head], ``hook_k`` and
+``hook_v`` [batch, pos, kv_head, d_head] — for grouped-query attention one per *key/value* head, n_kv_heads of
+them, as TransformerLens's GroupedQueryAttention holds them: editing key/value head g edits what every query head
+of its group reads —, ``hook_rot_q`` / ``hook_rot_k`` (after the rotation, same layouts),
+``hook_attn_scores_unmasked`` and ``hook_attn_scores`` (masked cells -inf) and ``hook_pattern`` [batch, head,
+query, key], ``hook_z`` [batch, pos, head, d_head] and ``hook_result`` [batch, pos, head, d_model] (each head's
+update; the output is their sum plus W_o's bias). With a KV cache, q/k/v hooks see the new tokens only.
 """
 
 from __future__ import annotations
@@ -16,7 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hooks import HookPoint, hooked
 from .registry import Annotated, Gt, Settings, doc, register
+
+HOOKS = ("hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_attn_scores_unmasked", "hook_attn_scores",
+         "hook_pattern", "hook_z", "hook_result")
 
 
 @dataclass
@@ -187,7 +199,8 @@ class GroupedQueryAttention(nn.Module):
         self.softcap = softcap
         self.dropout = dropout
         self.layer = 0  # set by the model: which block this is
-        self.recorder = None  # a callable(layer, tensors) while a capture is active
+        for name in HOOKS:
+            setattr(self, name, HookPoint())
 
     def split_sizes(self) -> list[int]:
         return [self.n_heads * self.d_head, self.n_kv_heads * self.d_head, self.n_kv_heads * self.d_head]
@@ -197,14 +210,16 @@ class GroupedQueryAttention(nn.Module):
         q, k, v = self.qkv(x).split(self.split_sizes(), dim=-1)
         q = q.view(b, t, self.n_heads, self.d_head)
         k = k.view(b, t, self.n_kv_heads, self.d_head)
+        v = v.view(b, t, self.n_kv_heads, self.d_head)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-        v = v.view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)
-        q, k = positions.rotate(q, k, pos, pos)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        q, k = positions.rotate(q.transpose(1, 2), k.transpose(1, 2), pos, pos)
+        q, k, v = hooked(self.hook_rot_q, q), hooked(self.hook_rot_k, k), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.extend(self.layer, k, v, pos)
-        if self.recorder is None and self.softcap is None:
+        if self.softcap is None and not (self.hook_attn_scores.fns or self.hook_pattern.fns
+                                         or self.hook_attn_scores_unmasked.fns):
             y = F.scaled_dot_product_attention(
                 q, k, v,
                 attn_mask=mask.grid,
@@ -213,9 +228,19 @@ class GroupedQueryAttention(nn.Module):
                 scale=self.scale,
                 enable_gqa=self.n_kv_heads != self.n_heads,
             )
-        else:  # the fused kernel has no soft-capping; a recorder wants every step
+        else:  # the fused kernel has no soft-capping and makes no scores or pattern to hook
             y = self._explicit(q, k, v, mask)
-        return self.o(y.transpose(1, 2).reshape(b, t, self.n_heads * self.d_head))
+        z = self.hook_z(y.transpose(1, 2))  # [B, T, H, d_head]
+        if self.hook_result.fns:
+            w_o = self.o.weight.view(self.o.out_features, self.n_heads, self.d_head)
+            result = torch.einsum("bthd,mhd->bthm", z, w_o)
+            version = result._version
+            edited = self.hook_result(result)
+            if edited is not result or result._version != version:  # replaced or edited in place: the output is
+                # the sum of the heads' updates (when only read, W_o's one matmul as without the hook)
+                out = edited.sum(dim=2)
+                return out if self.o.bias is None else out + self.o.bias
+        return self.o(z.reshape(b, t, self.n_heads * self.d_head))
 
     def _explicit(self, q, k, v, mask: AttentionMask):
         """The lecture's steps one by one: q·k scores, mask, softmax, weighted sum of values."""
@@ -225,25 +250,11 @@ class GroupedQueryAttention(nn.Module):
         scores = (q @ k.transpose(-2, -1)) * self.scale
         if self.softcap is not None:
             scores = torch.tanh(scores / self.softcap) * self.softcap
+        scores = self.hook_attn_scores_unmasked(scores)
         allowed = mask.dense(q.shape[2], k.shape[2], q.device)
         masked = scores if allowed is None else scores.masked_fill(~allowed, float("-inf"))
-        pattern = masked.softmax(dim=-1)
-        z = F.dropout(pattern, self.dropout, self.training) @ v  # [B, H, Tq, d_head]
-        if self.recorder is not None:
-            w_o = self.o.weight.view(self.o.out_features, self.n_heads, self.d_head)
-            self.recorder(
-                self.layer,
-                {
-                    "q": q, "k": k, "v": v,
-                    "scores": scores,
-                    "mask": allowed,
-                    "pattern": pattern,
-                    "z": z,
-                    # each head's own update to the residual stream (W_o's bias is shared, not in it)
-                    "result": torch.einsum("bhtd,mhd->bhtm", z, w_o),
-                },
-            )
-        return z
+        pattern = self.hook_pattern(self.hook_attn_scores(masked).softmax(dim=-1))
+        return F.dropout(pattern, self.dropout, self.training) @ v  # [B, H, Tq, d_head]
 
     def breakdown(self) -> dict:
         """Parameters of W_q, W_k, W_v, W_o (and the q/k norms) as built (weights and biases)."""

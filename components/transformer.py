@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import AttentionMask, KVCache, StaticKVCache
+from .hooks import HookedModel, HookPoint
 from .positions import Embedding
 
 LAYOUTS = ("pre", "post", "parallel", "sandwich")
@@ -43,20 +44,24 @@ class Block(nn.Module):
             self.post_norm_1, self.post_norm_2 = post_norm_1, post_norm_2
         self.layout = layout
         self.drop = nn.Dropout(dropout)
+        # TransformerLens's residual hook points (components/hooks.py); resid_mid never runs in the parallel layout
+        self.hook_resid_pre, self.hook_attn_out, self.hook_resid_mid = HookPoint(), HookPoint(), HookPoint()
+        self.hook_mlp_out, self.hook_resid_post = HookPoint(), HookPoint()
 
     def forward(self, x, mask: AttentionMask, positions, pos, cache=None):
         drop = self.drop if self.drop.p else _same  # no dropout module call per sublayer when p = 0
-        if self.layout == "pre":
-            x = x + drop(self.attention(self.norm_1(x), mask, positions, pos, cache))
-            return x + drop(self.mlp(self.norm_2(x)))
+        x = self.hook_resid_pre(x)
         if self.layout == "parallel":
-            attended = self.attention(self.norm_1(x), mask, positions, pos, cache)
-            return x + drop(attended) + drop(self.mlp(self.norm_2(x)))
-        if self.layout == "sandwich":
-            x = x + drop(self.post_norm_1(self.attention(self.norm_1(x), mask, positions, pos, cache)))
-            return x + drop(self.post_norm_2(self.mlp(self.norm_2(x))))
-        x = self.norm_1(x + drop(self.attention(x, mask, positions, pos, cache)))
-        return self.norm_2(x + drop(self.mlp(x)))
+            attended = self.hook_attn_out(drop(self.attention(self.norm_1(x), mask, positions, pos, cache)))
+            return self.hook_resid_post(x + attended + self.hook_mlp_out(drop(self.mlp(self.norm_2(x)))))
+        if self.layout == "post":
+            x = self.hook_resid_mid(self.norm_1(x + self.hook_attn_out(drop(self.attention(x, mask, positions, pos,
+                                                                                                cache)))))
+            return self.hook_resid_post(self.norm_2(x + self.hook_mlp_out(drop(self.mlp(x)))))
+        post_1, post_2 = (self.post_norm_1, self.post_norm_2) if self.layout == "sandwich" else (_same, _same)
+        x = self.hook_resid_mid(x + self.hook_attn_out(drop(post_1(self.attention(self.norm_1(x), mask, positions,
+                                                                                    pos, cache)))))
+        return self.hook_resid_post(x + self.hook_mlp_out(drop(post_2(self.mlp(self.norm_2(x))))))
 
     def norms(self) -> list[nn.Module]:
         """Every norm of the block, in the order they run."""
@@ -64,8 +69,12 @@ class Block(nn.Module):
         return [self.norm_1, self.norm_2, *extra]
 
 
-class Transformer(nn.Module):
+class Transformer(HookedModel, nn.Module):
     """ids ``[B, T]`` → logits ``[B, T, vocab]``.
+
+    Named hook points (TransformerLens's: ``hook_embed``, ``blocks.{l}.hook_resid_pre``, ``blocks.{l}.attn.hook_z``,
+    ``ln_final.hook_normalized``, ...; components/hooks.py) read and edit activations: ``run_with_hooks``,
+    ``run_with_cache``, ``hook_dict``.
 
     ``attention_mask`` (``[B, T]``, 1 = token, 0 = padding) combines with the
     layer's mask kind; ``cache`` (a ``KVCache``) continues a sequence token by token.
@@ -94,6 +103,10 @@ class Transformer(nn.Module):
         self.checkpoint_blocks = False  # set_activation_checkpointing
         for i, block in enumerate(self.blocks):
             block.attention.layer = i
+        self.hook_embed, self.hook_final_normalized = HookPoint(), HookPoint()  # the latter: ln_final.hook_normalized
+        if hasattr(positions, "table"):  # learned positions: TransformerLens's hook_pos_embed
+            self.hook_pos_embed = HookPoint()
+        self.name_hooks()
         self.init_weights(init_std)
 
     @property
@@ -181,7 +194,12 @@ class Transformer(nn.Module):
         x = self.token_embedding(ids)
         if self.embedding_scale is not None:  # the factor rounded to the activations' dtype first, as Gemma does
             x = x * torch.tensor(self.embedding_scale, dtype=x.dtype, device=x.device)
-        x = self.positions(x, pos)
+        x = self.hook_embed(x)
+        pos_hook = getattr(self, "hook_pos_embed", None)
+        if pos_hook is not None and pos_hook.fns:  # [batch, pos, d_model], a copy per row that a hook may edit
+            x = x + pos_hook(self.positions.table(pos).repeat(x.shape[0], 1, 1))
+        else:
+            x = self.positions(x, pos)
         if self.drop.p:
             x = self.drop(x)
         for block, mask in zip(self.blocks, masks):
@@ -190,7 +208,7 @@ class Transformer(nn.Module):
             cache.advance(t)
         if last_only:  # the next token's logits only (generation): the unembedding is the largest matmul per token
             x = x[:, -1:]
-        logits = self.unembedding(self.final_norm(x))
+        logits = self.unembedding(self.hook_final_normalized(self.final_norm(x)))
         if self.final_softcap is not None:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         return logits

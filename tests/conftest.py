@@ -500,6 +500,38 @@ def jittered_model(overrides: list[str], seed: int = 0, std: float = 0.3):
     return model
 
 
+def random_gpt2_dir(path: Path, texts: list[str], n_layer: int = 3) -> Path:
+    """A small random GPT-2 (d_model 32, 4 heads) saved in Hugging Face format into ``path``, with a BPE
+    vocab.json + merges.txt of 300 tokens trained on ``texts``."""
+    import transformers  # (reason: only the tests that make a Hugging Face folder need it)
+    from tokenizers import ByteLevelBPETokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts * 30, vocab_size=300, min_frequency=2, show_progress=False)
+    bpe.save_model(str(path))
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=n_layer, n_head=4, n_positions=64, vocab_size=300,
+                                  bos_token_id=0, eos_token_id=0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(path)
+    return path
+
+
+def tiny_checkpoint(root: Path, phrase: str) -> tuple[Path, dict]:
+    """A 2-layer, 2-head char-level model trained 5 steps on ``phrase`` repeated, in ``root / "train"``: its
+    last.ckpt and the environment it was trained in (token cache and wandb kept under ``root``)."""
+    corpus = root / "corpus.txt"
+    corpus.write_text((phrase + ". ") * 300, encoding="utf-8")
+    env = {"HYDRAFORMER_CACHE": str(root / "cache"), "WANDB_MODE": "offline"}
+    run = root / "train"
+    proc = run_cli("data=text", f"data.path={corpus}", "model.d_model=32", "model.n_layers=2", "model.n_heads=2",
+                   "model.context_length=64", "logger=csv", "trainer.max_steps=5", "trainer.val_check_interval=5",
+                   "callbacks.text_samples.prompt=a ", "trainer.enable_progress_bar=false", f"hydra.run.dir={run}",
+                   env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run / "checkpoints" / "last.ckpt", env
+
+
 CORPUS = "the cat sat on the mat. the dog sat on the log. " * 400
 
 

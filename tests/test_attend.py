@@ -6,7 +6,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from browser import Browser  # noqa: E402
-from conftest import run_cli  # noqa: E402
+from conftest import random_gpt2_dir, run_cli, tiny_checkpoint  # noqa: E402
 
 PHRASE = "a fluffy blue creature roamed the verdant forest"
 
@@ -14,18 +14,7 @@ PHRASE = "a fluffy blue creature roamed the verdant forest"
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory):
     """A small random GPT-2 saved in Hugging Face format with its own BPE vocab.json + merges.txt."""
-    from tokenizers import ByteLevelBPETokenizer
-
-    path = tmp_path_factory.mktemp("gpt2")
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator([PHRASE, "the creature swims in the blue forest"] * 30, vocab_size=300, min_frequency=2,
-                            show_progress=False)
-    bpe.save_model(str(path))
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=64, vocab_size=300, bos_token_id=0,
-                                  eos_token_id=0)
-    transformers.GPT2LMHeadModel(cfg).save_pretrained(path)
-    return path
+    return random_gpt2_dir(tmp_path_factory.mktemp("gpt2"), [PHRASE, "the creature swims in the blue forest"])
 
 
 def test_attend_on_a_gpt2_directory(gpt2_dir, tmp_path):
@@ -48,16 +37,9 @@ def test_attend_on_a_gpt2_directory(gpt2_dir, tmp_path):
 
 
 def test_attend_on_a_trained_checkpoint(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text((PHRASE + ". ") * 300, encoding="utf-8")
-    env = {"HYDRAFORMER_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
-    run = tmp_path / "train"
-    proc = run_cli("data=text", f"data.path={corpus}", "model.d_model=32", "model.n_layers=2", "model.n_heads=2",
-                   "model.context_length=64", "logger=csv", "trainer.max_steps=5", "trainer.val_check_interval=5",
-                   "callbacks.text_samples.prompt=a ", "trainer.enable_progress_bar=false", f"hydra.run.dir={run}", env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt, env = tiny_checkpoint(tmp_path, PHRASE)
     out = tmp_path / "attend"
-    proc = run_cli("task=attend", f"checkpoint={run / 'checkpoints' / 'last.ckpt'}", "text=a fluffy creature",
+    proc = run_cli("task=attend", f"checkpoint={ckpt}", "text=a fluffy creature",
                    f"hydra.run.dir={out}", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     heads = sorted(p.name for p in out.glob("head_L*_H*.png"))

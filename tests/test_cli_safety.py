@@ -387,7 +387,8 @@ def test_export_names_every_file_it_writes(tmp_path, fmt, tokenizer, want):
     assert line.endswith("): " + ", ".join(want)), line
 
 
-NEEDS = {"context": ["word=cat", "contexts=[a cat]"], "embed": ["words=[cat]"]}  # what each asks before its model
+# what each asks for before its model
+NEEDS = {"context": ["word=cat", "contexts=[a cat]"], "embed": ["words=[cat]"], "patch": ["clean=a b", "corrupted=a c"]}
 
 
 @pytest.mark.parametrize("task", READS_CHECKPOINT)

@@ -17,6 +17,7 @@ from builder.data.corpus import Corpus
 from builder.data.datamodule import TokenDataModule
 from builder.data.tokenizers import CharTokenizer, WordTokenizer, tokenizer_from_dict
 from builder.interp.heads import PATTERNS, best_heads, score_heads
+from components.hooks import HookedModel, HookPoint
 
 # ----------------------------------------------------------------------------- the adjectives language
 
@@ -198,18 +199,19 @@ def test_adjective_noun_scores_a_planted_attention():
     tok = WordTokenizer(vocab)
     sentences = A.generate(60, 5)
 
-    class Fixed(torch.nn.Module):
-        """Stands in for a model: one layer, two heads, patterns set by hand through the recorder."""
+    class Fixed(HookedModel, torch.nn.Module):
+        """Stands in for a model: one layer, two heads, patterns set by hand through its hook point."""
 
         context_length = 32
 
         def __init__(self):
             super().__init__()
             attn = torch.nn.Module()
-            attn.recorder = None
+            attn.hook_pattern = HookPoint()
             self.blocks = torch.nn.ModuleList([torch.nn.Module()])
             self.blocks[0].attention = attn
             self.token_embedding = torch.nn.Embedding(len(vocab), 4)
+            self.name_hooks()
 
         def forward(self, ids, attention_mask=None):
             b, t = ids.shape
@@ -229,7 +231,7 @@ def test_adjective_noun_scores_a_planted_attention():
                             own[r, start] = 0
                             own[r, start, adjs] = 1 / len(adjs)
             pattern = torch.stack([own, uniform.repeat(b, 1, 1)], dim=1)
-            self.blocks[0].attention.recorder(0, {"pattern": pattern})
+            self.blocks[0].attention.hook_pattern(pattern)
             return torch.zeros(b, t, len(vocab))
 
     scores = score_heads(Fixed(), tok, probes=sentences)

@@ -34,10 +34,11 @@ def test_tour_of_a_word_level_model(tmp_path, cli):
     assert "{html" not in page
     assert not re.search(r"(src|href)=[\"']?(https?:)?//", page)  # nothing fetched: self-contained
     measured = json.loads((tmp_path / "run" / "lecture.json").read_text())  # a model of the lecture's language
-    assert set(measured) == {"sense_probes", "sense_head", "word_classes", "lens_agreement"}
+    assert set(measured) == {"sense_probes", "sense_head", "word_classes", "lens_agreement", "causal"}
     assert measured["lens_agreement"] == 1.0 and "sense probe (held-out accuracy" in proc.stdout
     assert "Measured: a linear probe for the sense" in page
-    assert page.count("data:image/png;base64,") == 7 and "<iframe" in page  # 2 embedding, steps, grid, context, lens x2
+    assert page.count("data:image/png;base64,") == 8 and "<iframe" in page  # 2 embedding, steps, grid, context, lens x2, causal
+    assert "<h2>8. Test it: ablate and patch" in page and "Patching L" in page
     with Browser() as browser:
         browser.open((tmp_path / "run" / "lecture.html").as_uri())
         browser.wait_for("window.__messages.some(m => m && m.hydraformer)", timeout=20)
@@ -72,4 +73,9 @@ def test_experiment_lecture_makes_the_lecture_happen(tmp_path, cli):
     assert measured["sense_head"]["score"] > 0.5  # most of the homonym's attention goes to its cue word
     assert min(measured["word_classes"].values()) >= 0.8
     assert measured["lens_agreement"] == 1.0
+    causal = measured["causal"]  # the sense head matters: knocked out, the sense choice falls towards chance
+    assert causal["trained"] >= 0.95 and causal["sense_head"] == "L{layer}H{head}".format(**measured["sense_head"])
+    assert causal["trained"] - causal["sense_head_ablated"] > 5 * max(causal["largest_other_drop"], 0.01)
+    assert causal["both_ablated"] <= causal["chance"] + 0.1  # with its backup head: chance
+    assert causal["sense_head_flipped"] >= 0.8 and causal["largest_other_flipped"] <= 0.2
     assert (tmp_path / "run" / "lecture.html").is_file() and "sense probe" in proc.stdout

@@ -73,7 +73,7 @@ class ModelConfig:
 
 MAX_WORDS = 64  # task=embed: words or pairs drawn in one picture
 TASK_NAMES = ("train", "report", "sample", "export", "attend", "heads", "lens", "embed", "context", "tour", "compare",
-              "plan")
+              "plan", "ablate", "patch")
 Count = Annotated[int, Gt(0)]
 
 
@@ -442,6 +442,17 @@ class Config:
     word: Annotated[str | None, doc("task=context: the word followed through the layers, e.g. mole")] = None
     contexts: Annotated[list[str] | None, doc("task=context: texts that use the word")] = None
     sweep_dir: Annotated[str | None, doc("task=compare: a sweep directory (multirun/<date>/<time>) or last")] = None
+    ablation: Annotated[str, OneOf("zero", "mean"), doc("task=ablate: zero sets each head's (each MLP's) output to 0; "
+                                                        "mean to its mean over every token measured")] = "mean"
+    texts: Annotated[list[str] | None, doc("task=ablate: the texts the ablations are measured on; null: text")] = None
+    split: Annotated[str, OneOf("text", "val"), doc("task=ablate: measure on the texts, or on the validation windows "
+                                                    "of the data config (data=..., as the checkpoint was trained)")
+                     ] = "text"
+    answers: Annotated[list[str] | None, Len(2, 2), doc("task=ablate / patch: [right, wrong]: measure logit(right) - "
+                                                        "logit(wrong) after the last token (ablate, null: the loss; "
+                                                        "patch, null: each prompt's own prediction)")] = None
+    clean: Annotated[str | None, doc("task=patch: the clean prompt, whose activations are patched in")] = None
+    corrupted: Annotated[str | None, doc("task=patch: the corrupted prompt, as many tokens as clean")] = None
     plan: PlanConfig = field(default_factory=PlanConfig)
 
 

@@ -6,9 +6,10 @@
     rec.kv_head(0, 5)  # which key/value head query head 5 reads (grouped-query attention)
     rec.mask_note(1)   # "causal", "band 4" (a sliding-window layer), "bidirectional", "prefix 16", ...
 
-While the context is open, each attention layer runs its explicit path (scores, mask,
-softmax, weighted sum) and hands the tensors to the recorder; outside it the fused
-kernel runs as usual.
+The capture stands on the model's named hook points (components/hooks.py): while the context is open it reads
+``blocks.{l}.attn.hook_*`` and keeps what it was asked for. Asking for the scores, the mask or the pattern makes
+each attention layer run its explicit path (scores, mask, softmax, weighted sum); q, k, v, z and each head's result
+come from the fused kernel's path as they are. Outside it the fused kernel runs as usual.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ FIELDS = ("q", "k", "v", "scores", "mask", "pattern", "z", "result")
 class AttentionRecord:
     """Tensors per layer, detached: q, k, v ``[B, H, T, d_head]``, scores / pattern ``[B, H, Tq, Tk]``,
     mask ``[B|1, 1, Tq, Tk]`` (True = may attend, None = all), z (weighted values) and result
-    (each head's update to the residual stream, ``[B, H, T, d_model]``)."""
+    (each head's update to the residual stream, ``[B, H, T, d_model]``). k and v are repeated to one per query
+    head; with a KV cache they are the new tokens' (the scores and the pattern cover every key)."""
 
     def __init__(self, fields=None, layers=None):
         """``fields`` / ``layers``: keep only these (default: every field of every layer) — a long input of a
@@ -37,10 +39,12 @@ class AttentionRecord:
         self.notes: dict[int, str] = {}  # layer -> its mask rule in words (mask_note), from the model's rule
 
     def __call__(self, layer: int, tensors: dict) -> None:
+        """Keep ``tensors`` (field -> tensor) of ``layer``, detached, if asked for."""
         if self.only is not None and layer not in self.only:
             return
-        self.layers[layer] = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in tensors.items()
-                              if self.fields is None or k in self.fields}
+        kept = self.layers.setdefault(layer, {})
+        kept.update({k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in tensors.items()
+                     if self.fields is None or k in self.fields})
 
     def get(self, field: str, layer: int):
         if layer not in self.layers:
@@ -200,24 +204,54 @@ def mask_notes(model: nn.Module) -> list[str | None]:
 # ------------------------------------------------------------------------------------------- capture
 
 
+# field -> (the hook point it is read from, how the hook's TransformerLens layout becomes the record's)
+_HEADS_FIRST = lambda x, repeat: x.transpose(1, 2)  # noqa: E731 - [B, T, H, ...] -> [B, H, T, ...]
+_SOURCES = {
+    "q": ("hook_rot_q", _HEADS_FIRST),
+    "k": ("hook_rot_k", lambda x, repeat: x.transpose(1, 2).repeat_interleave(repeat, dim=1)),
+    "v": ("hook_v", lambda x, repeat: x.transpose(1, 2).repeat_interleave(repeat, dim=1)),
+    "scores": ("hook_attn_scores_unmasked", lambda x, repeat: x),
+    "mask": ("hook_attn_scores", lambda x, repeat: _allowed(x)),
+    "pattern": ("hook_pattern", lambda x, repeat: x),
+    "z": ("hook_z", _HEADS_FIRST),
+    "result": ("hook_result", _HEADS_FIRST),
+}
+
+
+def _allowed(masked_scores: torch.Tensor) -> torch.Tensor | None:
+    """The cells the mask let through (``[B, 1, Tq, Tk]``, True = may attend), from the masked scores (-inf where
+    masked); None when nothing is masked."""
+    allowed = masked_scores[:, :1].isfinite()
+    return None if bool(allowed.all()) else allowed
+
+
 @contextmanager
 def capture_attention(model: nn.Module, fields=None, layers=None):
-    """Record every attention layer while open (``fields`` / ``layers``: keep only these; see AttentionRecord)."""
+    """Record every attention layer while open (``fields`` / ``layers``: keep only these; see AttentionRecord), by
+    reading the model's ``blocks.{l}.attn.hook_*`` points."""
     record = AttentionRecord(fields, layers)
     modules = attention_modules(model)
     for i, (layout, note) in enumerate(zip(head_layout(model), mask_notes(model))):
         if layout is not None:
-            record.heads[getattr(modules[i], "layer", i)] = layout
+            record.heads[i] = layout
         if note is not None:
-            record.notes[getattr(modules[i], "layer", i)] = note
-    previous = [m.recorder for m in modules]
-    for m in modules:
-        m.recorder = record
-    try:
+            record.notes[i] = note
+    hooks = []
+    for i, layout in enumerate(head_layout(model)):
+        if record.only is not None and i not in record.only:
+            continue
+        repeat = 1 if layout is None else layout[0] // layout[1]
+        for field, (point, convert) in _SOURCES.items():
+            if (record.fields is None or field in record.fields) and hasattr(modules[i], point):
+                hooks.append((f"blocks.{i}.attn.{point}", _keeper(record, i, field, convert, repeat)))
+    with model.hooks(hooks):
         yield record
-    finally:
-        for m, prev in zip(modules, previous):
-            m.recorder = prev
+
+
+def _keeper(record: AttentionRecord, layer: int, field: str, convert, repeat: int):
+    def keep(x, hook):
+        record(layer, {field: convert(x.detach(), repeat)})
+    return keep
 
 
 def record(model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None, fields=None,

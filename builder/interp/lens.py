@@ -6,8 +6,10 @@
 The logit lens reads the residual stream after the embedding and after each block through the final norm and
 the unembedding, as if the model stopped there; after the last block that is exactly the model's prediction.
 
-Direct attribution writes the last residual stream as the sum of what wrote it — the embeddings, each head's
-update (``result`` of the capture), each layer's W_o bias and each MLP's output — and passes every part through
+Both read the model's named hook points (components/hooks.py): the streams at ``blocks.0.hook_resid_pre`` and
+``blocks.{l}.hook_resid_post``. Direct attribution writes the last residual stream as the sum of what wrote it — the
+embeddings, each head's update (``blocks.{l}.attn.hook_result``), each layer's W_o bias and each MLP's output
+(``blocks.{l}.hook_mlp_out``) — and passes every part through
 the final norm with the norm's scale frozen at the full stream's (its centring and gain are linear), then through
 the predicted token's unembedding row. The parts add up to the logit (the final norm's bias is its own part).
 That holds for the ``pre`` and ``parallel`` layouts, where every sublayer adds to the stream directly; a ``post``
@@ -21,24 +23,22 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .capture import record
 
 ADDITIVE_LAYOUTS = ("pre", "parallel")
+
+
+def stream_names(model: nn.Module) -> list[str]:
+    """The hook points holding the stream after the embedding and after each block."""
+    return ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(len(model.blocks))]
 
 
 @torch.no_grad()
 def residual_streams(model: nn.Module, ids: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The stream after the embedding and after each block (``n_layers + 1`` tensors ``[B, T, d_model]``) and the
     model's logits, from one forward pass."""
-    streams: list[torch.Tensor] = []
-    hooks = [model.positions.register_forward_hook(lambda _m, _i, out: streams.append(out.detach()))]
-    hooks += [block.register_forward_hook(lambda _m, _i, out: streams.append(out.detach())) for block in model.blocks]
-    try:
-        logits = model(ids)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return streams, logits
+    names = stream_names(model)
+    logits, cache = model.run_with_cache(ids, names_filter=names)
+    return [cache[name] for name in names], logits
 
 
 def read_out(model: nn.Module, stream: torch.Tensor) -> torch.Tensor:
@@ -99,26 +99,23 @@ def direct_attribution(model: nn.Module, ids: torch.Tensor, position: int = -1, 
                           "sublayers add straight into the residual stream, so its parts add up to the logit")
     was_training = model.training
     model.eval()
-    mlp_out: list[torch.Tensor] = []
-    hooks = [block.mlp.register_forward_hook(lambda _m, _i, out: mlp_out.append(out.detach())) for block in model.blocks]
-    try:
-        streams, _ = residual_streams(model, ids)
-        rec = record(model, ids, fields=("result",))
+    n = len(model.blocks)
+    names = stream_names(model)[::n] + [f"blocks.{i}.{point}" for i in range(n)
+                                       for point in ("attn.hook_result", "hook_mlp_out")]
+    try:  # one forward pass reads the first and last streams, each head's update and each MLP's output
+        _, cache = model.run_with_cache(ids, names_filter=names)
     finally:
-        for hook in hooks:
-            hook.remove()
         model.train(was_training)
-    mlp_out = mlp_out[: len(model.blocks)]  # record() ran a second forward pass: keep the first pass's MLPs
     pos = position % ids.shape[1]
-    parts = {"embeddings": streams[0][0, pos]}
+    parts = {"embeddings": cache[names[0]][0, pos]}
     for layer, block in enumerate(model.blocks):
-        result = rec.result(layer)[0, :, pos]  # [H, d_model]
+        result = cache[f"blocks.{layer}.attn.hook_result"][0, pos]  # [H, d_model]
         for head in range(result.shape[0]):
             parts[f"L{layer}H{head}"] = result[head]
         if block.attention.o.bias is not None:
             parts[f"L{layer} attention bias"] = block.attention.o.bias
-        parts[f"L{layer} MLP"] = mlp_out[layer][0, pos]
-    final = streams[-1][0, pos]
+        parts[f"L{layer} MLP"] = cache[f"blocks.{layer}.hook_mlp_out"][0, pos]
+    final = cache[names[1]][0, pos]
     normed = _norm_parts(model.final_norm, parts, final)
     logits = model.unembedding(model.final_norm(final))
     token = int(logits.argmax()) if token is None else token

@@ -21,6 +21,7 @@ from ..files import atomic_write
 from ..report import render
 from . import views
 from .capture import head_mask, record
+from .causal import sense_causal, sense_figure
 from .pictures import encode_text, focused_head, head_title, score_label, token_strings
 from .plots import steps_figure
 from .probes import lens_agreement, sense_head, sense_probes, word_classes
@@ -66,7 +67,8 @@ def measure(model, tokenizer) -> dict:
     probe = senses.generate(PROBE_SENTENCES, seed=1234)
     return {"sense_probes": sense_probes(model, tokenizer, probe), "sense_head": sense_head(model, tokenizer, probe),
             "word_classes": word_classes(model, tokenizer),
-            "lens_agreement": lens_agreement(model, tokenizer, probe[:100])}
+            "lens_agreement": lens_agreement(model, tokenizer, probe[:100]),
+            "causal": sense_causal(model, tokenizer, probe)}
 
 
 def tour_html(model, tokenizer, model_cfg: dict, text: str, title: str = "", measured: dict | None = None) -> str:
@@ -144,8 +146,34 @@ def tour_html(model, tokenizer, model_cfg: dict, text: str, title: str = "", mea
     budget = parameter_budget(model_cfg)
     parts.append(_section("7. Where the parameters go", f"{budget['total_params']:,} parameters; attention holds "
                           f"{100 * budget['attention_share']:.1f}% of them.", f"<pre>{html.escape(render(budget))}</pre>"))
+    parts.append(_section("8. Test it: ablate and patch", "Looking is not proving. Knock a head out (replace what "
+                          "it writes by its mean) and see whether the model still tells the senses apart; swap what it "
+                          "writes at the homonym for what it writes in a sentence of the other sense, and see whether "
+                          "the prediction follows.", _causal_body(measured)))
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def _causal_body(measured: dict | None) -> str:
+    commands = "<pre>" + html.escape(
+        "python run.py task=ablate checkpoint=CKPT \"texts=['near the garden , the small mole dug again .']\"\n"
+        "python run.py task=patch checkpoint=CKPT \"clean='near the garden , the mole'\" "
+        "\"corrupted='in the lab , the mole'\" \"answers=[dug,reacted]\"") + "</pre>"
+    if not measured or "causal" not in measured:
+        return "<p class='note'>The measurements below need a model of the lecture's language (experiment=lecture); " \
+               f"any model takes the two tasks:</p>{commands}"
+    c = measured["causal"]
+    by_word = ", ".join(f"{html.escape(w)} {100 * a:.0f}%" for w, a in c["sense_head_ablated_by_homonym"].items())
+    second = (f" With {html.escape(str(c['second_head']))} ablated as well: {100 * c['both_ablated']:.1f}%."
+              if c.get("second_head") else "")
+    return (f"<p>Measured on {c['sentences']} sentences: the model picks the right sense for the word after the "
+            f"homonym in {100 * c['trained']:.1f}% of them (chance {100 * c['chance']:.1f}%). With the sense head "
+            f"{html.escape(c['sense_head'])} ablated: {100 * c['sense_head_ablated']:.1f}% (by homonym: {by_word}); "
+            f"any other single head costs at most {100 * c['largest_other_drop']:.1f} points.{second} Patching "
+            f"{html.escape(c['sense_head'])}'s output at the homonym from the same sentence with another sense's cue "
+            f"flips the choice to that sense in {100 * c['sense_head_flipped']:.1f}% of pairs (any other head: at "
+            f"most {100 * c['largest_other_flipped']:.1f}%).</p>" + _png(sense_figure(c))
+            + f"<p>The same, on any text and any model:</p>{commands}")
 
 
 def write_tour(path, model, tokenizer, model_cfg: dict, text: str, title: str = "") -> tuple[Path, dict | None]:
@@ -162,7 +190,7 @@ def write_tour(path, model, tokenizer, model_cfg: dict, text: str, title: str = 
 
 def summary(measured: dict) -> str:
     """The measurements in a few lines."""
-    sp, sh, wc = measured["sense_probes"], measured["sense_head"], measured["word_classes"]
+    sp, sh, wc, c = measured["sense_probes"], measured["sense_head"], measured["word_classes"], measured["causal"]
     probes = ", ".join(f"{label} {100 * a:.1f}%" for label, a in zip(sp["labels"], sp["accuracy"]))
     return (f"sense probe (held-out accuracy; chance {100 * sp['chance']:.1f}%): {probes}; >= 95% from "
             f"{sp['rises_at'] or 'no layer'}\n"
@@ -170,4 +198,7 @@ def summary(measured: dict) -> str:
             f"word classes: {100 * wc['adjectives']:.0f}% of an adjective's nearest tokens are adjectives, "
             f"{100 * wc['nouns']:.0f}% of a noun's are nouns\n"
             f"lens: the last layer's guess is the model's prediction at {100 * measured['lens_agreement']:.1f}% of "
-            "positions")
+            "positions\n"
+            f"test it: sense choice {100 * c['trained']:.1f}%, with the sense head {c['sense_head']} ablated "
+            f"{100 * c['sense_head_ablated']:.1f}% (chance {100 * c['chance']:.1f}%); patching it flips "
+            f"{100 * c['sense_head_flipped']:.1f}% of cue-swapped pairs")

@@ -65,7 +65,7 @@ class JobFailed(RuntimeError):
 TASKS = {name: f"{__name__}.{name}" for name in TASK_NAMES}
 TAKES_MODEL_NAME = ("report", "train", "plan")
 # tasks whose model is read from ``checkpoint=`` (through builder/tasks/reading.py's read_model)
-READS_CHECKPOINT = ("sample", "export", "attend", "heads", "lens", "embed", "context", "tour")
+READS_CHECKPOINT = ("sample", "export", "attend", "heads", "lens", "embed", "context", "tour", "ablate", "patch")
 # The config is shown once a task has checked its inputs: these tasks call builder.config.printing.inputs_checked
 # themselves when they are past their checks (read_model does, once the model has loaded); any other gets it shown
 # just before it runs.
