@@ -45,7 +45,7 @@ from hydra.types import RunMode
 from ..config.preflight import plan_jobs
 from ..config.printing import is_rank_zero
 from ..errors import ConfigError
-from ..files import atomic_path, atomic_write
+from ..files import atomic_write
 from ..tables import table
 
 log = logging.getLogger(__name__)
@@ -278,6 +278,8 @@ def draw(rows: list[dict], path: Path, title: str) -> dict[str, str]:
     # start-up: every task imports this module (the sweep callback); matplotlib only when a sweep is drawn
     from matplotlib.figure import Figure
 
+    from ..figures import save_png
+
     ok = _plotted(rows)
     fig = Figure(figsize=(8, 5), dpi=110, layout="constrained")
     ax = fig.add_subplot()
@@ -303,8 +305,7 @@ def draw(rows: list[dict], path: Path, title: str) -> dict[str, str]:
     ax.grid(True, alpha=0.3)
     if empty:
         ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    save_png(fig, path, dpi=110)
     return {"title": title, "empty": empty}
 
 
