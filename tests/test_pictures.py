@@ -51,7 +51,7 @@ def test_every_picture_of_a_trained_lecture_model(tmp_path, cli):
     run = tmp_path / "train"
     clean(cli("data=lecture", "model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.context_length=32",
               "logger=csv", "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
-              "callbacks.text_samples=null", "callbacks.attention_probe.text=near the garden , the small mole dug again .",
+              "callbacks.text_samples=null", "callbacks.attention_probe.text='near the garden , the small mole dug again .'",
               "trainer.enable_progress_bar=false", f"hydra.run.dir={run}", env=env))
     assert sorted(p.name for p in (run / "attention").glob("patterns_step*.png")) == ["patterns_step2.png",
                                                                                       "patterns_step4.png"]
@@ -60,7 +60,7 @@ def test_every_picture_of_a_trained_lecture_model(tmp_path, cli):
                  ["task=heads"],
                  ["task=embed", "words=[fluffy,creature]", "pairs=[[fluffy,creature],[blue,forest]]", LECTURE_WORDS],
                  ["task=context", "word=mole", "contexts=['near the garden , the small mole dug again .',"
-                  "'in the lab , the mole reacted today .','by the river , the mole swam away .']"],
+                  "'at the chemist , the mole reacted today .','near the clinic , the mole darkened today .']"],
                  ["task=lens", "text=a fluffy blue creature roamed"],
                  ["task=tour"]):
         clean(cli(*args, ckpt, f"hydra.run.dir={tmp_path / args[0].split('=')[1]}", env=env))

@@ -90,12 +90,11 @@ def draw_head(path, tokens: list[str], pattern, mask=None, title: str = "") -> P
     mask = None if mask is None else mask.astype(bool)
     t = pattern.shape[0]
     size = min(14, max(4, 0.45 * t + 2))
-    fig = ShownFigure(figsize=(size + 1, size))
+    fig = ShownFigure(figsize=(size + 1, size), layout="constrained")
     ax = fig.subplots()
     im = _heatmap(ax, pattern, mask, tokens, vmin=0, vmax=1, values=True)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="attention weight (softmax)")
     ax.set_title(title + "\ngrey hatched = masked (not allowed), white = allowed but ~0 weight", fontsize=9)
-    fig.tight_layout()
     return save_png(fig, path)
 
 
@@ -153,7 +152,7 @@ def steps_figure(tokens: list[str], scores, mask, pattern, update_norms, title: 
     mask = None if mask is None else _np(mask).astype(bool)
     t = scores.shape[0]
     size = min(6.5, max(3.4, 0.22 * t + 2))
-    fig = ShownFigure(figsize=(2 * size + 2.4, 2 * size + 1.6))
+    fig = ShownFigure(figsize=(2 * size + 2.4, 2 * size + 1.6), layout="constrained")
     axes = fig.subplots(2, 2).flatten()
     lim = float(np.abs(scores).max()) or 1.0
     fs = 7 if t <= 24 else 5
@@ -178,7 +177,6 @@ def steps_figure(tokens: list[str], scores, mask, pattern, update_norms, title: 
     axes[3].set_xlabel("size of the update (L2 norm)", fontsize=8)
     axes[3].set_title("4. the update each token receives from this head:\n||Σ weight · value · W_o||", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -190,7 +188,7 @@ def lens_figure(tokens: list[str], guesses: list[list[str]], probs, labels: list
     probs = np.asarray(probs, dtype=float)  # [streams, T]
     n, t = probs.shape
     width = min(28, max(6, 0.9 * t + 3))
-    fig = ShownFigure(figsize=(width, 0.45 * (n + 1) + 2.2))
+    fig = ShownFigure(figsize=(width, 0.45 * (n + 1) + 2.2), layout="constrained")
     ax = fig.subplots()
     im = ax.imshow(probs, cmap="Greens", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     for i in range(n):
@@ -206,7 +204,6 @@ def lens_figure(tokens: list[str], guesses: list[list[str]], probs, labels: list
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="probability of the top guess")
     ax.set_title((title + "\n" if title else "") + "top next-token guess read off the residual stream after each "
                  "layer (final norm + unembedding)", fontsize=9)
-    fig.tight_layout()
     return fig
 
 

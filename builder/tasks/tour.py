@@ -9,13 +9,23 @@ from ..errors import ConfigError
 from ..interp.tour import summary, write_tour
 
 
+def model_name(path) -> str:
+    """What to call the model at ``path``: a training run's checkpoint by its run folder and file
+    (``lecture/last.ckpt``), an export or Hugging Face folder by its name."""
+    path = Path(str(path)).expanduser()
+    if path.parent.name == "checkpoints" and path.parent.parent.name:
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name or str(path)
+
+
 def run(cfg, out_dir: Path) -> int:
     if not cfg.checkpoint:
         raise ConfigError("checkpoint", None, "a checkpoint, export or Hugging Face directory: "
                           "python run.py task=tour checkpoint=PATH")
     model, tokenizer, model_cfg = load_model(cfg.checkpoint, dtype=cfg.get("dtype"))
+    name = model_name(cfg.checkpoint)
     page, measured = write_tour(Path(out_dir) / "lecture.html", model, tokenizer, model_cfg, cfg.text,
-                                title=f"The lecture, with {Path(str(cfg.checkpoint)).name}")
+                                title=f"The lecture, with {name}", name=name)
     if measured is not None:
         print(summary(measured))
     print(f"the lecture, drawn with this model (open it from disk; no network): {page}")
