@@ -15,7 +15,8 @@ from matplotlib.collections import PatchCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..figures import ShownFigure, place_labels, renderer_for, save_png
+from ..figures import ShownFigure, place_labels, renderer_for
+from ..figures import save_png as save_figure  # every picture is written (and its text checked) there
 
 MASKED_COLOR = "#d9d9d9"
 MASKED_EDGE = "#8c8c8c"  # the hatch lines over masked cells
@@ -95,13 +96,13 @@ def draw_head(path, tokens: list[str], pattern, mask=None, title: str = "") -> P
     im = _heatmap(ax, pattern, mask, tokens, vmin=0, vmax=1, values=True)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="attention weight (softmax)")
     ax.set_title(title + "\ngrey hatched = masked (not allowed), white = allowed but ~0 weight", fontsize=9)
-    return save_png(fig, path)
+    return save_figure(fig, path)
 
 
 def draw_patterns(path, tokens: list[str], patterns, masks=None, layer_ids=None, head_ids=None,
                   title: str = "", kv_heads=None, layer_notes=None) -> Path:
     """``patterns_figure`` written to ``path`` as a PNG."""
-    return save_png(patterns_figure(tokens, patterns, masks, layer_ids, head_ids, title, kv_heads, layer_notes), path)
+    return save_figure(patterns_figure(tokens, patterns, masks, layer_ids, head_ids, title, kv_heads, layer_notes), path)
 
 
 def patterns_figure(tokens: list[str], patterns, masks=None, layer_ids=None, head_ids=None, title: str = "",
@@ -141,7 +142,7 @@ def patterns_figure(tokens: list[str], patterns, masks=None, layer_ids=None, hea
 def draw_steps(path, tokens: list[str], scores, mask, pattern, update_norms, title: str = "",
                score_label: str = "query · key / sqrt(d_head)") -> Path:
     """``steps_figure`` written to ``path`` as a PNG."""
-    return save_png(steps_figure(tokens, scores, mask, pattern, update_norms, title, score_label), path)
+    return save_figure(steps_figure(tokens, scores, mask, pattern, update_norms, title, score_label), path)
 
 
 def steps_figure(tokens: list[str], scores, mask, pattern, update_norms, title: str = "",

@@ -8,10 +8,9 @@ from pathlib import Path
 from ..checkpoint import load_model
 from ..config.plain import to_plain
 from ..errors import ConfigError
-from ..figures import save_png
 from ..files import atomic_write
 from ..interp.context import context_views
-from ..interp.plots import context_figure
+from ..interp.plots import context_figure, save_figure
 
 
 def run(cfg, out_dir: Path) -> int:
@@ -24,7 +23,7 @@ def run(cfg, out_dir: Path) -> int:
     model, tokenizer, _ = load_model(cfg.checkpoint, dtype=cfg.get("dtype"))
     views = context_views(model, tokenizer, str(word), contexts)
     out_dir = Path(out_dir)
-    png = save_png(context_figure(views), out_dir / "context.png")
+    png = save_figure(context_figure(views), out_dir / "context.png")
     atomic_write(out_dir / "context.json", json.dumps(views, indent=2) + "\n")
     print(f"{word!r} in {len(contexts)} contexts; mean similarity of its vectors: " + ", ".join(
         f"{label} {s:+.2f}" for label, s in zip(views["labels"], views["mean_similarity"])))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from ..checkpoint import load_model
 from ..errors import ConfigError
-from ..figures import save_png
 from ..files import atomic_write
 from ..interp import views
 from ..interp.pictures import encode_text
+from ..interp.plots import save_figure
 
 
 def run(cfg, out_dir: Path) -> int:
@@ -23,9 +23,9 @@ def run(cfg, out_dir: Path) -> int:
     tokens, guesses, prediction = lens["tokens"], lens["guesses"], lens["prediction"]
     out_dir = Path(out_dir)
     title = f"{Path(str(cfg.checkpoint)).name}: {cfg.text!r}"
-    lens_png = save_png(views.lens_picture(lens, title), out_dir / "lens.png")
+    lens_png = save_figure(views.lens_picture(lens, title), out_dir / "lens.png")
     attribution = views.attribution_words(model, tokenizer, ids, position=-1)
-    attribution_png = save_png(views.attribution_picture(attribution), out_dir / "attribution.png")
+    attribution_png = save_figure(views.attribution_picture(attribution), out_dir / "attribution.png")
     report = {"text": cfg.text, "tokens": tokens, "lens": {**lens["raw"], "guesses": guesses},
               "attribution": {k: v for k, v in attribution.items() if k != "after"}}
     atomic_write(out_dir / "lens.json", json.dumps(report, indent=2) + "\n")
