@@ -89,3 +89,15 @@ def test_crowded_inputs_are_laid_out():
         with warnings.catch_warnings():
             warnings.simplefilter("error", CrowdedText)
             fig._repr_png_()
+
+
+def test_sweep_chart_labels_close_points_apart(tmp_path):
+    """A sweep whose jobs land close together: every job's label placed where it overlaps no other."""
+    from builder.tasks.compare import draw
+
+    rows = [{"status": "ok", "label": f"model.n_heads={h} model.d_model={d}", "params": 10_000 * d + h,
+             "best_val_loss": 2.0 + 0.001 * h} for d in (32, 33, 64) for h in (1, 2, 4, 8)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CrowdedText)
+        draw(rows, tmp_path / "sweep.png", "val/loss by job")
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
