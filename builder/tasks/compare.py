@@ -278,7 +278,7 @@ def draw(rows: list[dict], path: Path, title: str) -> dict[str, str]:
     # start-up: every task imports this module (the sweep callback); matplotlib only when a sweep is drawn
     from matplotlib.figure import Figure
 
-    from ..figures import place_labels, save_png
+    from ..figures import place_labels, save_png  # (matplotlib, as above: only when a sweep is drawn)
 
     ok = _plotted(rows)
     fig = Figure(figsize=(8, 5), dpi=110, layout="constrained")
