@@ -3,9 +3,10 @@ notebook (``png_bytes``), and on the way its text is checked.
 
 The check (``text_problems``) asks matplotlib where each piece of text it drew lies (``Text.get_window_extent``
 with a renderer at the figure's resolution): titles, axis labels, the tick labels actually drawn, legends, labels
-placed by hand. Two of them overlapping, or one reaching past the canvas (a colour bar's ticks cut at the right
-edge, a title cut at the top), is reported as a ``CrowdedText`` warning that names the picture and the texts, so
-a picture that went wrong is said out loud and the tests can catch the whole class at once.
+placed by hand. Two of them overlapping, one lying on a plotted point (a marker), or one reaching past the canvas
+(a colour bar's ticks cut at the right edge, a title cut at the top) is reported as a ``CrowdedText`` warning that
+names the picture and the texts, so a picture that went wrong is said out loud and the tests can catch the whole
+class at once. ``place_labels`` puts the labels of a scatter's points where none of that happens.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ GAP_PX = 3.0  # labels placed by place_labels keep this far from each other and 
 
 
 class CrowdedText(UserWarning):
-    """A picture's text overlaps other text or is cut at the edge of the canvas."""
+    """A picture's text overlaps other text or a plotted point, or is cut at the edge of the canvas."""
 
 
 def _drawn_tick_labels(axis) -> set[int]:

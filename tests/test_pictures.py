@@ -32,13 +32,16 @@ def test_the_check_finds_overlapping_and_cut_text():
     ax.plot([0, 1], [0, 1])
     ax.text(0.5, 0.5, "first label")
     ax.text(0.52, 0.5, "second label")
+    ax.plot([0.1], [0.9], "o", ms=12)
+    ax.text(0.1, 0.9, "on a point", ha="center", va="center")
     ax.set_title("a title far too long for a figure four inches wide, cut at both edges")
     fig.tight_layout()
     fig.savefig(io.BytesIO(), format="png")
     problems = text_problems(fig)
     assert "'first label' overlaps 'second label'" in problems
     assert any(p.startswith("'a title far too long") and "cut at the left and right edge" in p for p in problems)
-    assert len(problems) == 2, problems  # the tick labels laid out by tight_layout are fine
+    assert "'on a point' lies on a plotted point" in problems
+    assert len(problems) == 3, problems  # the tick labels laid out by tight_layout are fine
     with pytest.warns(CrowdedText, match="an inline picture"):
         fig._repr_png_()
 
