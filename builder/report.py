@@ -11,13 +11,15 @@ import json
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.transforms import ScaledTranslation
 
 from components.registry import closest
 
 from .budget import GROUPS, formula_total
 from .config.compose import CONF_DIR, preset_configs
 from .errors import ConfigError
-from .files import atomic_path, atomic_write
+from .figures import place_labels, renderer_for, save_png
+from .files import atomic_write
 from .tables import table
 
 
@@ -151,6 +153,7 @@ def draw_chart(budgets: list[dict], shares: list[dict], path: Path) -> None:
     fig = Figure(figsize=(10, 4.6 + 0.45 * len(budgets)))
     ax, ax2 = fig.subplots(2, 1, gridspec_kw={"height_ratios": [1.2 + 0.45 * len(budgets), 3]})
     left = [0.0] * len(budgets)
+    inside = []  # (centre, row, width, text): each group's name and share, written in its bar where it fits
     for g in list(GROUPS) + ["other"]:
         # each group's share of all parameters, weights and biases together: the figure budget.md prints
         totals = [100 * b["groups"].get(g, {}).get("total", 0) / b["total_params"] for b in budgets]
@@ -163,9 +166,7 @@ def draw_chart(budgets: list[dict], shares: list[dict], path: Path) -> None:
                 ax.barh(names, vals, left=left, color=colors[g], hatch=hatch, edgecolor="white",
                         label=label if part == "weight" else None)
             left = [a + v for a, v in zip(left, vals)]
-        for i, v in enumerate(totals):
-            if v >= 9:  # narrower groups are named in the legend only, so no label is clipped or overlaps
-                ax.text(left[i] - v / 2, i, f"{g}\n{v:.2f}%", ha="center", va="center", fontsize=7, color="white")
+        inside += [(left[i] - v / 2, i, v, f"{g}\n{v:.2f}%") for i, v in enumerate(totals)]
     for i, b in enumerate(budgets):
         ax.text(101, i, human(b["total_params"]), va="center", fontsize=8)
     ax.set_xlim(0, 112)
@@ -177,24 +178,33 @@ def draw_chart(budgets: list[dict], shares: list[dict], path: Path) -> None:
         title += (f"\nattention weights {ph['all_layers_weights']:,} = {ph['n_layers']} layers x {ph['n_heads']} heads"
                   f" x {ph['per_head_weights']:,} (W_q, W_k, W_v, W_o)")
     ax.set_title(title, fontsize=9)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=4, fontsize=7, frameon=False)
+    below = ax.transAxes + ScaledTranslation(0, -0.5, fig.dpi_scale_trans)  # half an inch under the axes
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0), bbox_transform=below, ncol=4, fontsize=7, frameon=False)
 
     xs = [r["total_params"] for r in shares]
     ys = [100 * r["attention_share"] for r in shares]
     ax2.plot(xs, ys, "o", color="#dd8452", ms=4)
-    for i, (r, x, y) in enumerate(zip(shares, xs, ys)):  # labels alternate above and below, so neighbours overlap less
-        ax2.annotate(r["model"], (x, y), textcoords="offset points", xytext=(3, 4 if i % 2 == 0 else -9), fontsize=6)
     for b in budgets:
         ax2.plot([b["total_params"]], [100 * b["attention_share"]], "o", ms=10, mfc="none", mec="black")
     ax2.axhline(100 / 3, color="grey", lw=0.8, ls="--")
-    ax2.text(xs[0], 100 / 3 + 0.4, "one third", fontsize=7, color="grey")
+    ax2.annotate("one third", (1, 100 / 3), xycoords=("axes fraction", "data"), xytext=(3, 0),
+                 textcoords="offset points", va="center", fontsize=7, color="grey")  # beside the axes, not on a point
     ax2.set_xscale("log")
+    ax2.set_xlim(min(xs) / 3, max(xs) * 3)
+    ax2.set_ylim(min(ys) - 3, max(max(ys), 100 / 3) + 3)  # room for the labels of the lowest and highest points
     ax2.set_xlabel("parameters (log scale)", fontsize=8)
     ax2.set_ylabel("attention share (%)", fontsize=8)
     ax2.set_title("Attention's share by preset (circled: this report)", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+    per_percent = ax.transData.transform([(1, 0)])[0][0] - ax.transData.transform([(0, 0)])[0][0]
+    for centre, row, width, text in inside:  # narrower groups are named in the legend only: no label is clipped
+        label = ax.text(centre, row, text, ha="center", va="center", fontsize=7, color="white")
+        if label.get_window_extent(renderer_for(fig)).width > width * per_percent - 4:
+            label.remove()
+    line = ax2.transData.transform([(min(xs), 100 / 3)])[0][1]
+    x0, _, x1, _ = ax2.bbox.extents
+    place_labels(ax2, list(zip(xs, ys)), [r["model"] for r in shares], fontsize=6, avoid=[(x0, line - 1, x1, line + 1)])
+    save_png(fig, path, dpi=120)
 
 
 def preset_shares() -> list[dict]:

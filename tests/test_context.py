@@ -65,5 +65,5 @@ def test_context_task(tmp_path, cli):
     assert proc.returncode == 0, proc.stderr[-3000:]
     views = json.loads((tmp_path / "run" / "context.json").read_text())
     assert views["word"] == "mole" and len(views["similarity"]) == 3
-    assert "moved it most" in proc.stdout and "embedding +1.00" in proc.stdout
+    assert "largest first" in proc.stdout and "  1. L" in proc.stdout and "embedding +1.00" in proc.stdout
     assert (tmp_path / "run" / "context.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -63,6 +63,11 @@ def test_nearest_direction_map_and_word_classes():
     assert max(xs[:4]) < min(xs[4:]) or min(xs[:4]) > max(xs[4:])  # the first component separates the classes
     assert same_group_fraction(model, tok, {"nouns": NOUNS, "adjectives": ADJECTIVES}, k=3) == {"nouns": 1.0,
                                                                                                "adjectives": 1.0}
+    # perfectly apart reads 100% whatever the group's size: 3-word groups ask each word for its 2 nearest, not k=5
+    three = {"nouns": NOUNS[:3], "adjectives": ADJECTIVES[:3]}
+    assert same_group_fraction(model, tok, three, k=5) == {"nouns": 1.0, "adjectives": 1.0}
+    mixed = {"nouns": NOUNS[:2] + ADJECTIVES[:1], "adjectives": ADJECTIVES[1:3] + NOUNS[2:3]}  # one stray word each
+    assert same_group_fraction(model, tok, mixed, k=5) == {"nouns": 1 / 3, "adjectives": 1 / 3}
     unembedded = nearest_tokens(model, tok, "cat", k=3, space="unembedding")  # tied: the same matrix
     assert unembedded == near
 

@@ -16,7 +16,7 @@ from builder.data import adjectives as A
 from builder.data.corpus import Corpus
 from builder.data.datamodule import TokenDataModule
 from builder.data.tokenizers import CharTokenizer, WordTokenizer, tokenizer_from_dict
-from builder.interp.heads import PATTERNS, best_heads, score_heads
+from builder.interp.heads import FOUND, PATTERNS, best_heads, score_heads
 from components.hooks import HookedModel, HookPoint
 
 # ----------------------------------------------------------------------------- the adjectives language
@@ -274,6 +274,11 @@ def test_heads_task_on_a_tiny_adjectives_checkpoint(tmp_path):
         assert best["kv_head"] == best["head"] and best["kv_shared"] == 1
         assert re.search(rf"^{pattern} +1 +{best['layer']} +{best['head']} +own +{best['score']:.3f}$", proc.stdout, re.M)
     assert "heads.json" in proc.stdout
+    # a pattern whose best head scores below FOUND is said to be missing, in the table, heads.json and the picture
+    assert report["found_at"] == FOUND
+    for pattern, entries in report["patterns"].items():
+        said = f"no {pattern} head: the best, L{entries[0]['layer']} H{entries[0]['head']}, scores"
+        assert report["found"][pattern] == (entries[0]["score"] >= FOUND) == (said not in proc.stdout), pattern
 
     proc = run_cli("task=heads", f"hydra.run.dir={tmp_path / 'none'}", env=env)
     assert proc.returncode == 2 and "checkpoint=None is not accepted" in proc.stderr

@@ -30,7 +30,9 @@ def test_tour_of_a_word_level_model(tmp_path, cli):
     for n, title in enumerate(["Tokens", "Directions in embedding space", "One head", "Many heads",
                                "Meaning refined by context", "The final vector", "Where the parameters go"], 1):
         assert f"<h2>{n}. {title}" in page
-    assert page.count("&lt;i&gt;model&amp;co") == 2 and "<i>model" not in page  # text is escaped (title, heading)
+    # text is escaped (title, heading, the budget's heading: it names the model, not "model")
+    assert page.count("&lt;i&gt;model&amp;co") == 3 and "<i>model" not in page
+    assert "Parameter budget: &lt;i&gt;model&amp;co" in page
     assert "{html" not in page
     assert not re.search(r"(src|href)=[\"']?(https?:)?//", page)  # nothing fetched: self-contained
     measured = json.loads((tmp_path / "run" / "lecture.json").read_text())  # a model of the lecture's language
@@ -44,8 +46,11 @@ def test_tour_of_a_word_level_model(tmp_path, cli):
         browser.wait_for("window.__messages.some(m => m && m.hydraformer)", timeout=20)
         states = browser.eval("window.__messages.map(m => m.hydraformer)")
         drawn = browser.eval("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+        # no text runs past its box at this width (1280 px): the budget's long lines wrap
+        cut = browser.eval("[...document.querySelectorAll('pre, p, table')].filter(e => e.scrollWidth > e.clientWidth)"
+                           ".map(e => e.textContent.slice(0, 60))")
         assert not browser.errors, browser.errors
-    assert states == ["ready"] and drawn
+    assert states == ["ready"] and drawn and cut == []
 
 
 def test_tour_of_a_character_model_says_what_it_cannot_show(tmp_path, cli):

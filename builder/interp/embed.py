@@ -107,15 +107,18 @@ def embedding_map(model: nn.Module, tokenizer, groups: dict, space: str = "embed
 
 
 def same_group_fraction(model: nn.Module, tokenizer, groups: dict, k: int = 5, space: str = "embedding") -> dict:
-    """For each group: the share of its words' ``k`` nearest tokens (searched among all grouped words) that are in
-    the same group — word classes in the embedding, measured."""
+    """For each group: the share of its words' nearest tokens (searched among all grouped words) that are in the same
+    group — word classes in the embedding, measured. Each word's ``k`` nearest, but never more than the other words
+    of its group (a group of 3 has 2 others: its words are asked for their 2 nearest), so groups that are perfectly
+    apart read 1.0 whatever their size; a group of one word has nothing to find (0.0)."""
     ids = {x: token_id(tokenizer, x, "groups") for ws in groups.values() for x in ws}
     group_of = {ids[x]: g for g, ws in groups.items() for x in ws}
     out = {}
     for g, ws in groups.items():
         hits = total = 0
+        others = len({ids[x] for x in ws}) - 1
         for x in ws:
-            for j, _ in nearest_tokens(model, tokenizer, x, k, space, vocabulary=list(group_of)):
+            for j, _ in nearest_tokens(model, tokenizer, x, min(k, others), space, vocabulary=list(group_of)) if others else []:
                 hits += group_of[j] == g
                 total += 1
         out[g] = hits / total if total else 0.0

@@ -40,6 +40,9 @@ RANDOM_ROWS = 16
 RANDOM_LENGTH = 64  # at most; never more than the model's context
 INDUCTION_HALF = 32  # at most len(r); never more than half the model's context
 DRAW_LENGTH = 16  # tokens in the pictures of the random-token patterns
+# a head "does" a pattern when at least this share of its attention goes where the pattern says (uniform attention
+# over the 32-64 tokens of a random probe scores about 0.02-0.03); below it the model is said to have no such head
+FOUND = 0.3
 
 
 # ------------------------------------------------------------------------------------------- probes
@@ -230,8 +233,20 @@ def drawing_probe(pattern: str, model, tokenizer) -> torch.Tensor:
     return random_ids(vocab, RANDOM_ROWS, min(RANDOM_LENGTH, _context(model) or RANDOM_LENGTH), PROBE_SEED)[:1, :length]
 
 
+def found(scores: dict) -> dict[str, bool]:
+    """For each scored pattern: whether its best head scores FOUND or more (the model has such a head)."""
+    return {name: entries[0]["score"] >= FOUND for name, entries in best_heads(scores, 1).items()}
+
+
+def absent(pattern: str, best: dict) -> str:
+    """The line that says the model has no ``pattern`` head: its best head scores below FOUND."""
+    return (f"no {pattern} head: the best, L{best['layer']} H{best['head']}, scores {best['score']:.3f}, below "
+            f"{FOUND} (a head that does it puts at least {FOUND:.0%} of its attention there)")
+
+
 def draw_best(model, tokenizer, scores: dict, out_dir: Path) -> dict[str, str]:
-    """``best_{pattern}_L{l}_H{h}.png`` for the best head of each scored pattern; returns pattern → file name."""
+    """``best_{pattern}_L{l}_H{h}.png`` for the best head of each scored pattern (titled as no such head when it
+    scores below FOUND); returns pattern → file name."""
     drawn = {}
     for pattern, (best,) in best_heads(scores, 1).items():
         ids = drawing_probe(pattern, model, tokenizer)
@@ -242,7 +257,9 @@ def draw_best(model, tokenizer, scores: dict, out_dir: Path) -> dict[str, str]:
         name = f"best_{pattern}_L{layer}_H{head}.png"
         draw_head(Path(out_dir) / name, tokens, rec.pattern(layer)[0, head].float().cpu(),
                   head_mask(rec, layer, ids.shape[1]),
-                  f"{pattern}: {head_title(rec, layer, head)} (score {best['score']:.3f})")
+                  f"{pattern}: {head_title(rec, layer, head)} (score {best['score']:.3f})" if best["score"] >= FOUND
+                  else f"this model has no {pattern} head (no head scores {FOUND} or more);\n"
+                       f"the highest: {head_title(rec, layer, head)}, score {best['score']:.3f}")
         drawn[pattern] = name
     return drawn
 
@@ -267,4 +284,5 @@ def format_table(scores: dict, k: int = 3) -> str:
         rows += [[pattern, rank, e["layer"], e["head"], _kv_cell(e), f"{e['score']:.3f}"]
                  for rank, e in enumerate(entries[:k], 1)]
     text = table(["pattern", "rank", "layer", "head", "kv", "score"], rows, align="lrrrlr")
-    return "\n".join([text, *reasons])  # the reasons below the table, so the score column stays narrow
+    missing = [absent(p, entries[0]) for p, entries in best_heads(scores, 1).items() if entries[0]["score"] < FOUND]
+    return "\n".join([text, *reasons, *missing])  # the reasons below the table, so the score column stays narrow

@@ -7,7 +7,6 @@ Everything is drawn on ``matplotlib.figure.Figure`` objects: no backend is chose
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
@@ -16,17 +15,8 @@ from matplotlib.collections import PatchCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..files import atomic_path
-
-
-class ShownFigure(Figure):
-    """A Figure that notebooks display inline (``_repr_png_``) without pyplot or an inline backend."""
-
-    def _repr_png_(self) -> bytes:
-        buf = io.BytesIO()
-        self.savefig(buf, format="png", dpi=100)
-        return buf.getvalue()
-
+from ..figures import ShownFigure, place_labels, renderer_for
+from ..figures import save_png as save_figure  # every picture is written (and its text checked) there
 
 MASKED_COLOR = "#d9d9d9"
 MASKED_EDGE = "#8c8c8c"  # the hatch lines over masked cells
@@ -101,12 +91,12 @@ def draw_head(path, tokens: list[str], pattern, mask=None, title: str = "") -> P
     mask = None if mask is None else mask.astype(bool)
     t = pattern.shape[0]
     size = min(14, max(4, 0.45 * t + 2))
-    fig = ShownFigure(figsize=(size + 1, size))
+    fig = ShownFigure(figsize=(size + 1, size), layout="constrained")
     ax = fig.subplots()
     im = _heatmap(ax, pattern, mask, tokens, vmin=0, vmax=1, values=True)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="attention weight (softmax)")
     ax.set_title(title + "\ngrey hatched = masked (not allowed), white = allowed but ~0 weight", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def draw_patterns(path, tokens: list[str], patterns, masks=None, layer_ids=None, head_ids=None,
@@ -130,7 +120,8 @@ def patterns_figure(tokens: list[str], patterns, masks=None, layer_ids=None, hea
     labelled = t <= 24
     cell = 2.6 if labelled else 2.2
     lines = (title.count("\n") + 1 if title else 0) + 1  # the suptitle's lines: room for each, and for each row's titles
-    fig = ShownFigure(figsize=(cell * n_heads + 1, (cell + 0.3) * n_layers + 0.5 + 0.2 * lines))
+    # constrained layout: it makes room for the colour bar's ticks and label and for the title's lines
+    fig = ShownFigure(figsize=(cell * n_heads + 1.2, (cell + 0.3) * n_layers + 0.5 + 0.2 * lines), layout="constrained")
     axes = fig.subplots(n_layers, n_heads, squeeze=False)
     for i in range(n_layers):
         for j in range(n_heads):
@@ -144,7 +135,6 @@ def patterns_figure(tokens: list[str], patterns, masks=None, layer_ids=None, hea
                 name += f" · {layer_notes[i]}"
             ax.set_title(name, fontsize=8)
     fig.suptitle((title + "\n" if title else "") + "rows: queries, columns: keys; grey hatched = masked", fontsize=9)
-    fig.tight_layout()
     fig.colorbar(im, ax=axes, fraction=0.02 if n_heads > 2 else 0.05, pad=0.01, label="attention weight (softmax)")
     return fig
 
@@ -163,7 +153,7 @@ def steps_figure(tokens: list[str], scores, mask, pattern, update_norms, title: 
     mask = None if mask is None else _np(mask).astype(bool)
     t = scores.shape[0]
     size = min(6.5, max(3.4, 0.22 * t + 2))
-    fig = ShownFigure(figsize=(2 * size + 2.4, 2 * size + 1.6))
+    fig = ShownFigure(figsize=(2 * size + 2.4, 2 * size + 1.6), layout="constrained")
     axes = fig.subplots(2, 2).flatten()
     lim = float(np.abs(scores).max()) or 1.0
     fs = 7 if t <= 24 else 5
@@ -188,16 +178,7 @@ def steps_figure(tokens: list[str], scores, mask, pattern, update_norms, title: 
     axes[3].set_xlabel("size of the update (L2 norm)", fontsize=8)
     axes[3].set_title("4. the update each token receives from this head:\n||Σ weight · value · W_o||", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
-
-
-def _save(fig: Figure, path) -> Path:
-    path = Path(path)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    return path
 
 
 def lens_figure(tokens: list[str], guesses: list[list[str]], probs, labels: list[str], prediction: list[str],
@@ -208,7 +189,7 @@ def lens_figure(tokens: list[str], guesses: list[list[str]], probs, labels: list
     probs = np.asarray(probs, dtype=float)  # [streams, T]
     n, t = probs.shape
     width = min(28, max(6, 0.9 * t + 3))
-    fig = ShownFigure(figsize=(width, 0.45 * (n + 1) + 2.2))
+    fig = ShownFigure(figsize=(width, 0.45 * (n + 1) + 2.2), layout="constrained")
     ax = fig.subplots()
     im = ax.imshow(probs, cmap="Greens", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     for i in range(n):
@@ -224,7 +205,6 @@ def lens_figure(tokens: list[str], guesses: list[list[str]], probs, labels: list
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="probability of the top guess")
     ax.set_title((title + "\n" if title else "") + "top next-token guess read off the residual stream after each "
                  "layer (final norm + unembedding)", fontsize=9)
-    fig.tight_layout()
     return fig
 
 
@@ -247,13 +227,6 @@ def attribution_figure(parts: dict[str, float], logit: float, token: str, positi
                  f"parts sum to {sum(parts.values()):.3f}, the model's logit is {logit:.3f}", fontsize=9)
     fig.tight_layout()
     return fig
-
-
-def save_figure(fig: Figure, path) -> Path:
-    """Write a Figure as a PNG (atomically)."""
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    return Path(path)
 
 
 def nearest_figure(neighbours: dict[str, list[tuple[str, float]]], space: str = "embedding") -> Figure:
@@ -300,27 +273,29 @@ def map_figure(words: list[str], groups: list[str], xy, explained, title: str = 
     for n, g in enumerate(names):
         sel = [i for i, x in enumerate(groups) if x == g]
         ax.scatter(xy[sel, 0], xy[sel, 1], color=colours(n % 10), label=g, s=28)
-        for i in sel:
-            ax.annotate(token_labels([words[i]])[0], xy[i], fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.legend(fontsize=8)
+    legend = ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # beside the map
+    ax.margins(0.2)  # room for the labels of the outermost words
     ax.set_xlabel(f"PC1 ({100 * explained[0]:.0f}% of the variance)", fontsize=8)
     ax.set_ylabel(f"PC2 ({100 * explained[1]:.0f}%)", fontsize=8)
     ax.set_title((title + "\n" if title else "") + "token vectors, first two principal components", fontsize=9)
     fig.tight_layout()
+    place_labels(ax, xy, token_labels(words), fontsize=7, avoid=[legend.get_window_extent(renderer_for(fig)).extents])
     return fig
 
 
 def context_figure(views: dict) -> Figure:
-    """One word in several contexts: the contexts' pairwise similarity after each layer (top row), its mean falling
-    as the senses separate (bottom left), and the size of each head's update to the word (bottom right)."""
+    """One word in several contexts: the contexts' pairwise similarity after each layer (top row, one colour bar
+    beside the row), its mean falling as the senses separate (bottom left), and the size of each head's update to
+    the word, the largest outlined (bottom right)."""
     sims = np.asarray(views["similarity"], dtype=float)  # [L + 1, C, C]
     n, c = sims.shape[0], sims.shape[1]
     low = min(0.0, float(sims.min()))
-    fig = ShownFigure(figsize=(max(8.0, 2.2 * n), 6.4 + 0.18 * c))
-    grid = fig.add_gridspec(2, n)
+    # constrained layout: the colour bars take their own room (never a matrix's column) and no label is cut
+    fig = ShownFigure(figsize=(max(8.0, 2.4 * n + 1.5), 6.6 + 0.18 * c), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.1])
     names = [f"{i + 1}" for i in range(c)]
-    for layer in range(n):
-        ax = fig.add_subplot(grid[0, layer])
+    axes = top.subplots(1, n, squeeze=False)[0]
+    for layer, ax in enumerate(axes):
         im = ax.imshow(sims[layer], cmap="viridis", vmin=low, vmax=1, interpolation="nearest")
         if c <= 6:
             for i in range(c):
@@ -330,25 +305,26 @@ def context_figure(views: dict) -> Figure:
         ax.set_xticks(range(c), names, fontsize=7)
         ax.set_yticks(range(c), names, fontsize=7)
         ax.set_title(views["labels"][layer], fontsize=8)
-    fig.colorbar(im, ax=fig.axes[: n], fraction=0.02, pad=0.01, label="cosine")
-    half = max(1, n // 2)
-    ax = fig.add_subplot(grid[1, :half])
-    ax.plot(range(n), views["mean_similarity"], marker="o")
-    ax.set_xticks(range(n), views["labels"], rotation=30, fontsize=7)
-    ax.set_ylabel("mean similarity of the contexts", fontsize=8)
-    ax.set_ylim(-1.05, 1.05)
-    ax.axhline(0, color="grey", linewidth=0.5)
-    ax = fig.add_subplot(grid[1, half:])
-    sizes = np.asarray(views["update_sizes"], dtype=float)
-    im2 = ax.imshow(sizes, cmap="Oranges", aspect="auto", interpolation="nearest")
-    ax.set_xlabel("head", fontsize=8)
-    ax.set_ylabel("layer", fontsize=8)
-    ax.set_xticks(range(sizes.shape[1]))
-    ax.set_yticks(range(sizes.shape[0]))
-    for h in views["top_heads"]:
-        ax.add_patch(Rectangle((h["head"] - 0.5, h["layer"] - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
-    fig.colorbar(im2, ax=ax, fraction=0.05, pad=0.02, label="size of the head's update to the word (mean)")
+    top.colorbar(im, ax=axes, fraction=0.05, pad=0.02, shrink=0.8).set_label("cosine", fontsize=8)
     contexts = "\n".join(f"{i + 1}: {t if len(t) <= 90 else t[:89] + chr(0x2026)}" for i, t in enumerate(views["contexts"]))
-    fig.suptitle(f"{views['word']!r} in context (similarity of its vectors, layer by layer)\n{contexts}", fontsize=8)
-    fig.subplots_adjust(top=0.8 - 0.03 * c, hspace=0.5, wspace=0.45)
+    top.suptitle(f"{views['word']!r} in context (similarity of its vectors, layer by layer)\n{contexts}", fontsize=8)
+    left, right = bottom.subplots(1, 2, width_ratios=[1, 1.3])
+    left.plot(range(n), views["mean_similarity"], marker="o")
+    left.set_xticks(range(n), views["labels"], rotation=30, ha="right", fontsize=7)
+    left.set_ylabel("mean similarity of the contexts", fontsize=8)
+    left.set_ylim(-1.05, 1.05)
+    left.tick_params(axis="y", labelsize=7)
+    left.axhline(0, color="grey", linewidth=0.5)
+    sizes = np.asarray(views["update_sizes"], dtype=float)
+    im2 = right.imshow(sizes, cmap="Oranges", aspect="auto", interpolation="nearest")
+    right.set_xlabel("head", fontsize=8)
+    right.set_ylabel("layer", fontsize=8)
+    right.set_xticks(range(sizes.shape[1]))
+    right.set_yticks(range(sizes.shape[0]))
+    right.tick_params(labelsize=7)
+    for h in views["top_heads"]:
+        right.add_patch(Rectangle((h["head"] - 0.5, h["layer"] - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
+    right.set_title(f"each head's update to {views['word']!r} (mean size);\noutlined: the {len(views['top_heads'])} "
+                    "largest (context.json: where they looked)", fontsize=8)
+    bottom.colorbar(im2, ax=right, fraction=0.06, pad=0.02).set_label("update size", fontsize=8)
     return fig

@@ -31,7 +31,7 @@ PROBE_SENTENCES = 600  # senses-language sentences the measurements use (seeded:
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.5}
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd}
 img{max-width:100%;border:1px solid #eee}table.tokens td{border:1px solid #ccc;padding:2px 6px;text-align:center}
-pre{background:#f6f6f6;padding:.8em;overflow:auto;font-size:.85em}.note{color:#666;font-size:.9em}"""
+pre{background:#f6f6f6;padding:.8em;white-space:pre-wrap;overflow-wrap:anywhere;font-size:.85em}.note{color:#666;font-size:.9em}"""
 
 
 def _png(fig) -> str:
@@ -71,8 +71,10 @@ def measure(model, tokenizer) -> dict:
             "causal": sense_causal(model, tokenizer, probe)}
 
 
-def tour_html(model, tokenizer, model_cfg: dict, text: str, title: str = "", measured: dict | None = None) -> str:
-    """The whole page as a string; ``measured`` (``measure``'s numbers) adds them where the lecture makes each claim."""
+def tour_html(model, tokenizer, model_cfg: dict, text: str, title: str = "", measured: dict | None = None,
+              name: str | None = None) -> str:
+    """The whole page as a string; ``measured`` (``measure``'s numbers) adds them where the lecture makes each claim;
+    ``name``: the model's, in the parameter budget's heading."""
     ids = encode_text(tokenizer, text, model)
     tokens = token_strings(tokenizer, ids[0].tolist())
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title or 'The lecture')}</title>"
@@ -143,7 +145,7 @@ def tour_html(model, tokenizer, model_cfg: dict, text: str, title: str = "", mea
                           _png(views.attribution(model, tokenizer, text)) + (
                               f"<p>Measured: the last layer's lens guess is the model's prediction at "
                               f"{100 * measured['lens_agreement']:.1f}% of positions.</p>" if measured else "")))
-    budget = parameter_budget(model_cfg)
+    budget = parameter_budget(model_cfg, name)
     parts.append(_section("7. Where the parameters go", f"{budget['total_params']:,} parameters; attention holds "
                           f"{100 * budget['attention_share']:.1f}% of them.", f"<pre>{html.escape(render(budget))}</pre>"))
     parts.append(_section("8. Test it: ablate and patch", "Looking is not proving. Knock a head out (replace what "
@@ -176,13 +178,14 @@ def _causal_body(measured: dict | None) -> str:
             + f"<p>The same, on any text and any model:</p>{commands}")
 
 
-def write_tour(path, model, tokenizer, model_cfg: dict, text: str, title: str = "") -> tuple[Path, dict | None]:
+def write_tour(path, model, tokenizer, model_cfg: dict, text: str, title: str = "",
+               name: str | None = None) -> tuple[Path, dict | None]:
     """lecture.html at ``path``, and for a model of the lecture's language its measurements (also returned) in
-    lecture.json beside it."""
+    lecture.json beside it; ``name``: the model's (tour_html)."""
     path = Path(path)
     with torch.no_grad():
         measured = measure(model, tokenizer) if speaks_lecture(tokenizer) else None
-        page = tour_html(model, tokenizer, model_cfg, text, title, measured)
+        page = tour_html(model, tokenizer, model_cfg, text, title, measured, name)
     if measured is not None:
         atomic_write(path.with_name("lecture.json"), json.dumps(measured, indent=2) + "\n")
     return atomic_write(path, page.encode("utf-8")), measured

@@ -45,7 +45,7 @@ from hydra.types import RunMode
 from ..config.preflight import plan_jobs
 from ..config.printing import is_rank_zero
 from ..errors import ConfigError
-from ..files import atomic_path, atomic_write
+from ..files import atomic_write
 from ..tables import table
 
 log = logging.getLogger(__name__)
@@ -278,6 +278,8 @@ def draw(rows: list[dict], path: Path, title: str) -> dict[str, str]:
     # start-up: every task imports this module (the sweep callback); matplotlib only when a sweep is drawn
     from matplotlib.figure import Figure
 
+    from ..figures import place_labels, save_png  # (matplotlib, as above: only when a sweep is drawn)
+
     ok = _plotted(rows)
     fig = Figure(figsize=(8, 5), dpi=110, layout="constrained")
     ax = fig.add_subplot()
@@ -291,11 +293,9 @@ def draw(rows: list[dict], path: Path, title: str) -> dict[str, str]:
     else:
         xs, ys = [r["params"] for r in ok], [r["best_val_loss"] for r in ok]
         ax.scatter(xs, ys, color="tab:blue", zorder=3)
-        for r in ok:
-            ax.annotate(r["label"], (r["params"], r["best_val_loss"]), textcoords="offset points", xytext=(5, 5),
-                        fontsize=8)
         if ok and max(xs) / max(min(xs), 1) > 10:
             ax.set_xscale("log")
+        ax.margins(0.15)  # room for the labels of the outermost points
         ax.set_xlabel("parameters")
     ax.set_ylabel("best val/loss")
     title, empty = plot_text(rows, title)
@@ -303,8 +303,11 @@ def draw(rows: list[dict], path: Path, title: str) -> dict[str, str]:
     ax.grid(True, alpha=0.3)
     if empty:
         ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    if ok and len(sizes) > 1:  # the points' labels, placed once the layout is final so that none overlaps another
+        fig.draw_without_rendering()
+        fig.set_layout_engine("none")
+        place_labels(ax, [(r["params"], r["best_val_loss"]) for r in ok], [r["label"] for r in ok], fontsize=8)
+    save_png(fig, path, dpi=110)
     return {"title": title, "empty": empty}
 
 

@@ -25,8 +25,10 @@ def run(cfg, out_dir: Path) -> int:
     atomic_write(out_dir / "context.json", json.dumps(views, indent=2) + "\n")
     print(f"{word!r} in {len(contexts)} contexts; mean similarity of its vectors: " + ", ".join(
         f"{label} {s:+.2f}" for label, s in zip(views["labels"], views["mean_similarity"])))
-    for h in views["top_heads"]:
+    print(f"  the heads whose update to {word!r} was largest (mean over the contexts), largest first; where each "
+          "looked, context by context:")
+    for rank, h in enumerate(views["top_heads"], 1):
         looked = " | ".join(", ".join(f"{t!r} {p:.2f}" for t, p in ctx) for ctx in h["looked_at"])
-        print(f"  L{h['layer']}H{h['head']} moved it most (update size {h['update_size']:.3f}), looking at: {looked}")
+        print(f"  {rank}. L{h['layer']}H{h['head']} (update size {h['update_size']:.3f}): {looked}")
     print(f"  {png}\n  {out_dir / 'context.json'}")
     return 0

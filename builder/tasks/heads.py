@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..files import atomic_write
 from ..interp.capture import head_layout
-from ..interp.heads import PATTERNS, draw_best, format_table, score_heads
+from ..interp.heads import FOUND, PATTERNS, draw_best, format_table, found, score_heads
 from .reading import read_model
 
 
@@ -19,7 +19,8 @@ def run(cfg, out_dir: Path) -> int:
     drawings = draw_best(model, tokenizer, scores, out_dir)
     layouts = head_layout(model)  # (n_heads, n_kv_heads) per layer
     report = {"checkpoint": str(checkpoint), "patterns": {p: scores[p] for p in PATTERNS},
-              "skipped": scores["skipped"], "drawings": drawings, "kv_heads": [pair and list(pair) for pair in layouts]}
+              "skipped": scores["skipped"], "found": found(scores), "found_at": FOUND, "drawings": drawings,
+              "kv_heads": [pair and list(pair) for pair in layouts]}
     atomic_write(out_dir / "heads.json", json.dumps(report, indent=2) + "\n")
     for n_heads, n_kv in sorted({pair for pair in layouts if pair}):
         if n_kv != n_heads:

@@ -290,7 +290,7 @@ def _tour(cfg, module, tokenizer, model_cfg: dict, out_dir: Path, sharded: bool)
         print("tour=true: skipped, the weights are sharded across processes; run task=tour on a full checkpoint")
         return
     page, measured = write_tour(out_dir / "lecture.html", module.model.to("cpu").eval(), tokenizer, model_cfg, cfg.text,
-                                title=f"The lecture, with the model trained in {out_dir.name}")
+                                title=f"The lecture, with the model trained in {out_dir.name}", name=out_dir.name)
     if measured is not None:
         print(tour_summary(measured))
     print(f"  the lecture   : {page} (open it from disk; no network)")
