@@ -34,7 +34,7 @@ def _count_module(into: dict, module: nn.Module, seen: set) -> None:
         if id(p) in seen:
             continue
         seen.add(id(p))
-        is_bias = name.rsplit(".", 1)[-1] == "bias"
+        is_bias = name.rsplit(".", 1)[-1].endswith("bias")  # (a mixture of experts: in_bias, out_bias)
         _add(into, 0 if is_bias else p.numel(), p.numel() if is_bias else 0)
 
 
@@ -64,8 +64,9 @@ def _sum_formula(parts: dict | None) -> tuple[int, int]:
     return sum(p["weight"] for p in parts.values()), sum(p["bias"] for p in parts.values())
 
 
-def formula_groups(m: dict, specs: dict) -> dict | None:
-    """Closed-form counts by group; None when a component has no ``formula``."""
+def formula_groups(m: dict, specs: dict, active: bool = False) -> dict | None:
+    """Closed-form counts by group; None when a component has no ``formula``. ``active``: what one token uses (a
+    mixture of experts' router, shared and top-k experts; every other component uses all it has)."""
     if any(getattr(s.cls, "formula", None) is None for s in specs.values() if s.kind != "mask"):
         return None
     d, vocab, layers = m["d_model"], m["vocab_size"], m["n_layers"]
@@ -73,7 +74,8 @@ def formula_groups(m: dict, specs: dict) -> dict | None:
     _add(groups["token_embedding"], vocab * d, 0)
     _add(groups["positions"], *_sum_formula(specs["embedding"].formula()))
     _add(groups["attention"], *_sum_formula(specs["attention"].formula()), times=layers)
-    _add(groups["mlp"], *_sum_formula(specs["mlp"].formula()), times=layers)
+    for layer in range(layers):  # an MLP may differ by layer (a mixture of experts' first dense layers)
+        _add(groups["mlp"], *_sum_formula(specs["mlp"].formula(layer, active=active)))
     n_norms = norms_per_block(m["norm_layout"]) * layers + (1 if has_final_norm(m["norm_layout"]) else 0)
     _add(groups["norms"], *_sum_formula(specs["norm"].formula()), times=n_norms)
     _add(groups["unembedding"], 0 if m["tie_embeddings"] else vocab * d, 0)
@@ -116,8 +118,9 @@ def flops_per_token(m: dict, groups: dict) -> dict:
     """Forward FLOPs per token: 2 per matmul weight, plus attention over the whole context.
 
     Matmul weights are attention's and the MLP's weights plus the unembedding (used even when
-    tied to the embedding). The context term is 2·2·n_layers·T·n_heads·d_head (q·k and the
-    weighted sum of v, at the full context T, not halved for the causal mask). Training ≈ 3×.
+    tied to the embedding); ``groups`` are the active ones (a mixture of experts: the experts a token goes to).
+    The context term is 2·2·n_layers·T·n_heads·d_head (q·k and the weighted sum of v, at the full context T, not
+    halved for the causal mask). Training ≈ 3×.
     """
     unembedding = m["vocab_size"] * m["d_model"]
     matmul = groups["attention"]["weight"] + groups["mlp"]["weight"] + unembedding
@@ -130,6 +133,38 @@ def flops_per_token(m: dict, groups: dict) -> dict:
         "attention_context": context,
         "context_length": m["context_length"],
     }
+
+
+# bytes of one cached key/value element: bf16, as a model is served
+KV_CACHE_BYTES = 2
+
+
+def kv_cache(m: dict, attention) -> dict:
+    """What the KV cache holds per token: elements per layer (the attention class's ``cache_per_token``, else one
+    key and one value per K/V head), bytes per token over all layers in bf16, and bytes for a whole context."""
+    per_layer = getattr(attention.cls, "cache_per_token", None)
+    if per_layer is not None:
+        elements = per_layer(**attention.kwargs)
+    else:
+        elements = 2 * attention.kwargs.get("n_kv_heads", m["n_heads"]) * m["d_head"]
+    per_token = elements * m["n_layers"] * KV_CACHE_BYTES
+    return {"elements_per_layer": elements, "bytes_per_token": per_token, "bytes_per_context": per_token *
+            m["context_length"], "context_length": m["context_length"], "dtype": "bfloat16"}
+
+
+def active_params(m: dict, specs: dict, total: int, groups: dict) -> dict:
+    """Parameters one token uses, from the closed-form formulas (all of them without a mixture of experts), with
+    the looked-up embedding table counted (``total``) and not (``without_embedding``: a tied table stays, the
+    unembedding uses it), and attention's share of each; None-valued without formulas."""
+    active = formula_groups(m, specs, active=True)
+    if active is None:
+        active = groups  # no formulas: a component without one is counted whole
+    count = sum(g["total"] for g in active.values() if isinstance(g, dict) and "total" in g)
+    table = 0 if m["tie_embeddings"] else active["token_embedding"]["total"]
+    attention = active["attention"]["total"]
+    return {"total": count, "without_embedding": count - table, "attention_share": attention / count,
+            "attention_share_without_embedding": attention / (count - table), "groups": active,
+            "share_of_total": count / total}
 
 
 def memory_bytes(total: int) -> dict:
@@ -230,6 +265,7 @@ def parameter_budget(cfg_model, name: str | None = None) -> dict:
             check["agree"] = False
             check["mismatches"].append({"group": "all", "part": "total", "meta": total,
                                         "formula": sum(g["total"] for g in groups.values())})
+    active = active_params(m, specs, total, groups)
     return {
         "model": name,
         "config": {
@@ -242,7 +278,9 @@ def parameter_budget(cfg_model, name: str | None = None) -> dict:
         "groups": groups,
         "attention_share": groups["attention"]["total"] / total,
         "per_head": _per_head(m, layer, n_kv),
-        "flops_per_token": flops_per_token(m, groups),
+        "active_params": active,
+        "flops_per_token": flops_per_token(m, active["groups"]),
+        "kv_cache": kv_cache(m, attention),
         "memory_bytes": memory_bytes(total),
         "check": check,
     }

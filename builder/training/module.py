@@ -16,6 +16,8 @@ from pytorch_lightning.strategies import FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
+from components.moe import router_losses
+
 from ..checkpoint import nonfinite_tensor
 from ..config.checks import is_count
 from ..config.plain import to_plain
@@ -115,8 +117,20 @@ class LitGPT(pl.LightningModule):
         logits = self(x)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
 
+    def router_loss(self, batch_size: int) -> torch.Tensor | float:
+        """A mixture of experts' weighted load-balancing and z-losses of the last forward (0 without one), their
+        unweighted values logged as ``train/load_balance`` and ``train/router_z`` and the weighted sum as
+        ``train/aux_loss``."""
+        router = router_losses(self.model)
+        if not router:
+            return 0.0
+        for key, name in (("load_balance", "train/load_balance"), ("z", "train/router_z"), ("weighted", "train/aux_loss")):
+            self.log(name, router[key].detach(), on_step=True, on_epoch=False, batch_size=batch_size)
+        return router["weighted"]
+
     def training_step(self, batch, batch_idx):
-        loss = self.loss(batch)
+        cross_entropy = self.loss(batch)
+        loss = cross_entropy + self.router_loss(batch[0].shape[0])
         every = self._finite_check_every()
         if every > 1:  # no host sync here: the losses are looked at together every `every` steps
             self._unchecked.append((self.global_step, batch_idx, loss.detach()))
@@ -133,7 +147,7 @@ class LitGPT(pl.LightningModule):
                     (f"train/loss is {loss.item()}" if here else "train/loss of another process is not finite")
                     + f" at step {self.global_step} (batch {batch_idx}); the run stops. Lower train.lr (or raise "
                     "train.warmup_steps), or set train.skip_nonfinite=true to skip such batches and count them")
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
+        self.log("train/loss", cross_entropy, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
         return loss
 
     def _finite_check_every(self) -> int:

@@ -1,0 +1,139 @@
+"""Multi-head latent attention (DeepSeek-V2, DeepSeek-V3): keys and values drawn from one small latent per token.
+
+Each token is compressed to a latent ``c`` of ``kv_lora_rank`` channels (RMS-normalised) plus one shared key part of
+``qk_rope_head_dim`` channels that the positions turn; every head's key (``qk_nope_head_dim`` unturned channels) and
+value (``v_head_dim``) are expanded from ``c``. Queries go through a low-rank bottleneck of ``q_lora_rank`` (with its
+own RMSNorm) or one full matrix when it is null, and are split the same way: unturned channels meet the expanded
+keys, turned channels meet the shared turned key ("decoupled rotary"). The KV cache holds only ``c`` and the turned
+key: ``kv_lora_rank + qk_rope_head_dim`` numbers per token and layer, whatever the number of heads.
+
+The positions are built with the model's ``d_head``, which must be ``qk_rope_head_dim``: they turn exactly the
+decoupled rotary part.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import AttentionMask, KVCache
+from .registry import Annotated, Gt, Settings, doc, register
+
+
+@dataclass
+class LatentSettings(Settings):
+    """Keys and values expanded from a compressed latent per token; queries through a low-rank bottleneck."""
+
+    name: str = "latent"
+    q_lora_rank: Annotated[int | None, Gt(0), doc("the queries' bottleneck width (DeepSeek-V3: 1536); null: one "
+                                                  "full W_q")] = None
+    kv_lora_rank: Annotated[int, Gt(0), doc("the latent each token's keys and values are expanded from, what the "
+                                            "KV cache holds (DeepSeek-V3: 512)")] = 512
+    qk_nope_head_dim: Annotated[int, Gt(0), doc("each head's query/key channels without rotation (128)")] = 128
+    qk_rope_head_dim: Annotated[int, Gt(0), doc("the turned query/key channels, one key part shared by all heads "
+                                                "(64); must equal model.d_head, the width the positions turn")] = 64
+    v_head_dim: Annotated[int, Gt(0), doc("each head's value width (128)")] = 128
+    norm_eps: Annotated[float, Gt(0), doc("the epsilon of the latents' RMSNorms")] = 1e-6
+    query_scale: Annotated[float | None, Gt(0), doc("what q.k is multiplied by; null: 1/sqrt(qk_nope_head_dim + "
+                                                    "qk_rope_head_dim)")] = None
+    SHARED = ("d_model", "n_heads", "d_head", "bias", "dropout")
+
+    def problems(self, model):
+        if model.head_dim != self.qk_rope_head_dim:
+            yield "qk_rope_head_dim", self.qk_rope_head_dim, (
+                f"model.d_head={model.head_dim}: the positions turn d_head channels, so latent attention needs "
+                "model.d_head equal to its qk_rope_head_dim")
+
+
+@register("attention", "latent", LatentSettings)
+class LatentAttention(nn.Module):
+    """DeepSeek's multi-head latent attention; ``forward`` has the signature of every attention component."""
+
+    def __init__(self, d_model: int, n_heads: int, d_head: int, bias: bool = False, dropout: float = 0.0,
+                 q_lora_rank: int | None = None, kv_lora_rank: int = 512, qk_nope_head_dim: int = 128,
+                 qk_rope_head_dim: int = 64, v_head_dim: int = 128, norm_eps: float = 1e-6,
+                 query_scale: float | None = None):
+        super().__init__()
+        if d_head != qk_rope_head_dim:
+            raise ValueError(f"d_head={d_head} must equal qk_rope_head_dim={qk_rope_head_dim} (the positions turn "
+                             "d_head channels)")
+        self.n_heads, self.nope, self.rope, self.v_dim = n_heads, qk_nope_head_dim, qk_rope_head_dim, v_head_dim
+        self.kv_rank = kv_lora_rank
+        qk = qk_nope_head_dim + qk_rope_head_dim
+        if q_lora_rank is None:
+            self.q = nn.Linear(d_model, n_heads * qk, bias=False)
+        else:
+            self.q_a = nn.Linear(d_model, q_lora_rank, bias=bias)
+            self.q_norm = nn.RMSNorm(q_lora_rank, eps=norm_eps)
+            self.q_b = nn.Linear(q_lora_rank, n_heads * qk, bias=False)
+        self.kv_a = nn.Linear(d_model, kv_lora_rank + qk_rope_head_dim, bias=bias)
+        self.kv_norm = nn.RMSNorm(kv_lora_rank, eps=norm_eps)
+        self.kv_b = nn.Linear(kv_lora_rank, n_heads * (qk_nope_head_dim + v_head_dim), bias=False)
+        self.o = nn.Linear(n_heads * v_head_dim, d_model, bias=bias)
+        self.o.residual_projection = True
+        self.scale = query_scale if query_scale is not None else 1.0 / math.sqrt(qk)
+        self.dropout = dropout
+        self.layer = 0
+        self.recorder = None
+
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.q(x) if hasattr(self, "q") else self.q_b(self.q_norm(self.q_a(x)))
+        return q.view(*x.shape[:2], self.n_heads, self.nope + self.rope).transpose(1, 2)
+
+    def forward(self, x, mask: AttentionMask, positions, pos, cache: KVCache | None = None):
+        b, t, _ = x.shape
+        q_nope, q_rope = self.queries(x).split([self.nope, self.rope], dim=-1)
+        latent, k_rope = self.kv_a(x).split([self.kv_rank, self.rope], dim=-1)
+        latent = self.kv_norm(latent)[:, None]  # [B, 1, t, kv_lora_rank]
+        q_rope, k_rope = positions.rotate(q_rope, k_rope[:, None], pos, pos)
+        if cache is not None:  # the cache holds the latent and the shared turned key, nothing per head
+            latent, k_rope = cache.extend(self.layer, latent, k_rope, pos)
+        tk = latent.shape[2]
+        k_nope, v = self.kv_b(latent[:, 0]).view(b, tk, self.n_heads, -1).transpose(1, 2).split(
+            [self.nope, self.v_dim], dim=-1)
+        q = torch.cat((q_nope, q_rope), dim=-1)
+        k = torch.cat((k_nope, k_rope.expand(-1, self.n_heads, -1, -1)), dim=-1)
+        if self.recorder is None:
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.grid, is_causal=mask.is_causal,
+                                               dropout_p=self.dropout if self.training else 0.0, scale=self.scale)
+        else:
+            z = self._explicit(q, k, v, mask)
+        return self.o(z.transpose(1, 2).reshape(b, t, self.n_heads * self.v_dim))
+
+    def _explicit(self, q, k, v, mask: AttentionMask):
+        """Scores, mask, softmax and the weighted values step by step, each handed to the recorder."""
+        scores = (q @ k.transpose(-2, -1)) * self.scale
+        allowed = mask.dense(q.shape[2], k.shape[2], q.device)
+        pattern = (scores if allowed is None else scores.masked_fill(~allowed, float("-inf"))).softmax(dim=-1)
+        z = F.dropout(pattern, self.dropout, self.training) @ v
+        w_o = self.o.weight.view(self.o.out_features, self.n_heads, self.v_dim)
+        self.recorder(self.layer, {"q": q, "k": k, "v": v, "scores": scores, "mask": allowed, "pattern": pattern,
+                                   "z": z, "result": torch.einsum("bhtd,mhd->bhtm", z, w_o)})
+        return z
+
+    @classmethod
+    def formula(cls, d_model, n_heads, d_head, bias=False, dropout=0.0, q_lora_rank=None, kv_lora_rank=512,
+                qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, **_) -> dict:
+        qk = n_heads * (qk_nope_head_dim + qk_rope_head_dim)
+        b = 1 if bias else 0
+        if q_lora_rank is None:
+            out = {"W_q": {"weight": d_model * qk, "bias": 0}}
+        else:
+            out = {"W_q_a": {"weight": d_model * q_lora_rank, "bias": b * q_lora_rank},
+                   "q_norm": {"weight": q_lora_rank, "bias": 0},
+                   "W_q_b": {"weight": q_lora_rank * qk, "bias": 0}}
+        kv_a = kv_lora_rank + qk_rope_head_dim
+        out |= {"W_kv_a": {"weight": d_model * kv_a, "bias": b * kv_a},
+                "kv_norm": {"weight": kv_lora_rank, "bias": 0},
+                "W_kv_b": {"weight": kv_lora_rank * n_heads * (qk_nope_head_dim + v_head_dim), "bias": 0},
+                "W_o": {"weight": n_heads * v_head_dim * d_model, "bias": b * d_model}}
+        return out
+
+    @classmethod
+    def cache_per_token(cls, kv_lora_rank=512, qk_rope_head_dim=64, **_) -> int:
+        """Numbers the KV cache holds per token and layer: the latent and the shared turned key."""
+        return kv_lora_rank + qk_rope_head_dim
