@@ -134,6 +134,11 @@ class LatentAttention(nn.Module):
         return out
 
     @classmethod
+    def head_widths(cls, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, **_) -> tuple[int, int]:
+        """Each head's query/key width and value width (what the attention over the context costs per position)."""
+        return qk_nope_head_dim + qk_rope_head_dim, v_head_dim
+
+    @classmethod
     def cache_per_token(cls, kv_lora_rank=512, qk_rope_head_dim=64, **_) -> int:
         """Numbers the KV cache holds per token and layer: the latent and the shared turned key."""
         return kv_lora_rank + qk_rope_head_dim

@@ -160,19 +160,28 @@ class MixtureOfExperts(nn.Module):
             weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
         return logits, experts, weights * self.routed_scale
 
-    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        """Expert ``e`` on the tokens ``x`` ``[n, d_model]``."""
-        h = x @ self.w_in[e].t()
-        if self.in_bias is not None:
-            h = h + self.in_bias[e]
+    def experts(self) -> list[tuple]:
+        """Each expert's (w_in, w_out, in_bias, out_bias): the stacked tensors split once (a backward through
+        ``w_in[e]`` for each expert would scatter a gradient of the whole stack per expert)."""
+        parts = [t.unbind(0) if t is not None else [None] * self.n_experts
+                 for t in (self.w_in, self.w_out, self.in_bias, self.out_bias)]
+        return list(zip(*parts))
+
+    def expert(self, e: int, x: torch.Tensor, weights: tuple | None = None) -> torch.Tensor:
+        """Expert ``e`` on the tokens ``x`` ``[n, d_model]`` (``weights``: its tensors from :meth:`experts`)."""
+        w_in, w_out, in_bias, out_bias = weights or (self.w_in[e], self.w_out[e], *(
+            None if b is None else b[e] for b in (self.in_bias, self.out_bias)))
+        h = x @ w_in.t()
+        if in_bias is not None:
+            h = h + in_bias
         gate, up = h.chunk(2, dim=-1)
         if self.activation == "clamped":
             gate = gate.clamp(max=self.limit)
             h = (up.clamp(-self.limit, self.limit) + 1) * gate * torch.sigmoid(gate * self.alpha)
         else:
             h = F.silu(gate) * up
-        out = h @ self.w_out[e].t()
-        return out if self.out_bias is None else out + self.out_bias[e]
+        out = h @ w_out.t()
+        return out if out_bias is None else out + out_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -184,9 +193,9 @@ class MixtureOfExperts(nn.Module):
         counts = torch.bincount(experts.flatten(), minlength=self.n_experts)
         picked = flat[tokens]
         outs, start = [], 0
-        for e, n in enumerate(counts.tolist()):
+        for e, (n, tensors) in enumerate(zip(counts.tolist(), self.experts())):
             if n:
-                outs.append(self.expert(e, picked[start:start + n]))
+                outs.append(self.expert(e, picked[start:start + n], tensors))
                 start += n
         routed = torch.cat(outs) * weights.flatten()[order, None].to(flat.dtype)
         out = torch.zeros_like(flat).index_add_(0, tokens, routed)
@@ -229,6 +238,12 @@ class MixtureOfExperts(nn.Module):
             shared = SwiGLUMLP.formula(d_model, shared_experts * hidden, bias)
             out["shared"] = _count(sum(p["weight"] for p in shared.values()), sum(p["bias"] for p in shared.values()))
         return out
+
+    @classmethod
+    def layer_spans(cls, n_layers: int, first_dense: int = 0, **_) -> list[tuple[int, int]]:
+        """(a layer, how many are built like it): the first dense layers, then the experts."""
+        dense = min(first_dense, n_layers)
+        return [(layer, n) for layer, n in ((0, dense), (dense, n_layers - dense)) if n]
 
     @classmethod
     def active_formula(cls, d_model, n_experts=8, top_k=2, layer=None, first_dense=0, **settings) -> dict:
