@@ -34,8 +34,9 @@ class LatentSettings(Settings):
     kv_lora_rank: Annotated[int, Gt(0), doc("the latent each token's keys and values are expanded from, what the "
                                             "KV cache holds (DeepSeek-V3: 512)")] = 512
     qk_nope_head_dim: Annotated[int, Gt(0), doc("each head's query/key channels without rotation (128)")] = 128
-    qk_rope_head_dim: Annotated[int, Gt(0), doc("the turned query/key channels, one key part shared by all heads "
-                                                "(64); must equal model.d_head, the width the positions turn")] = 64
+    qk_rope_head_dim: Annotated[int | None, Gt(0), doc("the turned query/key channels, one key part shared by all "
+                                                       "heads (64); null: model.d_head, the width the positions turn "
+                                                       "(which it must equal)")] = None
     v_head_dim: Annotated[int, Gt(0), doc("each head's value width (128)")] = 128
     norm_eps: Annotated[float, Gt(0), doc("the epsilon of the latents' RMSNorms")] = 1e-6
     query_scale: Annotated[float | None, Gt(0), doc("what q.k is multiplied by; null: 1/sqrt(qk_nope_head_dim + "
@@ -43,7 +44,7 @@ class LatentSettings(Settings):
     SHARED = ("d_model", "n_heads", "d_head", "bias", "dropout")
 
     def problems(self, model):
-        if model.head_dim != self.qk_rope_head_dim:
+        if self.qk_rope_head_dim is not None and model.head_dim != self.qk_rope_head_dim:
             yield "qk_rope_head_dim", self.qk_rope_head_dim, (
                 f"model.d_head={model.head_dim}: the positions turn d_head channels, so latent attention needs "
                 "model.d_head equal to its qk_rope_head_dim")
@@ -55,9 +56,10 @@ class LatentAttention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, d_head: int, bias: bool = False, dropout: float = 0.0,
                  q_lora_rank: int | None = None, kv_lora_rank: int = 512, qk_nope_head_dim: int = 128,
-                 qk_rope_head_dim: int = 64, v_head_dim: int = 128, norm_eps: float = 1e-6,
+                 qk_rope_head_dim: int | None = None, v_head_dim: int = 128, norm_eps: float = 1e-6,
                  query_scale: float | None = None):
         super().__init__()
+        qk_rope_head_dim = qk_rope_head_dim or d_head
         if d_head != qk_rope_head_dim:
             raise ValueError(f"d_head={d_head} must equal qk_rope_head_dim={qk_rope_head_dim} (the positions turn "
                              "d_head channels)")
@@ -117,7 +119,8 @@ class LatentAttention(nn.Module):
 
     @classmethod
     def formula(cls, d_model, n_heads, d_head, bias=False, dropout=0.0, q_lora_rank=None, kv_lora_rank=512,
-                qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, **_) -> dict:
+                qk_nope_head_dim=128, qk_rope_head_dim=None, v_head_dim=128, **_) -> dict:
+        qk_rope_head_dim = qk_rope_head_dim or d_head
         qk = n_heads * (qk_nope_head_dim + qk_rope_head_dim)
         b = 1 if bias else 0
         if q_lora_rank is None:
@@ -134,11 +137,11 @@ class LatentAttention(nn.Module):
         return out
 
     @classmethod
-    def head_widths(cls, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, **_) -> tuple[int, int]:
+    def head_widths(cls, d_head, qk_nope_head_dim=128, qk_rope_head_dim=None, v_head_dim=128, **_) -> tuple[int, int]:
         """Each head's query/key width and value width (what the attention over the context costs per position)."""
-        return qk_nope_head_dim + qk_rope_head_dim, v_head_dim
+        return qk_nope_head_dim + (qk_rope_head_dim or d_head), v_head_dim
 
     @classmethod
-    def cache_per_token(cls, kv_lora_rank=512, qk_rope_head_dim=64, **_) -> int:
+    def cache_per_token(cls, d_head, kv_lora_rank=512, qk_rope_head_dim=None, **_) -> int:
         """Numbers the KV cache holds per token and layer: the latent and the shared turned key."""
-        return kv_lora_rank + qk_rope_head_dim
+        return kv_lora_rank + (qk_rope_head_dim or d_head)
