@@ -343,3 +343,23 @@ def test_yarn_frequencies_equal_transformers():
                                scaling="yarn", truncate=truncate)
         torch.testing.assert_close(ours.inv_freq(), theirs)
         assert ours.attention_factor == pytest.approx(factor)
+
+
+def test_routing_capture_holds_each_tokens_experts_and_the_load():
+    from builder.interp.routing import capture_routing_on, draw_routing
+
+    torch.manual_seed(0)
+    model = build_model(OmegaConf.merge(preset_configs(["tiny_moe"])["tiny_moe"],
+                                        {"d_model": 32, "n_layers": 2, "n_heads": 2, "mlp": {"hidden": 16}}))
+    ids = torch.randint(0, 128, (1, 9))
+    routes = capture_routing_on(model, ids)
+    assert sorted(routes) == [0, 1]
+    # layer 0's router reads the residual stream after attention, normalised: route it by hand
+    emb = model.positions(model.token_embedding(ids), torch.arange(9))
+    pos = torch.arange(9)
+    h = emb + model.blocks[0].attention(model.blocks[0].norm_1(emb), model.layer_masks(pos, pos)[0], model.positions, pos)
+    _, experts, weights = model.blocks[0].mlp.route(model.blocks[0].norm_2(h)[0])
+    torch.testing.assert_close(routes[0].weights[0].gather(-1, experts), weights.detach())
+    assert routes[0].load.sum() == 9 * 2 and (routes[0].weights[0] > 0).sum(-1).eq(2).all()
+    figure = draw_routing([str(i) for i in range(9)], routes)
+    assert len(figure.axes) == 3  # a grid per layer, and the load

@@ -4,10 +4,11 @@ the experts (two real CPU processes)."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
-from conftest import home_env, train_run
+from conftest import home_env, run_cli, train_run
 from torch.distributed.checkpoint import FileSystemReader
 
 import builder
@@ -53,6 +54,18 @@ def test_tiny_moe_trains_logs_its_router_losses_and_resumes_exactly(env):
         assert ra[step] == pytest.approx(aux[step], abs=1e-6)
     model, _, cfg = builder.load_model(full / "checkpoints" / "last.ckpt")
     assert cfg["mlp"]["name"] == "moe" and model.blocks[0].mlp.w_in.shape == (4, 64, 32)
+    # routing made visible: task=attend draws which experts each token of the phrase goes to, per layer
+    out = env["root"] / "attend"
+    proc = run_cli("task=attend", f"checkpoint={full / 'checkpoints' / 'last.ckpt'}", "text=the cat sat",
+                   f"hydra.run.dir={out}", env=env["env"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "routing of 2 mixture-of-experts layers" in proc.stdout
+    assert (out / "routing.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    routes = json.loads((out / "routing.json").read_text())
+    assert len(routes["tokens"]) == 11 and sorted(routes["layers"]) == ["0", "1"]
+    for layer in routes["layers"].values():  # 2 of 4 experts per token; the load counts every choice
+        assert all(len(set(e)) == 2 and set(e) <= {0, 1, 2, 3} for e in layer["experts"])
+        assert all(abs(sum(w) - 1) < 1e-5 for w in layer["weights"]) and sum(layer["load"]) == 2 * 11
 
 
 def test_tiny_moe_under_fsdp_shards_the_experts(env):

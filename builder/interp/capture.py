@@ -210,11 +210,18 @@ def capture_attention(model: nn.Module, fields=None, layers=None):
             record.heads[getattr(modules[i], "layer", i)] = layout
         if note is not None:
             record.notes[getattr(modules[i], "layer", i)] = note
+    with recorders(modules, record):
+        yield record
+
+
+@contextmanager
+def recorders(modules: list[nn.Module], recorder):
+    """Each of ``modules`` hands its tensors to ``recorder`` while open; the recorders they had are put back after."""
     previous = [m.recorder for m in modules]
     for m in modules:
-        m.recorder = record
+        m.recorder = recorder
     try:
-        yield record
+        yield
     finally:
         for m, prev in zip(modules, previous):
             m.recorder = prev
