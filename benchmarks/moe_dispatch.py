@@ -53,7 +53,10 @@ def main(argv=None) -> int:
     p.add_argument("--top-k", type=int, default=2)
     p.add_argument("--tokens", type=int, default=1024)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     moe = MixtureOfExperts(args.d_model, n_experts=args.experts, top_k=args.top_k, hidden=args.hidden)
     x = torch.randn(1, args.tokens, args.d_model, requires_grad=True)
