@@ -363,3 +363,17 @@ def test_routing_capture_holds_each_tokens_experts_and_the_load():
     assert routes[0].load.sum() == 9 * 2 and (routes[0].weights[0] > 0).sum(-1).eq(2).all()
     figure = draw_routing([str(i) for i in range(9)], routes)
     assert len(figure.axes) == 3  # a grid per layer, and the load
+
+
+@pytest.mark.parametrize("args,key,accepted", [
+    (["model=tiny_moe", "model.mlp.top_k=5"], "model.mlp.top_k", "at most n_experts=4"),
+    (["model=tiny_moe", "model.mlp.n_groups=3"], "model.mlp.n_groups", "a divisor of n_experts=4"),
+    (["model=deepseek_v3", "model.mlp.n_groups=64", "model.mlp.top_groups=1"], "model.mlp.top_k",
+     "at most the experts of top_groups=1 groups (4)"),
+    (["model=deepseek_v3", "model.d_head=32"], "model.attention.qk_rope_head_dim", "model.d_head=32"),
+    (["model=gpt_oss_20b", "model.embedding.scaling=ntk"], "model.embedding.scaling", "one of llama3, yarn"),
+])
+def test_rules_of_the_new_components_are_refused_by_name(tmp_path, cli, args, key, accepted):
+    proc = cli("task=report", *args, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"Error: {key}=") and accepted in proc.stderr, proc.stderr
