@@ -126,6 +126,7 @@ class MixtureOfExperts(nn.Module):
         self.out_bias = nn.Parameter(torch.zeros(n_experts, d_model)) if expert_bias else None
         self.shared = SwiGLUMLP(d_model, shared_experts * hidden, bias=bias) if shared_experts else None
         self.losses: dict[str, torch.Tensor] = {}  # the last training forward's router losses (unweighted)
+        self.load: torch.Tensor | None = None  # the last evaluation forward's choices per expert
         self.recorder = None  # a callable(layer, tensors) while routing is captured
         self.reset_parameters()
 
@@ -203,6 +204,8 @@ class MixtureOfExperts(nn.Module):
             out = out + self.shared(flat)
         if self.training and (self.aux_weight or self.z_weight):
             self.losses = self.router_losses(logits, counts)
+        elif not self.training:
+            self.load = counts.detach()
         if self.recorder is not None:
             self.recorder(self.layer, {"router_logits": logits.view(*shape[:-1], -1),
                                        "experts": experts.view(*shape[:-1], -1),
@@ -268,3 +271,15 @@ def router_losses(model: nn.Module) -> dict[str, torch.Tensor]:
         if isinstance(m, MixtureOfExperts):
             m.losses = {}
     return out
+
+
+def expert_loads(model: nn.Module) -> torch.Tensor | None:
+    """The choices each expert took in the last evaluation forward, ``[MoE layers, n_experts]`` (None without MoE
+    layers or before one ran), read once."""
+    layers = [m for m in model.modules() if isinstance(m, MixtureOfExperts) and m.load is not None]
+    if not layers or len({len(m.load) for m in layers}) > 1:
+        return None
+    loads = torch.stack([m.load for m in layers])
+    for m in layers:
+        m.load = None
+    return loads

@@ -44,6 +44,9 @@ def test_tiny_moe_trains_logs_its_router_losses_and_resumes_exactly(env):
     for step in aux:  # summed over the 2 layers, with tiny_moe.yaml's weights (the logged terms: layer means)
         assert aux[step] == pytest.approx(2 * (0.01 * balance[step] + 0.001 * z[step]), rel=1e-4)
         assert balance[step] >= 0.99  # 1 when the load is even, above when not
+    busiest, idlest = metrics(full, "val/expert_load_max"), metrics(full, "val/expert_load_min")
+    assert sorted(busiest) == sorted(idlest) == sorted(metrics(full, "val/loss")) and len(busiest) == 2
+    assert all(busiest[s] >= 1 >= idlest[s] >= 0 for s in busiest)  # multiples of an even load, per validation
     a, r = loss, metrics(resumed, "train/loss")
     later = [s for s in r if s > 8]
     assert len(later) >= 7

@@ -16,7 +16,7 @@ from pytorch_lightning.strategies import FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
-from components.moe import router_losses
+from components.moe import expert_loads, router_losses
 
 from ..checkpoint import nonfinite_tensor
 from ..config.checks import is_count
@@ -82,6 +82,7 @@ class LitGPT(pl.LightningModule):
         self._schedule: _Schedule | None = None
         self._rng_to_restore: dict | None = None
         self._val_losses: list[torch.Tensor] = []
+        self._val_loads: torch.Tensor | None = None  # a mixture of experts' choices per expert, summed over batches
         self.skipped_nonfinite = 0
         self._unchecked: list[tuple[int, int, torch.Tensor]] = []  # (step, batch, loss) not yet checked for NaN/inf
         self.model: nn.Module | None = None
@@ -203,6 +204,19 @@ class LitGPT(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         self._val_losses.append(self.loss(batch).detach())
+        loads = expert_loads(self.model)
+        if loads is not None:  # a mixture of experts: the choices per expert over the validation batches
+            self._val_loads = loads if self._val_loads is None else self._val_loads + loads
+
+    def log_expert_load(self) -> None:
+        """``val/expert_load_max`` and ``val/expert_load_min``: the busiest and idlest expert of any layer over the
+        validation batches, as a multiple of an even load (1: every expert took its share)."""
+        loads, self._val_loads = self._val_loads, None
+        if loads is None:
+            return
+        share = loads.float() / loads.sum(dim=-1, keepdim=True) * loads.shape[-1]
+        self.log("val/expert_load_max", share.max(), sync_dist=True)
+        self.log("val/expert_load_min", share.min(), sync_dist=True)
 
     def on_validation_epoch_end(self):
         if not self._val_losses:
@@ -217,6 +231,7 @@ class LitGPT(pl.LightningModule):
                 + f" at step {self.global_step}: the model no longer computes a finite loss; the run stops. Lower "
                 "train.lr (or raise train.warmup_steps)")
         self.log("val/loss", mean, prog_bar=True, sync_dist=True)
+        self.log_expert_load()
         self.log("val/ppl", torch.exp(mean), sync_dist=True)
 
     def configure_optimizers(self):
