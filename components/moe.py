@@ -128,13 +128,19 @@ class MixtureOfExperts(nn.Module):
         self.losses: dict[str, torch.Tensor] = {}  # the last training forward's router losses (unweighted)
         self.load: torch.Tensor | None = None  # the last evaluation forward's choices per expert
         self.recorder = None  # a callable(layer, tensors) while routing is captured
-        self.reset_parameters()
+        self.init_parameters()
 
-    def reset_parameters(self, std: float = 0.02) -> None:
+    def init_parameters(self, std: float = 0.02, residual_std: float | None = None) -> None:
+        """The experts' matrices N(0, std), their output matrices N(0, residual_std) (the model's residual
+        projections' scaled std, GPT-2 style), their biases 0 (the router and shared experts are nn.Linear: the
+        model initialises them)."""
         if self.w_in.is_meta:
             return
         nn.init.normal_(self.w_in, 0.0, std)
-        nn.init.normal_(self.w_out, 0.0, std)
+        nn.init.normal_(self.w_out, 0.0, std if residual_std is None else residual_std)
+        for bias in (self.in_bias, self.out_bias):
+            if bias is not None:
+                nn.init.zeros_(bias)
 
     @classmethod
     def for_layer(cls, layer: int, d_model: int, first_dense: int = 0, dense_hidden: int | None = None,

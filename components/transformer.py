@@ -110,6 +110,8 @@ class Transformer(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, 0.0, std)
+            elif hasattr(module, "init_parameters"):  # weights held outside nn.Linear (a mixture of experts')
+                module.init_parameters(std, scaled)
 
     def layer_masks(self, q_pos, k_pos, attention_mask=None, filled=None) -> list[AttentionMask]:
         """One AttentionMask per layer; layers with the same rule share the tensor.
