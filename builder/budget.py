@@ -34,7 +34,7 @@ def _count_module(into: dict, module: nn.Module, seen: set) -> None:
         if id(p) in seen:
             continue
         seen.add(id(p))
-        is_bias = name.rsplit(".", 1)[-1] == "bias"
+        is_bias = name.rsplit(".", 1)[-1].endswith("bias")  # (a mixture of experts: in_bias, out_bias)
         _add(into, 0 if is_bias else p.numel(), p.numel() if is_bias else 0)
 
 
@@ -64,8 +64,9 @@ def _sum_formula(parts: dict | None) -> tuple[int, int]:
     return sum(p["weight"] for p in parts.values()), sum(p["bias"] for p in parts.values())
 
 
-def formula_groups(m: dict, specs: dict) -> dict | None:
-    """Closed-form counts by group; None when a component has no ``formula``."""
+def formula_groups(m: dict, specs: dict, active: bool = False) -> dict | None:
+    """Closed-form counts by group; None when a component has no ``formula``. ``active``: what one token uses (a
+    mixture of experts' router, shared and top-k experts; every other component uses all it has)."""
     if any(getattr(s.cls, "formula", None) is None for s in specs.values() if s.kind != "mask"):
         return None
     d, vocab, layers = m["d_model"], m["vocab_size"], m["n_layers"]
@@ -73,12 +74,20 @@ def formula_groups(m: dict, specs: dict) -> dict | None:
     _add(groups["token_embedding"], vocab * d, 0)
     _add(groups["positions"], *_sum_formula(specs["embedding"].formula()))
     _add(groups["attention"], *_sum_formula(specs["attention"].formula()), times=layers)
-    _add(groups["mlp"], *_sum_formula(specs["mlp"].formula()), times=layers)
+    for layer, times in layer_spans(specs["mlp"], layers):  # a mixture of experts' first layers are dense
+        _add(groups["mlp"], *_sum_formula(specs["mlp"].formula(layer, active=active)), times=times)
     n_norms = norms_per_block(m["norm_layout"]) * layers + (1 if has_final_norm(m["norm_layout"]) else 0)
     _add(groups["norms"], *_sum_formula(specs["norm"].formula()), times=n_norms)
     _add(groups["unembedding"], 0 if m["tie_embeddings"] else vocab * d, 0)
     groups["unembedding"]["tied"] = bool(m["tie_embeddings"])
     return groups
+
+
+def layer_spans(spec, layers: int) -> list[tuple[int | None, int]]:
+    """(a layer, how many layers are built like it) for a component that differs by layer (its class's
+    ``layer_spans``), else [(None, layers)]: every layer alike."""
+    spans = getattr(spec.cls, "layer_spans", None)
+    return [(None, layers)] if spans is None else spans(layers, **spec.kwargs)
 
 
 def _per_head(m: dict, layer: dict | None, n_kv: int) -> dict | None:
@@ -112,16 +121,19 @@ def _per_head(m: dict, layer: dict | None, n_kv: int) -> dict | None:
     }
 
 
-def flops_per_token(m: dict, groups: dict) -> dict:
+def flops_per_token(m: dict, groups: dict, widths: tuple[int, int] | None = None) -> dict:
     """Forward FLOPs per token: 2 per matmul weight, plus attention over the whole context.
 
     Matmul weights are attention's and the MLP's weights plus the unembedding (used even when
-    tied to the embedding). The context term is 2·2·n_layers·T·n_heads·d_head (q·k and the
-    weighted sum of v, at the full context T, not halved for the causal mask). Training ≈ 3×.
+    tied to the embedding); ``groups`` are the active ones (a mixture of experts: the experts a token goes to).
+    The context term is 2·2·n_layers·T·n_heads·d_head (q·k and the weighted sum of v, at the full context T, not
+    halved for the causal mask); ``widths``: each head's (q·k, v) widths when they are not d_head (latent
+    attention: 192 and 128). Training ≈ 3×.
     """
     unembedding = m["vocab_size"] * m["d_model"]
     matmul = groups["attention"]["weight"] + groups["mlp"]["weight"] + unembedding
-    context = 4 * m["n_layers"] * m["context_length"] * m["n_heads"] * m["d_head"]
+    qk, v = widths or (m["d_head"], m["d_head"])
+    context = 2 * m["n_layers"] * m["context_length"] * m["n_heads"] * (qk + v)
     forward = 2 * matmul + context
     return {
         "forward": forward,
@@ -130,6 +142,43 @@ def flops_per_token(m: dict, groups: dict) -> dict:
         "attention_context": context,
         "context_length": m["context_length"],
     }
+
+
+# bytes of one cached key/value element: bf16, as a model is served
+KV_CACHE_BYTES = 2
+
+
+def kv_cache(m: dict, attention) -> dict:
+    """What the KV cache holds per token: elements per layer (the attention class's ``cache_per_token``, else one
+    key and one value per K/V head), bytes per token over all layers in bf16, and bytes for a whole context."""
+    per_layer = getattr(attention.cls, "cache_per_token", None)
+    if per_layer is not None:
+        elements = per_layer(**attention.kwargs)
+    else:
+        elements = 2 * attention.kwargs.get("n_kv_heads", m["n_heads"]) * m["d_head"]
+    per_token = elements * m["n_layers"] * KV_CACHE_BYTES
+    return {"elements_per_layer": elements, "bytes_per_token": per_token, "bytes_per_context": per_token *
+            m["context_length"], "context_length": m["context_length"], "dtype": "bfloat16"}
+
+
+def _head_widths(attention) -> tuple[int, int] | None:
+    widths = getattr(attention.cls, "head_widths", None)
+    return None if widths is None else widths(**attention.kwargs)
+
+
+def active_params(m: dict, specs: dict, total: int, groups: dict) -> dict:
+    """Parameters one token uses, from the closed-form formulas (all of them without a mixture of experts), with
+    the looked-up embedding table counted (``total``) and not (``without_embedding``: a tied table stays, the
+    unembedding uses it), and attention's share of each; None-valued without formulas."""
+    active = formula_groups(m, specs, active=True)
+    if active is None:
+        active = groups  # no formulas: a component without one is counted whole
+    count = sum(g["total"] for g in active.values() if isinstance(g, dict) and "total" in g)
+    table = 0 if m["tie_embeddings"] else active["token_embedding"]["total"]
+    attention = active["attention"]["total"]
+    return {"total": count, "without_embedding": count - table, "attention_share": attention / count,
+            "attention_share_without_embedding": attention / (count - table), "groups": active,
+            "share_of_total": count / total}
 
 
 def memory_bytes(total: int) -> dict:
@@ -214,9 +263,12 @@ def parameter_budget(cfg_model, name: str | None = None) -> dict:
             groups, total, model = _meta_count(mc, layers)
             note = None
         else:
-            one, total_one, _ = _meta_count(mc, 1)
-            two, total_two, model = _meta_count(mc, 2)
-            groups, total = _scaled(one, two, layers), total_one + (layers - 1) * (total_two - total_one)
+            # the last span's layers are alike: count the ones before it and one and two of it
+            skip = layers - layer_spans(specs["mlp"], layers)[-1][1]
+            one, total_one, _ = _meta_count(mc, skip + 1)
+            two, total_two, model = _meta_count(mc, skip + 2)
+            groups = _scaled(one, two, layers - skip)
+            total = total_one + (layers - skip - 1) * (total_two - total_one)
             note = f"{layers:,} blocks: 1 and 2 built on the meta device, scaled"
         built = model.blocks[0].attention
         layer = built.breakdown() if hasattr(built, "breakdown") else None
@@ -230,6 +282,7 @@ def parameter_budget(cfg_model, name: str | None = None) -> dict:
             check["agree"] = False
             check["mismatches"].append({"group": "all", "part": "total", "meta": total,
                                         "formula": sum(g["total"] for g in groups.values())})
+    active = active_params(m, specs, total, groups)
     return {
         "model": name,
         "config": {
@@ -242,7 +295,9 @@ def parameter_budget(cfg_model, name: str | None = None) -> dict:
         "groups": groups,
         "attention_share": groups["attention"]["total"] / total,
         "per_head": _per_head(m, layer, n_kv),
-        "flops_per_token": flops_per_token(m, groups),
+        "active_params": active,
+        "flops_per_token": flops_per_token(m, active["groups"], _head_widths(attention)),
+        "kv_cache": kv_cache(m, attention),
         "memory_bytes": memory_bytes(total),
         "check": check,
     }
@@ -253,8 +308,12 @@ def formula_total(cfg_model) -> dict:
     m, specs = resolve(cfg_model)
     groups = formula_groups(m, specs)
     if groups is None:
-        return parameter_budget(cfg_model)
+        b = parameter_budget(cfg_model)
+        return {**b, "active_params": b["active_params"]["total"],
+                "active_attention_share": b["active_params"]["attention_share"]}
     total = sum(g["total"] for g in groups.values())
+    active = sum(g["total"] for g in formula_groups(m, specs, active=True).values())
     return {"total_params": total, "attention_share": groups["attention"]["total"] / total, "groups": groups,
+            "active_params": active, "active_attention_share": groups["attention"]["total"] / active,
             "config": {**{k: m[k] for k in ("d_model", "n_layers", "n_heads", "d_head")},
                        "n_kv_heads": specs["attention"].kwargs.get("n_kv_heads", m["n_heads"])}}

@@ -41,15 +41,22 @@ class Spec:
     cls: type
     kwargs: dict
 
-    def build(self):
+    def build(self, layer: int | None = None):
+        """The module; ``layer``: for a component that differs by layer (its class's ``for_layer``: the first
+        dense layers of a mixture of experts)."""
+        per_layer = getattr(self.cls, "for_layer", None) if layer is not None else None
         try:
-            return self.cls(**self.kwargs)
+            return per_layer(layer, **self.kwargs) if per_layer else self.cls(**self.kwargs)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"model.{self.kind}", self.name, str(err)) from None
 
-    def formula(self) -> dict | None:
-        fn = getattr(self.cls, "formula", None)
-        return None if fn is None else fn(**self.kwargs)
+    def formula(self, layer: int | None = None, active: bool = False) -> dict | None:
+        """The closed-form count of one layer's module (``layer``: which, for a component with ``for_layer``);
+        ``active``: only what one token uses (a class's ``active_formula``; all of it when it has none)."""
+        fn = getattr(self.cls, "active_formula" if active else "formula", None) or getattr(self.cls, "formula", None)
+        if fn is None:
+            return None
+        return fn(**self.kwargs, **({"layer": layer} if layer is not None and hasattr(self.cls, "for_layer") else {}))
 
 
 def resolve(cfg_model) -> tuple[dict, dict[str, Spec]]:
@@ -75,9 +82,9 @@ def build_model(cfg_model) -> nn.Module:
     layout = m["norm_layout"]
     norm = specs["norm"].build
     blocks = [
-        Block(specs["attention"].build(), specs["mlp"].build(), norm(), norm(), layout=layout, dropout=m["dropout"],
-              **({"post_norm_1": norm(), "post_norm_2": norm()} if layout == "sandwich" else {}))
-        for _ in range(m["n_layers"])
+        Block(specs["attention"].build(), specs["mlp"].build(layer=i), norm(), norm(), layout=layout,
+              dropout=m["dropout"], **({"post_norm_1": norm(), "post_norm_2": norm()} if layout == "sandwich" else {}))
+        for i in range(m["n_layers"])
     ]
     return Transformer(
         vocab_size=m["vocab_size"], d_model=m["d_model"], positions=positions, blocks=blocks,

@@ -103,6 +103,7 @@ def render(b: dict, markdown: bool = False) -> str:
                           _head_rows(b), markdown))
     out.append("")
     out.append(f"Attention share of all parameters: {100 * b['attention_share']:.1f}%")
+    out.extend(active_lines(b))
     f = b["flops_per_token"]
     out.append(f"FLOPs per token: forward {human(f['forward'], 'FLOP')} (2 x {f['matmul_weights']:,} matmul weights "
                f"+ {human(f['attention_context'], 'FLOP')} attention over {f['context_length']} tokens); "
@@ -116,6 +117,21 @@ def render(b: dict, markdown: bool = False) -> str:
                f"AdamW moments {human_bytes(bf['optimizer'])}); bf16 weights alone {human_bytes(mem['bf16_weights_only'])}")
     out.append(check_line(b))
     return "\n".join(out)
+
+
+def active_lines(b: dict) -> list[str]:
+    """What one token uses and attention's share of it, with the embedding table counted and not; the KV cache."""
+    a, total, out = b["active_params"], b["total_params"], []
+    if a["total"] != total:
+        out.append(f"Active per token: {a['total']:,} of {total:,} ({100 * a['total'] / total:.1f}%) with the "
+                   f"embedding table counted; {a['without_embedding']:,} without it (a looked-up row is no matmul)")
+        out.append(f"Attention share of the active parameters: {100 * a['attention_share']:.1f}% "
+                   f"({100 * a['attention_share_without_embedding']:.1f}% without the embedding table)")
+    kv = b["kv_cache"]
+    out.append(f"KV cache: {kv['elements_per_layer']:,} numbers per token and layer, {kv['bytes_per_token']:,} bytes "
+               f"per token in bf16 ({human_bytes(kv['bytes_per_context'])} for one {kv['context_length']:,}-token "
+               "context)")
+    return out
 
 
 def check_line(b: dict) -> str:
@@ -132,15 +148,17 @@ def check_line(b: dict) -> str:
 
 
 def side_by_side(budgets: list[dict], markdown: bool = False) -> str:
-    header = ["model", "n_layers", "d_model", "n_heads", "d_head", "total", "attention", "mlp", "embeddings",
-              "attention share", "train FLOPs/token"]
+    header = ["model", "n_layers", "d_model", "n_heads", "d_head", "total", "active", "attention", "mlp", "embeddings",
+              "attention share", "of active", "KV bytes/token", "train FLOPs/token"]
     rows = []
     for b in budgets:
         c, g = b["config"], b["groups"]
         emb = g["token_embedding"]["total"] + g["positions"]["total"] + g["unembedding"]["total"]
         rows.append([b["model"], str(c["n_layers"]), str(c["d_model"]), str(c["n_heads"]), str(c["d_head"]),
-                     human(b["total_params"]), human(g["attention"]["total"]), human(g["mlp"]["total"]), human(emb),
-                     f"{100 * b['attention_share']:.1f}%", human(b["flops_per_token"]["training"], "FLOP")])
+                     human(b["total_params"]), human(b["active_params"]["total"]), human(g["attention"]["total"]),
+                     human(g["mlp"]["total"]), human(emb), f"{100 * b['attention_share']:.1f}%",
+                     f"{100 * b['active_params']['attention_share']:.1f}%", f"{b['kv_cache']['bytes_per_token']:,}",
+                     human(b["flops_per_token"]["training"], "FLOP")])
     return table(header, rows, markdown)
 
 
@@ -184,6 +202,13 @@ def draw_chart(budgets: list[dict], shares: list[dict], path: Path) -> None:
     xs = [r["total_params"] for r in shares]
     ys = [100 * r["attention_share"] for r in shares]
     ax2.plot(xs, ys, "o", color="#dd8452", ms=4)
+    sparse = [r for r in shares if r.get("active_params", r["total_params"]) != r["total_params"]]
+    for r in sparse:  # a mixture of experts: the share of what one token uses, joined to the share of all
+        active = (r["active_params"], 100 * r["active_attention_share"])
+        ax2.plot([r["total_params"], active[0]], [100 * r["attention_share"], active[1]], color="#55a868", lw=0.6)
+        ax2.plot(*active, "s", color="#55a868", ms=4, label="active per token" if r is sparse[0] else None)
+    if sparse:
+        ax2.legend(loc="lower left", fontsize=7, frameon=False)
     for b in budgets:
         ax2.plot([b["total_params"]], [100 * b["attention_share"]], "o", ms=10, mfc="none", mec="black")
     ax2.axhline(100 / 3, color="grey", lw=0.8, ls="--")
@@ -191,7 +216,8 @@ def draw_chart(budgets: list[dict], shares: list[dict], path: Path) -> None:
                  textcoords="offset points", va="center", fontsize=7, color="grey")  # beside the axes, not on a point
     ax2.set_xscale("log")
     ax2.set_xlim(min(xs) / 3, max(xs) * 3)
-    ax2.set_ylim(min(ys) - 3, max(max(ys), 100 / 3) + 3)  # room for the labels of the lowest and highest points
+    every_y = ys + [100 * r["active_attention_share"] for r in sparse]
+    ax2.set_ylim(min(every_y) - 3, max(max(every_y), 100 / 3) + 3)  # room for the lowest and highest points' labels
     ax2.set_xlabel("parameters (log scale)", fontsize=8)
     ax2.set_ylabel("attention share (%)", fontsize=8)
     ax2.set_title("Attention's share by preset (circled: this report)", fontsize=9)
@@ -214,16 +240,19 @@ def preset_shares() -> list[dict]:
     rows = []
     for name in names:
         f = formula_total(presets[name])
-        rows.append({"model": name, **f["config"], "total_params": f["total_params"], "attention_share": f["attention_share"]})
+        rows.append({"model": name, **f["config"], "total_params": f["total_params"], "attention_share": f["attention_share"],
+                     "active_params": f["active_params"], "active_attention_share": f["active_attention_share"]})
     return sorted(rows, key=lambda r: r["total_params"])
 
 
 def shares_table(rows: list[dict], markdown: bool = False) -> str:
     """One row per preset: its family (the name's first part), width, depth, query/key-value heads, size, share."""
-    return table(["preset", "family", "d_model", "n_layers", "heads q/kv", "total", "attention share"],
+    return table(["preset", "family", "d_model", "n_layers", "heads q/kv", "total", "attention share", "active",
+                  "of active"],
                   [[r["model"], r["model"].split("_")[0], str(r["d_model"]), str(r["n_layers"]),
                     f"{r['n_heads']}/{r.get('n_kv_heads', r['n_heads'])}", human(r["total_params"]),
-                    f"{100 * r['attention_share']:.1f}%"] for r in rows], markdown)
+                    f"{100 * r['attention_share']:.1f}%", human(r.get("active_params", r["total_params"])),
+                    f"{100 * r.get('active_attention_share', r['attention_share']):.1f}%"] for r in rows], markdown)
 
 
 def write_budget_files(budgets: list[dict], out_dir: Path, shares: list[dict] | None = None) -> str:

@@ -42,6 +42,7 @@ class MultiHeadSettings(Settings):
     query_scale: Annotated[float | None, Gt(0), doc("what q.k is multiplied by; null: 1/sqrt(d_head)")] = None
     softcap: Annotated[float | None, Gt(0), doc("scores become cap * tanh(scores / cap) (Gemma 2: 50); null: "
                                                 "none")] = None
+    sinks: Annotated[bool, doc("a learned logit per head joins each softmax as a key with no value (gpt-oss)")] = False
     SHARED = ("d_model", "n_heads", "d_head", "bias", "dropout")
 
 
@@ -89,13 +90,13 @@ class KVCache:
         """Tokens held (those of the first layer: every layer holds as many once a forward pass ends)."""
         return next(iter(self.lengths.values())) if self.lengths else 0
 
-    def _room(self, layer: int, like: torch.Tensor, needed: int) -> None:
+    def _room(self, layer: int, k: torch.Tensor, v: torch.Tensor, needed: int) -> None:
         held = self.keys.get(layer)
         if held is not None and held.shape[2] >= needed:
             return
         size = max(needed, self.capacity or 0, 2 * held.shape[2] if held is not None else 0)
-        keys = like.new_empty(*like.shape[:2], size, like.shape[3])
-        values = like.new_empty(*like.shape[:2], size, like.shape[3])
+        keys = k.new_empty(*k.shape[:2], size, k.shape[3])
+        values = v.new_empty(*v.shape[:2], size, v.shape[3])  # (latent attention caches two widths)
         if held is not None:
             n = self.lengths[layer]
             keys[:, :, :n], values[:, :, :n] = held[:, :, :n], self.values[layer][:, :, :n]
@@ -106,7 +107,7 @@ class KVCache:
         positions, is what :class:`StaticKVCache` writes at; this cache appends.)"""
         start = self.lengths.get(layer, 0)
         end = start + k.shape[2]
-        self._room(layer, k, end)
+        self._room(layer, k, v, end)
         self.keys[layer][:, :, start:end] = k
         self.values[layer][:, :, start:end] = v
         self.lengths[layer] = end
@@ -165,7 +166,8 @@ class GroupedQueryAttention(nn.Module):
     Options the open decoder families need: ``qkv_bias`` (biases on q, k, v whatever ``bias`` says: Qwen2),
     ``qk_norm`` (an RMSNorm over each head's q and k before the rotation: Qwen3), ``query_scale`` (what q·k is
     multiplied by, 1/sqrt(d_head) when None: Gemma 2 uses query_pre_attn_scalar^-1/2) and ``softcap``
-    (scores become cap·tanh(scores/cap) before the mask: Gemma 2).
+    (scores become cap·tanh(scores/cap) before the mask: Gemma 2) and ``sinks`` (a learned logit per head that
+    joins every softmax as a key with no value, so a head can attend to nothing: gpt-oss).
     """
 
     def __init__(
@@ -181,6 +183,7 @@ class GroupedQueryAttention(nn.Module):
         qk_norm_eps: float = 1e-6,
         query_scale: float | None = None,
         softcap: float | None = None,
+        sinks: bool = False,
     ):
         super().__init__()
         if n_kv_heads <= 0 or n_heads % n_kv_heads:
@@ -197,6 +200,7 @@ class GroupedQueryAttention(nn.Module):
         self.k_norm = nn.RMSNorm(d_head, eps=qk_norm_eps) if qk_norm else None
         self.scale = query_scale if query_scale is not None else 1.0 / math.sqrt(d_head)
         self.softcap = softcap
+        self.sinks = nn.Parameter(torch.zeros(n_heads)) if sinks else None
         self.dropout = dropout
         self.layer = 0  # set by the model: which block this is
         for name in HOOKS:
@@ -218,8 +222,8 @@ class GroupedQueryAttention(nn.Module):
         q, k, v = hooked(self.hook_rot_q, q), hooked(self.hook_rot_k, k), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.extend(self.layer, k, v, pos)
-        if self.softcap is None and not (self.hook_attn_scores.fns or self.hook_pattern.fns
-                                         or self.hook_attn_scores_unmasked.fns):
+        if self.softcap is None and self.sinks is None and not (
+                self.hook_attn_scores.fns or self.hook_pattern.fns or self.hook_attn_scores_unmasked.fns):
             y = F.scaled_dot_product_attention(
                 q, k, v,
                 attn_mask=mask.grid,
@@ -228,7 +232,7 @@ class GroupedQueryAttention(nn.Module):
                 scale=self.scale,
                 enable_gqa=self.n_kv_heads != self.n_heads,
             )
-        else:  # the fused kernel has no soft-capping and makes no scores or pattern to hook
+        else:  # the fused kernel has no soft-capping nor sinks, and makes no scores or pattern to hook
             y = self._explicit(q, k, v, mask)
         z = self.hook_z(y.transpose(1, 2))  # [B, T, H, d_head]
         if self.hook_result.fns:
@@ -253,7 +257,8 @@ class GroupedQueryAttention(nn.Module):
         scores = self.hook_attn_scores_unmasked(scores)
         allowed = mask.dense(q.shape[2], k.shape[2], q.device)
         masked = scores if allowed is None else scores.masked_fill(~allowed, float("-inf"))
-        pattern = self.hook_pattern(self.hook_attn_scores(masked).softmax(dim=-1))
+        scores = self.hook_attn_scores(masked)
+        pattern = self.hook_pattern(scores.softmax(dim=-1) if self.sinks is None else _sink_softmax(scores, self.sinks))
         return F.dropout(pattern, self.dropout, self.training) @ v  # [B, H, Tq, d_head]
 
     def breakdown(self) -> dict:
@@ -268,11 +273,13 @@ class GroupedQueryAttention(nn.Module):
         out["W_o"] = {"weight": self.o.weight.numel(), "bias": self.o.bias.numel() if self.o.bias is not None else 0}
         if self.q_norm is not None:
             out["qk_norm"] = {"weight": 2 * self.d_head, "bias": 0}
+        if self.sinks is not None:
+            out["sinks"] = {"weight": self.n_heads, "bias": 0}
         return out
 
     @classmethod
     def formula(cls, d_model, n_heads, d_head, n_kv_heads=1, bias=True, dropout=0.0, qkv_bias=None, qk_norm=False,
-                **_) -> dict:
+                sinks=False, **_) -> dict:
         b = 1 if (bias if qkv_bias is None else qkv_bias) else 0
         q, kv = n_heads * d_head, n_kv_heads * d_head
         out = {
@@ -283,6 +290,8 @@ class GroupedQueryAttention(nn.Module):
         }
         if qk_norm:
             out["qk_norm"] = {"weight": 2 * d_head, "bias": 0}
+        if sinks:
+            out["sinks"] = {"weight": n_heads, "bias": 0}
         return out
 
 
@@ -292,10 +301,17 @@ class MultiHeadAttention(GroupedQueryAttention):
 
     def __init__(self, d_model: int, n_heads: int, d_head: int, bias: bool = True, dropout: float = 0.0,
                  qkv_bias: bool | None = None, qk_norm: bool = False, qk_norm_eps: float = 1e-6,
-                 query_scale: float | None = None, softcap: float | None = None):
+                 query_scale: float | None = None, softcap: float | None = None, sinks: bool = False):
         super().__init__(d_model, n_heads, d_head, n_kv_heads=n_heads, bias=bias, dropout=dropout, qkv_bias=qkv_bias,
-                         qk_norm=qk_norm, qk_norm_eps=qk_norm_eps, query_scale=query_scale, softcap=softcap)
+                         qk_norm=qk_norm, qk_norm_eps=qk_norm_eps, query_scale=query_scale, softcap=softcap,
+                         sinks=sinks)
 
     @classmethod
     def formula(cls, d_model, n_heads, d_head, bias=True, dropout=0.0, **options) -> dict:
         return super().formula(d_model, n_heads, d_head, n_heads, bias, dropout, **options)
+
+
+def _sink_softmax(scores: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
+    """Softmax over the keys and one sink logit per head ``[H]``, the sink's share dropped: rows sum to less than 1."""
+    sink = sinks.to(scores.dtype)[None, :, None, None].expand(*scores.shape[:-1], 1)
+    return torch.cat((scores, sink), dim=-1).softmax(dim=-1)[..., :-1]

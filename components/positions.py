@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .registry import Annotated, Gt, Interval, Settings, doc, register
+from .registry import Annotated, Gt, Interval, OneOf, Settings, doc, register
 
 POSITION_ARGS = ("d_model", "context_length", "d_head")
 
@@ -34,11 +34,21 @@ class RotarySettings(Settings):
                                                  "low_freq_factor stretch fully")] = 1.0
     high_freq_factor: Annotated[float, Gt(0), doc("Llama 3.1 scaling: wavelengths shorter than original_context / "
                                                   "high_freq_factor are kept")] = 4.0
-    original_context: Annotated[int, Gt(0), doc("Llama 3.1 scaling: the context the model was trained at")] = 8192
+    original_context: Annotated[int, Gt(0), doc("Llama 3.1 / YaRN scaling: the context the model was trained "
+                                                "at")] = 8192
+    scaling: Annotated[str, OneOf("llama3", "yarn"), doc("how scale_factor stretches the wavelengths: Llama 3.1's "
+                                                         "bands or YaRN's ramp (gpt-oss, DeepSeek-V3)")] = "llama3"
+    beta_fast: Annotated[float, Gt(0), doc("YaRN: channel pairs turning more than this often over the original "
+                                           "context are kept")] = 32.0
+    beta_slow: Annotated[float, Gt(0), doc("YaRN: pairs turning less often than this are stretched fully")] = 1.0
+    truncate: Annotated[bool, doc("YaRN: round the ramp's ends to whole channel pairs")] = True
+    mscale: Annotated[float | None, Gt(0), doc("YaRN: cos and sin times (0.1 mscale ln s + 1) / (0.1 mscale_all_dim "
+                                               "ln s + 1) when both are set; null: times 0.1 ln s + 1")] = None
+    mscale_all_dim: Annotated[float | None, Gt(0), doc("YaRN: see mscale")] = None
     SHARED = POSITION_ARGS
 
     def problems(self, model):
-        if self.scale_factor is not None and not self.low_freq_factor < self.high_freq_factor:
+        if self.scale_factor is not None and self.scaling == "llama3" and not self.low_freq_factor < self.high_freq_factor:
             yield "low_freq_factor", self.low_freq_factor, \
                 f"less than model.embedding.high_freq_factor={self.high_freq_factor} when scale_factor is set"
         d_head = model.shared()["d_head"]
@@ -119,12 +129,18 @@ class RotaryPositions(Positions):
     ``fraction`` < 1 turns only the first ``int(fraction · d_head)`` channels of each head (GPT-NeoX's
     ``rotary_pct``) and leaves the rest as they are. ``scale_factor`` applies Llama 3.1's frequency scaling:
     wavelengths longer than ``original_context / low_freq_factor`` are stretched by ``scale_factor``, shorter than
-    ``original_context / high_freq_factor`` kept, and the band between blended smoothly.
+    ``original_context / high_freq_factor`` kept, and the band between blended smoothly. ``scaling="yarn"``
+    applies YaRN's instead: pairs turning more than ``beta_fast`` times over ``original_context`` keep their speed,
+    fewer than ``beta_slow`` times are slowed by ``scale_factor``, a linear ramp between, and cos and sin are
+    multiplied by the attention factor ``0.1 ln(scale_factor) + 1`` (or the ratio ``mscale`` / ``mscale_all_dim``
+    make).
     """
 
     def __init__(self, d_model: int, context_length: int, d_head: int, base: float = 10000.0,
                  fraction: float = 1.0, scale_factor: float | None = None, low_freq_factor: float = 1.0,
-                 high_freq_factor: float = 4.0, original_context: int = 8192):
+                 high_freq_factor: float = 4.0, original_context: int = 8192, scaling: str = "llama3",
+                 beta_fast: float = 32.0, beta_slow: float = 1.0, truncate: bool = True, mscale: float | None = None,
+                 mscale_all_dim: float | None = None):
         super().__init__(d_model, context_length, d_head)
         if isinstance(fraction, bool) or not 0.0 < fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
@@ -134,8 +150,10 @@ class RotaryPositions(Positions):
                              f"int({d_head} * {fraction}) = {self.rotated} must be even and positive")
         if base <= 0:
             raise ValueError(f"base must be positive, got {base!r}")
-        if scale_factor is not None and (scale_factor <= 0 or not 0 < low_freq_factor < high_freq_factor
-                                         or original_context <= 0):
+        if scaling not in ("llama3", "yarn"):
+            raise ValueError(f"scaling must be llama3 or yarn, got {scaling!r}")
+        if scale_factor is not None and (scale_factor <= 0 or original_context <= 0 or (
+                scaling == "llama3" and not 0 < low_freq_factor < high_freq_factor)):
             raise ValueError("Llama 3 frequency scaling needs scale_factor > 0, 0 < low_freq_factor < "
                              f"high_freq_factor and original_context > 0; got scale_factor={scale_factor}, "
                              f"low_freq_factor={low_freq_factor}, high_freq_factor={high_freq_factor}, "
@@ -143,6 +161,12 @@ class RotaryPositions(Positions):
         self.base, self.fraction = base, fraction
         self.scale_factor, self.low_freq_factor, self.high_freq_factor = scale_factor, low_freq_factor, high_freq_factor
         self.original_context = original_context
+        self.scaling, self.beta_fast, self.beta_slow, self.truncate = scaling, beta_fast, beta_slow, truncate
+        self.attention_factor = 1.0
+        if scaling == "yarn" and scale_factor is not None:
+            def m(scale):
+                return 1.0 if scale_factor <= 1 else 0.1 * scale * math.log(scale_factor) + 1.0
+            self.attention_factor = m(mscale) / m(mscale_all_dim) if mscale and mscale_all_dim else m(1.0)
         self._memo = None  # (pos, dtype, (cos, sin)) of the last call: every layer of one forward shares them
 
     def inv_freq(self, device=None) -> torch.Tensor:
@@ -151,6 +175,8 @@ class RotaryPositions(Positions):
         inv_freq = 1.0 / (self.base ** (torch.arange(half, device=device, dtype=torch.float32) / half))
         if self.scale_factor is None:
             return inv_freq
+        if self.scaling == "yarn":
+            return self._yarn(inv_freq)
         wavelen = 2 * math.pi / inv_freq
         long_wave = self.original_context / self.low_freq_factor
         short_wave = self.original_context / self.high_freq_factor
@@ -160,11 +186,28 @@ class RotaryPositions(Positions):
         between = (wavelen >= short_wave) & (wavelen <= long_wave)
         return torch.where(between, blended, stretched)
 
+    def _yarn(self, inv_freq: torch.Tensor) -> torch.Tensor:
+        """YaRN: each pair's speed blended between kept and slowed by scale_factor along a ramp over the pairs."""
+        dim = self.rotated
+
+        def pair(rotations):  # the channel (of dim) whose pair turns `rotations` times over the original context
+            return dim * math.log(self.original_context / (rotations * 2 * math.pi)) / (2 * math.log(self.base))
+
+        low, high = pair(self.beta_fast), pair(self.beta_slow)
+        if self.truncate:
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
+        ramp = ((torch.arange(dim // 2, dtype=torch.float32, device=inv_freq.device) - low)
+                / (high - low if high != low else 0.001)).clamp(0, 1)
+        return inv_freq / self.scale_factor * ramp + inv_freq * (1 - ramp)
+
     def _cos_sin(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """``[T, rotated]`` tables: cos of each pair's angle on both of its channels, and sin with the sign each
         channel takes (−sin on the first half, +sin on the second), so a turn is x·cos + swap(x)·sin."""
         angles = pos.to(torch.float32)[:, None] * self.inv_freq(pos.device)[None, :]
         cos, sin = angles.cos(), angles.sin()
+        if self.attention_factor != 1.0:
+            cos, sin = cos * self.attention_factor, sin * self.attention_factor
         return torch.cat((cos, cos), dim=-1).to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype)
 
     def _turn(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

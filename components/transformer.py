@@ -125,6 +125,8 @@ class Transformer(HookedModel, nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, 0.0, std)
+            elif hasattr(module, "init_parameters"):  # weights held outside nn.Linear (a mixture of experts')
+                module.init_parameters(std, scaled)
 
     def set_activation_checkpointing(self, on: bool = True) -> None:
         """While training, each block keeps only its input and recomputes its activations in the backward pass

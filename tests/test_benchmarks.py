@@ -107,3 +107,14 @@ def test_checkpoint_check_times_the_finite_check_against_a_save(tmp_path):
     assert re.search(r"^finite check \(nonfinite_tensor\): \d+ ms", proc.stdout, re.M), proc.stdout
     assert re.search(r"^the check costs [\d.]+% of a save$", proc.stdout, re.M), proc.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_moe_dispatch_compares_sparse_and_dense_on_equal_outputs():
+    proc = subprocess.run([sys.executable, "benchmarks/moe_dispatch.py", "--d-model", "16", "--hidden", "8",
+                           "--experts", "4", "--top-k", "2", "--tokens", "64", "--rounds", "1"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # non-zero when the two outputs differ
+    rows = re.findall(r"^(forward|forward\+backward) +sparse +([\d.]+) ms +dense +([\d.]+) ms +dense/sparse "
+                      r"([\d.]+)x", proc.stdout, re.M)
+    assert [r[0] for r in rows] == ["forward", "forward+backward"], proc.stdout
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)

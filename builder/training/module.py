@@ -16,6 +16,8 @@ from pytorch_lightning.strategies import FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
+from components.moe import expert_loads, router_losses
+
 from ..checkpoint import nonfinite_tensor, training_state
 from ..config.checks import is_count
 from ..config.plain import to_plain
@@ -80,6 +82,7 @@ class LitGPT(pl.LightningModule):
         self._schedule: _Schedule | None = None
         self._rng_to_restore: dict | None = None
         self._val_losses: list[torch.Tensor] = []
+        self._val_loads: torch.Tensor | None = None  # a mixture of experts' choices per expert, summed over batches
         self.skipped_nonfinite = 0
         self._unchecked: list[tuple[int, int, torch.Tensor]] = []  # (step, batch, loss) not yet checked for NaN/inf
         self.model: nn.Module | None = None
@@ -116,8 +119,20 @@ class LitGPT(pl.LightningModule):
         logits = self(x)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
 
+    def router_loss(self, batch_size: int) -> torch.Tensor | float:
+        """A mixture of experts' weighted load-balancing and z-losses of the last forward (0 without one), their
+        unweighted values logged as ``train/load_balance`` and ``train/router_z`` and the weighted sum as
+        ``train/aux_loss``."""
+        router = router_losses(self.model)
+        if not router:
+            return 0.0
+        for key, name in (("load_balance", "train/load_balance"), ("z", "train/router_z"), ("weighted", "train/aux_loss")):
+            self.log(name, router[key].detach(), on_step=True, on_epoch=False, batch_size=batch_size)
+        return router["weighted"]
+
     def training_step(self, batch, batch_idx):
-        loss = self.loss(batch)
+        cross_entropy = self.loss(batch)
+        loss = cross_entropy + self.router_loss(batch[0].shape[0])
         every = self._finite_check_every()
         if every > 1:  # no host sync here: the losses are looked at together every `every` steps
             self._unchecked.append((self.global_step, batch_idx, loss.detach()))
@@ -134,7 +149,7 @@ class LitGPT(pl.LightningModule):
                     (f"train/loss is {loss.item()}" if here else "train/loss of another process is not finite")
                     + f" at step {self.global_step} (batch {batch_idx}); the run stops. Lower train.lr (or raise "
                     "train.warmup_steps), or set train.skip_nonfinite=true to skip such batches and count them")
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
+        self.log("train/loss", cross_entropy, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch[0].shape[0])
         return loss
 
     def _finite_check_every(self) -> int:
@@ -190,6 +205,19 @@ class LitGPT(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         self._val_losses.append(self.loss(batch).detach())
+        loads = expert_loads(self.model)
+        if loads is not None:  # a mixture of experts: the choices per expert over the validation batches
+            self._val_loads = loads if self._val_loads is None else self._val_loads + loads
+
+    def log_expert_load(self) -> None:
+        """``val/expert_load_max`` and ``val/expert_load_min``: the busiest and idlest expert of any layer over the
+        validation batches, as a multiple of an even load (1: every expert took its share)."""
+        loads, self._val_loads = self._val_loads, None
+        if loads is None:
+            return
+        share = loads.float() / loads.sum(dim=-1, keepdim=True) * loads.shape[-1]
+        self.log("val/expert_load_max", share.max(), sync_dist=True)
+        self.log("val/expert_load_min", share.min(), sync_dist=True)
 
     def on_validation_epoch_end(self):
         if not self._val_losses:
@@ -204,6 +232,7 @@ class LitGPT(pl.LightningModule):
                 + f" at step {self.global_step}: the model no longer computes a finite loss; the run stops. Lower "
                 "train.lr (or raise train.warmup_steps)")
         self.log("val/loss", mean, prog_bar=True, sync_dist=True)
+        self.log_expert_load()
         self.log("val/ppl", torch.exp(mean), sync_dist=True)
 
     def configure_optimizers(self):
