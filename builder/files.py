@@ -134,7 +134,7 @@ def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> Path
     """Write ``tensors`` as a safetensors file at ``path``, atomically: the one writer of the format. safetensors'
     Rust writer reports a refused write as ``SafetensorError("... I/O error: ... (os error 28)")``; it is raised as
     the OSError it was, naming ``path`` (so a full disk is one paragraph, as for every other file)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # (reason: start-up: files is imported by every task, few write safetensors)
 
     path = Path(path)
     with atomic_path(path) as tmp:
