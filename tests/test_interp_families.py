@@ -108,7 +108,7 @@ def test_capture_sees_every_family_as_the_fused_path_computes_it(name):
     scores = score_heads(model, None)
     table = format_table(scores)
     assert table.splitlines()[0].split()[:6] == ["pattern", "rank", "layer", "head", "kv", "score"]
-    assert table.splitlines()[-1].startswith("adjective_noun skipped: the model carries no tokenizer")
+    assert any(line.startswith("adjective_noun skipped: the model carries no tokenizer") for line in table.splitlines())
     for e in scores["previous_token"]:
         assert (e["kv_head"], e["kv_shared"]) == (e["head"] // (n_heads // n_kv), n_heads // n_kv)
     if n_kv == n_heads:

@@ -23,7 +23,8 @@ def run(cfg, out_dir: Path) -> int:
     for key in ("clean", "corrupted"):
         if not cfg.get(key):
             raise ConfigError(key, cfg.get(key), f"a prompt: {usage}")
-    model, tokenizer, model_cfg = read_model(cfg, usage.split("PATH ", 1)[1], checked=False)
+    model, tokenizer, model_cfg = read_model(cfg, usage.split("PATH ", 1)[1], checked=False,
+                                             texts={"clean": cfg.clean, "corrupted": cfg.corrupted})
     clean, corrupted = encode_text(tokenizer, cfg.clean, model), encode_text(tokenizer, cfg.corrupted, model)
     words = [[tokenizer.decode([i]) for i in ids[0].tolist()] for ids in (clean, corrupted)]
     if clean.shape != corrupted.shape:
