@@ -62,8 +62,13 @@ NEUTRAL = {
     "embedding.base": 10000.0, "embedding.fraction": 1.0, "embedding.scale_factor": None,
     "embedding.low_freq_factor": 1.0, "embedding.high_freq_factor": 4.0, "embedding.original_context": 8192,
     "norm.unit_offset": False, "mask.window": None, "mask.band_layers": "odd", "mlp.approximate": "tanh",
+    "embedding.scaling": "llama3", "embedding.beta_fast": 32.0, "embedding.beta_slow": 1.0, "embedding.truncate": True,
+    "embedding.mscale": None, "embedding.mscale_all_dim": None, "attention.sinks": False,
 }
 _LLAMA3 = ("scale_factor", "low_freq_factor", "high_freq_factor", "original_context")
+_YARN = ("beta_fast", "beta_slow", "truncate", "mscale", "mscale_all_dim")
+#: settings of a mixture of experts that only training reads, or that no expert layer uses
+_MOE_TRAINING = ("mlp.aux_loss", "mlp.z_loss")
 
 
 @dataclass(frozen=True)
@@ -89,12 +94,150 @@ class Family:
     mask: str = "causal"
     #: the base model's prefix in tensor names (lm_head / embed_out have none); files without it load too
     prefix: str = "model."
-    #: our name ({i}: the block) → (the family's names, transform: None, "T", "qkv" or "neox")
+    #: our name ({i}: the block) → (the family's names ({e}: each expert, in order), a Transform or None)
     tensors: dict = field(default_factory=dict)
     #: regexes of what files hold besides weights (causal-mask buffers, rotary tables)
     ignore: tuple = ()
     #: written as they are on export
     extra: dict = field(default_factory=dict)
+    #: config.json key → another spelling of it, read when the key is absent (Qwen3-MoE's num_experts)
+    aliases: dict = field(default_factory=dict)
+
+    def read_odd(self, hf: dict, flat: dict, refuse) -> None:
+        """What the tables cannot say about reading this family's config.json (none by default)."""
+
+    def write_odd(self, flat: dict, hf: dict, miss) -> None:
+        """What the tables cannot say about writing this family's config.json (none by default)."""
+
+    def ignored(self, name: str, n_layers: int) -> bool:
+        """A tensor a file may hold besides the model's weights."""
+        return any(re.search(p, name) for p in self.ignore)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tensor layouts
+
+
+def _sizes(flat: dict) -> list[int]:
+    d, kv = flat["d_head"], flat["attention.n_kv_heads"]
+    return [flat["n_heads"] * d, kv * d, kv * d]
+
+
+def _interleaved_to_halves(rows: int, device=None) -> torch.Tensor:
+    """Rotary pairs (0, 1), (2, 3), ... (DeepSeek's) as ours (i, i + rows/2): the row order that maps theirs onto ours."""
+    return torch.cat((torch.arange(0, rows, 2, device=device), torch.arange(1, rows, 2, device=device)))
+
+
+def _rope_rows(latent: bool, flat: dict, device) -> torch.Tensor:
+    """The rows of DeepSeek's q (or q_b) or kv_a projection in our order: each rotary part de-interleaved."""
+    nope, rope = flat["attention.qk_nope_head_dim"], flat["attention.qk_rope_head_dim"] or flat["d_head"]
+    turned = _interleaved_to_halves(rope, device)
+    if latent:
+        rank = flat["attention.kv_lora_rank"]
+        return torch.cat((torch.arange(rank, device=device), rank + turned))
+    head = torch.cat((torch.arange(nope, device=device), nope + turned))
+    return torch.cat([h * (nope + rope) + head for h in range(flat["n_heads"])])
+
+
+class Transform:
+    """How one of our tensors is written as the family's tensors (``to_hf``) and read back (``from_hf``)."""
+
+    def to_hf(self, t: torch.Tensor, flat: dict) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def from_hf(self, ts: list[torch.Tensor], flat: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Transposed(Transform):
+    """GPT-2's Conv1D holds each matrix transposed."""
+
+    def to_hf(self, t, flat):
+        return [t.t()]
+
+    def from_hf(self, ts, flat):
+        return ts[0].t().contiguous()
+
+
+class SplitQKV(Transform):
+    """Our fused ``attention.qkv`` as q_proj, k_proj, v_proj."""
+
+    def to_hf(self, t, flat):
+        return list(t.split(_sizes(flat), dim=0))
+
+    def from_hf(self, ts, flat):
+        return torch.cat(ts, dim=0)
+
+
+class NeoxHeads(Transform):
+    """GPT-NeoX's query_key_value interleaves q, k, v per head: ours [3, H, d, ...] is theirs [H, 3, d, ...]."""
+
+    def to_hf(self, t, flat):
+        h, d = flat["n_heads"], flat["d_head"]
+        return [t.reshape(3, h, d, *t.shape[1:]).transpose(0, 1).reshape(t.shape)]
+
+    def from_hf(self, ts, flat):
+        t, h, d = ts[0], flat["n_heads"], flat["d_head"]
+        return t.reshape(h, 3, d, *t.shape[1:]).transpose(0, 1).reshape(t.shape).contiguous()
+
+
+@dataclass(frozen=True)
+class PerExpert(Transform):
+    """Our stacked experts [E, rows, cols] as one matrix per expert (``{e}`` in the family's names); ``parts`` names
+    per expert are concatenated along the rows (gate before up)."""
+
+    parts: int = 1
+
+    def to_hf(self, t, flat):
+        return [c[e] for c in t.chunk(self.parts, dim=1) for e in range(t.shape[0])]
+
+    def from_hf(self, ts, flat):
+        n = len(ts) // self.parts
+        return torch.stack([torch.cat(ts[e::n], dim=0) for e in range(n)])
+
+
+class ExpertsTransposed(Transform):
+    """gpt-oss holds each expert's matrix as [in, out]."""
+
+    def to_hf(self, t, flat):
+        return [t.transpose(1, 2)]
+
+    def from_hf(self, ts, flat):
+        return ts[0].transpose(1, 2).contiguous()
+
+
+@dataclass(frozen=True)
+class GateUpPairs(Transform):
+    """gpt-oss interleaves gate and up channels (gate 0, up 0, gate 1, ...) where ours has all gates, then all ups;
+    ``matrix``: an [E, in, 2h] matrix (transposed from ours), else an [E, 2h] bias."""
+
+    matrix: bool = False
+
+    def to_hf(self, t, flat):
+        t = t.transpose(1, 2) if self.matrix else t
+        gate, up = t.chunk(2, dim=-1)
+        return [torch.stack((gate, up), dim=-1).reshape(t.shape)]
+
+    def from_hf(self, ts, flat):
+        t = torch.cat((ts[0][..., ::2], ts[0][..., 1::2]), dim=-1)
+        return (t.transpose(1, 2) if self.matrix else t).contiguous()
+
+
+@dataclass(frozen=True)
+class RotaryRows(Transform):
+    """DeepSeek's rotary channels pair (0, 1), (2, 3), ...; ours pair (i, i + rope/2): the rows of q (or q_b),
+    ``latent=False``, or of kv_a, ``latent=True``, reordered."""
+
+    latent: bool = False
+
+    def to_hf(self, t, flat):
+        return [t.index_select(0, torch.argsort(_rope_rows(self.latent, flat, t.device)))]
+
+    def from_hf(self, ts, flat):
+        return ts[0].index_select(0, _rope_rows(self.latent, flat, ts[0].device)).contiguous()
+
+
+T, QKV, NEOX = Transposed(), SplitQKV(), NeoxHeads()
 
 
 def _linear(ours: str, theirs: str, transform=None, bias: bool = True) -> dict:
@@ -110,11 +253,11 @@ _GPT2_TENSORS = {
     **_linear("final_norm", "transformer.ln_f"),
     "unembedding.weight": (("lm_head.weight",), None),
     **_linear("blocks.{i}.norm_1", "transformer.h.{i}.ln_1"),
-    **_linear("blocks.{i}.attention.qkv", "transformer.h.{i}.attn.c_attn", "T"),
-    **_linear("blocks.{i}.attention.o", "transformer.h.{i}.attn.c_proj", "T"),
+    **_linear("blocks.{i}.attention.qkv", "transformer.h.{i}.attn.c_attn", T),
+    **_linear("blocks.{i}.attention.o", "transformer.h.{i}.attn.c_proj", T),
     **_linear("blocks.{i}.norm_2", "transformer.h.{i}.ln_2"),
-    **_linear("blocks.{i}.mlp.fc", "transformer.h.{i}.mlp.c_fc", "T"),
-    **_linear("blocks.{i}.mlp.proj", "transformer.h.{i}.mlp.c_proj", "T"),
+    **_linear("blocks.{i}.mlp.fc", "transformer.h.{i}.mlp.c_fc", T),
+    **_linear("blocks.{i}.mlp.proj", "transformer.h.{i}.mlp.c_proj", T),
 }
 _L = "model.layers.{i}"
 _LLAMA_TENSORS = {
@@ -123,8 +266,8 @@ _LLAMA_TENSORS = {
     "unembedding.weight": (("lm_head.weight",), None),
     "blocks.{i}.norm_1.weight": ((f"{_L}.input_layernorm.weight",), None),
     "blocks.{i}.norm_2.weight": ((f"{_L}.post_attention_layernorm.weight",), None),
-    "blocks.{i}.attention.qkv.weight": (tuple(f"{_L}.self_attn.{p}_proj.weight" for p in "qkv"), "qkv"),
-    "blocks.{i}.attention.qkv.bias": (tuple(f"{_L}.self_attn.{p}_proj.bias" for p in "qkv"), "qkv"),
+    "blocks.{i}.attention.qkv.weight": (tuple(f"{_L}.self_attn.{p}_proj.weight" for p in "qkv"), QKV),
+    "blocks.{i}.attention.qkv.bias": (tuple(f"{_L}.self_attn.{p}_proj.bias" for p in "qkv"), QKV),
     **_linear("blocks.{i}.attention.o", f"{_L}.self_attn.o_proj"),
     "blocks.{i}.attention.q_norm.weight": ((f"{_L}.self_attn.q_norm.weight",), None),
     "blocks.{i}.attention.k_norm.weight": ((f"{_L}.self_attn.k_norm.weight",), None),
@@ -145,13 +288,53 @@ _NEOX_TENSORS = {
     "unembedding.weight": (("embed_out.weight",), None),
     **_linear("blocks.{i}.norm_1", f"{_N}.input_layernorm"),
     **_linear("blocks.{i}.norm_2", f"{_N}.post_attention_layernorm"),
-    "blocks.{i}.attention.qkv.weight": ((f"{_N}.attention.query_key_value.weight",), "neox"),
-    "blocks.{i}.attention.qkv.bias": ((f"{_N}.attention.query_key_value.bias",), "neox"),
+    "blocks.{i}.attention.qkv.weight": ((f"{_N}.attention.query_key_value.weight",), NEOX),
+    "blocks.{i}.attention.qkv.bias": ((f"{_N}.attention.query_key_value.bias",), NEOX),
     **_linear("blocks.{i}.attention.o", f"{_N}.attention.dense"),
     **_linear("blocks.{i}.mlp.fc", f"{_N}.mlp.dense_h_to_4h"),
     **_linear("blocks.{i}.mlp.proj", f"{_N}.mlp.dense_4h_to_h"),
 }
 _ROTARY_BUFFERS = (r"\.rotary_emb\.inv_freq$",)
+_E = f"{_L}.mlp.experts.{{e}}"
+# Qwen3-MoE and DeepSeek-V3 files hold one gate/up/down per expert (transformers fuses them in memory only)
+_EXPERT_TENSORS = {
+    "blocks.{i}.mlp.router.weight": ((f"{_L}.mlp.gate.weight",), None),
+    "blocks.{i}.mlp.w_in": ((f"{_E}.gate_proj.weight", f"{_E}.up_proj.weight"), PerExpert(2)),
+    "blocks.{i}.mlp.w_out": ((f"{_E}.down_proj.weight",), PerExpert()),
+}
+_MIXTRAL_TENSORS = {
+    **{k: v for k, v in _LLAMA_TENSORS.items() if ".mlp." not in k},
+    "blocks.{i}.mlp.router.weight": ((f"{_L}.block_sparse_moe.gate.weight",), None),
+    "blocks.{i}.mlp.w_in": ((f"{_L}.block_sparse_moe.experts.{{e}}.w1.weight",
+                             f"{_L}.block_sparse_moe.experts.{{e}}.w3.weight"), PerExpert(2)),
+    "blocks.{i}.mlp.w_out": ((f"{_L}.block_sparse_moe.experts.{{e}}.w2.weight",), PerExpert()),
+}
+_A = f"{_L}.self_attn"
+_DEEPSEEK_TENSORS = {
+    **{k: v for k, v in _LLAMA_TENSORS.items() if ".attention." not in k},  # the first dense layers' gated MLPs
+    **_EXPERT_TENSORS,
+    "blocks.{i}.mlp.selection_bias": ((f"{_L}.mlp.gate.e_score_correction_bias",), None),
+    **{f"blocks.{{i}}.mlp.shared.{ours}.weight": ((f"{_L}.mlp.shared_experts.{theirs}.weight",), None)
+       for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("proj", "down_proj"))},
+    "blocks.{i}.attention.q.weight": ((f"{_A}.q_proj.weight",), RotaryRows()),
+    "blocks.{i}.attention.q_a.weight": ((f"{_A}.q_a_proj.weight",), None),
+    "blocks.{i}.attention.q_norm.weight": ((f"{_A}.q_a_layernorm.weight",), None),
+    "blocks.{i}.attention.q_b.weight": ((f"{_A}.q_b_proj.weight",), RotaryRows()),
+    "blocks.{i}.attention.kv_a.weight": ((f"{_A}.kv_a_proj_with_mqa.weight",), RotaryRows(latent=True)),
+    "blocks.{i}.attention.kv_norm.weight": ((f"{_A}.kv_a_layernorm.weight",), None),
+    "blocks.{i}.attention.kv_b.weight": ((f"{_A}.kv_b_proj.weight",), None),
+    "blocks.{i}.attention.o.weight": ((f"{_A}.o_proj.weight",), None),
+}
+_M = f"{_L}.mlp"
+_GPT_OSS_TENSORS = {
+    **{k: v for k, v in _LLAMA_TENSORS.items() if ".mlp." not in k},
+    "blocks.{i}.attention.sinks": ((f"{_A}.sinks",), None),
+    **_linear("blocks.{i}.mlp.router", f"{_M}.router"),
+    "blocks.{i}.mlp.w_in": ((f"{_M}.experts.gate_up_proj",), GateUpPairs(matrix=True)),
+    "blocks.{i}.mlp.in_bias": ((f"{_M}.experts.gate_up_proj_bias",), GateUpPairs()),
+    "blocks.{i}.mlp.w_out": ((f"{_M}.experts.down_proj",), ExpertsTransposed()),
+    "blocks.{i}.mlp.out_bias": ((f"{_M}.experts.down_proj_bias",), None),
+}
 
 # the keys every Llama-like config.json has (defaults: LlamaConfig's)
 _LLAMA_KEYS = (
@@ -171,6 +354,39 @@ def _keys(*overrides) -> tuple:
     """_LLAMA_KEYS with the defaults of some of our keys changed, and keys added."""
     changed = {k[1]: k for k in overrides}
     return tuple(changed.pop(k[1], k) for k in _LLAMA_KEYS) + tuple(changed.values())
+
+
+# a mixture of experts with none of the options some families add
+_MOE_PLAIN = {"mlp.name": "moe", "mlp.scoring": "softmax", "mlp.routed_scale": 1.0, "mlp.router_bias": False,
+              "mlp.selection_bias": False, "mlp.n_groups": 1, "mlp.shared_experts": 0, "mlp.first_dense": 0,
+              "mlp.activation": "silu", "mlp.expert_bias": False}
+
+
+def _yarn_mscale(factor: float, m: float) -> float:
+    return 0.1 * m * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+
+@dataclass(frozen=True)
+class DeepseekV3(Family):
+    """DeepSeek-V3: d_head is the rotary width (qk_rope_head_dim), the scores' scale follows from the head widths and
+    YaRN's mscale_all_dim, and a file's multi-token-prediction layers (model.layers.N and on) are left out."""
+
+    def read_odd(self, hf: dict, flat: dict, refuse) -> None:
+        flat["d_head"] = rope = int(_value(hf, "qk_rope_head_dim", 64))
+        flat["attention.qk_rope_head_dim"] = rope
+        scale = (flat["attention.qk_nope_head_dim"] + rope) ** -0.5
+        if flat.get("embedding.scaling") == "yarn" and flat.get("embedding.mscale_all_dim"):
+            scale *= _yarn_mscale(flat["embedding.scale_factor"], flat["embedding.mscale_all_dim"]) ** 2
+        flat["attention.query_scale"] = scale
+
+    def write_odd(self, flat: dict, hf: dict, miss) -> None:
+        hf["num_key_value_heads"] = flat["n_heads"]  # latent attention: every head its own keys and values
+        if hf["intermediate_size"] is None:  # no dense layer reads it, but transformers wants a width
+            hf["intermediate_size"] = flat["mlp.hidden"]
+
+    def ignored(self, name: str, n_layers: int) -> bool:
+        layer = re.match(r"model\.layers\.(\d+)\.", name)
+        return super().ignored(name, n_layers) or (layer is not None and int(layer[1]) >= n_layers)
 
 
 FAMILIES = {f.model_type: f for f in (
@@ -272,6 +488,71 @@ FAMILIES = {f.model_type: f for f in (
                   ("use_bidirectional_attention", None, (None, False), "bidirectional attention with sliding windows")),
         tensors=_GEMMA2_TENSORS, ignore=_ROTARY_BUFFERS,
     ),
+    Family(
+        "mixtral", "MixtralForCausalLM", ours={**_LLAMA_OURS, **_MOE_PLAIN, "bias": False, "mlp.normalize": True},
+        head_dim="head_dim", rope={**_ROPE, "theta": 1e6}, mask="sliding_window",
+        keys=_keys(("intermediate_size", "mlp.hidden", 14336), ("max_position_embeddings", "context_length", 131072),
+                   ("num_key_value_heads", "attention.n_kv_heads", 8), ("num_local_experts", "mlp.n_experts", 8),
+                   ("num_experts_per_tok", "mlp.top_k", 2)),
+        aliases={"num_local_experts": "num_experts"},
+        choices=_SILU, tensors=_MIXTRAL_TENSORS, ignore=_ROTARY_BUFFERS,
+    ),
+    Family(
+        "qwen3_moe", "Qwen3MoeForCausalLM", ours={**_LLAMA_OURS, **_MOE_PLAIN, "attention.qk_norm": True, "bias": False},
+        head_dim="head_dim", rope=_ROPE, mask="qwen",
+        keys=_keys(("vocab_size", "vocab_size", 151936), ("moe_intermediate_size", "mlp.hidden", 768),
+                   ("max_position_embeddings", "context_length", 32768), ("rms_norm_eps", "attention.qk_norm_eps", 1e-6),
+                   ("num_experts", "mlp.n_experts", 128), ("num_experts_per_tok", "mlp.top_k", 8),
+                   ("norm_topk_prob", "mlp.normalize", False)),
+        aliases={"num_experts": "num_local_experts"},
+        requires=(("attention_bias", False, (False,), "Qwen3's attention_bias puts biases on q, k, v and o with none "
+                   "on the MLP: model.attention.qkv_bias covers q, k, v only, model.bias every layer"),
+                  ("decoder_sparse_step", 1, (1,), "model.mlp=moe puts experts in every layer (first_dense aside)"),
+                  ("mlp_only_layers", [], ([],), "model.mlp=moe has dense layers only first (first_dense)")),
+        choices=_SILU, tensors={**{k: v for k, v in _LLAMA_TENSORS.items() if ".mlp." not in k}, **_EXPERT_TENSORS},
+        ignore=_ROTARY_BUFFERS,
+    ),
+    DeepseekV3(
+        "deepseek_v3", "DeepseekV3ForCausalLM",
+        ours={"embedding.name": "rotary", "attention.name": "latent", "norm.name": "rmsnorm", "norm.layout": "pre",
+              "mlp.name": "moe", "mlp.scoring": "sigmoid", "mlp.selection_bias": True, "mlp.router_bias": False,
+              "mlp.activation": "silu", "mlp.expert_bias": False, "bias": False},
+        head_dim="qk_rope_head_dim", rope={**_ROPE, "yarn": True},
+        keys=(("hidden_size", "d_model", 7168), ("num_hidden_layers", "n_layers", 61),
+              ("num_attention_heads", "n_heads", 128), ("vocab_size", "vocab_size", 129280),
+              ("max_position_embeddings", "context_length", 4096), ("rms_norm_eps", "norm.eps", 1e-6),
+              ("tie_word_embeddings", "tie_embeddings", False), ("initializer_range", "init_std", 0.02),
+              ("q_lora_rank", "attention.q_lora_rank", 1536), ("kv_lora_rank", "attention.kv_lora_rank", 512),
+              ("qk_nope_head_dim", "attention.qk_nope_head_dim", 128), ("v_head_dim", "attention.v_head_dim", 128),
+              ("moe_intermediate_size", "mlp.hidden", 2048), ("intermediate_size", "mlp.dense_hidden", 18432),
+              ("n_routed_experts", "mlp.n_experts", 256), ("num_experts_per_tok", "mlp.top_k", 8),
+              ("n_shared_experts", "mlp.shared_experts", 1), ("routed_scaling_factor", "mlp.routed_scale", 2.5),
+              ("n_group", "mlp.n_groups", 8), ("topk_group", "mlp.top_groups", 4),
+              ("first_k_dense_replace", "mlp.first_dense", 3), ("norm_topk_prob", "mlp.normalize", True)),
+        requires=(("attention_bias", False, (False,), "biases in latent attention's projections"),
+                  ("rope_interleave", True, (True,), "DeepSeek's rotary over channel halves (rope_interleave=false); "
+                   "the rotary pairs of adjacent channels are what is read"),
+                  ("scoring_func", "sigmoid", ("sigmoid",), "DeepSeek-V3's router scores by sigmoid"),
+                  ("topk_method", "noaux_tc", ("noaux_tc",), "DeepSeek-V3's routing (noaux_tc) only")),
+        choices=_SILU, tensors=_DEEPSEEK_TENSORS, ignore=_ROTARY_BUFFERS,
+        extra={"num_nextn_predict_layers": 0},
+    ),
+    Family(
+        "gpt_oss", "GptOssForCausalLM",
+        ours={**_LLAMA_OURS, **_MOE_PLAIN, "bias": True, "mlp.normalize": True, "attention.sinks": True,
+              "mlp.router_bias": True, "mlp.expert_bias": True, "mlp.activation": "clamped"},
+        head_dim="head_dim", rope={**_ROPE, "theta": 150000.0, "yarn": True}, mask="layer_types",
+        keys=_keys(("vocab_size", "vocab_size", 201088), ("hidden_size", "d_model", 2880),
+                   ("intermediate_size", "mlp.hidden", 2880), ("num_hidden_layers", "n_layers", 36),
+                   ("num_attention_heads", "n_heads", 64), ("num_key_value_heads", "attention.n_kv_heads", 8),
+                   ("max_position_embeddings", "context_length", 131072), ("rms_norm_eps", "norm.eps", 1e-5),
+                   ("num_local_experts", "mlp.n_experts", 128), ("num_experts_per_tok", "mlp.top_k", 4),
+                   ("swiglu_limit", "mlp.limit", 7.0), ("swiglu_alpha", "mlp.alpha", 1.702)),
+        aliases={"num_local_experts": "num_experts"},
+        requires=(("attention_bias", True, (True,), "gpt-oss's MLP experts and router always have biases: attention "
+                   "without them has no model.bias setting"),),
+        choices=_SILU, tensors=_GPT_OSS_TENSORS, ignore=_ROTARY_BUFFERS,
+    ),
 )}
 #: config.json values that are not copied as they are: (to ours, to config.json)
 CONVERT = {"query_pre_attn_scalar": (lambda q: float(q) ** -0.5, lambda s: _tidy(s ** -2))}
@@ -292,7 +573,7 @@ class _Refused(Exception):
 
 
 #: our keys whose null in config.json means "none" (no cap, no window, the default width), not "the default value"
-NULLABLE = ("mlp.hidden", "d_head", "attention.softcap", "final_softcap", "mask.window")
+NULLABLE = ("mlp.hidden", "d_head", "attention.softcap", "final_softcap", "mask.window", "attention.q_lora_rank")
 #: defaults of keys that are only ever the target of a _Ref
 _REF_DEFAULTS = {"n_ctx": 1024}
 
@@ -332,8 +613,20 @@ def _rope_in(fam: Family, hf: dict, refuse) -> dict:
                     "embedding.low_freq_factor": float(params.get("low_freq_factor", 1.0)),
                     "embedding.high_freq_factor": float(params.get("high_freq_factor", 4.0)),
                     "embedding.original_context": int(params.get("original_max_position_embeddings", 8192))})
+    elif kind == "yarn" and rope.get("yarn"):
+        if params.get("attention_factor") is not None:
+            refuse("attention_factor", params["attention_factor"], "absent: model.embedding=rotary derives YaRN's "
+                   "cos/sin factor from factor, mscale and mscale_all_dim")
+        out.update({"embedding.scaling": "yarn", "embedding.scale_factor": float(params["factor"]),
+                    "embedding.original_context": int(params["original_max_position_embeddings"]),
+                    "embedding.beta_fast": float(params.get("beta_fast") or 32.0),
+                    "embedding.beta_slow": float(params.get("beta_slow") or 1.0),
+                    "embedding.truncate": bool(params.get("truncate", True))})
+        for key in ("mscale", "mscale_all_dim"):
+            out[f"embedding.{key}"] = float(params[key]) if params.get(key) is not None else None
     elif kind != "default":
-        refuse("rope_type", kind, "default or llama3 (model.embedding=rotary computes those frequencies; no "
+        kinds = "default, llama3 or yarn" if rope.get("yarn") else "default or llama3"
+        refuse("rope_type", kind, f"{kinds} (model.embedding=rotary computes those frequencies; no "
                                   f"hydraformer component computes {kind!r} ones)")
     return out
 
@@ -381,6 +674,11 @@ def hf_to_flat(fam: Family, hf: dict, refuse=None) -> dict:
     """A config.json of ``fam`` as our model config, flat (``attention.n_kv_heads``); ``refuse(key, value, accepted)``
     raises for what the family's model has and ours cannot compute."""
     refuse = refuse or _refuse_plain
+    if hf.get("quantization_config") is not None:
+        method = hf["quantization_config"].get("quant_method") if isinstance(hf["quantization_config"], dict) else None
+        refuse("quantization_config", method or hf["quantization_config"], "absent: hydraformer reads unquantized "
+               "floating-point weights (dequantize them first)")
+    hf = {**{k: hf[alt] for k, alt in fam.aliases.items() if k not in hf and alt in hf}, **hf}
     flat = dict(fam.ours)
     seen, read = {}, {}
     for hf_key, ours, default in fam.keys:
@@ -410,6 +708,7 @@ def hf_to_flat(fam: Family, hf: dict, refuse=None) -> dict:
     if fam.rope is not None:
         flat.update(_rope_in(fam, hf, refuse))
     flat.update(_mask_in(fam, hf, flat["n_layers"], refuse))
+    fam.read_odd(hf, flat, refuse)
     flat["dropout"] = 0.0
     return flat
 
@@ -452,16 +751,33 @@ def canonical(model_cfg) -> dict:
         flat["attention.name"], flat["attention.n_kv_heads"] = "grouped_query", flat["n_heads"]
     if flat["attention.qkv_bias"] is None:
         flat["attention.qkv_bias"] = flat["bias"]
+    if flat["attention.name"] == "latent":
+        flat["attention.qk_rope_head_dim"] = flat["attention.qk_rope_head_dim"] or flat["d_head"]
+        if flat["attention.query_scale"] is None:
+            flat["attention.query_scale"] = (flat["attention.qk_nope_head_dim"] + flat["d_head"]) ** -0.5
     if flat["attention.query_scale"] is None:
         flat["attention.query_scale"] = flat["d_head"] ** -0.5
     mlp_cls = components.get("mlp", flat["mlp.name"])
+    swiglu = components.get("mlp", "swiglu")
     if flat.get("mlp.hidden") is None and hasattr(mlp_cls, "default_hidden"):
         flat["mlp.hidden"] = mlp_cls.default_hidden(flat["d_model"])
     irrelevant = []
+    if flat["mlp.name"] == "moe":
+        for key in ("mlp.hidden", "mlp.dense_hidden"):
+            flat[key] = flat[key] or swiglu.default_hidden(flat["d_model"])
+        flat.update(dict.fromkeys(_MOE_TRAINING))
+        if not flat["mlp.first_dense"]:
+            flat["mlp.dense_hidden"] = None
+        if flat["mlp.activation"] != "clamped":
+            flat["mlp.limit"] = flat["mlp.alpha"] = None
     if flat["embedding.name"] != "rotary":
         irrelevant += [k for k in NEUTRAL if k.startswith("embedding.")]
     elif flat["embedding.scale_factor"] is None:
-        irrelevant += [f"embedding.{k}" for k in _LLAMA3[1:]]
+        irrelevant += [f"embedding.{k}" for k in (*_LLAMA3[1:], "scaling", *_YARN)]
+    elif flat["embedding.scaling"] == "yarn":
+        irrelevant += [f"embedding.{k}" for k in ("low_freq_factor", "high_freq_factor")]
+    else:
+        irrelevant += [f"embedding.{k}" for k in _YARN]
     if not flat["attention.qk_norm"]:
         irrelevant.append("attention.qk_norm_eps")
     if flat["mask.name"] not in ("sliding_window", "alternating"):
@@ -497,7 +813,16 @@ def _rope_out(fam: Family, flat: dict, hf: dict, miss) -> None:
         params["partial_rotary_factor"] = fraction
     elif fraction != 1.0:
         miss("embedding.fraction", fraction, 1.0)
-    if flat["embedding.scale_factor"] is not None:
+    if flat["embedding.scale_factor"] is not None and flat["embedding.scaling"] == "yarn":
+        if not fam.rope.get("yarn"):
+            miss("embedding.scaling", "yarn", "no YaRN rotary in hydraformer's reading of it")
+        params.update({"rope_type": "yarn", "factor": flat["embedding.scale_factor"],
+                       "original_max_position_embeddings": flat["embedding.original_context"],
+                       "beta_fast": flat["embedding.beta_fast"], "beta_slow": flat["embedding.beta_slow"],
+                       "truncate": flat["embedding.truncate"]})
+        params.update({k: flat[f"embedding.{k}"] for k in ("mscale", "mscale_all_dim")
+                       if flat[f"embedding.{k}"] is not None})
+    elif flat["embedding.scale_factor"] is not None:
         params.update({"rope_type": "llama3", "factor": flat["embedding.scale_factor"],
                        "low_freq_factor": flat["embedding.low_freq_factor"],
                        "high_freq_factor": flat["embedding.high_freq_factor"],
@@ -549,8 +874,8 @@ def flat_to_hf(fam: Family, flat: dict) -> tuple[dict, list[str]]:
         want = "grouped_query" if (ours, value) == ("attention.name", "multi_head") else value
         if flat.get(ours) != want:
             miss(ours, flat.get(ours), repr(value))
-    if fam.ours.get("attention.name") == "multi_head" and flat["attention.n_kv_heads"] != flat["n_heads"]:
-        miss("attention.n_kv_heads", flat["attention.n_kv_heads"], "one key/value head per query head")
+    if fam.ours.get("attention.name") == "multi_head" and flat.get("attention.n_kv_heads") != flat["n_heads"]:
+        miss("attention.n_kv_heads", flat.get("attention.n_kv_heads"), "one key/value head per query head")
     for hf_key, ours, _ in fam.keys:
         value = flat.get(ours)
         if hf_key in CONVERT and value is not None:
@@ -573,6 +898,7 @@ def flat_to_hf(fam: Family, flat: dict) -> tuple[dict, list[str]]:
         miss("d_head", flat["d_head"], f"d_head = d_model / n_heads = {flat['d_model'] / flat['n_heads']:g}")
     _rope_out(fam, flat, hf, miss)
     _mask_out(fam, flat, hf, miss)
+    fam.write_odd(flat, hf, miss)
     hf.update(fam.extra)
     if hf.get("n_inner") is not None and hf["n_inner"] == 4 * hf["n_embd"]:
         hf["n_inner"] = None
@@ -610,44 +936,28 @@ def hf_config_for(model_cfg, key: str = "checkpoint", path="") -> tuple[Family, 
 # tensors
 
 
-def _sizes(flat: dict) -> list[int]:
-    d, kv = flat["d_head"], flat["attention.n_kv_heads"]
-    return [flat["n_heads"] * d, kv * d, kv * d]
+def _to_hf_tensors(transform: Transform | None, t: torch.Tensor, flat: dict) -> list[torch.Tensor]:
+    return [t] if transform is None else transform.to_hf(t, flat)
 
 
-def _to_hf_tensors(transform, t: torch.Tensor, flat: dict) -> list[torch.Tensor]:
-    if transform is None:
-        return [t]
-    if transform == "T":
-        return [t.t()]
-    if transform == "qkv":
-        return list(t.split(_sizes(flat), dim=0))
-    h, d = flat["n_heads"], flat["d_head"]  # neox: ours [3, H, d, ...] → theirs [H, 3, d, ...]
-    return [t.reshape(3, h, d, *t.shape[1:]).transpose(0, 1).reshape(t.shape)]
+def _from_hf_tensors(transform: Transform | None, ts: list[torch.Tensor], flat: dict) -> torch.Tensor:
+    return ts[0] if transform is None else transform.from_hf(ts, flat)
 
 
-def _from_hf_tensors(transform, ts: list[torch.Tensor], flat: dict) -> torch.Tensor:
-    if transform is None:
-        return ts[0]
-    if transform == "T":
-        return ts[0].t().contiguous()
-    if transform == "qkv":
-        return torch.cat(ts, dim=0)
-    t, h, d = ts[0], flat["n_heads"], flat["d_head"]
-    return t.reshape(h, 3, d, *t.shape[1:]).transpose(0, 1).reshape(t.shape).contiguous()
-
-
-def _rows(fam: Family, n_layers: int):
-    """(our name, the family's names, transform) for every tensor the table knows, blocks unrolled."""
+def _rows(fam: Family, flat: dict):
+    """(our name, the family's names, transform) for every tensor the table knows, blocks and experts unrolled."""
+    experts = range(flat.get("mlp.n_experts") or 0)
     for ours, (theirs, transform) in fam.tensors.items():
-        for i in range(n_layers) if "{i}" in ours else [0]:
-            yield ours.format(i=i), tuple(t.format(i=i) for t in theirs), transform
+        for i in range(flat["n_layers"]) if "{i}" in ours else [0]:
+            names = tuple(n for t in theirs for n in ([t.format(i=i, e=e) for e in experts] if "{e}" in t
+                                                      else [t.format(i=i)]))
+            yield ours.format(i=i), names, transform
 
 
 def to_hf_state(fam: Family, state: dict, flat: dict) -> dict:
     """Our state dict in the family's names and layouts (a tied unembedding is left out, as transformers does)."""
     out = {}
-    for ours, theirs, transform in _rows(fam, flat["n_layers"]):
+    for ours, theirs, transform in _rows(fam, flat):
         if ours not in state or (ours == "unembedding.weight" and flat["tie_embeddings"]):
             continue
         out.update(zip(theirs, _to_hf_tensors(transform, state[ours], flat)))
@@ -663,27 +973,24 @@ def _check_shapes(fam: Family, flat: dict, model_cfg: dict, shapes: dict, key: s
         except ConfigError as err:
             raise ConfigError(key, str(path), f"a {HF_CONFIG} whose model builds; its {err}") from None
     own = meta.state_dict()
-    expected = {h: (ours, tuple(t.shape)) for ours, theirs, tf in _rows(fam, flat["n_layers"]) if ours in own
+    expected = {h: (ours, tuple(t.shape)) for ours, theirs, tf in _rows(fam, flat) if ours in own
                 and not (ours == "unembedding.weight" and flat["tie_embeddings"])
                 for h, t in zip(theirs, _to_hf_tensors(tf, own[ours], flat))}
     tied = set(fam.tensors["unembedding.weight"][0]) if flat["tie_embeddings"] else set()  # older saves hold lm_head
     lines = [f"{ours}: missing from the checkpoint ({h})" for h, (ours, _) in expected.items() if h not in shapes]
     lines += [f"{ours}: checkpoint {h} {shapes[h]} vs model {shape}" for h, (ours, shape) in expected.items()
               if h in shapes and tuple(shapes[h]) != shape]
-    lines += [f"{h}: not in the model" for h in shapes if h not in expected and h not in tied and not _ignored(fam, h)]
+    lines += [f"{h}: not in the model" for h in shapes
+              if h not in expected and h not in tied and not fam.ignored(h, flat["n_layers"])]
     if lines:
         shown = "; ".join(lines[:8]) + (f"; ... {len(lines) - 8} more" if len(lines) > 8 else "")
         raise ConfigError(key, str(path), f"weights that fit the configured model; mismatched tensors: {shown} (the "
                           f"model's shapes are what {HF_CONFIG} implies; nothing was built)")
 
 
-def _ignored(fam: Family, name: str) -> bool:
-    return any(re.search(p, name) for p in fam.ignore)
-
-
-def _normalise_names(fam: Family, names, n_layers: int) -> dict:
+def _normalise_names(fam: Family, names, flat: dict) -> dict:
     """File name → table name: a base model saved without its prefix (``h.0.ln_1.weight``) reads as with it."""
-    known = {h for _, theirs, _ in _rows(fam, n_layers) for h in theirs}
+    known = {h for _, theirs, _ in _rows(fam, flat) for h in theirs}
     return {n: (fam.prefix + n if n not in known and fam.prefix + n in known else n) for n in names}
 
 
@@ -850,7 +1157,7 @@ def _assemble(fam: Family, flat: dict, model_cfg: dict, raw: dict, dtype: torch.
     with torch.device("meta"):
         model = build_model(model_cfg)
     own = model.state_dict()
-    rows = [(ours, theirs, tf) for ours, theirs, tf in _rows(fam, flat["n_layers"])
+    rows = [(ours, theirs, tf) for ours, theirs, tf in _rows(fam, flat)
             if ours in own and not (ours == "unembedding.weight" and flat["tie_embeddings"])]
     check_floating({h: raw[h].dtype for _, theirs, _ in rows for h in theirs}, key, path)  # before any cast
     state = {ours: _from_hf_tensors(tf, [raw[h] for h in theirs], flat).to(dtype) for ours, theirs, tf in rows}
@@ -884,7 +1191,7 @@ def load_hf(path, key: str = "checkpoint", dtype=None):
     except ConfigError as err:
         raise ConfigError(key, str(path), f"a {HF_CONFIG} whose model builds; its {err}") from None
     shapes = read_hf_shapes(path, key)
-    names = _normalise_names(fam, shapes, flat["n_layers"])
+    names = _normalise_names(fam, shapes, flat)
     _check_shapes(fam, flat, model_cfg, {names[n]: s for n, s in shapes.items()}, key, path)  # before allocating
     raw = read_hf_weights(path, key)
     raw = {names.get(n, n): t for n, t in raw.items()}
@@ -908,10 +1215,35 @@ def load_hf_gpt2(path, key: str = "checkpoint"):
     return load_hf(path, key)
 
 
-def save_hf(model, tokenizer, model_cfg, dest, key: str = "checkpoint", path="") -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json`` and ``tokenizer_config.json``: the same ids
-    through transformers' AutoTokenizer) that transformers' AutoModelForCausalLM loads as this model; the family is
-    the first whose table expresses it."""
+def _write_shards(dest: Path, tensors: dict, shard_size: int | None) -> None:
+    """``model.safetensors``, or with ``shard_size`` (bytes) as many ``model-0000k-of-0000n.safetensors`` as it takes
+    (tensors in order, a file closed before it would pass ``shard_size``; a larger tensor alone) and the index
+    transformers reads them by."""
+    shards: list[dict] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        n = t.numel() * t.element_size()
+        if shard_size is not None and shards[-1] and size + n > shard_size:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += n
+    if shard_size is None:
+        write_safetensors(dest / SAFETENSORS, tensors, metadata={"format": "pt"})
+        return
+    files = [f"model-{k:05d}-of-{len(shards):05d}.safetensors" for k in range(1, len(shards) + 1)]
+    for file, shard in zip(files, shards):
+        write_safetensors(dest / file, shard, metadata={"format": "pt"})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total},
+             "weight_map": {name: file for file, shard in zip(files, shards) for name in shard}}
+    atomic_write(dest / SAFETENSORS_INDEX, json.dumps(index, indent=2) + "\n")
+
+
+def save_hf(model, tokenizer, model_cfg, dest, key: str = "checkpoint", path="", shard_size: int | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (or its shards, ``shard_size`` bytes at most each, and their
+    index) (+ ``tokenizer.json`` and ``tokenizer_config.json``: the same ids through transformers' AutoTokenizer) that
+    transformers' AutoModelForCausalLM loads as this model; the family is the first whose table expresses it."""
     fam, hf_cfg = hf_config_for(model_cfg, key, path)
     flat = canonical(model_cfg)
     state = model.state_dict()
@@ -920,7 +1252,7 @@ def save_hf(model, tokenizer, model_cfg, dest, key: str = "checkpoint", path="")
     hf_cfg.update({"bos_token_id": None, "eos_token_id": None, "pad_token_id": None})
     tensors = {h: t.detach().contiguous().clone() for h, t in to_hf_state(fam, state, flat).items()}
     dest = Path(dest)
-    write_safetensors(dest / SAFETENSORS, tensors, metadata={"format": "pt"})
+    _write_shards(dest, tensors, shard_size)
     tok_json = as_tokenizer_json(tokenizer) if tokenizer is not None else None
     if tok_json is not None:  # transformers' AutoTokenizer reads it through tokenizer_config.json
         atomic_write(dest / TOKENIZER_JSON, tok_json)
