@@ -1,15 +1,17 @@
-"""Hugging Face directories in and out: one declarative table per family, one path through them.
+"""Hugging Face directories in and out: one typed adapter per family, one path through them.
 
     model, tokenizer, model_cfg = builder.hf.load_hf("path/to/llama")      # or builder.load_model(DIR)
     builder.hf.save_hf(model, tokenizer, model_cfg, "out/dir")             # task=export format=hf
 
-Each family (``FAMILIES``) is data, not code: which of our model-config settings every model of the family has
-(``ours``), which ``config.json`` keys copy onto which of ours (``keys``), which keys choose a setting (``choices``),
-which values we cannot run (``requires``), how rotary and the attention band are written (``rope``, ``mask``) and
-which tensor names are ours (``tensors``: our name → the family's names and a transform: ``T`` transposes GPT-2's
-``Conv1D``, ``qkv`` concatenates q_proj/k_proj/v_proj into our fused ``attention.qkv``, ``neox`` reorders
-GPT-NeoX's per-head interleaved ``query_key_value``). Both directions read the same table; an export is checked by
-reading its config back, so a model is written only in a family that expresses every setting it has.
+Each family (``FAMILIES``) is a ``Family``: which of our model-config settings every model of the family has
+(``ours``; the components read from the family's preset where there is one), which ``config.json`` keys copy onto
+which of ours (``keys``), which keys choose a setting (``choices``), which values we cannot run (``requires``), how
+rotary positions and the attention band are written (a ``Rope``; ``Causal``, ``SlidingWindow``, ``QwenWindow`` or
+``LayerTypes``), which tensor names are ours (``tensors``: our name → the family's names, ``{e}`` for each expert,
+and a ``Transform``: ``Transposed`` GPT-2 Conv1D, ``SplitQKV``, ``NeoxHeads``, ``PerExpert``, ``GateUpPairs``,
+``ExpertsTransposed``, ``RotaryRows``), and methods for what a table cannot say (``DeepseekV3``'s query scale and
+its multi-token-prediction layers). Both directions read the same family; an export is checked by reading its config
+back, so a model is written only in a family that expresses every setting it has.
 
 Everything stays local and safe: weights come from safetensors or from ``torch.load(weights_only=True)``, so a
 ``pytorch_model.bin`` whose unpickling would run code is refused. Before the model is built, every tensor's name and
@@ -25,9 +27,11 @@ import math
 import re
 import zipfile
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -72,6 +76,104 @@ _MOE_TRAINING = ("mlp.aux_loss", "mlp.z_loss")
 
 
 @dataclass(frozen=True)
+class Rope:
+    """How a family's config.json writes rotary positions."""
+
+    #: rope_theta when config.json has none
+    theta: float = 10000.0
+    #: partial_rotary_factor when config.json has none
+    fraction: float = 1.0
+    #: whether the family rotates part of each head (a fraction below 1 is read, else refused)
+    partial: bool = False
+    #: older config.json keys (GPT-NeoX's rotary_emb_base / rotary_pct) → theta / fraction
+    legacy: dict = field(default_factory=dict)
+    #: whether the family's rotary is read with rope_type yarn (transformers' YaRN, as model.embedding.scaling=yarn)
+    yarn: bool = False
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# how a family writes its attention band
+
+
+class Causal:
+    """No band: every layer attends to every earlier token (a family whose config.json has no window)."""
+
+    def read(self, hf: dict, n_layers: int, refuse) -> dict:
+        return {"mask.name": "causal"}
+
+    def write(self, flat: dict, hf: dict, miss) -> None:
+        if flat["mask.name"] != "causal":
+            miss("mask.name", flat["mask.name"], "causal")
+
+
+class SlidingWindow(Causal):
+    """Mistral's ``sliding_window``: every layer banded, or (null) none."""
+
+    def read(self, hf, n_layers, refuse):
+        window = hf.get("sliding_window")
+        return {"mask.name": "causal"} if window is None else {"mask.name": "sliding_window", "mask.window": int(window)}
+
+    def write(self, flat, hf, miss):
+        name = flat["mask.name"]
+        if name not in ("causal", "sliding_window"):
+            miss("mask.name", name, "causal or sliding_window")
+        hf["sliding_window"] = flat["mask.window"] if name == "sliding_window" else None
+
+
+class QwenWindow(Causal):
+    """Qwen's ``use_sliding_window`` bands the layers from ``max_window_layers`` on: no component of ours does."""
+
+    def read(self, hf, n_layers, refuse):
+        types = hf.get("layer_types") or []
+        if hf.get("use_sliding_window") or "sliding_attention" in types:
+            refuse("use_sliding_window", True, "false: sliding windows from layer max_window_layers on have no "
+                   "model.mask component (sliding_window bands every layer, alternating every other one)")
+        return super().read(hf, n_layers, refuse)
+
+    def write(self, flat, hf, miss):
+        super().write(flat, hf, miss)
+        hf.update({"use_sliding_window": False, "sliding_window": None})
+
+
+@dataclass(frozen=True)
+class LayerTypes(Causal):
+    """Gemma 2's and gpt-oss's ``layer_types``: sliding_attention / full_attention per layer (default: banded layers
+    alternating with full ones, the first banded), ``sliding_window`` wide (``window`` when absent)."""
+
+    window: int = 4096
+
+    def read(self, hf, n_layers, refuse):
+        types = hf.get("layer_types") or ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)]
+        window = int(_value(hf, "sliding_window", self.window))
+        sliding = [t == "sliding_attention" for t in types]
+        if not all(t in ("sliding_attention", "full_attention") for t in types) or len(types) != n_layers:
+            refuse("layer_types", types, f"{n_layers} entries each sliding_attention or full_attention")
+        if not any(sliding):
+            return {"mask.name": "causal"}
+        if all(sliding):
+            return {"mask.name": "sliding_window", "mask.window": window}
+        for band in ("even", "odd"):
+            if sliding == [(i % 2 == 0) == (band == "even") for i in range(n_layers)]:
+                return {"mask.name": "alternating", "mask.window": window, "mask.band_layers": band}
+        refuse("layer_types", types, "sliding layers that alternate with full ones (model.mask=alternating, "
+               "band_layers even or odd), or all of one kind")
+
+    def write(self, flat, hf, miss):
+        name, window, n = flat["mask.name"], flat["mask.window"], flat["n_layers"]
+        if name == "causal":
+            types = [False] * n
+        elif name == "sliding_window":
+            types = [True] * n
+        elif name == "alternating":
+            types = [(i % 2 == 0) == (flat["mask.band_layers"] == "even") for i in range(n)]
+        else:
+            miss("mask.name", name, "causal, sliding_window or alternating")
+            return
+        hf["layer_types"] = ["sliding_attention" if s else "full_attention" for s in types]
+        hf["sliding_window"] = window if window is not None else self.window
+
+
+@dataclass(frozen=True)
 class Family:
     """How one Hugging Face family's ``config.json`` and tensors map onto our model config and state dict."""
 
@@ -87,11 +189,10 @@ class Family:
     requires: tuple = ()
     #: the config.json key of d_head, or None: d_head is d_model // n_heads
     head_dim: str | None = None
-    #: rotary: defaults of base and fraction, whether a fraction below 1 exists, legacy keys; None: learned positions
-    rope: dict | None = None
-    #: how the attention band is written: causal (none), sliding_window (Mistral), qwen (use_sliding_window),
-    #: layer_types (Gemma 2: sliding_attention / full_attention per layer)
-    mask: str = "causal"
+    #: how config.json writes rotary positions; None: learned positions
+    rope: Rope | None = None
+    #: how config.json writes the attention band
+    mask: Causal = Causal()
     #: the base model's prefix in tensor names (lm_head / embed_out have none); files without it load too
     prefix: str = "model."
     #: our name ({i}: the block) → (the family's names ({e}: each expert, in order), a Transform or None)
@@ -344,10 +445,19 @@ _LLAMA_KEYS = (
     ("rms_norm_eps", "norm.eps", 1e-6), ("tie_word_embeddings", "tie_embeddings", False),
     ("initializer_range", "init_std", 0.02),
 )
-_LLAMA_OURS = {"embedding.name": "rotary", "attention.name": "grouped_query", "mlp.name": "swiglu",
-               "norm.name": "rmsnorm", "norm.layout": "pre"}
+
+
+def _components_of(preset: str) -> dict:
+    """The components a model preset chooses (the defaults list of ``conf/model/<preset>.yaml``; the mask aside: a
+    family's band is its ``mask``), as our flat keys: written once, there, for the family the preset is a model of."""
+    defaults = yaml.safe_load((files("conf") / "model" / f"{preset}.yaml").read_text())["defaults"]
+    return {f"{kind}.name": option for entry in defaults if isinstance(entry, dict)
+            for kind, option in entry.items() if kind in components.KINDS and kind != "mask"}
+
+
+_LLAMA_OURS = {**_components_of("llama2_7b"), "norm.layout": "pre"}
 _SILU = (("hidden_act", "silu", {"silu": {}}),)
-_ROPE = {"theta": 10000.0, "fraction": 1.0, "partial": False}
+_ROPE = Rope()
 
 
 def _keys(*overrides) -> tuple:
@@ -415,14 +525,14 @@ FAMILIES = {f.model_type: f for f in (
     ),
     Family(
         "mistral", "MistralForCausalLM", ours={**_LLAMA_OURS, "bias": False}, head_dim="head_dim", rope=_ROPE,
-        mask="sliding_window",
+        mask=SlidingWindow(),
         keys=_keys(("intermediate_size", "mlp.hidden", 14336), ("max_position_embeddings", "context_length", 131072),
                    ("num_key_value_heads", "attention.n_kv_heads", 8)),
         choices=_SILU, tensors=_LLAMA_TENSORS, ignore=_ROTARY_BUFFERS,
     ),
     Family(
         "qwen2", "Qwen2ForCausalLM", ours={**_LLAMA_OURS, "bias": False, "attention.qkv_bias": True}, rope=_ROPE,
-        mask="qwen", head_dim="head_dim",  # not a Qwen2Config field, but Qwen2's attention reads it when it is there
+        mask=QwenWindow(), head_dim="head_dim",  # not a Qwen2Config field, but Qwen2's attention reads it when it is there
         keys=_keys(("vocab_size", "vocab_size", 151936), ("intermediate_size", "mlp.hidden", 22016),
                    ("max_position_embeddings", "context_length", 32768)),
         choices=_SILU, tensors=_LLAMA_TENSORS, ignore=_ROTARY_BUFFERS,
@@ -430,7 +540,7 @@ FAMILIES = {f.model_type: f for f in (
     Family(
         "qwen3", "Qwen3ForCausalLM", ours={**_LLAMA_OURS, "attention.qk_norm": True, "bias": False},
         head_dim="head_dim",
-        rope=_ROPE, mask="qwen",
+        rope=_ROPE, mask=QwenWindow(),
         keys=_keys(("vocab_size", "vocab_size", 151936), ("intermediate_size", "mlp.hidden", 22016),
                    ("max_position_embeddings", "context_length", 32768), ("rms_norm_eps", "attention.qk_norm_eps", 1e-6)),
         requires=(("attention_bias", False, (False,), "Qwen3's attention_bias puts biases on q, k, v and o with none on "
@@ -451,8 +561,7 @@ FAMILIES = {f.model_type: f for f in (
                  ("use_parallel_residual", True, {True: {"norm.layout": "parallel"}, False: {"norm.layout": "pre"}})),
         requires=(("attention_bias", True, (True,), "GPT-NeoX's MLP and norms always have biases: attention without "
                    "them has no model.bias setting"),),
-        rope={"theta": 10000.0, "fraction": 0.25, "partial": True,
-              "legacy": {"rotary_emb_base": "theta", "rotary_pct": "fraction"}},
+        rope=Rope(fraction=0.25, partial=True, legacy={"rotary_emb_base": "theta", "rotary_pct": "fraction"}),
         prefix="gpt_neox.", tensors=_NEOX_TENSORS,
         ignore=(r"\.attention\.(bias|masked_bias)$", *_ROTARY_BUFFERS),
     ),
@@ -472,9 +581,9 @@ FAMILIES = {f.model_type: f for f in (
     ),
     Family(
         "gemma2", "Gemma2ForCausalLM",
-        ours={**_LLAMA_OURS, "mlp.name": "geglu", "norm.unit_offset": True, "norm.layout": "sandwich",
+        ours={**_components_of("gemma2_2b"), "norm.unit_offset": True, "norm.layout": "sandwich",
               "scale_embeddings": True, "bias": False},
-        head_dim="head_dim", rope=_ROPE, mask="layer_types",
+        head_dim="head_dim", rope=_ROPE, mask=LayerTypes(),
         keys=_keys(("vocab_size", "vocab_size", 256000), ("hidden_size", "d_model", 2304),
                    ("intermediate_size", "mlp.hidden", 9216), ("num_hidden_layers", "n_layers", 26),
                    ("num_attention_heads", "n_heads", 8), ("num_key_value_heads", "attention.n_kv_heads", 4),
@@ -490,7 +599,7 @@ FAMILIES = {f.model_type: f for f in (
     ),
     Family(
         "mixtral", "MixtralForCausalLM", ours={**_LLAMA_OURS, **_MOE_PLAIN, "bias": False, "mlp.normalize": True},
-        head_dim="head_dim", rope={**_ROPE, "theta": 1e6}, mask="sliding_window",
+        head_dim="head_dim", rope=Rope(theta=1e6), mask=SlidingWindow(),
         keys=_keys(("intermediate_size", "mlp.hidden", 14336), ("max_position_embeddings", "context_length", 131072),
                    ("num_key_value_heads", "attention.n_kv_heads", 8), ("num_local_experts", "mlp.n_experts", 8),
                    ("num_experts_per_tok", "mlp.top_k", 2)),
@@ -499,7 +608,7 @@ FAMILIES = {f.model_type: f for f in (
     ),
     Family(
         "qwen3_moe", "Qwen3MoeForCausalLM", ours={**_LLAMA_OURS, **_MOE_PLAIN, "attention.qk_norm": True, "bias": False},
-        head_dim="head_dim", rope=_ROPE, mask="qwen",
+        head_dim="head_dim", rope=_ROPE, mask=QwenWindow(),
         keys=_keys(("vocab_size", "vocab_size", 151936), ("moe_intermediate_size", "mlp.hidden", 768),
                    ("max_position_embeddings", "context_length", 32768), ("rms_norm_eps", "attention.qk_norm_eps", 1e-6),
                    ("num_experts", "mlp.n_experts", 128), ("num_experts_per_tok", "mlp.top_k", 8),
@@ -514,10 +623,10 @@ FAMILIES = {f.model_type: f for f in (
     ),
     DeepseekV3(
         "deepseek_v3", "DeepseekV3ForCausalLM",
-        ours={"embedding.name": "rotary", "attention.name": "latent", "norm.name": "rmsnorm", "norm.layout": "pre",
-              "mlp.name": "moe", "mlp.scoring": "sigmoid", "mlp.selection_bias": True, "mlp.router_bias": False,
-              "mlp.activation": "silu", "mlp.expert_bias": False, "bias": False},
-        head_dim="qk_rope_head_dim", rope={**_ROPE, "yarn": True},
+        ours={**_components_of("deepseek_v3"), "norm.layout": "pre", "mlp.scoring": "sigmoid",
+              "mlp.selection_bias": True, "mlp.router_bias": False, "mlp.activation": "silu", "mlp.expert_bias": False,
+              "bias": False},
+        head_dim="qk_rope_head_dim", rope=Rope(yarn=True),
         keys=(("hidden_size", "d_model", 7168), ("num_hidden_layers", "n_layers", 61),
               ("num_attention_heads", "n_heads", 128), ("vocab_size", "vocab_size", 129280),
               ("max_position_embeddings", "context_length", 4096), ("rms_norm_eps", "norm.eps", 1e-6),
@@ -539,9 +648,10 @@ FAMILIES = {f.model_type: f for f in (
     ),
     Family(
         "gpt_oss", "GptOssForCausalLM",
-        ours={**_LLAMA_OURS, **_MOE_PLAIN, "bias": True, "mlp.normalize": True, "attention.sinks": True,
+        ours={**_MOE_PLAIN, **_components_of("gpt_oss_20b"), "norm.layout": "pre", "bias": True, "mlp.normalize": True,
+              "attention.sinks": True,
               "mlp.router_bias": True, "mlp.expert_bias": True, "mlp.activation": "clamped"},
-        head_dim="head_dim", rope={**_ROPE, "theta": 150000.0, "yarn": True}, mask="layer_types",
+        head_dim="head_dim", rope=Rope(theta=150000.0, yarn=True), mask=LayerTypes(128),
         keys=_keys(("vocab_size", "vocab_size", 201088), ("hidden_size", "d_model", 2880),
                    ("intermediate_size", "mlp.hidden", 2880), ("num_hidden_layers", "n_layers", 36),
                    ("num_attention_heads", "n_heads", 64), ("num_key_value_heads", "attention.n_kv_heads", 8),
@@ -601,19 +711,19 @@ def _rope_in(fam: Family, hf: dict, refuse) -> dict:
         if any(s != sets[0] for s in sets):
             refuse("rope_parameters", params, "one rotary setting for every layer (model.embedding=rotary has one)")
         params = sets[0]
-    legacy = {ours: hf[key] for key, ours in rope.get("legacy", {}).items() if hf.get(key) is not None}
-    base = params.get("rope_theta", hf.get("rope_theta", legacy.get("theta", rope["theta"])))
-    fraction = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", legacy.get("fraction", rope["fraction"])))
+    legacy = {ours: hf[key] for key, ours in rope.legacy.items() if hf.get(key) is not None}
+    base = params.get("rope_theta", hf.get("rope_theta", legacy.get("theta", rope.theta)))
+    fraction = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", legacy.get("fraction", rope.fraction)))
     kind = params.get("rope_type", params.get("type", "default"))
     out = {"embedding.base": float(base), "embedding.fraction": float(fraction)}
-    if fraction != 1.0 and not rope["partial"]:
+    if fraction != 1.0 and not rope.partial:
         refuse("partial_rotary_factor", fraction, f"1.0: {fam.model_type} in transformers rotates every channel")
     if kind == "llama3":
         out.update({"embedding.scale_factor": float(params["factor"]),
                     "embedding.low_freq_factor": float(params.get("low_freq_factor", 1.0)),
                     "embedding.high_freq_factor": float(params.get("high_freq_factor", 4.0)),
                     "embedding.original_context": int(params.get("original_max_position_embeddings", 8192))})
-    elif kind == "yarn" and rope.get("yarn"):
+    elif kind == "yarn" and rope.yarn:
         if params.get("attention_factor") is not None:
             refuse("attention_factor", params["attention_factor"], "absent: model.embedding=rotary derives YaRN's "
                    "cos/sin factor from factor, mscale and mscale_all_dim")
@@ -625,40 +735,10 @@ def _rope_in(fam: Family, hf: dict, refuse) -> dict:
         for key in ("mscale", "mscale_all_dim"):
             out[f"embedding.{key}"] = float(params[key]) if params.get(key) is not None else None
     elif kind != "default":
-        kinds = "default, llama3 or yarn" if rope.get("yarn") else "default or llama3"
+        kinds = "default, llama3 or yarn" if rope.yarn else "default or llama3"
         refuse("rope_type", kind, f"{kinds} (model.embedding=rotary computes those frequencies; no "
                                   f"hydraformer component computes {kind!r} ones)")
     return out
-
-
-def _mask_in(fam: Family, hf: dict, n_layers: int, refuse) -> dict:
-    if fam.mask == "causal":
-        return {"mask.name": "causal"}
-    if fam.mask == "sliding_window":
-        window = hf.get("sliding_window")
-        return {"mask.name": "causal"} if window is None else {"mask.name": "sliding_window", "mask.window": int(window)}
-    if fam.mask == "qwen":
-        types = hf.get("layer_types") or []
-        if hf.get("use_sliding_window") or "sliding_attention" in types:
-            refuse("use_sliding_window", True, "false: sliding windows from layer max_window_layers on have no "
-                   "model.mask component (sliding_window bands every layer, alternating every other one)")
-        return {"mask.name": "causal"}
-    if fam.mask == "layer_types":
-        types = hf.get("layer_types") or ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)]
-        window = int(_value(hf, "sliding_window", 4096))
-        sliding = [t == "sliding_attention" for t in types]
-        if not all(t in ("sliding_attention", "full_attention") for t in types) or len(types) != n_layers:
-            refuse("layer_types", types, f"{n_layers} entries each sliding_attention or full_attention")
-        if not any(sliding):
-            return {"mask.name": "causal"}
-        if all(sliding):
-            return {"mask.name": "sliding_window", "mask.window": window}
-        for band in ("even", "odd"):
-            if sliding == [(i % 2 == 0) == (band == "even") for i in range(n_layers)]:
-                return {"mask.name": "alternating", "mask.window": window, "mask.band_layers": band}
-        refuse("layer_types", types, "sliding layers that alternate with full ones (model.mask=alternating, "
-               "band_layers even or odd), or all of one kind")
-    raise ValueError(f"unknown mask kind {fam.mask!r} in the {fam.model_type} table")
 
 
 def family_of(hf_cfg: dict) -> Family | None:
@@ -707,7 +787,7 @@ def hf_to_flat(fam: Family, hf: dict, refuse=None) -> dict:
         flat["d_head"] = None
     if fam.rope is not None:
         flat.update(_rope_in(fam, hf, refuse))
-    flat.update(_mask_in(fam, hf, flat["n_layers"], refuse))
+    flat.update(fam.mask.read(hf, flat["n_layers"], refuse))
     fam.read_odd(hf, flat, refuse)
     flat["dropout"] = 0.0
     return flat
@@ -809,12 +889,12 @@ def _rope_out(fam: Family, flat: dict, hf: dict, miss) -> None:
         return
     fraction = flat["embedding.fraction"]
     params = {"rope_type": "default", "rope_theta": flat["embedding.base"]}
-    if fam.rope["partial"]:
+    if fam.rope.partial:
         params["partial_rotary_factor"] = fraction
     elif fraction != 1.0:
         miss("embedding.fraction", fraction, 1.0)
     if flat["embedding.scale_factor"] is not None and flat["embedding.scaling"] == "yarn":
-        if not fam.rope.get("yarn"):
+        if not fam.rope.yarn:
             miss("embedding.scaling", "yarn", "no YaRN rotary in hydraformer's reading of it")
         params.update({"rope_type": "yarn", "factor": flat["embedding.scale_factor"],
                        "original_max_position_embeddings": flat["embedding.original_context"],
@@ -830,35 +910,8 @@ def _rope_out(fam: Family, flat: dict, hf: dict, miss) -> None:
         hf["rope_scaling"] = dict(params)  # transformers 4
     hf["rope_parameters"] = params
     hf["rope_theta"] = flat["embedding.base"]  # transformers 4
-    for key, ours in fam.rope.get("legacy", {}).items():
+    for key, ours in fam.rope.legacy.items():
         hf[key] = params["rope_theta"] if ours == "theta" else fraction
-
-
-def _mask_out(fam: Family, flat: dict, hf: dict, miss) -> None:
-    name, window, n = flat["mask.name"], flat["mask.window"], flat["n_layers"]
-    if fam.mask in ("causal", "qwen") and name != "causal":
-        miss("mask.name", name, "causal")
-    if fam.mask == "sliding_window":
-        if name == "causal":
-            hf["sliding_window"] = None
-        elif name == "sliding_window":
-            hf["sliding_window"] = window
-        else:
-            miss("mask.name", name, "causal or sliding_window")
-    elif fam.mask == "qwen":
-        hf.update({"use_sliding_window": False, "sliding_window": None})
-    elif fam.mask == "layer_types":
-        if name == "causal":
-            types = [False] * n
-        elif name == "sliding_window":
-            types = [True] * n
-        elif name == "alternating":
-            types = [(i % 2 == 0) == (flat["mask.band_layers"] == "even") for i in range(n)]
-        else:
-            miss("mask.name", name, "causal, sliding_window or alternating")
-            return
-        hf["layer_types"] = ["sliding_attention" if s else "full_attention" for s in types]
-        hf["sliding_window"] = window if window is not None else 4096
 
 
 def flat_to_hf(fam: Family, flat: dict) -> tuple[dict, list[str]]:
@@ -897,7 +950,7 @@ def flat_to_hf(fam: Family, flat: dict) -> tuple[dict, list[str]]:
     elif flat["d_head"] * flat["n_heads"] != flat["d_model"]:
         miss("d_head", flat["d_head"], f"d_head = d_model / n_heads = {flat['d_model'] / flat['n_heads']:g}")
     _rope_out(fam, flat, hf, miss)
-    _mask_out(fam, flat, hf, miss)
+    fam.mask.write(flat, hf, miss)
     fam.write_odd(flat, hf, miss)
     hf.update(fam.extra)
     if hf.get("n_inner") is not None and hf["n_inner"] == 4 * hf["n_embd"]:
