@@ -29,6 +29,7 @@ import zipfile
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 import yaml
@@ -73,6 +74,33 @@ _LLAMA3 = ("scale_factor", "low_freq_factor", "high_freq_factor", "original_cont
 _YARN = ("beta_fast", "beta_slow", "truncate", "mscale", "mscale_all_dim")
 #: settings of a mixture of experts that only training reads, or that no expert layer uses
 _MOE_TRAINING = ("mlp.aux_loss", "mlp.z_loss")
+
+
+class Key(NamedTuple):
+    """A config.json key copied onto one of ours."""
+
+    hf: str
+    ours: str
+    #: when the key is absent (or null where null is not a value of ours): a value or ``_Ref(other key)``
+    default: Any
+
+
+class Choice(NamedTuple):
+    """A config.json key whose values choose settings of ours; export writes the first value whose settings match."""
+
+    hf: str
+    default: Any
+    options: dict
+
+
+class Require(NamedTuple):
+    """A config.json key with values we cannot run: the accepted ones (export writes the first), and what
+    hydraformer lacks for the others."""
+
+    hf: str
+    default: Any
+    accepted: tuple
+    lacks: str
 
 
 @dataclass(frozen=True)
@@ -181,12 +209,12 @@ class Family:
     architecture: str
     #: our model config (flat keys, ``attention.n_kv_heads``) that every model of the family has
     ours: dict
-    #: (config.json key, our key, default when the key is absent or null: a value or ``_Ref(other key)``)
-    keys: tuple
-    #: (config.json key, default, {its value: our settings}); export writes the first value whose settings match
-    choices: tuple = ()
-    #: (config.json key, default, accepted values, what hydraformer lacks for the others); export writes the first
-    requires: tuple = ()
+    #: config.json keys copied onto ours (``Key``s; plain tuples are read as such)
+    keys: tuple[Key, ...]
+    #: config.json keys that choose settings of ours (``Choice``s)
+    choices: tuple[Choice, ...] = ()
+    #: config.json values we cannot run (``Require``s)
+    requires: tuple[Require, ...] = ()
     #: the config.json key of d_head, or None: d_head is d_model // n_heads
     head_dim: str | None = None
     #: how config.json writes rotary positions; None: learned positions
@@ -203,6 +231,10 @@ class Family:
     extra: dict = field(default_factory=dict)
     #: config.json key → another spelling of it, read when the key is absent (Qwen3-MoE's num_experts)
     aliases: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name, kind in (("keys", Key), ("choices", Choice), ("requires", Require)):
+            object.__setattr__(self, name, tuple(kind(*row) for row in getattr(self, name)))
 
     def read_odd(self, hf: dict, flat: dict, refuse) -> None:
         """What the tables cannot say about reading this family's config.json (none by default)."""
@@ -761,8 +793,9 @@ def hf_to_flat(fam: Family, hf: dict, refuse=None) -> dict:
     hf = {**{k: hf[alt] for k, alt in fam.aliases.items() if k not in hf and alt in hf}, **hf}
     flat = dict(fam.ours)
     seen, read = {}, {}
-    for hf_key, ours, default in fam.keys:
-        value = read[hf_key] = _value(hf, hf_key, default, ours, read)
+    for key in fam.keys:
+        hf_key, ours = key.hf, key.ours
+        value = read[hf_key] = _value(hf, hf_key, key.default, ours, read)
         if hf_key in CONVERT and value is not None:
             value = CONVERT[hf_key][0](value)
         if ours in seen and seen[ours][1] != value:
@@ -771,16 +804,17 @@ def hf_to_flat(fam: Family, hf: dict, refuse=None) -> dict:
                    "which has no setting for one without the other")
         seen[ours] = (hf_key, value)
         flat[ours] = value
-    for hf_key, default, options in fam.choices:
-        value = _value(hf, hf_key, default)
+    for choice in fam.choices:
+        hf_key, options = choice.hf, choice.options
+        value = _value(hf, hf_key, choice.default)
         if not isinstance(value, (str, bool, int, float, type(None))) or value not in options:
             refuse(hf_key, value, f"one of {', '.join(repr(o) for o in options)} (no hydraformer component computes "
                    f"{value!r} in a {fam.model_type})")
         flat.update(options[value])
-    for hf_key, default, accepted, lacks in fam.requires:
-        value = hf.get(hf_key, default)
-        if value not in accepted:
-            refuse(hf_key, value, f"{' or '.join(repr(a) for a in accepted)}: {lacks}")
+    for need in fam.requires:
+        value = hf.get(need.hf, need.default)
+        if value not in need.accepted:
+            refuse(need.hf, value, f"{' or '.join(repr(a) for a in need.accepted)}: {need.lacks}")
     if fam.head_dim is not None and hf.get(fam.head_dim) is not None:
         flat["d_head"] = int(hf[fam.head_dim])
     else:
@@ -929,22 +963,24 @@ def flat_to_hf(fam: Family, flat: dict) -> tuple[dict, list[str]]:
             miss(ours, flat.get(ours), repr(value))
     if fam.ours.get("attention.name") == "multi_head" and flat.get("attention.n_kv_heads") != flat["n_heads"]:
         miss("attention.n_kv_heads", flat.get("attention.n_kv_heads"), "one key/value head per query head")
-    for hf_key, ours, _ in fam.keys:
+    for key in fam.keys:
+        hf_key, ours = key.hf, key.ours
         value = flat.get(ours)
         if hf_key in CONVERT and value is not None:
             value = CONVERT[hf_key][1](value)
         if hf_key in hf and hf[hf_key] != value:
             miss(ours, value, f"one {hf_key}, here also {hf[hf_key]!r}")
         hf[hf_key] = value
-    for hf_key, _, options in fam.choices:
+    for choice in fam.choices:
+        hf_key, options = choice.hf, choice.options
         chosen = next((v for v, s in options.items() if all(flat.get(k) == x for k, x in s.items())), None)
         if chosen is None:
             ours = sorted({k for s in options.values() for k in s})
             miss("/".join(ours), [flat.get(k) for k in ours], f"{hf_key} one of {', '.join(map(repr, options))}: "
                  + ", ".join(f"{v!r} = {s}" for v, s in options.items()))
         hf[hf_key] = chosen
-    for hf_key, _, accepted, _ in fam.requires:
-        hf[hf_key] = accepted[0]
+    for need in fam.requires:
+        hf[need.hf] = need.accepted[0]
     if fam.head_dim is not None:
         hf[fam.head_dim] = flat["d_head"]
     elif flat["d_head"] * flat["n_heads"] != flat["d_model"]:
