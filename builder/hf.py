@@ -76,6 +76,13 @@ _YARN = ("beta_fast", "beta_slow", "truncate", "mscale", "mscale_all_dim")
 _MOE_TRAINING = ("mlp.aux_loss", "mlp.z_loss")
 
 
+class Tensor(NamedTuple):
+    """The family's tensors that hold one of ours, and how (None: as it is)."""
+
+    names: tuple
+    transform: Transform | None = None
+
+
 class Key(NamedTuple):
     """A config.json key copied onto one of ours."""
 
@@ -231,10 +238,13 @@ class Family:
     extra: dict = field(default_factory=dict)
     #: config.json key → another spelling of it, read when the key is absent (Qwen3-MoE's num_experts)
     aliases: dict = field(default_factory=dict)
+    #: the dropout rates config.json has, written as 0 (hydraformer's exports are for inference)
+    dropouts: tuple = ("attention_dropout",)
 
     def __post_init__(self):
         for name, kind in (("keys", Key), ("choices", Choice), ("requires", Require)):
             object.__setattr__(self, name, tuple(kind(*row) for row in getattr(self, name)))
+        object.__setattr__(self, "tensors", {ours: Tensor(*row) for ours, row in self.tensors.items()})
 
     def read_odd(self, hf: dict, flat: dict, refuse) -> None:
         """What the tables cannot say about reading this family's config.json (none by default)."""
@@ -498,6 +508,18 @@ def _keys(*overrides) -> tuple:
     return tuple(changed.pop(k[1], k) for k in _LLAMA_KEYS) + tuple(changed.values())
 
 
+@dataclass(frozen=True)
+class GPT2(Family):
+    """GPT-2: n_inner null means 4 d_model, and n_ctx repeats n_positions."""
+
+    dropouts: tuple = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+    def write_odd(self, flat: dict, hf: dict, miss) -> None:
+        if hf["n_inner"] is not None and hf["n_inner"] == 4 * hf["n_embd"]:
+            hf["n_inner"] = None
+        hf["n_ctx"] = hf["n_positions"]
+
+
 # a mixture of experts with none of the options some families add
 _MOE_PLAIN = {"mlp.name": "moe", "mlp.scoring": "softmax", "mlp.routed_scale": 1.0, "mlp.router_bias": False,
               "mlp.selection_bias": False, "mlp.n_groups": 1, "mlp.shared_experts": 0, "mlp.first_dense": 0,
@@ -532,7 +554,7 @@ class DeepseekV3(Family):
 
 
 FAMILIES = {f.model_type: f for f in (
-    Family(
+    GPT2(
         "gpt2", "GPT2LMHeadModel",
         ours={"embedding.name": "learned", "attention.name": "multi_head", "mlp.name": "gelu",
               "mlp.approximate": "tanh", "norm.name": "layernorm", "norm.layout": "pre", "bias": True},
@@ -989,12 +1011,7 @@ def flat_to_hf(fam: Family, flat: dict) -> tuple[dict, list[str]]:
     fam.mask.write(flat, hf, miss)
     fam.write_odd(flat, hf, miss)
     hf.update(fam.extra)
-    if hf.get("n_inner") is not None and hf["n_inner"] == 4 * hf["n_embd"]:
-        hf["n_inner"] = None
-    if fam.model_type == "gpt2":
-        hf.update({"n_ctx": hf["n_positions"], "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0})
-    else:
-        hf["attention_dropout"] = 0.0
+    hf.update(dict.fromkeys(fam.dropouts, 0.0))
     if not problems:  # read back: what the family's config says must be this model, setting for setting
         try:
             again = canonical(nest(hf_to_flat(fam, hf)))
@@ -1065,7 +1082,7 @@ def _check_shapes(fam: Family, flat: dict, model_cfg: dict, shapes: dict, key: s
     expected = {h: (ours, tuple(t.shape)) for ours, theirs, tf in _rows(fam, flat) if ours in own
                 and not (ours == "unembedding.weight" and flat["tie_embeddings"])
                 for h, t in zip(theirs, _to_hf_tensors(tf, own[ours], flat))}
-    tied = set(fam.tensors["unembedding.weight"][0]) if flat["tie_embeddings"] else set()  # older saves hold lm_head
+    tied = set(fam.tensors["unembedding.weight"].names) if flat["tie_embeddings"] else set()  # older saves hold lm_head
     lines = [f"{ours}: missing from the checkpoint ({h})" for h, (ours, _) in expected.items() if h not in shapes]
     lines += [f"{ours}: checkpoint {h} {shapes[h]} vs model {shape}" for h, (ours, shape) in expected.items()
               if h in shapes and tuple(shapes[h]) != shape]
