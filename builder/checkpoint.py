@@ -378,11 +378,12 @@ def export_model(checkpoint, out_dir: Path, format: str = "hydraformer") -> Path
     return write_export(*load_model(checkpoint, dtype="auto"), Path(out_dir) / "export", format, checkpoint)
 
 
-def write_export(model, tokenizer, model_cfg, dest, format: str = "hydraformer", checkpoint="") -> Path:
+def write_export(model, tokenizer, model_cfg, dest, format: str = "hydraformer", checkpoint="",
+                 shard_size: int | None = None) -> Path:
     """``load_model``'s model, tokenizer and model config written to ``dest`` in ``format`` (``export_model``'s second
-    half: task=export shows its config between the two)."""
+    half: task=export shows its config between the two); ``shard_size`` (format hf): the most bytes per file."""
     if format == "hf":
-        return save_hf(model, tokenizer, model_cfg, dest, "checkpoint", checkpoint)
+        return save_hf(model, tokenizer, model_cfg, dest, "checkpoint", checkpoint, shard_size=shard_size)
     return save_export(model, tokenizer, model_cfg, dest)
 
 

@@ -1,15 +1,17 @@
-"""Hugging Face directories in and out: one declarative table per family, one path through them.
+"""Hugging Face directories in and out: one typed adapter per family, one path through them.
 
     model, tokenizer, model_cfg = builder.hf.load_hf("path/to/llama")      # or builder.load_model(DIR)
     builder.hf.save_hf(model, tokenizer, model_cfg, "out/dir")             # task=export format=hf
 
-Each family (``FAMILIES``) is data, not code: which of our model-config settings every model of the family has
-(``ours``), which ``config.json`` keys copy onto which of ours (``keys``), which keys choose a setting (``choices``),
-which values we cannot run (``requires``), how rotary and the attention band are written (``rope``, ``mask``) and
-which tensor names are ours (``tensors``: our name → the family's names and a transform: ``T`` transposes GPT-2's
-``Conv1D``, ``qkv`` concatenates q_proj/k_proj/v_proj into our fused ``attention.qkv``, ``neox`` reorders
-GPT-NeoX's per-head interleaved ``query_key_value``). Both directions read the same table; an export is checked by
-reading its config back, so a model is written only in a family that expresses every setting it has.
+Each family (``FAMILIES``) is a ``Family``: which of our model-config settings every model of the family has
+(``ours``; the components read from the family's preset where there is one), which ``config.json`` keys copy onto
+which of ours (``keys``), which keys choose a setting (``choices``), which values we cannot run (``requires``), how
+rotary positions and the attention band are written (a ``Rope``; ``Causal``, ``SlidingWindow``, ``QwenWindow`` or
+``LayerTypes``), which tensor names are ours (``tensors``: our name → the family's names, ``{e}`` for each expert,
+and a ``Transform``: ``Transposed`` GPT-2 Conv1D, ``SplitQKV``, ``NeoxHeads``, ``PerExpert``, ``GateUpPairs``,
+``ExpertsTransposed``, ``RotaryRows``), and methods for what a table cannot say (``DeepseekV3``'s query scale and
+its multi-token-prediction layers). Both directions read the same family; an export is checked by reading its config
+back, so a model is written only in a family that expresses every setting it has.
 
 Everything stays local and safe: weights come from safetensors or from ``torch.load(weights_only=True)``, so a
 ``pytorch_model.bin`` whose unpickling would run code is refused. Before the model is built, every tensor's name and
@@ -25,9 +27,12 @@ import math
 import re
 import zipfile
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -62,8 +67,145 @@ NEUTRAL = {
     "embedding.base": 10000.0, "embedding.fraction": 1.0, "embedding.scale_factor": None,
     "embedding.low_freq_factor": 1.0, "embedding.high_freq_factor": 4.0, "embedding.original_context": 8192,
     "norm.unit_offset": False, "mask.window": None, "mask.band_layers": "odd", "mlp.approximate": "tanh",
+    "embedding.scaling": "llama3", "embedding.beta_fast": 32.0, "embedding.beta_slow": 1.0, "embedding.truncate": True,
+    "embedding.mscale": None, "embedding.mscale_all_dim": None, "attention.sinks": False,
 }
 _LLAMA3 = ("scale_factor", "low_freq_factor", "high_freq_factor", "original_context")
+_YARN = ("beta_fast", "beta_slow", "truncate", "mscale", "mscale_all_dim")
+#: settings of a mixture of experts that only training reads, or that no expert layer uses
+_MOE_TRAINING = ("mlp.aux_loss", "mlp.z_loss")
+
+
+class Tensor(NamedTuple):
+    """The family's tensors that hold one of ours, and how (None: as it is)."""
+
+    names: tuple
+    transform: Transform | None = None
+
+
+class Key(NamedTuple):
+    """A config.json key copied onto one of ours."""
+
+    hf: str
+    ours: str
+    #: when the key is absent (or null where null is not a value of ours): a value or ``_Ref(other key)``
+    default: Any
+
+
+class Choice(NamedTuple):
+    """A config.json key whose values choose settings of ours; export writes the first value whose settings match."""
+
+    hf: str
+    default: Any
+    options: dict
+
+
+class Require(NamedTuple):
+    """A config.json key with values we cannot run: the accepted ones (export writes the first), and what
+    hydraformer lacks for the others."""
+
+    hf: str
+    default: Any
+    accepted: tuple
+    lacks: str
+
+
+@dataclass(frozen=True)
+class Rope:
+    """How a family's config.json writes rotary positions."""
+
+    #: rope_theta when config.json has none
+    theta: float = 10000.0
+    #: partial_rotary_factor when config.json has none
+    fraction: float = 1.0
+    #: whether the family rotates part of each head (a fraction below 1 is read, else refused)
+    partial: bool = False
+    #: older config.json keys (GPT-NeoX's rotary_emb_base / rotary_pct) → theta / fraction
+    legacy: dict = field(default_factory=dict)
+    #: whether the family's rotary is read with rope_type yarn (transformers' YaRN, as model.embedding.scaling=yarn)
+    yarn: bool = False
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# how a family writes its attention band
+
+
+class Causal:
+    """No band: every layer attends to every earlier token (a family whose config.json has no window)."""
+
+    def read(self, hf: dict, n_layers: int, refuse) -> dict:
+        return {"mask.name": "causal"}
+
+    def write(self, flat: dict, hf: dict, miss) -> None:
+        if flat["mask.name"] != "causal":
+            miss("mask.name", flat["mask.name"], "causal")
+
+
+class SlidingWindow(Causal):
+    """Mistral's ``sliding_window``: every layer banded, or (null) none."""
+
+    def read(self, hf, n_layers, refuse):
+        window = hf.get("sliding_window")
+        return {"mask.name": "causal"} if window is None else {"mask.name": "sliding_window", "mask.window": int(window)}
+
+    def write(self, flat, hf, miss):
+        name = flat["mask.name"]
+        if name not in ("causal", "sliding_window"):
+            miss("mask.name", name, "causal or sliding_window")
+        hf["sliding_window"] = flat["mask.window"] if name == "sliding_window" else None
+
+
+class QwenWindow(Causal):
+    """Qwen's ``use_sliding_window`` bands the layers from ``max_window_layers`` on: no component of ours does."""
+
+    def read(self, hf, n_layers, refuse):
+        types = hf.get("layer_types") or []
+        if hf.get("use_sliding_window") or "sliding_attention" in types:
+            refuse("use_sliding_window", True, "false: sliding windows from layer max_window_layers on have no "
+                   "model.mask component (sliding_window bands every layer, alternating every other one)")
+        return super().read(hf, n_layers, refuse)
+
+    def write(self, flat, hf, miss):
+        super().write(flat, hf, miss)
+        hf.update({"use_sliding_window": False, "sliding_window": None})
+
+
+@dataclass(frozen=True)
+class LayerTypes(Causal):
+    """Gemma 2's and gpt-oss's ``layer_types``: sliding_attention / full_attention per layer (default: banded layers
+    alternating with full ones, the first banded), ``sliding_window`` wide (``window`` when absent)."""
+
+    window: int = 4096
+
+    def read(self, hf, n_layers, refuse):
+        types = hf.get("layer_types") or ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)]
+        window = int(_value(hf, "sliding_window", self.window))
+        sliding = [t == "sliding_attention" for t in types]
+        if not all(t in ("sliding_attention", "full_attention") for t in types) or len(types) != n_layers:
+            refuse("layer_types", types, f"{n_layers} entries each sliding_attention or full_attention")
+        if not any(sliding):
+            return {"mask.name": "causal"}
+        if all(sliding):
+            return {"mask.name": "sliding_window", "mask.window": window}
+        for band in ("even", "odd"):
+            if sliding == [(i % 2 == 0) == (band == "even") for i in range(n_layers)]:
+                return {"mask.name": "alternating", "mask.window": window, "mask.band_layers": band}
+        refuse("layer_types", types, "sliding layers that alternate with full ones (model.mask=alternating, "
+               "band_layers even or odd), or all of one kind")
+
+    def write(self, flat, hf, miss):
+        name, window, n = flat["mask.name"], flat["mask.window"], flat["n_layers"]
+        if name == "causal":
+            types = [False] * n
+        elif name == "sliding_window":
+            types = [True] * n
+        elif name == "alternating":
+            types = [(i % 2 == 0) == (flat["mask.band_layers"] == "even") for i in range(n)]
+        else:
+            miss("mask.name", name, "causal, sliding_window or alternating")
+            return
+        hf["layer_types"] = ["sliding_attention" if s else "full_attention" for s in types]
+        hf["sliding_window"] = window if window is not None else self.window
 
 
 @dataclass(frozen=True)
@@ -74,27 +216,171 @@ class Family:
     architecture: str
     #: our model config (flat keys, ``attention.n_kv_heads``) that every model of the family has
     ours: dict
-    #: (config.json key, our key, default when the key is absent or null: a value or ``_Ref(other key)``)
-    keys: tuple
-    #: (config.json key, default, {its value: our settings}); export writes the first value whose settings match
-    choices: tuple = ()
-    #: (config.json key, default, accepted values, what hydraformer lacks for the others); export writes the first
-    requires: tuple = ()
+    #: config.json keys copied onto ours (``Key``s; plain tuples are read as such)
+    keys: tuple[Key, ...]
+    #: config.json keys that choose settings of ours (``Choice``s)
+    choices: tuple[Choice, ...] = ()
+    #: config.json values we cannot run (``Require``s)
+    requires: tuple[Require, ...] = ()
     #: the config.json key of d_head, or None: d_head is d_model // n_heads
     head_dim: str | None = None
-    #: rotary: defaults of base and fraction, whether a fraction below 1 exists, legacy keys; None: learned positions
-    rope: dict | None = None
-    #: how the attention band is written: causal (none), sliding_window (Mistral), qwen (use_sliding_window),
-    #: layer_types (Gemma 2: sliding_attention / full_attention per layer)
-    mask: str = "causal"
+    #: how config.json writes rotary positions; None: learned positions
+    rope: Rope | None = None
+    #: how config.json writes the attention band
+    mask: Causal = Causal()
     #: the base model's prefix in tensor names (lm_head / embed_out have none); files without it load too
     prefix: str = "model."
-    #: our name ({i}: the block) → (the family's names, transform: None, "T", "qkv" or "neox")
+    #: our name ({i}: the block) → (the family's names ({e}: each expert, in order), a Transform or None)
     tensors: dict = field(default_factory=dict)
     #: regexes of what files hold besides weights (causal-mask buffers, rotary tables)
     ignore: tuple = ()
     #: written as they are on export
     extra: dict = field(default_factory=dict)
+    #: config.json key → another spelling of it, read when the key is absent (Qwen3-MoE's num_experts)
+    aliases: dict = field(default_factory=dict)
+    #: the dropout rates config.json has, written as 0 (hydraformer's exports are for inference)
+    dropouts: tuple = ("attention_dropout",)
+
+    def __post_init__(self):
+        for name, kind in (("keys", Key), ("choices", Choice), ("requires", Require)):
+            object.__setattr__(self, name, tuple(kind(*row) for row in getattr(self, name)))
+        object.__setattr__(self, "tensors", {ours: Tensor(*row) for ours, row in self.tensors.items()})
+
+    def read_odd(self, hf: dict, flat: dict, refuse) -> None:
+        """What the tables cannot say about reading this family's config.json (none by default)."""
+
+    def write_odd(self, flat: dict, hf: dict, miss) -> None:
+        """What the tables cannot say about writing this family's config.json (none by default)."""
+
+    def ignored(self, name: str, n_layers: int) -> bool:
+        """A tensor a file may hold besides the model's weights."""
+        return any(re.search(p, name) for p in self.ignore)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tensor layouts
+
+
+def _sizes(flat: dict) -> list[int]:
+    d, kv = flat["d_head"], flat["attention.n_kv_heads"]
+    return [flat["n_heads"] * d, kv * d, kv * d]
+
+
+def _interleaved_to_halves(rows: int, device=None) -> torch.Tensor:
+    """Rotary pairs (0, 1), (2, 3), ... (DeepSeek's) as ours (i, i + rows/2): the row order that maps theirs onto ours."""
+    return torch.cat((torch.arange(0, rows, 2, device=device), torch.arange(1, rows, 2, device=device)))
+
+
+def _rope_rows(latent: bool, flat: dict, device) -> torch.Tensor:
+    """The rows of DeepSeek's q (or q_b) or kv_a projection in our order: each rotary part de-interleaved."""
+    nope, rope = flat["attention.qk_nope_head_dim"], flat["attention.qk_rope_head_dim"] or flat["d_head"]
+    turned = _interleaved_to_halves(rope, device)
+    if latent:
+        rank = flat["attention.kv_lora_rank"]
+        return torch.cat((torch.arange(rank, device=device), rank + turned))
+    head = torch.cat((torch.arange(nope, device=device), nope + turned))
+    return torch.cat([h * (nope + rope) + head for h in range(flat["n_heads"])])
+
+
+class Transform:
+    """How one of our tensors is written as the family's tensors (``to_hf``) and read back (``from_hf``)."""
+
+    def to_hf(self, t: torch.Tensor, flat: dict) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def from_hf(self, ts: list[torch.Tensor], flat: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Transposed(Transform):
+    """GPT-2's Conv1D holds each matrix transposed."""
+
+    def to_hf(self, t, flat):
+        return [t.t()]
+
+    def from_hf(self, ts, flat):
+        return ts[0].t().contiguous()
+
+
+class SplitQKV(Transform):
+    """Our fused ``attention.qkv`` as q_proj, k_proj, v_proj."""
+
+    def to_hf(self, t, flat):
+        return list(t.split(_sizes(flat), dim=0))
+
+    def from_hf(self, ts, flat):
+        return torch.cat(ts, dim=0)
+
+
+class NeoxHeads(Transform):
+    """GPT-NeoX's query_key_value interleaves q, k, v per head: ours [3, H, d, ...] is theirs [H, 3, d, ...]."""
+
+    def to_hf(self, t, flat):
+        h, d = flat["n_heads"], flat["d_head"]
+        return [t.reshape(3, h, d, *t.shape[1:]).transpose(0, 1).reshape(t.shape)]
+
+    def from_hf(self, ts, flat):
+        t, h, d = ts[0], flat["n_heads"], flat["d_head"]
+        return t.reshape(h, 3, d, *t.shape[1:]).transpose(0, 1).reshape(t.shape).contiguous()
+
+
+@dataclass(frozen=True)
+class PerExpert(Transform):
+    """Our stacked experts [E, rows, cols] as one matrix per expert (``{e}`` in the family's names); ``parts`` names
+    per expert are concatenated along the rows (gate before up)."""
+
+    parts: int = 1
+
+    def to_hf(self, t, flat):
+        return [c[e] for c in t.chunk(self.parts, dim=1) for e in range(t.shape[0])]
+
+    def from_hf(self, ts, flat):
+        n = len(ts) // self.parts
+        return torch.stack([torch.cat(ts[e::n], dim=0) for e in range(n)])
+
+
+class ExpertsTransposed(Transform):
+    """gpt-oss holds each expert's matrix as [in, out]."""
+
+    def to_hf(self, t, flat):
+        return [t.transpose(1, 2)]
+
+    def from_hf(self, ts, flat):
+        return ts[0].transpose(1, 2).contiguous()
+
+
+@dataclass(frozen=True)
+class GateUpPairs(Transform):
+    """gpt-oss interleaves gate and up channels (gate 0, up 0, gate 1, ...) where ours has all gates, then all ups;
+    ``matrix``: an [E, in, 2h] matrix (transposed from ours), else an [E, 2h] bias."""
+
+    matrix: bool = False
+
+    def to_hf(self, t, flat):
+        t = t.transpose(1, 2) if self.matrix else t
+        gate, up = t.chunk(2, dim=-1)
+        return [torch.stack((gate, up), dim=-1).reshape(t.shape)]
+
+    def from_hf(self, ts, flat):
+        t = torch.cat((ts[0][..., ::2], ts[0][..., 1::2]), dim=-1)
+        return (t.transpose(1, 2) if self.matrix else t).contiguous()
+
+
+@dataclass(frozen=True)
+class RotaryRows(Transform):
+    """DeepSeek's rotary channels pair (0, 1), (2, 3), ...; ours pair (i, i + rope/2): the rows of q (or q_b),
+    ``latent=False``, or of kv_a, ``latent=True``, reordered."""
+
+    latent: bool = False
+
+    def to_hf(self, t, flat):
+        return [t.index_select(0, torch.argsort(_rope_rows(self.latent, flat, t.device)))]
+
+    def from_hf(self, ts, flat):
+        return ts[0].index_select(0, _rope_rows(self.latent, flat, ts[0].device)).contiguous()
+
+
+T, QKV, NEOX = Transposed(), SplitQKV(), NeoxHeads()
 
 
 def _linear(ours: str, theirs: str, transform=None, bias: bool = True) -> dict:
@@ -110,11 +396,11 @@ _GPT2_TENSORS = {
     **_linear("final_norm", "transformer.ln_f"),
     "unembedding.weight": (("lm_head.weight",), None),
     **_linear("blocks.{i}.norm_1", "transformer.h.{i}.ln_1"),
-    **_linear("blocks.{i}.attention.qkv", "transformer.h.{i}.attn.c_attn", "T"),
-    **_linear("blocks.{i}.attention.o", "transformer.h.{i}.attn.c_proj", "T"),
+    **_linear("blocks.{i}.attention.qkv", "transformer.h.{i}.attn.c_attn", T),
+    **_linear("blocks.{i}.attention.o", "transformer.h.{i}.attn.c_proj", T),
     **_linear("blocks.{i}.norm_2", "transformer.h.{i}.ln_2"),
-    **_linear("blocks.{i}.mlp.fc", "transformer.h.{i}.mlp.c_fc", "T"),
-    **_linear("blocks.{i}.mlp.proj", "transformer.h.{i}.mlp.c_proj", "T"),
+    **_linear("blocks.{i}.mlp.fc", "transformer.h.{i}.mlp.c_fc", T),
+    **_linear("blocks.{i}.mlp.proj", "transformer.h.{i}.mlp.c_proj", T),
 }
 _L = "model.layers.{i}"
 _LLAMA_TENSORS = {
@@ -123,8 +409,8 @@ _LLAMA_TENSORS = {
     "unembedding.weight": (("lm_head.weight",), None),
     "blocks.{i}.norm_1.weight": ((f"{_L}.input_layernorm.weight",), None),
     "blocks.{i}.norm_2.weight": ((f"{_L}.post_attention_layernorm.weight",), None),
-    "blocks.{i}.attention.qkv.weight": (tuple(f"{_L}.self_attn.{p}_proj.weight" for p in "qkv"), "qkv"),
-    "blocks.{i}.attention.qkv.bias": (tuple(f"{_L}.self_attn.{p}_proj.bias" for p in "qkv"), "qkv"),
+    "blocks.{i}.attention.qkv.weight": (tuple(f"{_L}.self_attn.{p}_proj.weight" for p in "qkv"), QKV),
+    "blocks.{i}.attention.qkv.bias": (tuple(f"{_L}.self_attn.{p}_proj.bias" for p in "qkv"), QKV),
     **_linear("blocks.{i}.attention.o", f"{_L}.self_attn.o_proj"),
     "blocks.{i}.attention.q_norm.weight": ((f"{_L}.self_attn.q_norm.weight",), None),
     "blocks.{i}.attention.k_norm.weight": ((f"{_L}.self_attn.k_norm.weight",), None),
@@ -145,13 +431,53 @@ _NEOX_TENSORS = {
     "unembedding.weight": (("embed_out.weight",), None),
     **_linear("blocks.{i}.norm_1", f"{_N}.input_layernorm"),
     **_linear("blocks.{i}.norm_2", f"{_N}.post_attention_layernorm"),
-    "blocks.{i}.attention.qkv.weight": ((f"{_N}.attention.query_key_value.weight",), "neox"),
-    "blocks.{i}.attention.qkv.bias": ((f"{_N}.attention.query_key_value.bias",), "neox"),
+    "blocks.{i}.attention.qkv.weight": ((f"{_N}.attention.query_key_value.weight",), NEOX),
+    "blocks.{i}.attention.qkv.bias": ((f"{_N}.attention.query_key_value.bias",), NEOX),
     **_linear("blocks.{i}.attention.o", f"{_N}.attention.dense"),
     **_linear("blocks.{i}.mlp.fc", f"{_N}.mlp.dense_h_to_4h"),
     **_linear("blocks.{i}.mlp.proj", f"{_N}.mlp.dense_4h_to_h"),
 }
 _ROTARY_BUFFERS = (r"\.rotary_emb\.inv_freq$",)
+_E = f"{_L}.mlp.experts.{{e}}"
+# Qwen3-MoE and DeepSeek-V3 files hold one gate/up/down per expert (transformers fuses them in memory only)
+_EXPERT_TENSORS = {
+    "blocks.{i}.mlp.router.weight": ((f"{_L}.mlp.gate.weight",), None),
+    "blocks.{i}.mlp.w_in": ((f"{_E}.gate_proj.weight", f"{_E}.up_proj.weight"), PerExpert(2)),
+    "blocks.{i}.mlp.w_out": ((f"{_E}.down_proj.weight",), PerExpert()),
+}
+_MIXTRAL_TENSORS = {
+    **{k: v for k, v in _LLAMA_TENSORS.items() if ".mlp." not in k},
+    "blocks.{i}.mlp.router.weight": ((f"{_L}.block_sparse_moe.gate.weight",), None),
+    "blocks.{i}.mlp.w_in": ((f"{_L}.block_sparse_moe.experts.{{e}}.w1.weight",
+                             f"{_L}.block_sparse_moe.experts.{{e}}.w3.weight"), PerExpert(2)),
+    "blocks.{i}.mlp.w_out": ((f"{_L}.block_sparse_moe.experts.{{e}}.w2.weight",), PerExpert()),
+}
+_A = f"{_L}.self_attn"
+_DEEPSEEK_TENSORS = {
+    **{k: v for k, v in _LLAMA_TENSORS.items() if ".attention." not in k},  # the first dense layers' gated MLPs
+    **_EXPERT_TENSORS,
+    "blocks.{i}.mlp.selection_bias": ((f"{_L}.mlp.gate.e_score_correction_bias",), None),
+    **{f"blocks.{{i}}.mlp.shared.{ours}.weight": ((f"{_L}.mlp.shared_experts.{theirs}.weight",), None)
+       for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("proj", "down_proj"))},
+    "blocks.{i}.attention.q.weight": ((f"{_A}.q_proj.weight",), RotaryRows()),
+    "blocks.{i}.attention.q_a.weight": ((f"{_A}.q_a_proj.weight",), None),
+    "blocks.{i}.attention.q_norm.weight": ((f"{_A}.q_a_layernorm.weight",), None),
+    "blocks.{i}.attention.q_b.weight": ((f"{_A}.q_b_proj.weight",), RotaryRows()),
+    "blocks.{i}.attention.kv_a.weight": ((f"{_A}.kv_a_proj_with_mqa.weight",), RotaryRows(latent=True)),
+    "blocks.{i}.attention.kv_norm.weight": ((f"{_A}.kv_a_layernorm.weight",), None),
+    "blocks.{i}.attention.kv_b.weight": ((f"{_A}.kv_b_proj.weight",), None),
+    "blocks.{i}.attention.o.weight": ((f"{_A}.o_proj.weight",), None),
+}
+_M = f"{_L}.mlp"
+_GPT_OSS_TENSORS = {
+    **{k: v for k, v in _LLAMA_TENSORS.items() if ".mlp." not in k},
+    "blocks.{i}.attention.sinks": ((f"{_A}.sinks",), None),
+    **_linear("blocks.{i}.mlp.router", f"{_M}.router"),
+    "blocks.{i}.mlp.w_in": ((f"{_M}.experts.gate_up_proj",), GateUpPairs(matrix=True)),
+    "blocks.{i}.mlp.in_bias": ((f"{_M}.experts.gate_up_proj_bias",), GateUpPairs()),
+    "blocks.{i}.mlp.w_out": ((f"{_M}.experts.down_proj",), ExpertsTransposed()),
+    "blocks.{i}.mlp.out_bias": ((f"{_M}.experts.down_proj_bias",), None),
+}
 
 # the keys every Llama-like config.json has (defaults: LlamaConfig's)
 _LLAMA_KEYS = (
@@ -161,10 +487,19 @@ _LLAMA_KEYS = (
     ("rms_norm_eps", "norm.eps", 1e-6), ("tie_word_embeddings", "tie_embeddings", False),
     ("initializer_range", "init_std", 0.02),
 )
-_LLAMA_OURS = {"embedding.name": "rotary", "attention.name": "grouped_query", "mlp.name": "swiglu",
-               "norm.name": "rmsnorm", "norm.layout": "pre"}
+
+
+def _components_of(preset: str) -> dict:
+    """The components a model preset chooses (the defaults list of ``conf/model/<preset>.yaml``; the mask aside: a
+    family's band is its ``mask``), as our flat keys: written once, there, for the family the preset is a model of."""
+    defaults = yaml.safe_load((files("conf") / "model" / f"{preset}.yaml").read_text())["defaults"]
+    return {f"{kind}.name": option for entry in defaults if isinstance(entry, dict)
+            for kind, option in entry.items() if kind in components.KINDS and kind != "mask"}
+
+
+_LLAMA_OURS = {**_components_of("llama2_7b"), "norm.layout": "pre"}
 _SILU = (("hidden_act", "silu", {"silu": {}}),)
-_ROPE = {"theta": 10000.0, "fraction": 1.0, "partial": False}
+_ROPE = Rope()
 
 
 def _keys(*overrides) -> tuple:
@@ -173,8 +508,53 @@ def _keys(*overrides) -> tuple:
     return tuple(changed.pop(k[1], k) for k in _LLAMA_KEYS) + tuple(changed.values())
 
 
+@dataclass(frozen=True)
+class GPT2(Family):
+    """GPT-2: n_inner null means 4 d_model, and n_ctx repeats n_positions."""
+
+    dropouts: tuple = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+    def write_odd(self, flat: dict, hf: dict, miss) -> None:
+        if hf["n_inner"] is not None and hf["n_inner"] == 4 * hf["n_embd"]:
+            hf["n_inner"] = None
+        hf["n_ctx"] = hf["n_positions"]
+
+
+# a mixture of experts with none of the options some families add
+_MOE_PLAIN = {"mlp.name": "moe", "mlp.scoring": "softmax", "mlp.routed_scale": 1.0, "mlp.router_bias": False,
+              "mlp.selection_bias": False, "mlp.n_groups": 1, "mlp.shared_experts": 0, "mlp.first_dense": 0,
+              "mlp.activation": "silu", "mlp.expert_bias": False}
+
+
+def _yarn_mscale(factor: float, m: float) -> float:
+    return 0.1 * m * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+
+@dataclass(frozen=True)
+class DeepseekV3(Family):
+    """DeepSeek-V3: d_head is the rotary width (qk_rope_head_dim), the scores' scale follows from the head widths and
+    YaRN's mscale_all_dim, and a file's multi-token-prediction layers (model.layers.N and on) are left out."""
+
+    def read_odd(self, hf: dict, flat: dict, refuse) -> None:
+        flat["d_head"] = rope = int(_value(hf, "qk_rope_head_dim", 64))
+        flat["attention.qk_rope_head_dim"] = rope
+        scale = (flat["attention.qk_nope_head_dim"] + rope) ** -0.5
+        if flat.get("embedding.scaling") == "yarn" and flat.get("embedding.mscale_all_dim"):
+            scale *= _yarn_mscale(flat["embedding.scale_factor"], flat["embedding.mscale_all_dim"]) ** 2
+        flat["attention.query_scale"] = scale
+
+    def write_odd(self, flat: dict, hf: dict, miss) -> None:
+        hf["num_key_value_heads"] = flat["n_heads"]  # latent attention: every head its own keys and values
+        if hf["intermediate_size"] is None:  # no dense layer reads it, but transformers wants a width
+            hf["intermediate_size"] = flat["mlp.hidden"]
+
+    def ignored(self, name: str, n_layers: int) -> bool:
+        layer = re.match(r"model\.layers\.(\d+)\.", name)
+        return super().ignored(name, n_layers) or (layer is not None and int(layer[1]) >= n_layers)
+
+
 FAMILIES = {f.model_type: f for f in (
-    Family(
+    GPT2(
         "gpt2", "GPT2LMHeadModel",
         ours={"embedding.name": "learned", "attention.name": "multi_head", "mlp.name": "gelu",
               "mlp.approximate": "tanh", "norm.name": "layernorm", "norm.layout": "pre", "bias": True},
@@ -199,14 +579,14 @@ FAMILIES = {f.model_type: f for f in (
     ),
     Family(
         "mistral", "MistralForCausalLM", ours={**_LLAMA_OURS, "bias": False}, head_dim="head_dim", rope=_ROPE,
-        mask="sliding_window",
+        mask=SlidingWindow(),
         keys=_keys(("intermediate_size", "mlp.hidden", 14336), ("max_position_embeddings", "context_length", 131072),
                    ("num_key_value_heads", "attention.n_kv_heads", 8)),
         choices=_SILU, tensors=_LLAMA_TENSORS, ignore=_ROTARY_BUFFERS,
     ),
     Family(
         "qwen2", "Qwen2ForCausalLM", ours={**_LLAMA_OURS, "bias": False, "attention.qkv_bias": True}, rope=_ROPE,
-        mask="qwen", head_dim="head_dim",  # not a Qwen2Config field, but Qwen2's attention reads it when it is there
+        mask=QwenWindow(), head_dim="head_dim",  # not a Qwen2Config field, but Qwen2's attention reads it when it is there
         keys=_keys(("vocab_size", "vocab_size", 151936), ("intermediate_size", "mlp.hidden", 22016),
                    ("max_position_embeddings", "context_length", 32768)),
         choices=_SILU, tensors=_LLAMA_TENSORS, ignore=_ROTARY_BUFFERS,
@@ -214,7 +594,7 @@ FAMILIES = {f.model_type: f for f in (
     Family(
         "qwen3", "Qwen3ForCausalLM", ours={**_LLAMA_OURS, "attention.qk_norm": True, "bias": False},
         head_dim="head_dim",
-        rope=_ROPE, mask="qwen",
+        rope=_ROPE, mask=QwenWindow(),
         keys=_keys(("vocab_size", "vocab_size", 151936), ("intermediate_size", "mlp.hidden", 22016),
                    ("max_position_embeddings", "context_length", 32768), ("rms_norm_eps", "attention.qk_norm_eps", 1e-6)),
         requires=(("attention_bias", False, (False,), "Qwen3's attention_bias puts biases on q, k, v and o with none on "
@@ -235,8 +615,7 @@ FAMILIES = {f.model_type: f for f in (
                  ("use_parallel_residual", True, {True: {"norm.layout": "parallel"}, False: {"norm.layout": "pre"}})),
         requires=(("attention_bias", True, (True,), "GPT-NeoX's MLP and norms always have biases: attention without "
                    "them has no model.bias setting"),),
-        rope={"theta": 10000.0, "fraction": 0.25, "partial": True,
-              "legacy": {"rotary_emb_base": "theta", "rotary_pct": "fraction"}},
+        rope=Rope(fraction=0.25, partial=True, legacy={"rotary_emb_base": "theta", "rotary_pct": "fraction"}),
         prefix="gpt_neox.", tensors=_NEOX_TENSORS,
         ignore=(r"\.attention\.(bias|masked_bias)$", *_ROTARY_BUFFERS),
     ),
@@ -256,9 +635,9 @@ FAMILIES = {f.model_type: f for f in (
     ),
     Family(
         "gemma2", "Gemma2ForCausalLM",
-        ours={**_LLAMA_OURS, "mlp.name": "geglu", "norm.unit_offset": True, "norm.layout": "sandwich",
+        ours={**_components_of("gemma2_2b"), "norm.unit_offset": True, "norm.layout": "sandwich",
               "scale_embeddings": True, "bias": False},
-        head_dim="head_dim", rope=_ROPE, mask="layer_types",
+        head_dim="head_dim", rope=_ROPE, mask=LayerTypes(),
         keys=_keys(("vocab_size", "vocab_size", 256000), ("hidden_size", "d_model", 2304),
                    ("intermediate_size", "mlp.hidden", 9216), ("num_hidden_layers", "n_layers", 26),
                    ("num_attention_heads", "n_heads", 8), ("num_key_value_heads", "attention.n_kv_heads", 4),
@@ -271,6 +650,72 @@ FAMILIES = {f.model_type: f for f in (
                    "on the MLP: model.bias sets every layer's"),
                   ("use_bidirectional_attention", None, (None, False), "bidirectional attention with sliding windows")),
         tensors=_GEMMA2_TENSORS, ignore=_ROTARY_BUFFERS,
+    ),
+    Family(
+        "mixtral", "MixtralForCausalLM", ours={**_LLAMA_OURS, **_MOE_PLAIN, "bias": False, "mlp.normalize": True},
+        head_dim="head_dim", rope=Rope(theta=1e6), mask=SlidingWindow(),
+        keys=_keys(("intermediate_size", "mlp.hidden", 14336), ("max_position_embeddings", "context_length", 131072),
+                   ("num_key_value_heads", "attention.n_kv_heads", 8), ("num_local_experts", "mlp.n_experts", 8),
+                   ("num_experts_per_tok", "mlp.top_k", 2)),
+        aliases={"num_local_experts": "num_experts"},
+        choices=_SILU, tensors=_MIXTRAL_TENSORS, ignore=_ROTARY_BUFFERS,
+    ),
+    Family(
+        "qwen3_moe", "Qwen3MoeForCausalLM", ours={**_LLAMA_OURS, **_MOE_PLAIN, "attention.qk_norm": True, "bias": False},
+        head_dim="head_dim", rope=_ROPE, mask=QwenWindow(),
+        keys=_keys(("vocab_size", "vocab_size", 151936), ("moe_intermediate_size", "mlp.hidden", 768),
+                   ("max_position_embeddings", "context_length", 32768), ("rms_norm_eps", "attention.qk_norm_eps", 1e-6),
+                   ("num_experts", "mlp.n_experts", 128), ("num_experts_per_tok", "mlp.top_k", 8),
+                   ("norm_topk_prob", "mlp.normalize", False)),
+        aliases={"num_experts": "num_local_experts"},
+        requires=(("attention_bias", False, (False,), "Qwen3's attention_bias puts biases on q, k, v and o with none "
+                   "on the MLP: model.attention.qkv_bias covers q, k, v only, model.bias every layer"),
+                  ("decoder_sparse_step", 1, (1,), "model.mlp=moe puts experts in every layer (first_dense aside)"),
+                  ("mlp_only_layers", [], ([],), "model.mlp=moe has dense layers only first (first_dense)")),
+        choices=_SILU, tensors={**{k: v for k, v in _LLAMA_TENSORS.items() if ".mlp." not in k}, **_EXPERT_TENSORS},
+        ignore=_ROTARY_BUFFERS,
+    ),
+    DeepseekV3(
+        "deepseek_v3", "DeepseekV3ForCausalLM",
+        ours={**_components_of("deepseek_v3"), "norm.layout": "pre", "mlp.scoring": "sigmoid",
+              "mlp.selection_bias": True, "mlp.router_bias": False, "mlp.activation": "silu", "mlp.expert_bias": False,
+              "bias": False},
+        head_dim="qk_rope_head_dim", rope=Rope(yarn=True),
+        keys=(("hidden_size", "d_model", 7168), ("num_hidden_layers", "n_layers", 61),
+              ("num_attention_heads", "n_heads", 128), ("vocab_size", "vocab_size", 129280),
+              ("max_position_embeddings", "context_length", 4096), ("rms_norm_eps", "norm.eps", 1e-6),
+              ("tie_word_embeddings", "tie_embeddings", False), ("initializer_range", "init_std", 0.02),
+              ("q_lora_rank", "attention.q_lora_rank", 1536), ("kv_lora_rank", "attention.kv_lora_rank", 512),
+              ("qk_nope_head_dim", "attention.qk_nope_head_dim", 128), ("v_head_dim", "attention.v_head_dim", 128),
+              ("moe_intermediate_size", "mlp.hidden", 2048), ("intermediate_size", "mlp.dense_hidden", 18432),
+              ("n_routed_experts", "mlp.n_experts", 256), ("num_experts_per_tok", "mlp.top_k", 8),
+              ("n_shared_experts", "mlp.shared_experts", 1), ("routed_scaling_factor", "mlp.routed_scale", 2.5),
+              ("n_group", "mlp.n_groups", 8), ("topk_group", "mlp.top_groups", 4),
+              ("first_k_dense_replace", "mlp.first_dense", 3), ("norm_topk_prob", "mlp.normalize", True)),
+        requires=(("attention_bias", False, (False,), "biases in latent attention's projections"),
+                  ("rope_interleave", True, (True,), "DeepSeek's rotary over channel halves (rope_interleave=false); "
+                   "the rotary pairs of adjacent channels are what is read"),
+                  ("scoring_func", "sigmoid", ("sigmoid",), "DeepSeek-V3's router scores by sigmoid"),
+                  ("topk_method", "noaux_tc", ("noaux_tc",), "DeepSeek-V3's routing (noaux_tc) only")),
+        choices=_SILU, tensors=_DEEPSEEK_TENSORS, ignore=_ROTARY_BUFFERS,
+        extra={"num_nextn_predict_layers": 0},
+    ),
+    Family(
+        "gpt_oss", "GptOssForCausalLM",
+        ours={**_MOE_PLAIN, **_components_of("gpt_oss_20b"), "norm.layout": "pre", "bias": True, "mlp.normalize": True,
+              "attention.sinks": True,
+              "mlp.router_bias": True, "mlp.expert_bias": True, "mlp.activation": "clamped"},
+        head_dim="head_dim", rope=Rope(theta=150000.0, yarn=True), mask=LayerTypes(128),
+        keys=_keys(("vocab_size", "vocab_size", 201088), ("hidden_size", "d_model", 2880),
+                   ("intermediate_size", "mlp.hidden", 2880), ("num_hidden_layers", "n_layers", 36),
+                   ("num_attention_heads", "n_heads", 64), ("num_key_value_heads", "attention.n_kv_heads", 8),
+                   ("max_position_embeddings", "context_length", 131072), ("rms_norm_eps", "norm.eps", 1e-5),
+                   ("num_local_experts", "mlp.n_experts", 128), ("num_experts_per_tok", "mlp.top_k", 4),
+                   ("swiglu_limit", "mlp.limit", 7.0), ("swiglu_alpha", "mlp.alpha", 1.702)),
+        aliases={"num_local_experts": "num_experts"},
+        requires=(("attention_bias", True, (True,), "gpt-oss's MLP experts and router always have biases: attention "
+                   "without them has no model.bias setting"),),
+        choices=_SILU, tensors=_GPT_OSS_TENSORS, ignore=_ROTARY_BUFFERS,
     ),
 )}
 #: config.json values that are not copied as they are: (to ours, to config.json)
@@ -292,7 +737,7 @@ class _Refused(Exception):
 
 
 #: our keys whose null in config.json means "none" (no cap, no window, the default width), not "the default value"
-NULLABLE = ("mlp.hidden", "d_head", "attention.softcap", "final_softcap", "mask.window")
+NULLABLE = ("mlp.hidden", "d_head", "attention.softcap", "final_softcap", "mask.window", "attention.q_lora_rank")
 #: defaults of keys that are only ever the target of a _Ref
 _REF_DEFAULTS = {"n_ctx": 1024}
 
@@ -320,52 +765,34 @@ def _rope_in(fam: Family, hf: dict, refuse) -> dict:
         if any(s != sets[0] for s in sets):
             refuse("rope_parameters", params, "one rotary setting for every layer (model.embedding=rotary has one)")
         params = sets[0]
-    legacy = {ours: hf[key] for key, ours in rope.get("legacy", {}).items() if hf.get(key) is not None}
-    base = params.get("rope_theta", hf.get("rope_theta", legacy.get("theta", rope["theta"])))
-    fraction = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", legacy.get("fraction", rope["fraction"])))
+    legacy = {ours: hf[key] for key, ours in rope.legacy.items() if hf.get(key) is not None}
+    base = params.get("rope_theta", hf.get("rope_theta", legacy.get("theta", rope.theta)))
+    fraction = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", legacy.get("fraction", rope.fraction)))
     kind = params.get("rope_type", params.get("type", "default"))
     out = {"embedding.base": float(base), "embedding.fraction": float(fraction)}
-    if fraction != 1.0 and not rope["partial"]:
+    if fraction != 1.0 and not rope.partial:
         refuse("partial_rotary_factor", fraction, f"1.0: {fam.model_type} in transformers rotates every channel")
     if kind == "llama3":
         out.update({"embedding.scale_factor": float(params["factor"]),
                     "embedding.low_freq_factor": float(params.get("low_freq_factor", 1.0)),
                     "embedding.high_freq_factor": float(params.get("high_freq_factor", 4.0)),
                     "embedding.original_context": int(params.get("original_max_position_embeddings", 8192))})
+    elif kind == "yarn" and rope.yarn:
+        if params.get("attention_factor") is not None:
+            refuse("attention_factor", params["attention_factor"], "absent: model.embedding=rotary derives YaRN's "
+                   "cos/sin factor from factor, mscale and mscale_all_dim")
+        out.update({"embedding.scaling": "yarn", "embedding.scale_factor": float(params["factor"]),
+                    "embedding.original_context": int(params["original_max_position_embeddings"]),
+                    "embedding.beta_fast": float(params.get("beta_fast") or 32.0),
+                    "embedding.beta_slow": float(params.get("beta_slow") or 1.0),
+                    "embedding.truncate": bool(params.get("truncate", True))})
+        for key in ("mscale", "mscale_all_dim"):
+            out[f"embedding.{key}"] = float(params[key]) if params.get(key) is not None else None
     elif kind != "default":
-        refuse("rope_type", kind, "default or llama3 (model.embedding=rotary computes those frequencies; no "
+        kinds = "default, llama3 or yarn" if rope.yarn else "default or llama3"
+        refuse("rope_type", kind, f"{kinds} (model.embedding=rotary computes those frequencies; no "
                                   f"hydraformer component computes {kind!r} ones)")
     return out
-
-
-def _mask_in(fam: Family, hf: dict, n_layers: int, refuse) -> dict:
-    if fam.mask == "causal":
-        return {"mask.name": "causal"}
-    if fam.mask == "sliding_window":
-        window = hf.get("sliding_window")
-        return {"mask.name": "causal"} if window is None else {"mask.name": "sliding_window", "mask.window": int(window)}
-    if fam.mask == "qwen":
-        types = hf.get("layer_types") or []
-        if hf.get("use_sliding_window") or "sliding_attention" in types:
-            refuse("use_sliding_window", True, "false: sliding windows from layer max_window_layers on have no "
-                   "model.mask component (sliding_window bands every layer, alternating every other one)")
-        return {"mask.name": "causal"}
-    if fam.mask == "layer_types":
-        types = hf.get("layer_types") or ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)]
-        window = int(_value(hf, "sliding_window", 4096))
-        sliding = [t == "sliding_attention" for t in types]
-        if not all(t in ("sliding_attention", "full_attention") for t in types) or len(types) != n_layers:
-            refuse("layer_types", types, f"{n_layers} entries each sliding_attention or full_attention")
-        if not any(sliding):
-            return {"mask.name": "causal"}
-        if all(sliding):
-            return {"mask.name": "sliding_window", "mask.window": window}
-        for band in ("even", "odd"):
-            if sliding == [(i % 2 == 0) == (band == "even") for i in range(n_layers)]:
-                return {"mask.name": "alternating", "mask.window": window, "mask.band_layers": band}
-        refuse("layer_types", types, "sliding layers that alternate with full ones (model.mask=alternating, "
-               "band_layers even or odd), or all of one kind")
-    raise ValueError(f"unknown mask kind {fam.mask!r} in the {fam.model_type} table")
 
 
 def family_of(hf_cfg: dict) -> Family | None:
@@ -381,10 +808,16 @@ def hf_to_flat(fam: Family, hf: dict, refuse=None) -> dict:
     """A config.json of ``fam`` as our model config, flat (``attention.n_kv_heads``); ``refuse(key, value, accepted)``
     raises for what the family's model has and ours cannot compute."""
     refuse = refuse or _refuse_plain
+    if hf.get("quantization_config") is not None:
+        method = hf["quantization_config"].get("quant_method") if isinstance(hf["quantization_config"], dict) else None
+        refuse("quantization_config", method or hf["quantization_config"], "absent: hydraformer reads unquantized "
+               "floating-point weights (dequantize them first)")
+    hf = {**{k: hf[alt] for k, alt in fam.aliases.items() if k not in hf and alt in hf}, **hf}
     flat = dict(fam.ours)
     seen, read = {}, {}
-    for hf_key, ours, default in fam.keys:
-        value = read[hf_key] = _value(hf, hf_key, default, ours, read)
+    for key in fam.keys:
+        hf_key, ours = key.hf, key.ours
+        value = read[hf_key] = _value(hf, hf_key, key.default, ours, read)
         if hf_key in CONVERT and value is not None:
             value = CONVERT[hf_key][0](value)
         if ours in seen and seen[ours][1] != value:
@@ -393,23 +826,25 @@ def hf_to_flat(fam: Family, hf: dict, refuse=None) -> dict:
                    "which has no setting for one without the other")
         seen[ours] = (hf_key, value)
         flat[ours] = value
-    for hf_key, default, options in fam.choices:
-        value = _value(hf, hf_key, default)
+    for choice in fam.choices:
+        hf_key, options = choice.hf, choice.options
+        value = _value(hf, hf_key, choice.default)
         if not isinstance(value, (str, bool, int, float, type(None))) or value not in options:
             refuse(hf_key, value, f"one of {', '.join(repr(o) for o in options)} (no hydraformer component computes "
                    f"{value!r} in a {fam.model_type})")
         flat.update(options[value])
-    for hf_key, default, accepted, lacks in fam.requires:
-        value = hf.get(hf_key, default)
-        if value not in accepted:
-            refuse(hf_key, value, f"{' or '.join(repr(a) for a in accepted)}: {lacks}")
+    for need in fam.requires:
+        value = hf.get(need.hf, need.default)
+        if value not in need.accepted:
+            refuse(need.hf, value, f"{' or '.join(repr(a) for a in need.accepted)}: {need.lacks}")
     if fam.head_dim is not None and hf.get(fam.head_dim) is not None:
         flat["d_head"] = int(hf[fam.head_dim])
     else:
         flat["d_head"] = None
     if fam.rope is not None:
         flat.update(_rope_in(fam, hf, refuse))
-    flat.update(_mask_in(fam, hf, flat["n_layers"], refuse))
+    flat.update(fam.mask.read(hf, flat["n_layers"], refuse))
+    fam.read_odd(hf, flat, refuse)
     flat["dropout"] = 0.0
     return flat
 
@@ -452,16 +887,33 @@ def canonical(model_cfg) -> dict:
         flat["attention.name"], flat["attention.n_kv_heads"] = "grouped_query", flat["n_heads"]
     if flat["attention.qkv_bias"] is None:
         flat["attention.qkv_bias"] = flat["bias"]
+    if flat["attention.name"] == "latent":
+        flat["attention.qk_rope_head_dim"] = flat["attention.qk_rope_head_dim"] or flat["d_head"]
+        if flat["attention.query_scale"] is None:
+            flat["attention.query_scale"] = (flat["attention.qk_nope_head_dim"] + flat["d_head"]) ** -0.5
     if flat["attention.query_scale"] is None:
         flat["attention.query_scale"] = flat["d_head"] ** -0.5
     mlp_cls = components.get("mlp", flat["mlp.name"])
+    swiglu = components.get("mlp", "swiglu")
     if flat.get("mlp.hidden") is None and hasattr(mlp_cls, "default_hidden"):
         flat["mlp.hidden"] = mlp_cls.default_hidden(flat["d_model"])
     irrelevant = []
+    if flat["mlp.name"] == "moe":
+        for key in ("mlp.hidden", "mlp.dense_hidden"):
+            flat[key] = flat[key] or swiglu.default_hidden(flat["d_model"])
+        flat.update(dict.fromkeys(_MOE_TRAINING))
+        if not flat["mlp.first_dense"]:
+            flat["mlp.dense_hidden"] = None
+        if flat["mlp.activation"] != "clamped":
+            flat["mlp.limit"] = flat["mlp.alpha"] = None
     if flat["embedding.name"] != "rotary":
         irrelevant += [k for k in NEUTRAL if k.startswith("embedding.")]
     elif flat["embedding.scale_factor"] is None:
-        irrelevant += [f"embedding.{k}" for k in _LLAMA3[1:]]
+        irrelevant += [f"embedding.{k}" for k in (*_LLAMA3[1:], "scaling", *_YARN)]
+    elif flat["embedding.scaling"] == "yarn":
+        irrelevant += [f"embedding.{k}" for k in ("low_freq_factor", "high_freq_factor")]
+    else:
+        irrelevant += [f"embedding.{k}" for k in _YARN]
     if not flat["attention.qk_norm"]:
         irrelevant.append("attention.qk_norm_eps")
     if flat["mask.name"] not in ("sliding_window", "alternating"):
@@ -493,11 +945,20 @@ def _rope_out(fam: Family, flat: dict, hf: dict, miss) -> None:
         return
     fraction = flat["embedding.fraction"]
     params = {"rope_type": "default", "rope_theta": flat["embedding.base"]}
-    if fam.rope["partial"]:
+    if fam.rope.partial:
         params["partial_rotary_factor"] = fraction
     elif fraction != 1.0:
         miss("embedding.fraction", fraction, 1.0)
-    if flat["embedding.scale_factor"] is not None:
+    if flat["embedding.scale_factor"] is not None and flat["embedding.scaling"] == "yarn":
+        if not fam.rope.yarn:
+            miss("embedding.scaling", "yarn", "no YaRN rotary in hydraformer's reading of it")
+        params.update({"rope_type": "yarn", "factor": flat["embedding.scale_factor"],
+                       "original_max_position_embeddings": flat["embedding.original_context"],
+                       "beta_fast": flat["embedding.beta_fast"], "beta_slow": flat["embedding.beta_slow"],
+                       "truncate": flat["embedding.truncate"]})
+        params.update({k: flat[f"embedding.{k}"] for k in ("mscale", "mscale_all_dim")
+                       if flat[f"embedding.{k}"] is not None})
+    elif flat["embedding.scale_factor"] is not None:
         params.update({"rope_type": "llama3", "factor": flat["embedding.scale_factor"],
                        "low_freq_factor": flat["embedding.low_freq_factor"],
                        "high_freq_factor": flat["embedding.high_freq_factor"],
@@ -505,35 +966,8 @@ def _rope_out(fam: Family, flat: dict, hf: dict, miss) -> None:
         hf["rope_scaling"] = dict(params)  # transformers 4
     hf["rope_parameters"] = params
     hf["rope_theta"] = flat["embedding.base"]  # transformers 4
-    for key, ours in fam.rope.get("legacy", {}).items():
+    for key, ours in fam.rope.legacy.items():
         hf[key] = params["rope_theta"] if ours == "theta" else fraction
-
-
-def _mask_out(fam: Family, flat: dict, hf: dict, miss) -> None:
-    name, window, n = flat["mask.name"], flat["mask.window"], flat["n_layers"]
-    if fam.mask in ("causal", "qwen") and name != "causal":
-        miss("mask.name", name, "causal")
-    if fam.mask == "sliding_window":
-        if name == "causal":
-            hf["sliding_window"] = None
-        elif name == "sliding_window":
-            hf["sliding_window"] = window
-        else:
-            miss("mask.name", name, "causal or sliding_window")
-    elif fam.mask == "qwen":
-        hf.update({"use_sliding_window": False, "sliding_window": None})
-    elif fam.mask == "layer_types":
-        if name == "causal":
-            types = [False] * n
-        elif name == "sliding_window":
-            types = [True] * n
-        elif name == "alternating":
-            types = [(i % 2 == 0) == (flat["mask.band_layers"] == "even") for i in range(n)]
-        else:
-            miss("mask.name", name, "causal, sliding_window or alternating")
-            return
-        hf["layer_types"] = ["sliding_attention" if s else "full_attention" for s in types]
-        hf["sliding_window"] = window if window is not None else 4096
 
 
 def flat_to_hf(fam: Family, flat: dict) -> tuple[dict, list[str]]:
@@ -549,37 +983,35 @@ def flat_to_hf(fam: Family, flat: dict) -> tuple[dict, list[str]]:
         want = "grouped_query" if (ours, value) == ("attention.name", "multi_head") else value
         if flat.get(ours) != want:
             miss(ours, flat.get(ours), repr(value))
-    if fam.ours.get("attention.name") == "multi_head" and flat["attention.n_kv_heads"] != flat["n_heads"]:
-        miss("attention.n_kv_heads", flat["attention.n_kv_heads"], "one key/value head per query head")
-    for hf_key, ours, _ in fam.keys:
+    if fam.ours.get("attention.name") == "multi_head" and flat.get("attention.n_kv_heads") != flat["n_heads"]:
+        miss("attention.n_kv_heads", flat.get("attention.n_kv_heads"), "one key/value head per query head")
+    for key in fam.keys:
+        hf_key, ours = key.hf, key.ours
         value = flat.get(ours)
         if hf_key in CONVERT and value is not None:
             value = CONVERT[hf_key][1](value)
         if hf_key in hf and hf[hf_key] != value:
             miss(ours, value, f"one {hf_key}, here also {hf[hf_key]!r}")
         hf[hf_key] = value
-    for hf_key, _, options in fam.choices:
+    for choice in fam.choices:
+        hf_key, options = choice.hf, choice.options
         chosen = next((v for v, s in options.items() if all(flat.get(k) == x for k, x in s.items())), None)
         if chosen is None:
             ours = sorted({k for s in options.values() for k in s})
             miss("/".join(ours), [flat.get(k) for k in ours], f"{hf_key} one of {', '.join(map(repr, options))}: "
                  + ", ".join(f"{v!r} = {s}" for v, s in options.items()))
         hf[hf_key] = chosen
-    for hf_key, _, accepted, _ in fam.requires:
-        hf[hf_key] = accepted[0]
+    for need in fam.requires:
+        hf[need.hf] = need.accepted[0]
     if fam.head_dim is not None:
         hf[fam.head_dim] = flat["d_head"]
     elif flat["d_head"] * flat["n_heads"] != flat["d_model"]:
         miss("d_head", flat["d_head"], f"d_head = d_model / n_heads = {flat['d_model'] / flat['n_heads']:g}")
     _rope_out(fam, flat, hf, miss)
-    _mask_out(fam, flat, hf, miss)
+    fam.mask.write(flat, hf, miss)
+    fam.write_odd(flat, hf, miss)
     hf.update(fam.extra)
-    if hf.get("n_inner") is not None and hf["n_inner"] == 4 * hf["n_embd"]:
-        hf["n_inner"] = None
-    if fam.model_type == "gpt2":
-        hf.update({"n_ctx": hf["n_positions"], "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0})
-    else:
-        hf["attention_dropout"] = 0.0
+    hf.update(dict.fromkeys(fam.dropouts, 0.0))
     if not problems:  # read back: what the family's config says must be this model, setting for setting
         try:
             again = canonical(nest(hf_to_flat(fam, hf)))
@@ -610,44 +1042,28 @@ def hf_config_for(model_cfg, key: str = "checkpoint", path="") -> tuple[Family, 
 # tensors
 
 
-def _sizes(flat: dict) -> list[int]:
-    d, kv = flat["d_head"], flat["attention.n_kv_heads"]
-    return [flat["n_heads"] * d, kv * d, kv * d]
+def _to_hf_tensors(transform: Transform | None, t: torch.Tensor, flat: dict) -> list[torch.Tensor]:
+    return [t] if transform is None else transform.to_hf(t, flat)
 
 
-def _to_hf_tensors(transform, t: torch.Tensor, flat: dict) -> list[torch.Tensor]:
-    if transform is None:
-        return [t]
-    if transform == "T":
-        return [t.t()]
-    if transform == "qkv":
-        return list(t.split(_sizes(flat), dim=0))
-    h, d = flat["n_heads"], flat["d_head"]  # neox: ours [3, H, d, ...] → theirs [H, 3, d, ...]
-    return [t.reshape(3, h, d, *t.shape[1:]).transpose(0, 1).reshape(t.shape)]
+def _from_hf_tensors(transform: Transform | None, ts: list[torch.Tensor], flat: dict) -> torch.Tensor:
+    return ts[0] if transform is None else transform.from_hf(ts, flat)
 
 
-def _from_hf_tensors(transform, ts: list[torch.Tensor], flat: dict) -> torch.Tensor:
-    if transform is None:
-        return ts[0]
-    if transform == "T":
-        return ts[0].t().contiguous()
-    if transform == "qkv":
-        return torch.cat(ts, dim=0)
-    t, h, d = ts[0], flat["n_heads"], flat["d_head"]
-    return t.reshape(h, 3, d, *t.shape[1:]).transpose(0, 1).reshape(t.shape).contiguous()
-
-
-def _rows(fam: Family, n_layers: int):
-    """(our name, the family's names, transform) for every tensor the table knows, blocks unrolled."""
+def _rows(fam: Family, flat: dict):
+    """(our name, the family's names, transform) for every tensor the table knows, blocks and experts unrolled."""
+    experts = range(flat.get("mlp.n_experts") or 0)
     for ours, (theirs, transform) in fam.tensors.items():
-        for i in range(n_layers) if "{i}" in ours else [0]:
-            yield ours.format(i=i), tuple(t.format(i=i) for t in theirs), transform
+        for i in range(flat["n_layers"]) if "{i}" in ours else [0]:
+            names = tuple(n for t in theirs for n in ([t.format(i=i, e=e) for e in experts] if "{e}" in t
+                                                      else [t.format(i=i)]))
+            yield ours.format(i=i), names, transform
 
 
 def to_hf_state(fam: Family, state: dict, flat: dict) -> dict:
     """Our state dict in the family's names and layouts (a tied unembedding is left out, as transformers does)."""
     out = {}
-    for ours, theirs, transform in _rows(fam, flat["n_layers"]):
+    for ours, theirs, transform in _rows(fam, flat):
         if ours not in state or (ours == "unembedding.weight" and flat["tie_embeddings"]):
             continue
         out.update(zip(theirs, _to_hf_tensors(transform, state[ours], flat)))
@@ -663,27 +1079,24 @@ def _check_shapes(fam: Family, flat: dict, model_cfg: dict, shapes: dict, key: s
         except ConfigError as err:
             raise ConfigError(key, str(path), f"a {HF_CONFIG} whose model builds; its {err}") from None
     own = meta.state_dict()
-    expected = {h: (ours, tuple(t.shape)) for ours, theirs, tf in _rows(fam, flat["n_layers"]) if ours in own
+    expected = {h: (ours, tuple(t.shape)) for ours, theirs, tf in _rows(fam, flat) if ours in own
                 and not (ours == "unembedding.weight" and flat["tie_embeddings"])
                 for h, t in zip(theirs, _to_hf_tensors(tf, own[ours], flat))}
-    tied = set(fam.tensors["unembedding.weight"][0]) if flat["tie_embeddings"] else set()  # older saves hold lm_head
+    tied = set(fam.tensors["unembedding.weight"].names) if flat["tie_embeddings"] else set()  # older saves hold lm_head
     lines = [f"{ours}: missing from the checkpoint ({h})" for h, (ours, _) in expected.items() if h not in shapes]
     lines += [f"{ours}: checkpoint {h} {shapes[h]} vs model {shape}" for h, (ours, shape) in expected.items()
               if h in shapes and tuple(shapes[h]) != shape]
-    lines += [f"{h}: not in the model" for h in shapes if h not in expected and h not in tied and not _ignored(fam, h)]
+    lines += [f"{h}: not in the model" for h in shapes
+              if h not in expected and h not in tied and not fam.ignored(h, flat["n_layers"])]
     if lines:
         shown = "; ".join(lines[:8]) + (f"; ... {len(lines) - 8} more" if len(lines) > 8 else "")
         raise ConfigError(key, str(path), f"weights that fit the configured model; mismatched tensors: {shown} (the "
                           f"model's shapes are what {HF_CONFIG} implies; nothing was built)")
 
 
-def _ignored(fam: Family, name: str) -> bool:
-    return any(re.search(p, name) for p in fam.ignore)
-
-
-def _normalise_names(fam: Family, names, n_layers: int) -> dict:
+def _normalise_names(fam: Family, names, flat: dict) -> dict:
     """File name → table name: a base model saved without its prefix (``h.0.ln_1.weight``) reads as with it."""
-    known = {h for _, theirs, _ in _rows(fam, n_layers) for h in theirs}
+    known = {h for _, theirs, _ in _rows(fam, flat) for h in theirs}
     return {n: (fam.prefix + n if n not in known and fam.prefix + n in known else n) for n in names}
 
 
@@ -850,7 +1263,7 @@ def _assemble(fam: Family, flat: dict, model_cfg: dict, raw: dict, dtype: torch.
     with torch.device("meta"):
         model = build_model(model_cfg)
     own = model.state_dict()
-    rows = [(ours, theirs, tf) for ours, theirs, tf in _rows(fam, flat["n_layers"])
+    rows = [(ours, theirs, tf) for ours, theirs, tf in _rows(fam, flat)
             if ours in own and not (ours == "unembedding.weight" and flat["tie_embeddings"])]
     check_floating({h: raw[h].dtype for _, theirs, _ in rows for h in theirs}, key, path)  # before any cast
     state = {ours: _from_hf_tensors(tf, [raw[h] for h in theirs], flat).to(dtype) for ours, theirs, tf in rows}
@@ -884,7 +1297,7 @@ def load_hf(path, key: str = "checkpoint", dtype=None):
     except ConfigError as err:
         raise ConfigError(key, str(path), f"a {HF_CONFIG} whose model builds; its {err}") from None
     shapes = read_hf_shapes(path, key)
-    names = _normalise_names(fam, shapes, flat["n_layers"])
+    names = _normalise_names(fam, shapes, flat)
     _check_shapes(fam, flat, model_cfg, {names[n]: s for n, s in shapes.items()}, key, path)  # before allocating
     raw = read_hf_weights(path, key)
     raw = {names.get(n, n): t for n, t in raw.items()}
@@ -908,10 +1321,35 @@ def load_hf_gpt2(path, key: str = "checkpoint"):
     return load_hf(path, key)
 
 
-def save_hf(model, tokenizer, model_cfg, dest, key: str = "checkpoint", path="") -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json`` and ``tokenizer_config.json``: the same ids
-    through transformers' AutoTokenizer) that transformers' AutoModelForCausalLM loads as this model; the family is
-    the first whose table expresses it."""
+def _write_shards(dest: Path, tensors: dict, shard_size: int | None) -> None:
+    """``model.safetensors``, or with ``shard_size`` (bytes) as many ``model-0000k-of-0000n.safetensors`` as it takes
+    (tensors in order, a file closed before it would pass ``shard_size``; a larger tensor alone) and the index
+    transformers reads them by."""
+    shards: list[dict] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        n = t.numel() * t.element_size()
+        if shard_size is not None and shards[-1] and size + n > shard_size:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += n
+    if shard_size is None:
+        write_safetensors(dest / SAFETENSORS, tensors, metadata={"format": "pt"})
+        return
+    files = [f"model-{k:05d}-of-{len(shards):05d}.safetensors" for k in range(1, len(shards) + 1)]
+    for file, shard in zip(files, shards):
+        write_safetensors(dest / file, shard, metadata={"format": "pt"})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total},
+             "weight_map": {name: file for file, shard in zip(files, shards) for name in shard}}
+    atomic_write(dest / SAFETENSORS_INDEX, json.dumps(index, indent=2) + "\n")
+
+
+def save_hf(model, tokenizer, model_cfg, dest, key: str = "checkpoint", path="", shard_size: int | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (or its shards, ``shard_size`` bytes at most each, and their
+    index) (+ ``tokenizer.json`` and ``tokenizer_config.json``: the same ids through transformers' AutoTokenizer) that
+    transformers' AutoModelForCausalLM loads as this model; the family is the first whose table expresses it."""
     fam, hf_cfg = hf_config_for(model_cfg, key, path)
     flat = canonical(model_cfg)
     state = model.state_dict()
@@ -920,7 +1358,7 @@ def save_hf(model, tokenizer, model_cfg, dest, key: str = "checkpoint", path="")
     hf_cfg.update({"bos_token_id": None, "eos_token_id": None, "pad_token_id": None})
     tensors = {h: t.detach().contiguous().clone() for h, t in to_hf_state(fam, state, flat).items()}
     dest = Path(dest)
-    write_safetensors(dest / SAFETENSORS, tensors, metadata={"format": "pt"})
+    _write_shards(dest, tensors, shard_size)
     tok_json = as_tokenizer_json(tokenizer) if tokenizer is not None else None
     if tok_json is not None:  # transformers' AutoTokenizer reads it through tokenizer_config.json
         atomic_write(dest / TOKENIZER_JSON, tok_json)

@@ -3,14 +3,20 @@ on random weights, parameter counts on the meta device), against a dense referen
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from safetensors.torch import save_file
 
 from builder.budget import parameter_budget
+from builder.checkpoint import load_model
 from builder.config.compose import preset_configs
+from builder.errors import ConfigError
+from builder.hf import canonical, hf_config_for, save_hf
 from builder.interp.capture import capture_attention
 from builder.model import build_model
 from components import KVCache, StaticKVCache
@@ -179,94 +185,29 @@ def _randomise(model: torch.nn.Module, seed: int) -> None:
             t.copy_(1 + noise if "norm" in name or "layernorm" in name else noise)
 
 
-def _interleaved_to_halves(rows: int) -> torch.Tensor:
-    """DeepSeek's rotary pairs channels (0, 1), (2, 3), ...; ours pairs (i, i + rows/2): the row order that maps
-    theirs onto ours."""
-    return torch.cat((torch.arange(0, rows, 2), torch.arange(1, rows, 2)))
-
-
-def _ours_from_hf(family: str, hf_state: dict, model) -> dict:
-    """Our state dict from a transformers model's (the reference mapping these tests check the components with)."""
-    out = {"token_embedding.weight": hf_state["model.embed_tokens.weight"],
-           "final_norm.weight": hf_state["model.norm.weight"], "unembedding.weight": hf_state["lm_head.weight"]}
-    for i, block in enumerate(model.blocks):
-        h, o = f"model.layers.{i}.", f"blocks.{i}."
-        out[o + "norm_1.weight"] = hf_state[h + "input_layernorm.weight"]
-        out[o + "norm_2.weight"] = hf_state[h + "post_attention_layernorm.weight"]
-        a = h + "self_attn."
-        if family == "deepseek_v3":
-            att = block.attention
-            nope, rope, heads = att.nope, att.rope, att.n_heads
-            per_head = torch.cat((torch.arange(nope), nope + _interleaved_to_halves(rope)))
-            q_rows = torch.cat([hd * (nope + rope) + per_head for hd in range(heads)])
-            kv_rows = torch.cat((torch.arange(att.kv_rank), att.kv_rank + _interleaved_to_halves(rope)))
-            if hasattr(att, "q"):
-                out[o + "attention.q.weight"] = hf_state[a + "q_proj.weight"][q_rows]
-            else:
-                out[o + "attention.q_a.weight"] = hf_state[a + "q_a_proj.weight"]
-                out[o + "attention.q_norm.weight"] = hf_state[a + "q_a_layernorm.weight"]
-                out[o + "attention.q_b.weight"] = hf_state[a + "q_b_proj.weight"][q_rows]
-            out[o + "attention.kv_a.weight"] = hf_state[a + "kv_a_proj_with_mqa.weight"][kv_rows]
-            out[o + "attention.kv_norm.weight"] = hf_state[a + "kv_a_layernorm.weight"]
-            out[o + "attention.kv_b.weight"] = hf_state[a + "kv_b_proj.weight"]
-            out[o + "attention.o.weight"] = hf_state[a + "o_proj.weight"]
-        else:
-            for part in ("weight", "bias"):
-                if a + f"q_proj.{part}" in hf_state:
-                    out[o + f"attention.qkv.{part}"] = torch.cat([hf_state[a + f"{p}_proj.{part}"] for p in "qkv"])
-                if a + f"o_proj.{part}" in hf_state:
-                    out[o + f"attention.o.{part}"] = hf_state[a + f"o_proj.{part}"]
-            for norm in ("q_norm", "k_norm"):
-                if a + f"{norm}.weight" in hf_state:
-                    out[o + f"attention.{norm}.weight"] = hf_state[a + f"{norm}.weight"]
-            if a + "sinks" in hf_state:
-                out[o + "attention.sinks"] = hf_state[a + "sinks"]
-        m = h + "mlp."
-        if not isinstance(block.mlp, MixtureOfExperts):  # a first dense layer
-            for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("proj", "down_proj")):
-                out[o + f"mlp.{ours}.weight"] = hf_state[m + f"{theirs}.weight"]
-            continue
-        if family == "gpt_oss_20b":
-            gate_up, bias = hf_state[m + "experts.gate_up_proj"], hf_state[m + "experts.gate_up_proj_bias"]
-            out[o + "mlp.w_in"] = torch.cat((gate_up[..., ::2], gate_up[..., 1::2]), dim=-1).transpose(1, 2)
-            out[o + "mlp.in_bias"] = torch.cat((bias[..., ::2], bias[..., 1::2]), dim=-1)
-            out[o + "mlp.w_out"] = hf_state[m + "experts.down_proj"].transpose(1, 2)
-            out[o + "mlp.out_bias"] = hf_state[m + "experts.down_proj_bias"]
-            out[o + "mlp.router.weight"] = hf_state[m + "router.weight"]
-            out[o + "mlp.router.bias"] = hf_state[m + "router.bias"]
-            continue
-        out[o + "mlp.w_in"] = hf_state[m + "experts.gate_up_proj"]
-        out[o + "mlp.w_out"] = hf_state[m + "experts.down_proj"]
-        out[o + "mlp.router.weight"] = hf_state[m + "gate.weight"]
-        if m + "gate.e_score_correction_bias" in hf_state:
-            out[o + "mlp.selection_bias"] = hf_state[m + "gate.e_score_correction_bias"]
-        for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("proj", "down_proj")):
-            if m + f"shared_experts.{theirs}.weight" in hf_state:
-                out[o + f"mlp.shared.{ours}.weight"] = hf_state[m + f"shared_experts.{theirs}.weight"]
-    return out
-
-
-def _pair(family: str, which: int):
-    """Our model and transformers', the same random weights in both."""
+def _pair(family: str, which: int, tmp_path):
+    """transformers' model with random weights, saved by transformers in shards, and ours: that folder read by
+    load_model (builder/hf.py's adapter for the family). The config it reads is the preset's, changed as SMALL says."""
     ours_over, theirs = SMALL[family][which]
-    cfg = OmegaConf.merge(preset_configs([family])[family], ours_over)
     hf = transformers.AutoModelForCausalLM.from_config(
         getattr(transformers, HF_CONFIGS[family])(**theirs), attn_implementation="eager").eval()
     _randomise(hf, seed=which)
-    model = build_model(cfg).eval()
-    state = _ours_from_hf(family, hf.state_dict(), model)
-    model.load_state_dict(state, strict=True)
-    return model, hf
+    hf.save_pretrained(tmp_path / "hf", max_shard_size="20KB")
+    assert len(list((tmp_path / "hf").glob("model-*.safetensors"))) > 2  # sharded, read through the index
+    model, _, cfg = load_model(tmp_path / "hf")
+    assert canonical(cfg) == canonical(OmegaConf.merge(preset_configs([family])[family], ours_over))
+    return model, hf, cfg
 
 
 @pytest.mark.parametrize("which", [0, 1])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_logits_equal_transformers(family, which):
-    """Random weights, fp32: our logits are transformers' to 1e-4 (routing, latent attention, sinks, YaRN, the
-    clamped gate and the alternating band included), with and without the explicit path a capture takes, and the
-    KV-cached decoding (growing and static caches) equals the full forward."""
+def test_logits_equal_transformers(family, which, tmp_path):
+    """Random weights, fp32, both ways: a transformers-saved (sharded) folder read by load_model gives transformers'
+    logits to 1e-4 (routing, latent attention, sinks, YaRN, the clamped gate and the alternating band included), with
+    and without the explicit path a capture takes, and the KV-cached decoding (growing and static caches) equals the
+    full forward; exported with task=export format=hf's writer, AutoModelForCausalLM reads the same model back."""
     torch.manual_seed(which)
-    model, hf = _pair(family, which)
+    model, hf, cfg = _pair(family, which, tmp_path)
     ids = torch.randint(0, model.token_embedding.num_embeddings, (2, 11))
     with torch.no_grad():
         theirs = hf(ids).logits
@@ -278,6 +219,87 @@ def test_logits_equal_transformers(family, which):
         for cache in (KVCache(), StaticKVCache(16)):
             steps = [model(ids[:, :4], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(4, 11)]
             torch.testing.assert_close(torch.cat(steps, dim=1), ours, atol=1e-4, rtol=0)
+        out = save_hf(model, None, cfg, tmp_path / "export")
+        assert json.loads((out / "config.json").read_text())["model_type"] == hf.config.model_type
+        again = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+        torch.testing.assert_close(again(ids).logits, theirs, atol=1e-4, rtol=0)
+        assert canonical(load_model(out)[2]) == canonical(cfg)
+
+
+def _saved(family: str, which: int, path):
+    """transformers' model of SMALL[family][which] with random weights, saved by transformers at ``path``."""
+    hf = transformers.AutoModelForCausalLM.from_config(
+        getattr(transformers, HF_CONFIGS[family])(**SMALL[family][which][1]), attn_implementation="eager").eval()
+    _randomise(hf, seed=which)
+    hf.save_pretrained(path)
+    return hf
+
+
+def test_export_task_writes_shards_transformers_reads(tmp_path, cli):
+    """task=export format=hf shard_size=...: a DeepSeek-V3 folder (latent attention, a dense first layer, shared and
+    group-routed experts, YaRN) in transformers' sharded layout, read back by AutoModelForCausalLM, same logits."""
+    hf = _saved("deepseek_v3", 0, tmp_path / "hf")
+    proc = cli("task=export", f"checkpoint={tmp_path / 'hf'}", "format=hf", "shard_size=30000",
+               f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "run" / "export"
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 3 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert not (out / "model.safetensors").exists() and "model.safetensors.index.json" in proc.stdout
+    ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(3))
+    again = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, hf(ids).logits, atol=1e-4, rtol=0)
+
+
+def test_deepseek_multi_token_prediction_layers_are_left_out(tmp_path):
+    """DeepSeek-V3's files hold the multi-token-prediction module as layer n_layers (model.layers.61 in the
+    published one): read without it, as transformers does."""
+    hf = _saved("deepseek_v3", 1, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "num_nextn_predict_layers": 1}))
+    n = cfg["num_hidden_layers"]
+    save_file({f"model.layers.{n}.eh_proj.weight": torch.zeros(48, 96),
+               f"model.layers.{n}.enorm.weight": torch.ones(48)}, str(tmp_path / "mtp.safetensors"))
+    os.replace(tmp_path / "model.safetensors", tmp_path / "main.safetensors")
+    names = {**dict.fromkeys(hf.state_dict(), "main.safetensors"),
+             f"model.layers.{n}.eh_proj.weight": "mtp.safetensors", f"model.layers.{n}.enorm.weight": "mtp.safetensors"}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": names}))
+    model, _, _ = load_model(tmp_path)
+    ids = torch.randint(0, 61, (1, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf(ids).logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family,change,named", [
+    ("deepseek_v3", {"quantization_config": {"quant_method": "fp8"}}, "quantization_config='fp8'"),
+    ("gpt_oss_20b", {"quantization_config": {"quant_method": "mxfp4"}}, "quantization_config='mxfp4'"),
+    ("deepseek_v3", {"rope_interleave": False}, "rope_interleave=False"),
+    ("deepseek_v3", {"scoring_func": "softmax"}, "scoring_func='softmax'"),
+    ("qwen3_30b_a3b", {"mlp_only_layers": [1]}, "mlp_only_layers=[1]"),
+    ("qwen3_30b_a3b", {"decoder_sparse_step": 2}, "decoder_sparse_step=2"),
+    ("mixtral_8x7b", {"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e6,
+                                          "original_max_position_embeddings": 32}}, "rope_type='yarn'"),
+])
+def test_what_a_family_has_and_ours_lacks_is_refused_by_name(tmp_path, family, change, named):
+    _saved(family, 0, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(ConfigError) as err:
+        load_model(tmp_path)
+    assert named in str(err.value) and cfg["model_type"] in str(err.value)
+
+
+def test_a_mixture_no_family_has_is_refused_by_name():
+    """tiny_moe has learned positions and LayerNorm: no family has them with experts; each family's lack is named."""
+    with pytest.raises(ConfigError) as err:
+        hf_config_for(preset_configs(["tiny_moe"])["tiny_moe"])
+    assert "mixtral: model.embedding.name='learned'" in str(err.value)
+    cfg = OmegaConf.merge(preset_configs(["mixtral_8x7b"])["mixtral_8x7b"], {"mlp": {"scoring": "sigmoid"}})
+    with pytest.raises(ConfigError) as err:
+        hf_config_for(cfg)
+    assert "mixtral: model.mlp.scoring='sigmoid' (a mixtral has 'softmax')" in str(err.value)
 
 
 # ------------------------------------------------------------------------------------- the experts themselves

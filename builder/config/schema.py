@@ -420,6 +420,9 @@ class Config:
                      doc("a Hugging Face checkpoint's weights: null casts to float32, auto keeps its own")] = None
     format: Annotated[str, OneOf("hydraformer", "hf"), doc("task=export: hydraformer (model.safetensors + "
                                                            "hydraformer.json) or hf (Hugging Face)")] = "hydraformer"
+    shard_size: Annotated[int | None, Gt(0), doc("task=export format=hf: the most bytes of tensors per safetensors "
+                                                 "file, written as transformers does (model-00001-of-0000N.safetensors "
+                                                 "and model.safetensors.index.json); null: one model.safetensors")] = None
     prompt: Annotated[str, doc("task=sample: the text continued")] = "The "
     max_new_tokens: Annotated[int, Ge(0), doc("task=sample: the tokens to add to the prompt")] = 200
     temperature: Annotated[float, Ge(0), doc("task=sample: 0 picks the most likely token; 1 samples the model's "

@@ -23,7 +23,8 @@ def run(cfg, out_dir: Path) -> int:
     if fmt == "hf":  # a model no family's table expresses is refused before the config is shown
         hf_config_for(model_cfg, "checkpoint", cfg.checkpoint)
     inputs_checked(model_cfg, f"checkpoint={cfg.checkpoint}")
-    dest = write_export(model, tokenizer, model_cfg, Path(out_dir) / "export", fmt, cfg.checkpoint)
+    dest = write_export(model, tokenizer, model_cfg, Path(out_dir) / "export", fmt, cfg.checkpoint,
+                        shard_size=cfg.get("shard_size"))
     written = sorted(p.name for p in dest.iterdir())  # a folder of this run's own: all of it is this export's
     what = "a Hugging Face directory" if fmt == "hf" else "hydraformer's export, which load_model reads"
     print(f"exported to {dest} ({what}): {', '.join(written)}")
