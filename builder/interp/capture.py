@@ -254,19 +254,6 @@ def _keeper(record: AttentionRecord, layer: int, field: str, convert, repeat: in
     return keep
 
 
-@contextmanager
-def recorders(modules: list[nn.Module], recorder):
-    """Each of ``modules`` hands its tensors to ``recorder`` while open; the recorders they had are put back after."""
-    previous = [m.recorder for m in modules]
-    for m in modules:
-        m.recorder = recorder
-    try:
-        yield
-    finally:
-        for m, prev in zip(modules, previous):
-            m.recorder = prev
-
-
 def record(model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None, fields=None,
            layers=None) -> AttentionRecord:
     """Run ``model`` once on ``ids`` (moved to the model's device) in eval mode without gradients, and return
