@@ -74,7 +74,7 @@ def draw_routing(tokens: list[str], records: dict[int, RouteRecord], title: str 
     n_experts = records[layers[0]].weights.shape[-1]
     cols = min(len(layers), 4)
     rows = -(-len(layers) // cols)
-    fig = Figure(figsize=(max(7.0, 2.2 * cols + 1.5), 0.22 * len(tokens) * rows + 3.2 + 0.8 * rows))
+    fig = ShownFigure(figsize=(max(7.0, 2.2 * cols + 1.5), 0.22 * len(tokens) * rows + 3.2 + 0.8 * rows))
     grid = fig.add_gridspec(rows + 1, cols, height_ratios=[max(1.0, 0.22 * len(tokens))] * rows + [2.0])
     for i, layer in enumerate(layers):
         ax = fig.add_subplot(grid[i // cols, i % cols])
