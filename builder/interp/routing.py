@@ -3,8 +3,12 @@
     rec = capture_routing_on(model, ids)        # {layer: RouteRecord}: [B, T, E] weights, load per expert
     figure = draw_routing(tokens, rec)          # one tokens x experts grid per mixture-of-experts layer + load
 
-``task=attend`` writes ``routing.png`` and ``routing.json`` beside the attention pictures when the model has
-mixture-of-experts layers.
+The routing is read at each MoE layer's hook points (``blocks.{l}.mlp.hook_router_logits`` / ``hook_expert_weights``
+/ ``hook_expert_indices``, components/hooks.py) through the capture (``capture_attention`` records them as the
+fields ``router_logits``, ``expert_weights``, ``experts``: ``rec.routing(layer)``). ``task=attend`` writes
+``routing.png`` and ``routing.json`` beside the attention pictures when the model has mixture-of-experts layers; the
+tour adds a section; during training the attention probe draws ``attention/expert_load_step<N>.png``, the load per
+expert over each validation's batches (``load_figure``).
 """
 
 from __future__ import annotations
@@ -19,8 +23,7 @@ from torch import nn
 
 from ..figures import ShownFigure, save_png
 from ..files import atomic_write
-
-ROUTING_HOOKS = ("mlp.hook_router_logits", "mlp.hook_expert_weights", "mlp.hook_expert_indices")
+from .capture import ROUTING_FIELDS, record
 
 
 @dataclass
@@ -35,36 +38,21 @@ class RouteRecord:
 
 def moe_layers(model: nn.Module) -> list[int]:
     """The layers whose MLP is a mixture of experts: those with the hook point ``blocks.{l}.mlp.hook_expert_indices``."""
-    return sorted({point.layer() for point in model.hook_points(lambda name: name.endswith(ROUTING_HOOKS[2]))})
-
-
-def routing_from_cache(cache) -> dict[int, RouteRecord]:
-    """Each MoE layer's routing from a cache of its routing hook points (``run_with_cache``'s)."""
-    records = {}
-    for name, experts in cache.items():
-        if not name.endswith(ROUTING_HOOKS[2]):
-            continue
-        layer = int(name.split(".")[1])
-        n_experts = cache[f"blocks.{layer}.{ROUTING_HOOKS[0]}"].shape[-1]
-        experts = experts.cpu()
-        weights = cache[f"blocks.{layer}.{ROUTING_HOOKS[1]}"].float().cpu()
-        dense = torch.zeros(*experts.shape[:-1], n_experts).scatter(-1, experts, weights)
-        records[layer] = RouteRecord(dense, experts, torch.bincount(experts.flatten(), minlength=n_experts))
-    return records
+    return sorted({point.layer() for point in model.hook_points(lambda name: name.endswith("mlp.hook_expert_indices"))})
 
 
 def capture_routing_on(model: nn.Module, ids: torch.Tensor) -> dict[int, RouteRecord]:
-    """Run ``model`` on ``ids`` in eval mode without gradients; the routing of every MoE layer, read at its hook
-    points (``blocks.{l}.mlp.hook_router_logits`` / ``hook_expert_weights`` / ``hook_expert_indices``)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            _, cache = model.run_with_cache(ids.to(next(model.parameters()).device),
-                                            names_filter=lambda name: name.endswith(ROUTING_HOOKS))
-    finally:
-        model.train(was_training)
-    return routing_from_cache(cache)
+    """Run ``model`` on ``ids`` in eval mode without gradients; the routing of every MoE layer, as the capture
+    records it (capture.ROUTING_FIELDS, read at the layers' ``blocks.{l}.mlp.hook_*`` points)."""
+    rec = record(model, ids, fields=ROUTING_FIELDS)
+    records = {}
+    for layer in rec.routed_layers():
+        routing = rec.routing(layer)
+        n_experts = routing["router_logits"].shape[-1]
+        experts, weights = routing["experts"].cpu(), routing["expert_weights"].float().cpu()
+        dense = torch.zeros(*experts.shape[:-1], n_experts).scatter(-1, experts, weights)
+        records[layer] = RouteRecord(dense, experts, torch.bincount(experts.flatten(), minlength=n_experts))
+    return records
 
 
 def draw_routing(tokens: list[str], records: dict[int, RouteRecord], title: str = "") -> Figure:
