@@ -31,11 +31,18 @@ name                                            layout                          
 ``blocks.{l}.attn.hook_z``                      [batch, pos, head, d_head]         each head's weighted values
 ``blocks.{l}.attn.hook_result``                 [batch, pos, head, d_model]        each head's update (W_o's bias is
                                                                                    added after the sum over heads)
+``blocks.{l}.mlp.hook_router_logits``           [batch, pos, n_experts]            a mixture of experts' router
+                                                                                   logits (float32), before scoring;
+                                                                                   an edit changes the choice
+``blocks.{l}.mlp.hook_expert_weights``          [batch, pos, top_k]                the chosen experts' weights
+``blocks.{l}.mlp.hook_expert_indices``          [batch, pos, top_k] (int64)        the experts each token goes to
 ``ln_final.hook_normalized``                    [batch, pos, d_model]              the stream after the final norm
 ==============================================  =================================  ===================================
 
 (``blocks.{l}.attn.hook_attn_scores_unmasked`` — the scores before the mask, which the lecture's pictures draw —
-is ours alone.) With nothing attached a hook point costs one attribute test; the scores and the pattern, which
+is ours alone.) The mixture-of-experts points exist only in the layers that have experts; ``hook_expert_weights``
+and ``hook_expert_indices`` are TransformerLens's MoE names and layouts, ``hook_router_logits`` (the logits over
+every expert) is ours. With nothing attached a hook point costs one attribute test; the scores and the pattern, which
 the fused attention kernel never makes, are computed only while a function is attached to one of them.
 """
 
@@ -140,7 +147,7 @@ class HookedModel:
             if not isinstance(module, HookPoint):
                 continue
             parts = path.split(".")
-            if parts[0] == "blocks" and len(parts) == 4:  # blocks.{l}.attention.hook_x
+            if parts[0] == "blocks" and len(parts) == 4 and parts[2] == "attention":  # blocks.{l}.attention.hook_x
                 parts[2] = "attn"
             name = "ln_final.hook_normalized" if path == "hook_final_normalized" else ".".join(parts)
             module.name = name
@@ -192,7 +199,8 @@ class HookedModel:
         return out, cache
 
 
-_BLOCK_ORDER = ("hook_resid_pre", "attn.", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
+_BLOCK_ORDER = ("hook_resid_pre", "attn.", "hook_attn_out", "hook_resid_mid", "mlp.", "hook_mlp_out",
+                "hook_resid_post")
 
 
 def _running_order(name: str) -> tuple:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hooks import HookPoint
 from .mlp import SwiGLUMLP
 from .registry import Annotated, Ge, Gt, OneOf, Settings, doc, register
 
@@ -127,7 +128,9 @@ class MixtureOfExperts(nn.Module):
         self.shared = SwiGLUMLP(d_model, shared_experts * hidden, bias=bias) if shared_experts else None
         self.losses: dict[str, torch.Tensor] = {}  # the last training forward's router losses (unweighted)
         self.load: torch.Tensor | None = None  # the last evaluation forward's choices per expert
-        self.recorder = None  # a callable(layer, tensors) while routing is captured
+        # the routing's hook points (components/hooks.py): blocks.{l}.mlp.hook_router_logits, hook_expert_weights,
+        # hook_expert_indices
+        self.hook_router_logits, self.hook_expert_weights, self.hook_expert_indices = HookPoint(), HookPoint(), HookPoint()
         self.init_parameters()
 
     def init_parameters(self, std: float = 0.02, residual_std: float | None = None) -> None:
@@ -150,9 +153,16 @@ class MixtureOfExperts(nn.Module):
             return SwiGLUMLP(d_model, dense_hidden, bias=bias)
         return cls(d_model, bias=bias, first_dense=first_dense, dense_hidden=dense_hidden, layer=layer, **settings)
 
-    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Router logits ``[N, E]`` (float32), the chosen experts ``[N, k]`` and their weights ``[N, k]``."""
+    def route(self, x: torch.Tensor, lead: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Router logits ``[N, E]`` (float32), the chosen experts ``[N, k]`` and their weights ``[N, k]``, of the
+        tokens ``x`` ``[N, d_model]`` (``lead``: their [batch, pos], as the hook points see them; default [1, N]).
+        A function on ``hook_router_logits`` may replace the logits the choice is made from; one on
+        ``hook_expert_weights`` the chosen experts' weights; one on ``hook_expert_indices`` the chosen experts
+        (their weights stay as they were)."""
+        lead = tuple(lead) if lead is not None else (1, len(x))
         logits = self.router(x).float()
+        if self.hook_router_logits.fns:
+            logits = self.hook_router_logits(logits.view(*lead, -1)).reshape(len(x), -1)
         scores = logits.sigmoid() if self.scoring == "sigmoid" else logits.softmax(dim=-1)
         choice = scores if self.selection_bias is None else scores + self.selection_bias
         if self.n_groups > 1:
@@ -165,7 +175,12 @@ class MixtureOfExperts(nn.Module):
         weights = scores.gather(1, experts)
         if self.normalize:
             weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-        return logits, experts, weights * self.routed_scale
+        weights = weights * self.routed_scale
+        if self.hook_expert_weights.fns:
+            weights = self.hook_expert_weights(weights.view(*lead, -1)).reshape(len(x), -1)
+        if self.hook_expert_indices.fns:
+            experts = self.hook_expert_indices(experts.view(*lead, -1)).reshape(len(x), -1)
+        return logits, experts, weights
 
     def experts(self) -> list[tuple]:
         """Each expert's (w_in, w_out, in_bias, out_bias): the stacked tensors split once (a backward through
@@ -193,7 +208,7 @@ class MixtureOfExperts(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        logits, experts, weights = self.route(flat)
+        logits, experts, weights = self.route(flat, shape[:-1])
         # sparse dispatch: the (token, choice) pairs sorted by expert; each expert reads its own contiguous slice
         order = experts.flatten().argsort(stable=True)
         tokens = order // self.top_k
@@ -212,10 +227,6 @@ class MixtureOfExperts(nn.Module):
             self.losses = self.router_losses(logits, counts)
         elif not self.training:
             self.load = counts.detach()
-        if self.recorder is not None:
-            self.recorder(self.layer, {"router_logits": logits.view(*shape[:-1], -1),
-                                       "experts": experts.view(*shape[:-1], -1),
-                                       "weights": weights.view(*shape[:-1], -1), "load": counts})
         return out.view(shape)
 
     def router_losses(self, logits: torch.Tensor, counts: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -186,6 +186,22 @@ def test_an_override_hydra_cannot_parse_is_one_line(tmp_path, args, words):
     assert "Error parsing override" not in error and "See https://hydra.cc/docs/1" not in error
 
 
+# a sweep where one value is needed, in a run of one job (no -m): one paragraph that says to quote the value
+@pytest.mark.parametrize("line, quoted", [
+    ("callbacks.attention_probe.text=near the garden , the mole",
+     """'callbacks.attention_probe.text="near the garden , the mole"'"""),
+    ("model.n_heads=2,4", """'model.n_heads="2,4"'"""),
+    ("trainer.max_steps=range(1,3)", "'trainer.max_steps=\"range(1,3)\"'"),
+    ("model=tiny,gpt2_small", """'model="tiny,gpt2_small"'"""),
+])
+def test_a_sweep_where_one_value_is_needed_is_one_paragraph(tmp_path, line, quoted):
+    out = tmp_path / "run"
+    proc = run_cli(line, "task=report", f"hydra.run.dir={out}")
+    key, value = line.split("=", 1)
+    refused(proc, out, f"{key}={value!r} is not accepted", "as a sweep", f"quote the value, e.g. {quoted}",
+            "add -m (--multirun)")
+
+
 def test_an_override_hydra_cannot_parse_ends_a_new_interpreters_output_with_a_newline(tmp_path):
     proc = run_cli("task=report", "model.n_layers=[1", cwd=tmp_path, fresh=True)
     assert proc.returncode == 2 and proc.stderr.startswith("Error: model.n_layers='[1'")

@@ -387,6 +387,43 @@ def test_routing_capture_holds_each_tokens_experts_and_the_load():
     assert len(figure.axes) == 3  # a grid per layer, and the load
 
 
+def test_routing_hook_points_read_and_edit_the_routing():
+    from builder.interp.capture import ROUTING_FIELDS, record
+
+    """blocks.{l}.mlp.hook_router_logits [batch, pos, n_experts], hook_expert_weights and hook_expert_indices
+    [batch, pos, top_k] are found by name like every hook point; forcing every token to expert 0 through the
+    router's logits sends the whole load there, and nothing attached leaves the logits as they were."""
+    torch.manual_seed(0)
+    model = build_model(OmegaConf.merge(preset_configs(["tiny_moe"])["tiny_moe"],
+                                        {"d_model": 32, "n_layers": 2, "n_heads": 2, "mlp": {"hidden": 16}})).eval()
+    ids = torch.randint(0, 128, (2, 7))
+    names = [f"blocks.{layer}.mlp.hook_{n}" for layer in (0, 1) for n in ("router_logits", "expert_weights",
+                                                                           "expert_indices")]
+    assert [p.name for p in model.hook_points(lambda name: ".mlp." in name)] == names
+    moe = model.blocks[0].mlp
+    with torch.no_grad():
+        plain = model(ids)
+        logits, cache = model.run_with_cache(ids, names_filter=names)
+        seen = cache
+        torch.testing.assert_close(logits, plain, rtol=0, atol=0)
+        assert cache["blocks.0.mlp.hook_router_logits"].shape == (2, 7, moe.n_experts)
+        assert cache["blocks.0.mlp.hook_expert_weights"].shape == (2, 7, moe.top_k)
+        assert cache["blocks.0.mlp.hook_expert_indices"].dtype == torch.int64
+        forced = lambda x, hook: torch.full_like(x, -1e4).index_fill(-1, torch.tensor([0, 1]), 0.0)  # noqa: E731
+        edited, cache = model.run_with_cache(ids, names_filter=names,
+                                             fwd_hooks=[("blocks.0.mlp.hook_router_logits", forced)])
+    assert set(cache["blocks.0.mlp.hook_expert_indices"].flatten().tolist()) == {0, 1}
+    assert not torch.allclose(edited, plain)
+    assert not hasattr(moe, "recorder")
+    # the capture carries the routing as fields of its record, as the hook points hold it
+    rec = record(model, ids, fields=("pattern", *ROUTING_FIELDS))
+    assert rec.routed_layers() == [0, 1] and rec.pattern(1).shape == (2, 2, 7, 7)
+    routing = rec.routing(1)
+    assert routing["router_logits"].shape == (2, 7, 4) and routing["experts"].shape == (2, 7, 2)
+    torch.testing.assert_close(routing["experts"], seen["blocks.1.mlp.hook_expert_indices"])
+    assert record(model, ids, fields=("pattern",)).routed_layers() == []
+
+
 @pytest.mark.parametrize("args,key,accepted", [
     (["model=tiny_moe", "model.mlp.top_k=5"], "model.mlp.top_k", "at most n_experts=4"),
     (["model=tiny_moe", "model.mlp.n_groups=3"], "model.mlp.n_groups", "a divisor of n_experts=4"),

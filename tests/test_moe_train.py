@@ -33,7 +33,11 @@ def metrics(run_dir: Path, key: str) -> dict[int, float]:
 
 def test_tiny_moe_trains_logs_its_router_losses_and_resumes_exactly(env):
     common = [*SMALL, "train.total_steps=16", "trainer.val_check_interval=8"]
-    full, _ = train_run(env, "full", *common, "trainer.max_steps=16")
+    full, proc = train_run(env, "full", *common, "trainer.max_steps=16")
+    # the load per expert over each validation's batches, drawn beside the patterns by the attention probe
+    assert sorted(p.name for p in (full / "attention").glob("expert_load_step*.png")) == [
+        "expert_load_step16.png", "expert_load_step8.png"]
+    assert "CrowdedText" not in proc.stderr, proc.stderr[-3000:]
     half, _ = train_run(env, "half", *common, "trainer.max_steps=8")
     resumed, _ = train_run(env, "resumed", *common, "trainer.max_steps=16",
                            f"ckpt_path={half / 'checkpoints' / 'last.ckpt'}")

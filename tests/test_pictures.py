@@ -13,6 +13,7 @@ import pytest
 from conftest import train_env
 
 from builder.figures import CrowdedText, ShownFigure, text_problems
+from builder.interp.interventions import PATCHED_STREAMS, ablation_figure, cell_text, patching_figure
 from builder.interp.plots import context_figure, map_figure, patterns_figure
 
 LECTURE_WORDS = "groups={adjectives:[fluffy,blue,shiny,verdant,slippery,small],nouns:[creature,forest,cat,river,mole," \
@@ -49,7 +50,7 @@ def test_the_check_finds_overlapping_and_cut_text():
 @pytest.mark.slow
 def test_every_picture_of_a_trained_lecture_model(tmp_path, cli):
     """A word-level model of the lecture's language, trained a few steps (its patterns_step*.png drawn at each
-    validation), then every task that draws: attend, heads, embed, context, lens and the tour."""
+    validation), then every task that draws: attend, heads, embed, context, lens, ablate, patch and the tour."""
     env = train_env(tmp_path)["env"]
     run = tmp_path / "train"
     clean(cli("data=lecture", "model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.context_length=32",
@@ -65,6 +66,10 @@ def test_every_picture_of_a_trained_lecture_model(tmp_path, cli):
                  ["task=context", "word=mole", "contexts=['near the garden , the small mole dug again .',"
                   "'at the chemist , the mole reacted today .','near the clinic , the mole darkened today .']"],
                  ["task=lens", "text=a fluffy blue creature roamed"],
+                 ["task=ablate", "texts=['near the garden , the small mole dug again .','at the chemist , the mole "
+                  "reacted today .']"],
+                 ["task=patch", "clean='near the garden , the mole'", "corrupted='at the chemist , the mole'",
+                  "answers=[dug,reacted]"],
                  ["task=tour"]):
         clean(cli(*args, ckpt, f"hydra.run.dir={tmp_path / args[0].split('=')[1]}", env=env))
 
@@ -77,7 +82,9 @@ def test_budget_charts(tmp_path, cli):
 
 def test_crowded_inputs_are_laid_out():
     """Inputs that crowd a picture: words whose vectors nearly coincide on the PCA map, a long title on the
-    patterns grid of one head, six contexts of one word."""
+    patterns grid of one head, six contexts of one word, patching one token over six layers of sixteen heads with
+    shares far from [-1, 1] (a clean and corrupted run that barely differ), ablating sixteen heads with changes
+    in the thousands."""
     rng = np.random.default_rng(0)
     words = [f"word{i}" for i in range(18)]
     xy = np.concatenate([rng.normal(0, 0.01, (9, 2)), rng.normal(1, 0.01, (9, 2))])
@@ -88,6 +95,12 @@ def test_crowded_inputs_are_laid_out():
                                    "after layer 1"], "mean_similarity": [1.0, 0.7, 0.4],
                                    "update_sizes": np.ones((2, 4)), "top_heads": [{"layer": 1, "head": 2}],
                                    "contexts": [f"context number {i} of the mole" for i in range(6)]}))
+    shares = {stream: rng.uniform(-150, 150, (6, 1)) for stream in PATCHED_STREAMS}  # a tiny span: large shares
+    figures += [patching_figure({**shares, "heads": rng.uniform(-0.02, 0.02, (6, 16))}, ["mole"], title="patch"),
+                ablation_figure({"heads": rng.uniform(-1e4, 1e4, (6, 16)), "mlps": rng.uniform(-1, 1, 6),
+                                 "ablation": "mean", "metric": "loss", "baseline": 4.2})]
+    assert [cell_text(v) for v in (0.01, -0.004, 12.3, -999.4, 1234.0, float("nan"))] == [
+        "+0.01", "-0.00", "+12", "-999", "+1e3", ""]
     for fig in figures:
         with warnings.catch_warnings():
             warnings.simplefilter("error", CrowdedText)

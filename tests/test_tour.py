@@ -14,9 +14,9 @@ from builder.data import adjectives, senses
 from builder.data.tokenizers import CharTokenizer, WordTokenizer
 
 
-def _export(tmp_path, tok, name="export"):
-    cfg = builder.compose(["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.context_length=64",
-                           f"model.vocab_size={tok.vocab_size}"]).model
+def _export(tmp_path, tok, name="export", *overrides: str):
+    cfg = builder.compose([*overrides, "model.d_model=32", "model.n_layers=2", "model.n_heads=4",
+                           "model.context_length=64", f"model.vocab_size={tok.vocab_size}"]).model
     torch.manual_seed(0)
     return save_export(builder.build_model(cfg), tok, to_plain(cfg), tmp_path / name)
 
@@ -59,6 +59,18 @@ def test_tour_of_a_character_model_says_what_it_cannot_show(tmp_path, cli):
     assert proc.returncode == 0, proc.stderr[-3000:]
     page = (tmp_path / "run" / "lecture.html").read_text()
     assert "character-level model" in page and "no word of several senses" in page
+    assert "Experts" not in page  # no mixture of experts, no routing section
+
+
+def test_tour_of_a_mixture_of_experts_shows_the_routing(tmp_path, cli):
+    export = _export(tmp_path, CharTokenizer.from_text("a fluffy blue creature roamed the verdant forest"), "moe",
+                     "model=tiny_moe", "model.mlp.hidden=16")
+    proc = cli("task=tour", f"checkpoint={export}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 0 and "CrowdedText" not in proc.stderr, proc.stderr[-3000:]
+    page = (tmp_path / "run" / "lecture.html").read_text()
+    section = page[page.index("<h2>9. Experts: where each token goes"):]
+    assert "In 2 of this model's 2 layers the MLP is a mixture of 4 experts" in section
+    assert "sends it to 2 of them" in section and section.count('src="data:image/png;base64,') == 1
 
 
 def test_experiment_lecture_makes_the_lecture_happen(tmp_path, cli):

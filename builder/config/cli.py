@@ -233,6 +233,17 @@ def _parsed(overrides: list[str]):
     return parsed
 
 
+def sweep_refusal(o) -> ConfigError:
+    """An override Hydra reads as a sweep (a bare comma: ``text=a , b``; ``range(..)``, ``choice(..)``, ``glob(..)``)
+    in a run of one job: what to write for one value, and for a sweep."""
+    key, _, value = o.input_line.partition("=")
+    quoted = value.replace('"', '\\"')
+    return ConfigError(key, value, f"one value: Hydra reads {value!r} as a sweep over several values (a bare comma, "
+                       f"range(..), choice(..) or glob(..) makes one). For one text holding commas, quote the value, e.g. "
+                       f"'{key}=\"{quoted}\"' (the single quotes keep the shell from removing the double ones); "
+                       f"for a list, {key}=[a,b]; to run one job per value, add -m (--multirun)")
+
+
 def parse_reason(err: Exception) -> str:
     """The line of Hydra's parse error that says what is wrong (not its "Error parsing override '...'" heading,
     the caret under the input or the link to the grammar), on one line."""
@@ -300,6 +311,8 @@ def composition_error(err: Exception, overrides: list[str], compose=None, file_v
     in_file = re.match(r"In '([^']+)'", text)
     detail = f"set in {in_file.group(1)}.yaml" if in_file else ""
     o = None if in_file and full_key else _override_for(text, full_key, parsed)
+    if o is not None and o.is_sweep_override():
+        return sweep_refusal(o)
     if o is not None:
         key, value = o.key_or_group, o.get_value_element_as_str() if o.is_sweep_override() else o.value()
     elif full_key:

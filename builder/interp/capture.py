@@ -5,6 +5,7 @@
     rec.pattern(0)   # [B, H, T, T]: rows sum to 1, masked cells exactly 0
     rec.kv_head(0, 5)  # which key/value head query head 5 reads (grouped-query attention)
     rec.mask_note(1)   # "causal", "band 4" (a sliding-window layer), "bidirectional", "prefix 16", ...
+    rec.routing(0)     # a mixture-of-experts layer: router_logits [B, T, E], experts / expert_weights [B, T, k]
 
 The capture stands on the model's named hook points (components/hooks.py): while the context is open it reads
 ``blocks.{l}.attn.hook_*`` and keeps what it was asked for. Asking for the scores, the mask or the pattern makes
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 FIELDS = ("q", "k", "v", "scores", "mask", "pattern", "z", "result")
+ROUTING_FIELDS = ("router_logits", "expert_weights", "experts")  # recorded only in mixture-of-experts layers
 
 
 class AttentionRecord:
@@ -76,6 +78,15 @@ class AttentionRecord:
     def result(self, layer: int):
         """Each head's update to the residual stream: ``[B, H, T, d_model]``."""
         return self.get("result", layer)
+
+    def routing(self, layer: int) -> dict[str, torch.Tensor]:
+        """A mixture-of-experts layer's routing, as its hook points hold it: ``router_logits`` ``[B, T, n_experts]``,
+        ``experts`` (the chosen ones) and ``expert_weights`` (theirs) ``[B, T, top_k]``."""
+        return {field: self.get(field, layer) for field in ROUTING_FIELDS}
+
+    def routed_layers(self) -> list[int]:
+        """The recorded layers that hold a routing (mixture-of-experts layers, when ROUTING_FIELDS were asked for)."""
+        return sorted(layer for layer, kept in self.layers.items() if "experts" in kept)
 
     @property
     def n_layers(self) -> int:
@@ -216,6 +227,9 @@ _SOURCES = {
     "z": ("hook_z", _HEADS_FIRST),
     "result": ("hook_result", _HEADS_FIRST),
 }
+# a mixture of experts' routing: blocks.{l}.mlp.<hook>, kept in TransformerLens's [B, T, ...] layout
+_MLP_SOURCES = {"router_logits": "hook_router_logits", "expert_weights": "hook_expert_weights",
+                "experts": "hook_expert_indices"}
 
 
 def _allowed(masked_scores: torch.Tensor) -> torch.Tensor | None:
@@ -228,7 +242,9 @@ def _allowed(masked_scores: torch.Tensor) -> torch.Tensor | None:
 @contextmanager
 def capture_attention(model: nn.Module, fields=None, layers=None):
     """Record every attention layer while open (``fields`` / ``layers``: keep only these; see AttentionRecord), by
-    reading the model's ``blocks.{l}.attn.hook_*`` points."""
+    reading the model's ``blocks.{l}.attn.hook_*`` points; in a mixture-of-experts layer also its routing
+    (ROUTING_FIELDS, from ``blocks.{l}.mlp.hook_router_logits`` / ``hook_expert_weights`` /
+    ``hook_expert_indices``: ``rec.routing(layer)``)."""
     record = AttentionRecord(fields, layers)
     modules = attention_modules(model)
     for i, (layout, note) in enumerate(zip(head_layout(model), mask_notes(model))):
@@ -244,6 +260,9 @@ def capture_attention(model: nn.Module, fields=None, layers=None):
         for field, (point, convert) in _SOURCES.items():
             if (record.fields is None or field in record.fields) and hasattr(modules[i], point):
                 hooks.append((f"blocks.{i}.attn.{point}", _keeper(record, i, field, convert, repeat)))
+        for field, point in _MLP_SOURCES.items():
+            if (record.fields is None or field in record.fields) and hasattr(model.blocks[i].mlp, point):
+                hooks.append((f"blocks.{i}.mlp.{point}", _keeper(record, i, field, lambda x, repeat: x, 1)))
     with model.hooks(hooks):
         yield record
 
@@ -252,19 +271,6 @@ def _keeper(record: AttentionRecord, layer: int, field: str, convert, repeat: in
     def keep(x, hook):
         record(layer, {field: convert(x.detach(), repeat)})
     return keep
-
-
-@contextmanager
-def recorders(modules: list[nn.Module], recorder):
-    """Each of ``modules`` hands its tensors to ``recorder`` while open; the recorders they had are put back after."""
-    previous = [m.recorder for m in modules]
-    for m in modules:
-        m.recorder = recorder
-    try:
-        yield
-    finally:
-        for m, prev in zip(modules, previous):
-            m.recorder = prev
 
 
 def record(model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None, fields=None,

@@ -182,7 +182,7 @@ def sense_figure(result: dict) -> ShownFigure:
     layers = sorted({int(n[1:n.index("H")]) for n in names})
     heads = sorted({int(n[n.index("H") + 1:]) for n in names})
     grid = lambda d: np.array([[d[f"L{la}H{h}"] for h in heads] for la in layers])  # noqa: E731
-    fig = ShownFigure(figsize=(3.2 + 1.4 * len(heads), 1.8 + 0.6 * len(layers)), layout="constrained")
+    fig = ShownFigure(figsize=(3.2 + 1.4 * max(len(heads), 2), 1.8 + 0.6 * len(layers)), layout="constrained")
     axes = fig.subplots(1, 2)
     rows, cols = [f"layer {la}" for la in layers], [f"H{h}" for h in heads]
     value_grid(fig, axes[0], grid(result["ablated"]), cols, rows, "sense accuracy, the head ablated", "accuracy",

@@ -173,7 +173,23 @@ def patch(model: nn.Module, clean: torch.Tensor, corrupted: torch.Tensor, answer
 # ------------------------------------------------------------------------------------------- pictures
 
 
-CELL = 0.5  # inches per heatmap column: room for a value written in the cell
+CELL = 0.5  # inches per heatmap column: room for a value of CELL_CHARS characters written in the cell
+CELL_CHARS = 5
+MIN_COLUMNS = 4  # a panel is at least this many columns wide, so its title fits over it
+
+
+def cell_text(v: float, symmetric: bool = True) -> str:
+    """A value as written in its cell, at most CELL_CHARS characters: ``+0.01`` (or ``0.01`` unsigned) below 10,
+    whole numbers up to 999, and a power of ten beyond (``+2e3``); "" for a value that is not a number."""
+    if not np.isfinite(v):
+        return ""
+    sign = "+" if symmetric else ""
+    if abs(v) < 9.995:
+        return f"{v:{sign}.2f}"
+    if abs(v) < 999.5:
+        return f"{v:{sign}.0f}"
+    mantissa, exponent = f"{v:.0e}".split("e")
+    return f"{'+' if symmetric and v > 0 else ''}{mantissa}e{int(exponent)}"
 
 
 def value_grid(fig, ax, values: np.ndarray, xlabels: list[str], ylabels: list[str], title: str, label: str,
@@ -189,7 +205,7 @@ def value_grid(fig, ax, values: np.ndarray, xlabels: list[str], ylabels: list[st
     ax.set_title(title, fontsize=9)
     if values.size <= 200:
         for (i, j), v in np.ndenumerate(values):
-            ax.text(j, i, f"{v:+.2f}" if symmetric else f"{v:.2f}", ha="center", va="center", fontsize=6,
+            ax.text(j, i, cell_text(v, symmetric), ha="center", va="center", fontsize=6,
                     color=("white" if abs(v) > 0.6 * lim else "black") if symmetric else
                     ("black" if v > 0.6 else "white"))
     bar = fig.colorbar(im, ax=ax, shrink=0.8)
@@ -202,11 +218,10 @@ def ablation_figure(result: dict, title: str = "") -> Figure:
     heads = np.asarray(result["heads"], dtype=float)
     mlps = np.asarray(result["mlps"], dtype=float)
     n_layers = max(heads.shape[0] if heads.size else 0, len(mlps))
-    fig = ShownFigure(figsize=(2.6 + CELL * (heads.shape[1] if heads.size else 0) + (1.8 if mlps.size else 0),
-                               1.8 + 0.5 * n_layers), layout="constrained")
+    widths = ([CELL * max(heads.shape[1], MIN_COLUMNS) + 2.4] if heads.size else []) + ([2.6] if mlps.size else [])
+    fig = ShownFigure(figsize=(0.4 + sum(widths), 1.8 + 0.5 * n_layers), layout="constrained")
     what = "loss" if result["metric"] == "loss" else "logit difference"
-    axes = fig.subplots(1, 2 if heads.size and mlps.size else 1, squeeze=False,
-                        width_ratios=[max(heads.shape[1], 1), 1] if heads.size and mlps.size else None)[0]
+    axes = fig.subplots(1, len(widths), squeeze=False, width_ratios=widths)[0]
     rows = [f"layer {i}" for i in range(n_layers)]
     if heads.size:
         value_grid(fig, axes[0], heads, [f"H{h}" for h in range(heads.shape[1])], rows,
@@ -224,9 +239,9 @@ def patching_figure(result: dict, tokens: list[str], title: str = "") -> Figure:
     labels = token_labels(tokens)
     n_layers = len(result["heads"])
     n_heads = len(result["heads"][0])
-    fig = ShownFigure(figsize=(1.2 + CELL * (3 * len(tokens) + max(n_heads, 2)) + 4 * 1.1, 2.0 + 0.6 * n_layers),
-                      layout="constrained")
-    axes = fig.subplots(1, 4, width_ratios=[len(tokens)] * 3 + [max(len(result["heads"][0]), 2)])
+    widths = [max(len(tokens), MIN_COLUMNS)] * 3 + [max(n_heads, MIN_COLUMNS)]
+    fig = ShownFigure(figsize=(1.2 + CELL * sum(widths) + 4 * 1.1, 2.0 + 0.6 * n_layers), layout="constrained")
+    axes = fig.subplots(1, 4, width_ratios=widths)
     rows = [f"layer {i}" for i in range(n_layers)]
     names = {"resid_pre": "residual stream entering", "attn_out": "attention output", "mlp_out": "MLP output"}
     for ax, stream in zip(axes, PATCHED_STREAMS):

@@ -25,6 +25,7 @@ from .causal import sense_causal, sense_figure
 from .pictures import encode_text, focused_head, head_title, score_label, token_strings
 from .plots import steps_figure
 from .probes import lens_agreement, sense_head, sense_probes, word_classes
+from .routing import capture_routing_on, draw_routing, moe_layers
 
 PROBE_SENTENCES = 600  # senses-language sentences the measurements use (seeded: the same every time)
 
@@ -152,8 +153,24 @@ def tour_html(model, tokenizer, model_cfg: dict, text: str, title: str = "", mea
                           "it writes by its mean) and see whether the model still tells the senses apart; swap what it "
                           "writes at the homonym for what it writes in a sentence of the other sense, and see whether "
                           "the prediction follows.", _causal_body(measured)))
+    if moe_layers(model):
+        parts.append(_routing_section(model, tokens, ids))
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def _routing_section(model, tokens: list[str], ids) -> str:
+    """A mixture of experts' routing on the phrase: which experts each token goes to, per layer, and the load."""
+    layers = moe_layers(model)
+    moe = model.blocks[layers[0]].mlp
+    shared = f", plus {moe.shared.up.out_features // moe.hidden} shared expert(s) every token uses" if moe.shared else ""
+    return _section("9. Experts: where each token goes", f"In {len(layers)} of this model's {len(model.blocks)} "
+                    f"layers the MLP is a mixture of {moe.n_experts} experts{shared}: a router scores the experts for "
+                    f"each token and sends it to {moe.top_k} of them, whose outputs it adds up weighted by those "
+                    "scores. So each token uses only part of the weights. Below, per layer, the weight each chosen "
+                    "expert gets on the phrase, and the share of the choices each expert took (the hook points "
+                    "blocks.{l}.mlp.hook_expert_indices / hook_expert_weights).",
+                    _png(draw_routing(tokens, capture_routing_on(model, ids))))
 
 
 def _causal_body(measured: dict | None) -> str:

@@ -35,10 +35,12 @@ from ..config.schema import (
     ThroughputConfig,
 )
 from ..errors import NonFiniteLossError
+from ..figures import save_png
 from ..files import atomic_path, named_errors
 from ..generate import encode_prompt, generate
 from ..interp.capture import head_mask, record
 from ..interp.plots import draw_patterns
+from ..interp.routing import load_figure, moe_layers
 from .loggers import log_image, log_text
 from .progress_bar import StepProgressBar
 from .throughput import ThroughputMonitor, peak_flops
@@ -126,7 +128,9 @@ class SampleText(pl.Callback):
 class AttentionProbe(pl.Callback):
     """At every validation, draw every head's pattern on a fixed probe phrase, so a person watches heads form.
 
-    The picture goes to ``<run dir>/attention/patterns_step<N>.png`` and to the loggers (a wandb image)."""
+    The picture goes to ``<run dir>/attention/patterns_step<N>.png`` and to the loggers (a wandb image). A model
+    with mixture-of-experts layers also gets ``attention/expert_load_step<N>.png``: the share of the choices each
+    expert took over that validation's batches, per layer (what ``val/expert_load_max`` / ``_min`` sum up)."""
 
     def __init__(self, tokenizer, out_dir: Path, text: str):
         self.tokenizer, self.out_dir, self.text = tokenizer, Path(out_dir), text
@@ -151,6 +155,13 @@ class AttentionProbe(pl.Callback):
                              title=f"step {step}: {self.text!r}")
         self.paths.append(path)
         log_image(trainer.loggers, "attention/patterns", path, step=step, caption=f"step {step}")
+        loads = getattr(pl_module, "val_expert_loads", None)  # (a LitGPT; another module has none)
+        if loads is not None:  # a mixture of experts: the choices per expert over this validation's batches
+            path = save_png(load_figure(dict(zip(moe_layers(model), loads)), title=f"step {step}: load per expert "
+                                        "over the validation batches (this process's)"),
+                            self.out_dir / "attention" / f"expert_load_step{step}.png")
+            self.paths.append(path)
+            log_image(trainer.loggers, "attention/expert_load", path, step=step, caption=f"step {step}")
 
 
 class ValidateAtEnd(pl.Callback):

@@ -83,6 +83,7 @@ class LitGPT(pl.LightningModule):
         self._rng_to_restore: dict | None = None
         self._val_losses: list[torch.Tensor] = []
         self._val_loads: torch.Tensor | None = None  # a mixture of experts' choices per expert, summed over batches
+        self.val_expert_loads: torch.Tensor | None = None  # the last validation's, [MoE layers, n_experts]
         self.skipped_nonfinite = 0
         self._unchecked: list[tuple[int, int, torch.Tensor]] = []  # (step, batch, loss) not yet checked for NaN/inf
         self.model: nn.Module | None = None
@@ -213,6 +214,7 @@ class LitGPT(pl.LightningModule):
         """``val/expert_load_max`` and ``val/expert_load_min``: the busiest and idlest expert of any layer over the
         validation batches, as a multiple of an even load (1: every expert took its share)."""
         loads, self._val_loads = self._val_loads, None
+        self.val_expert_loads = loads  # [MoE layers, n_experts]: the attention probe draws it
         if loads is None:
             return
         share = loads.float() / loads.sum(dim=-1, keepdim=True) * loads.shape[-1]
