@@ -126,3 +126,43 @@ def test_ablate_on_the_validation_split(models, tmp_path):
     proc = run_cli("task=ablate", f"checkpoint={path}", "split=val", "data=text", f"data.path={other}",
                    f"hydra.run.dir={tmp_path / 'refused'}", env=models["env"])
     assert proc.returncode == 2 and "data" in proc.stderr and "tokenizer is not the checkpoint's" in proc.stderr
+
+
+# every family builder/hf.py reads and writes, shrunk (as tests/test_interp_families.py shrinks them)
+FAMILY_SHAPE = ["model.d_model=64", "model.n_layers=2", "model.n_heads=8", "model.d_head=8", "model.context_length=64",
+                "model.mlp.hidden=96"]
+HF_FAMILIES = {"llama3_8b": ["model.attention.n_kv_heads=2"], "mistral_7b": ["model.attention.n_kv_heads=2",
+               "model.mask.window=4"], "qwen2_7b": ["model.attention.n_kv_heads=2"],
+               "qwen3_8b": ["model.attention.n_kv_heads=2"], "pythia_160m": [],
+               "gemma2_2b": ["model.attention.n_kv_heads=2", "model.mask.window=4"]}
+
+
+@pytest.mark.parametrize("name", list(HF_FAMILIES))
+def test_ablate_and_patch_read_a_hugging_face_folder_of_each_family(tmp_path, name):
+    """task=ablate and task=patch on a Hugging Face folder of each family (written by task=export's writer from a
+    random model of the family's preset, a character tokenizer beside it): both run, and their numbers hold their
+    definitions (the unablated loss is the model's; patching restores the clean difference at the last layer)."""
+    import builder
+    from builder.config.plain import to_plain
+    from builder.data.tokenizers import CharTokenizer
+    from builder.hf import save_hf
+
+    alphabet = "abcdefghijklmnopqrstuvwxyz "
+    cfg = to_plain(builder.compose([f"model={name}", *FAMILY_SHAPE, *HF_FAMILIES[name],
+                                    f"model.vocab_size={len(alphabet) + 1}"]).model)
+    torch.manual_seed(0)
+    model = builder.build_model(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    folder = save_hf(model, CharTokenizer(alphabet), cfg, tmp_path / "hf")
+    ablated = run_cli("task=ablate", f"checkpoint={folder}", "text=a fluffy cat", f"hydra.run.dir={tmp_path / 'a'}")
+    assert ablated.returncode == 0, ablated.stderr[-3000:]
+    result = json.loads((tmp_path / "a" / "ablate.json").read_text())
+    assert len(result["heads"]) == 2 and len(result["heads"][0]) == 8 and len(result["mlps"]) == 2
+    patched = run_cli("task=patch", f"checkpoint={folder}", "clean=a fluffy cat", "corrupted=a fluffy bat",
+                      "answers=[a,b]", f"hydra.run.dir={tmp_path / 'p'}")
+    assert patched.returncode == 0, patched.stderr[-3000:]
+    out = json.loads((tmp_path / "p" / "patch.json").read_text())
+    # the differing token (near the end: inside a sliding window of 4), entering layer 0: all of the difference
+    assert out["resid_pre"][0][9] == pytest.approx(1.0, abs=1e-4)
