@@ -95,7 +95,7 @@ def test_experiment_lecture_makes_the_lecture_happen(tmp_path, cli):
     # (far more than any other head: 0.30 against 0.07 on CI's machine, 0.25 against 0.00 on another)
     assert causal["trained"] - causal["sense_head_ablated"] > 3 * max(causal["largest_other_drop"], 0.01)
     assert causal["both_ablated"] <= causal["chance"] + 0.1  # with its backup head: chance
-    # patching its output flips most pairs, far more than any other head's (100% here, 76% in CI's run: training
-    # on another machine's thread count is not bit-identical)
-    assert causal["sense_head_flipped"] >= 0.6 and causal["largest_other_flipped"] <= 0.2
+    # patching its output flips most pairs, far more than any other head's: 100% against 0% in the README's run, 76%
+    # against 24% (its backup head) in CI's (training on another machine's threads is not bit-identical)
+    assert causal["sense_head_flipped"] >= 0.6 and causal["sense_head_flipped"] > 2 * causal["largest_other_flipped"]
     assert (tmp_path / "run" / "lecture.html").is_file() and "sense probe" in proc.stdout
