@@ -71,6 +71,20 @@ class AttentionMask:
         return self.grid
 
 
+def heads_out(o: nn.Linear, z: torch.Tensor, hook_result: HookPoint) -> torch.Tensor:
+    """W_o applied to the heads' outputs ``z`` [B, T, H, d]: one matmul, unless a function on ``hook_result`` replaces
+    or edits in place each head's update [B, T, H, d_model], whose sum (plus W_o's bias) is then the output."""
+    b, t, n_heads, d = z.shape
+    if hook_result.fns:
+        result = torch.einsum("bthd,mhd->bthm", z, o.weight.view(o.out_features, n_heads, d))
+        version = result._version
+        edited = hook_result(result)
+        if edited is not result or result._version != version:  # (only read: W_o's one matmul, as without it)
+            out = edited.sum(dim=2)
+            return out if o.bias is None else out + o.bias
+    return o(z.reshape(b, t, n_heads * d))
+
+
 class KVCache:
     """Keys and values of the tokens seen so far, per layer, for incremental decoding.
 
@@ -234,17 +248,7 @@ class GroupedQueryAttention(nn.Module):
             )
         else:  # the fused kernel has no soft-capping nor sinks, and makes no scores or pattern to hook
             y = self._explicit(q, k, v, mask)
-        z = self.hook_z(y.transpose(1, 2))  # [B, T, H, d_head]
-        if self.hook_result.fns:
-            w_o = self.o.weight.view(self.o.out_features, self.n_heads, self.d_head)
-            result = torch.einsum("bthd,mhd->bthm", z, w_o)
-            version = result._version
-            edited = self.hook_result(result)
-            if edited is not result or result._version != version:  # replaced or edited in place: the output is
-                # the sum of the heads' updates (when only read, W_o's one matmul as without the hook)
-                out = edited.sum(dim=2)
-                return out if self.o.bias is None else out + self.o.bias
-        return self.o(z.reshape(b, t, self.n_heads * self.d_head))
+        return heads_out(self.o, self.hook_z(y.transpose(1, 2)), self.hook_result)  # z: [B, T, H, d_head]
 
     def _explicit(self, q, k, v, mask: AttentionMask):
         """The lecture's steps one by one: q·k scores, mask, softmax, weighted sum of values."""

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import HOOKS, AttentionMask, KVCache
+from .attention import HOOKS, AttentionMask, KVCache, heads_out
 from .hooks import HookPoint, hooked
 from .registry import Annotated, Gt, Settings, doc, register
 
@@ -111,16 +111,7 @@ class LatentAttention(nn.Module):
                                                dropout_p=self.dropout if self.training else 0.0, scale=self.scale)
         else:  # the fused kernel makes no scores or pattern to hook
             z = self._explicit(q, k, v, mask)
-        z = self.hook_z(z.transpose(1, 2))  # [B, T, H, v_head_dim]
-        if self.hook_result.fns:
-            w_o = self.o.weight.view(self.o.out_features, self.n_heads, self.v_dim)
-            result = torch.einsum("bthd,mhd->bthm", z, w_o)
-            version = result._version
-            edited = self.hook_result(result)
-            if edited is not result or result._version != version:  # replaced or edited in place
-                out = edited.sum(dim=2)
-                return out if self.o.bias is None else out + self.o.bias
-        return self.o(z.reshape(b, t, self.n_heads * self.v_dim))
+        return heads_out(self.o, self.hook_z(z.transpose(1, 2)), self.hook_result)  # z: [B, T, H, v_head_dim]
 
     def _explicit(self, q, k, v, mask: AttentionMask):
         """Scores, mask, softmax and the weighted values step by step, each through its hook point."""

@@ -32,13 +32,15 @@ def token_strings(tokenizer, ids: list[int]) -> list[str]:
     return [tokenizer.decode([i]) for i in ids] if tokenizer is not None else [str(i) for i in ids]
 
 
-def encode_text(tokenizer, text: str, model) -> torch.Tensor:
-    ids = encode_prompt(tokenizer, text, key="text") if tokenizer is not None else None
+def encode_text(tokenizer, text: str, model, key: str = "text") -> torch.Tensor:
+    """``text`` as a [1, T] batch of the model's token ids; ConfigError naming ``key`` for text its tokenizer cannot
+    encode or longer than its context."""
+    ids = encode_prompt(tokenizer, text, key=key) if tokenizer is not None else None
     if ids is None:
         raise ConfigError("checkpoint", None, "a model that carries its tokenizer, to turn text into tokens")
     limit = model.context_length
     if limit and len(ids) > limit:
-        raise ConfigError("text", f"<{len(ids)} tokens>", f"at most model.context_length={limit} tokens")
+        raise ConfigError(key, f"<{len(ids)} tokens>", f"at most model.context_length={limit} tokens")
     return torch.tensor([ids])
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..checkpoint import load_model
 from ..config.printing import inputs_checked
 from ..errors import ConfigError
-from ..generate import encode_prompt
+from ..interp.pictures import encode_text
 
 READABLE = "a checkpoint, export or Hugging Face directory"
 
@@ -31,10 +31,7 @@ def read_model(cfg, example: str = "", *, texts: dict | None = None, dtype: str 
         for text in [value] if isinstance(value, str) else list(value or ()):
             if tokenizer is None:
                 raise ConfigError("checkpoint", checkpoint, f"a model that carries its tokenizer, to encode {key}")
-            n = len(encode_prompt(tokenizer, str(text), key=key))
-            limit = getattr(model, "context_length", None)
-            if limit and n > limit:
-                raise ConfigError(key, f"<{n} tokens>", f"at most model.context_length={limit} tokens")
+            encode_text(tokenizer, str(text), model, key)
     if checked:
         inputs_checked(model_cfg, f"checkpoint={checkpoint}")
     return model, tokenizer, model_cfg
