@@ -2,6 +2,7 @@
 Hugging Face folder."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -131,10 +132,23 @@ def test_ablate_on_the_validation_split(models, tmp_path):
 # every family builder/hf.py reads and writes, shrunk (as tests/test_interp_families.py shrinks them)
 FAMILY_SHAPE = ["model.d_model=64", "model.n_layers=2", "model.n_heads=8", "model.d_head=8", "model.context_length=64",
                 "model.mlp.hidden=96"]
+MOE_SHAPE = ["model.mlp.n_experts=4", "model.mlp.top_k=2"]
 HF_FAMILIES = {"llama3_8b": ["model.attention.n_kv_heads=2"], "mistral_7b": ["model.attention.n_kv_heads=2",
                "model.mask.window=4"], "qwen2_7b": ["model.attention.n_kv_heads=2"],
                "qwen3_8b": ["model.attention.n_kv_heads=2"], "pythia_160m": [],
-               "gemma2_2b": ["model.attention.n_kv_heads=2", "model.mask.window=4"]}
+               "gemma2_2b": ["model.attention.n_kv_heads=2", "model.mask.window=4"],
+               # the mixtures of experts, their routers shrunk to 4 experts (DeepSeek's latent attention to small ranks)
+               "mixtral_8x7b": ["model.attention.n_kv_heads=2", *MOE_SHAPE],
+               "qwen3_30b_a3b": ["model.attention.n_kv_heads=2", *MOE_SHAPE],
+               "deepseek_v3": [*MOE_SHAPE, "model.mlp.n_groups=2", "model.mlp.top_groups=1", "model.mlp.first_dense=1",
+                               "model.mlp.dense_hidden=40", "model.attention.q_lora_rank=24",
+                               "model.attention.kv_lora_rank=16", "model.attention.qk_rope_head_dim=8",
+                               "model.attention.qk_nope_head_dim=12",
+                               "model.attention.v_head_dim=10", "model.embedding.original_context=16",
+                               # DeepSeek's scale: the heads' width (12 + 8), and YaRN's mscale at the preset's factor 40
+                               f"model.attention.query_scale={20 ** -0.5 * (0.1 * math.log(40) + 1) ** 2}"],
+               "gpt_oss_20b": ["model.attention.n_kv_heads=2", "model.mask.window=4", *MOE_SHAPE,
+                               "model.embedding.original_context=16"]}
 
 
 @pytest.mark.parametrize("name", list(HF_FAMILIES))
