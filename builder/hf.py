@@ -73,7 +73,7 @@ NEUTRAL = {
 _LLAMA3 = ("scale_factor", "low_freq_factor", "high_freq_factor", "original_context")
 _YARN = ("beta_fast", "beta_slow", "truncate", "mscale", "mscale_all_dim")
 #: settings of a mixture of experts that only training reads, or that no expert layer uses
-_MOE_TRAINING = ("mlp.aux_loss", "mlp.z_loss")
+_MOE_TRAINING = ("mlp.aux_loss", "mlp.z_loss", "mlp.bias_update_rate")
 
 
 class Tensor(NamedTuple):

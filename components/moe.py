@@ -23,7 +23,10 @@ Dispatch is sparse: the (token, choice) pairs are sorted by expert and each expe
 of tokens (no expert sees a token it was not chosen for). ``aux_loss`` and ``z_loss`` weigh the load-balancing loss
 (Switch Transformer: n_experts · Σ_e f_e · P_e, f_e the share of choices that went to expert e and P_e its mean
 router probability) and the router z-loss (mean squared log-sum-exp of the logits); while training, each MoE layer
-keeps its last values in ``losses`` and :func:`router_losses` gathers them for the training loss.
+keeps its last values in ``losses`` and :func:`router_losses` gathers them for the training loss. The
+load-balancing loss is 1 at perfect balance: transformers' ``load_balancing_loss_func`` sums the shares over the
+``top_k`` slots, so its value (and a ``router_aux_loss_coef``) is ``top_k`` times this one's. DeepSeek-V3 balances
+without it: ``bias_update_rate`` moves ``selection_bias`` after each optimizer step (:func:`update_selection_biases`).
 """
 
 from __future__ import annotations
@@ -69,6 +72,10 @@ class MoESettings(Settings):
     aux_loss: Annotated[float, Ge(0), doc("weight of the load-balancing loss added to the training loss; 0: "
                                           "off")] = 0.01
     z_loss: Annotated[float, Ge(0), doc("weight of the router z-loss added to the training loss; 0: off")] = 0.0
+    bias_update_rate: Annotated[float, Ge(0), doc(
+        "DeepSeek-V3's balancing without an auxiliary loss: after each optimizer step every expert's selection_bias "
+        "moves by this much, up when it took fewer than its even share of the step's choices, down when more "
+        "(DeepSeek-V3: 0.001); needs selection_bias; 0: off")] = 0.0
     SHARED = ("d_model", "bias")
 
     def problems(self, model):
@@ -81,6 +88,8 @@ class MoESettings(Settings):
         elif self.top_k > self.top_groups * (self.n_experts // self.n_groups):
             yield "top_k", self.top_k, (f"at most the experts of top_groups={self.top_groups} groups "
                                         f"({self.top_groups * (self.n_experts // self.n_groups)})")
+        if self.bias_update_rate and not self.selection_bias:
+            yield "bias_update_rate", self.bias_update_rate, "0 unless selection_bias=true (it moves that bias)"
         if self.first_dense > model.n_layers:
             yield "first_dense", self.first_dense, f"at most model.n_layers={model.n_layers}"
 
@@ -99,7 +108,7 @@ class MixtureOfExperts(nn.Module):
                  router_bias: bool = False, selection_bias: bool = False, n_groups: int = 1, top_groups: int = 1,
                  shared_experts: int = 0, first_dense: int = 0, dense_hidden: int | None = None,
                  activation: str = "silu", limit: float = 7.0, alpha: float = 1.702, expert_bias: bool = False,
-                 aux_loss: float = 0.01, z_loss: float = 0.0, layer: int = 0):
+                 aux_loss: float = 0.01, z_loss: float = 0.0, bias_update_rate: float = 0.0, layer: int = 0):
         super().__init__()
         if not 0 < top_k <= n_experts or n_experts % n_groups or not 0 < top_groups <= n_groups:
             raise ValueError(f"top_k={top_k} of n_experts={n_experts} in n_groups={n_groups} (top_groups="
@@ -120,6 +129,9 @@ class MixtureOfExperts(nn.Module):
             self.register_buffer("selection_bias", torch.zeros(n_experts))
         else:
             self.selection_bias = None
+        self.bias_update_rate = bias_update_rate
+        # the choices each expert took since the last optimizer step (training, with bias_update_rate): not saved
+        self.step_counts: torch.Tensor | None = None
         # each expert: [gate; up] (2 hidden x d_model) in, down (d_model x hidden) out
         self.w_in = nn.Parameter(torch.empty(n_experts, 2 * hidden, d_model))
         self.w_out = nn.Parameter(torch.empty(n_experts, d_model, hidden))
@@ -225,6 +237,9 @@ class MixtureOfExperts(nn.Module):
             out = out + self.shared(flat)
         if self.training and (self.aux_weight or self.z_weight):
             self.losses = self.router_losses(logits, counts)
+        if self.training and self.bias_update_rate and self.selection_bias is not None:
+            counts = counts.detach()
+            self.step_counts = counts if self.step_counts is None else self.step_counts + counts
         elif not self.training:
             self.load = counts.detach()
         return out.view(shape)
@@ -288,6 +303,28 @@ def router_losses(model: nn.Module) -> dict[str, torch.Tensor]:
         if isinstance(m, MixtureOfExperts):
             m.losses = {}
     return out
+
+
+@torch.no_grad()
+def update_selection_biases(model: nn.Module) -> float | None:
+    """DeepSeek-V3's auxiliary-loss-free balancing, once per optimizer step: each MoE layer with a
+    ``bias_update_rate`` moves its ``selection_bias`` by that rate, up for the experts that took fewer than the mean
+    number of the step's choices and down for those that took more (the choices summed over every process first, so
+    all processes keep the same biases). Returns the largest relative overload over those layers, max_e (c_e - c̄) /
+    c̄ (0: perfectly even), or None when no layer updates."""
+    violation = None
+    for m in model.modules():
+        if not isinstance(m, MixtureOfExperts) or m.step_counts is None:
+            continue
+        counts = m.step_counts.float()
+        m.step_counts = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts)
+        mean = counts.mean()
+        m.selection_bias.add_(m.bias_update_rate * torch.sign(mean - counts).to(m.selection_bias.dtype))
+        worst = float((counts.max() - mean) / mean) if mean > 0 else 0.0
+        violation = worst if violation is None else max(violation, worst)
+    return violation
 
 
 def expert_loads(model: nn.Module) -> torch.Tensor | None:

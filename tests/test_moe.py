@@ -431,8 +431,55 @@ def test_routing_hook_points_read_and_edit_the_routing():
      "at most the experts of top_groups=1 groups (4)"),
     (["model=deepseek_v3", "model.d_head=32"], "model.attention.qk_rope_head_dim", "model.d_head=32"),
     (["model=gpt_oss_20b", "model.embedding.scaling=ntk"], "model.embedding.scaling", "one of llama3, yarn"),
+    (["model=tiny_moe", "model.mlp.bias_update_rate=0.001"], "model.mlp.bias_update_rate",
+     "0 unless selection_bias=true"),
 ])
 def test_rules_of_the_new_components_are_refused_by_name(tmp_path, cli, args, key, accepted):
     proc = cli("task=report", *args, cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.startswith(f"Error: {key}=") and accepted in proc.stderr, proc.stderr
+
+
+def test_selection_biases_move_towards_balance_once_per_step():
+    """DeepSeek-V3's balancing without a loss: after a step, the experts that took more than the mean number of
+    choices have their selection bias lowered by bias_update_rate, the others raised; choices of several forward
+    passes (gradient accumulation) count together; a layer without the rate keeps its bias; none in eval."""
+    from components.moe import MixtureOfExperts, update_selection_biases
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleList([MixtureOfExperts(16, n_experts=4, top_k=1, hidden=8, scoring="sigmoid",
+                                                  selection_bias=True, bias_update_rate=0.01),
+                                 MixtureOfExperts(16, n_experts=4, top_k=1, hidden=8, scoring="sigmoid",
+                                                  selection_bias=True)])
+    busy, other = model
+    with torch.no_grad():
+        busy.router.weight.zero_()
+        busy.router.weight[2] = 1.0  # expert 2 scores highest for inputs of positive sum, expert 0 for negative
+        busy.router.weight[0] = -1.0
+    x = torch.ones(6, 16)
+    assert update_selection_biases(model) is None  # no step's choices yet
+    model.train()
+    busy(x), busy(-x[:2]), other(x)  # 6 tokens to expert 2, 2 to expert 0
+    overload = update_selection_biases(model)
+    assert overload == pytest.approx((6 - 2) / 2)  # 8 choices over 4 experts: 2 each when even; expert 2 took 6
+    torch.testing.assert_close(busy.selection_bias, torch.tensor([0.0, 0.01, -0.01, 0.01]))
+    assert other.selection_bias.eq(0).all() and busy.step_counts is None
+    model.eval()
+    busy(x)
+    assert busy.step_counts is None and update_selection_biases(model) is None
+
+
+def test_load_balancing_loss_is_transformers_over_top_k():
+    """The load-balancing loss is 1 at balance; transformers' (Mixtral's load_balancing_loss_func) sums over the
+    top_k slots, so it is top_k times ours on the same logits."""
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    from components.moe import MixtureOfExperts
+
+    torch.manual_seed(0)
+    moe = MixtureOfExperts(16, n_experts=6, top_k=2, hidden=8)
+    logits = torch.randn(40, 6)
+    experts = logits.softmax(-1).topk(2, dim=-1).indices
+    ours = moe.router_losses(logits, torch.bincount(experts.flatten(), minlength=6))["load_balance"]
+    theirs = load_balancing_loss_func((logits,), num_experts=6, top_k=2)
+    assert float(theirs) == pytest.approx(2 * float(ours), rel=1e-5)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import home_env, run_cli, train_run
 from torch.distributed.checkpoint import FileSystemReader
 
@@ -73,6 +74,28 @@ def test_tiny_moe_trains_logs_its_router_losses_and_resumes_exactly(env):
     for layer in routes["layers"].values():  # 2 of 4 experts per token; the load counts every choice
         assert all(len(set(e)) == 2 and set(e) <= {0, 1, 2, 3} for e in layer["experts"])
         assert all(abs(sum(w) - 1) < 1e-5 for w in layer["weights"]) and sum(layer["load"]) == 2 * 11
+
+
+def test_selection_biases_balance_the_experts_while_training_and_resume(env):
+    """DeepSeek-V3's routing on tiny_moe (sigmoid scores, a selection bias moved by bias_update_rate after every
+    optimizer step, no auxiliary loss): the overload is logged at every step, the biases are whole steps of the rate
+    (2 micro-batches a step), saved with the checkpoint, and a resumed run ends with the same biases."""
+    deepseek = [*SMALL, "model.mlp.scoring=sigmoid", "model.mlp.selection_bias=true", "model.mlp.aux_loss=0",
+                "model.mlp.z_loss=0", "model.mlp.bias_update_rate=0.01", "trainer.accumulate_grad_batches=2",
+                "train.total_steps=6", "trainer.val_check_interval=6"]
+    full, _ = train_run(env, "balance", *deepseek, "trainer.max_steps=6")
+    overload = metrics(full, "train/expert_overload")
+    assert len(overload) == 6 and all(v >= 0 for v in overload.values()), overload
+    model, _, cfg = builder.load_model(full / "checkpoints" / "last.ckpt")
+    assert cfg["mlp"]["bias_update_rate"] == 0.01
+    biases = torch.stack([b.mlp.selection_bias for b in model.blocks])
+    steps = biases / 0.01  # each step moves each bias one rate up or down (or not at all at an even load)
+    assert torch.allclose(steps, steps.round(), atol=1e-4) and steps.abs().max() <= 6 and biases.abs().sum() > 0
+    half, _ = train_run(env, "balance_half", *deepseek, "trainer.max_steps=3")
+    resumed, _ = train_run(env, "balance_resumed", *deepseek, "trainer.max_steps=6",
+                           f"ckpt_path={half / 'checkpoints' / 'last.ckpt'}")
+    again, _, _ = builder.load_model(resumed / "checkpoints" / "last.ckpt")
+    torch.testing.assert_close(torch.stack([b.mlp.selection_bias for b in again.blocks]), biases, rtol=0, atol=1e-6)
 
 
 def test_tiny_moe_under_fsdp_shards_the_experts(env):

@@ -16,7 +16,7 @@ from pytorch_lightning.strategies import FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
-from components.moe import expert_loads, router_losses
+from components.moe import expert_loads, router_losses, update_selection_biases
 
 from ..checkpoint import nonfinite_tensor, training_state
 from ..config.checks import is_count
@@ -130,6 +130,13 @@ class LitGPT(pl.LightningModule):
         for key, name in (("load_balance", "train/load_balance"), ("z", "train/router_z"), ("weighted", "train/aux_loss")):
             self.log(name, router[key].detach(), on_step=True, on_epoch=False, batch_size=batch_size)
         return router["weighted"]
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """DeepSeek-V3's selection biases move towards balance once per optimizer step (``mlp.bias_update_rate``);
+        the largest overload of the step's choices is logged as ``train/expert_overload``."""
+        overload = update_selection_biases(self.model)
+        if overload is not None:
+            self.log("train/expert_overload", overload, on_step=True, on_epoch=False)
 
     def training_step(self, batch, batch_idx):
         cross_entropy = self.loss(batch)
