@@ -2,18 +2,17 @@
 and the same logits (1e-4, fp32), for reads, ablations and patches at several hook names.
 
 Needs the optional extra ``pip install -e ".[lens]"`` (TransformerLens 4: its TransformerBridge over the Hugging Face
-model); the CI's ``.[dev]`` install leaves it out (it pulls datasets, pandas, accelerate and more), so there this
-file is skipped.
+model), which the README's test command (and so CI) installs beside ``.[dev]``; the main install leaves it out (it
+pulls datasets, pandas, accelerate and more).
 """
 
 import pytest
 import torch
+import transformer_lens  # noqa: F401  (the optional extra .[lens]: the README's test command installs it)
+import transformers
 from conftest import random_gpt2_dir
 
-transformer_lens = pytest.importorskip("transformer_lens")
-transformers = pytest.importorskip("transformers")
-
-from builder.checkpoint import load_model  # noqa: E402
+from builder.checkpoint import load_model
 
 TEXTS = ["a fluffy blue creature roamed the verdant forest", "the creature swims in the blue forest"]
 ATOL = 1e-4
