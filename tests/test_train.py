@@ -155,6 +155,11 @@ def test_a_short_run_validates_at_its_end_once(env):
     out, proc = train(env, "short_without_samples", "logger=csv", "callbacks.text_samples=null", "trainer.max_steps=2")
     done = proc.stdout.split("Done:")[1]
     assert "samples       : none (callbacks.text_samples is off)" in done and "None" not in done
+    # trainer.enable_checkpointing=false: no checkpoint written (the callback that writes them is left out)
+    out, proc = train(env, "short_without_checkpoints", "logger=csv", "trainer.enable_checkpointing=false",
+                      "trainer.max_steps=2")
+    assert not (out / "checkpoints").exists() and json.loads((out / "summary.json").read_text())["val_loss"]
+    assert "checkpoint    : none" in proc.stdout.split("Done:")[1]
 
 
 STEP2 = ["logger=csv", "trainer.max_steps=2", "trainer.val_check_interval=2", "train.warmup_steps=0"]

@@ -189,7 +189,9 @@ class TrainerConfig:
                                                               "val_check_interval only")] = 1
     num_sanity_val_steps: Annotated[int | None, Ge(-1), doc("validation batches before training; -1: all")] = None
     log_every_n_steps: Annotated[int | None, Gt(0), doc("steps between metric logs")] = None
-    enable_checkpointing: Annotated[bool | None, doc("null: on when callbacks.model_checkpoint is")] = None
+    enable_checkpointing: Annotated[bool | None, doc("null: on when callbacks.model_checkpoint is; false: no "
+                                                     "checkpoints, callbacks.model_checkpoint left out (an interrupt "
+                                                     "still saves last.ckpt)")] = None
     enable_progress_bar: Annotated[bool | None, doc("the progress bar")] = None
     enable_model_summary: Annotated[bool | None, doc("the model summary at the start")] = None
     accumulate_grad_batches: Annotated[int, Gt(0), doc("batches whose gradients make one step")] = 1

@@ -213,7 +213,10 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
     logger_cfg = to_plain(cfg.logger) if cfg.logger else {}
 
     # everything that can be refused is checked before the first file is written
-    built = make_callbacks(settings.callbacks, RunContext(
+    callbacks_cfg = settings.callbacks
+    if trainer_kwargs.get("enable_checkpointing") is False:  # no checkpoints asked for: the callback that writes them goes
+        callbacks_cfg = {k: v for k, v in callbacks_cfg.items() if k != "model_checkpoint"}
+    built = make_callbacks(callbacks_cfg, RunContext(
         tokenizer=dm.tokenizer, out_dir=out_dir, seed=cfg.seed, flops_per_token=budget["flops_per_token"]["training"],
         precision=str(trainer_kwargs.get("precision", "32")),
         has_logger=any(options not in (None, False) for options in logger_cfg.values()),
