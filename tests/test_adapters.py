@@ -37,6 +37,27 @@ def test_the_command_line_is_read_as_hydra_main_reads_it():
         pytest.fail(ADAPTER + f"hydra._internal.utils.get_args_parser ({err})")
 
 
+@pytest.mark.parametrize("args,ordered", [
+    (["task=report", "-m", "seed=1,2"], ["-m", "task=report", "seed=1,2"]),
+    (["a=1", "--cfg", "job", "b=2", "--info", "c=3"], ["--cfg", "job", "a=1", "b=2", "c=3", "--info"]),
+    (["a=1", "--info", "defaults", "-cn", "x", "--config-dir=/y", "b=2"],
+     ["--info", "defaults", "-cn", "x", "--config-dir=/y", "a=1", "b=2"]),
+    (["-x", "a=1"], ["-x", "a=1"]),  # no flag of Hydra's: left where it is, for argparse to refuse
+])
+def test_flags_after_overrides_mean_what_they_mean_before_them(args, ordered):
+    assert hydra_adapter.flags_first(args) == ordered
+    if "-x" not in args:
+        assert hydra_adapter.parse_command_line(ordered).overrides == [a for a in args if "=" in a and "-" not in a]
+
+
+def test_a_flag_after_an_override_runs_as_before_it(tmp_path, cli):
+    """`run.py task=report -m model.n_layers=1,2`: two jobs, as with -m first (Hydra's argparse alone refuses it)."""
+    proc = cli("task=report", "model=tiny", "-m", "model.n_layers=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
+
+
 def test_the_basic_sweepers_jobs_are_planned_in_its_order():
     try:
         jobs = hydra_adapter.plan_basic_sweep(["model.n_layers=1,2", "task=report", "model/mask=causal,none"])

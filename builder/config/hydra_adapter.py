@@ -27,6 +27,33 @@ BASIC_SWEEPER = f"{BasicSweeper.__module__}.{BasicSweeper.__qualname__}"
 CORE_PLUGINS = BasicSweeper.__module__.rsplit(".", 1)[0] + "."
 
 
+def flags_first(args: list[str]) -> list[str]:
+    """``args`` with Hydra's flags (and their values) moved before the overrides, each group in its order:
+    ``task=report -m model.n_layers=1,2`` as ``-m task=report model.n_layers=1,2``. Hydra's argparse takes the
+    overrides as one positional list, so a flag after the first override ends every later override's parsing
+    ("unrecognized arguments"); the two orders mean the same. A flag whose value may be left out and is (``--info``)
+    goes last. A token that is no flag of Hydra's stays among the overrides."""
+    actions = {opt: action for action in get_args_parser()._actions for opt in action.option_strings}
+    flags, overrides, bare, i = [], [], [], 0
+    while i < len(args):
+        token = args[i]
+        action = actions.get(token.split("=", 1)[0] if token.startswith("--") else token)
+        i += 1
+        if action is None:
+            overrides.append(token)
+            continue
+        if action.nargs == 0 or (token.startswith("--") and "=" in token):
+            flags.append(token)
+        elif action.nargs == "?" and (i == len(args) or args[i] not in (action.choices or ())):
+            bare.append(token)  # its value left out (--info): last, where no override can be taken for the value
+        elif i < len(args):
+            flags += [token, args[i]]
+            i += 1
+        else:
+            flags.append(token)  # a value missing: argparse says so
+    return flags + overrides + bare
+
+
 def parse_command_line(args: list[str]) -> argparse.Namespace:
     """``args`` (``sys.argv[1:]``) as ``hydra.main`` parses them: ``overrides``, ``config_dir``, ``config_path``,
     ``config_name``, ``multirun``, ``cfg``, ``help`` ... An unknown flag ends the process as argparse does

@@ -40,6 +40,7 @@ from ..config.cli import (
     public_composer,
     register_help_resolver,
 )
+from ..config.hydra_adapter import flags_first
 from ..config.preflight import Refused, passed_config, preflight_passed, take_checked
 from ..config.preflight import reset as reset_preflight
 from ..config.printing import WRITTEN, ConfigDisplay, displaying
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
 
     The command line is checked (builder/config/cli.py), ``hydra.main`` composes once and runs the task; the
     preflight (builder/config/preflight.py) checks the composed config before Hydra writes anything."""
-    args = sys.argv[1:] if argv is None else list(argv)
+    args = flags_first(sys.argv[1:] if argv is None else list(argv))
     try:
         ns = check_command_line(args, TASKS, Path(__file__).parent)
     except ConfigError as err:
