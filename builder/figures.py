@@ -12,6 +12,7 @@ class at once. ``place_labels`` puts the labels of a scatter's points where none
 from __future__ import annotations
 
 import io
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -167,6 +168,13 @@ def save_png(fig: Figure, path, dpi: int = 110) -> Path:
         fig.savefig(tmp, dpi=dpi, format="png")
     _checked(fig, dpi, str(path))
     return path
+
+
+def wrapped(text: str, width_inches: float, fontsize: float) -> str:
+    """``text`` with each line broken at spaces to fit ``width_inches`` at ``fontsize`` points (a character taken
+    as 0.6 em wide: DejaVu Sans averages less), for a title that is longer than its figure is wide."""
+    chars = max(12, int(width_inches * 72 / (0.6 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars, break_long_words=True) if line else line for line in text.split("\n"))
 
 
 class ShownFigure(Figure):

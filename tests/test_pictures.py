@@ -107,6 +107,22 @@ def test_crowded_inputs_are_laid_out():
             fig._repr_png_()
 
 
+@pytest.mark.parametrize("tokens", [1, 3, 30, 48, 100])
+def test_one_heads_pattern_keeps_its_labels_on_the_canvas(tmp_path, tokens):
+    """task=attend's picture of one head, from one token to a window longer than the labels shown: the axis labels,
+    the two-line title and the colour bar's ticks all on the canvas, none over another (with a fixed aspect and a
+    two-line title, 'query (looking)' was cut off from about 30 tokens on)."""
+    from builder.interp.plots import draw_head
+
+    pattern = np.tril(np.ones((tokens, tokens)))
+    pattern /= pattern.sum(1, keepdims=True)
+    labels = [f"tok{i}" if i % 3 else "a" for i in range(tokens)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CrowdedText)
+        draw_head(tmp_path / "head.png", labels, pattern, pattern > 0, "last.ckpt layer 0 head 0 · kv 0 (shared by "
+                  "heads 0-3)")
+
+
 def test_sweep_chart_labels_close_points_apart(tmp_path):
     """A sweep whose jobs land close together: every job's label placed where it overlaps no other."""
     from builder.tasks.compare import draw

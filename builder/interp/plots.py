@@ -15,7 +15,7 @@ from matplotlib.collections import PatchCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..figures import ShownFigure, place_labels, renderer_for
+from ..figures import ShownFigure, place_labels, renderer_for, wrapped
 from ..figures import save_png as save_figure  # every picture is written (and its text checked) there
 
 MASKED_COLOR = "#d9d9d9"
@@ -52,11 +52,11 @@ def masked_hatching(masked: np.ndarray):
 
 
 def _heatmap(ax, grid, mask, tokens, cmap="Blues", vmin=None, vmax=None, values=False, fontsize=7, axis_labels=True,
-             max_labels: int = 64):
+             max_labels: int = 64, aspect: str = "equal"):
     grid = np.asarray(grid, dtype=float)
     shown = np.ma.masked_where(~mask, grid) if mask is not None else np.ma.masked_invalid(grid)
     colormap = matplotlib.colormaps[cmap].with_extremes(bad=MASKED_COLOR)
-    im = ax.imshow(shown, cmap=colormap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="equal")
+    im = ax.imshow(shown, cmap=colormap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect=aspect)
     t = grid.shape[0]
     if mask is not None and (~mask).any():
         ax.add_collection(masked_hatching(~np.asarray(mask, dtype=bool)))
@@ -93,9 +93,11 @@ def draw_head(path, tokens: list[str], pattern, mask=None, title: str = "") -> P
     size = min(14, max(4, 0.45 * t + 2))
     fig = ShownFigure(figsize=(size + 1, size), layout="constrained")
     ax = fig.subplots()
-    im = _heatmap(ax, pattern, mask, tokens, vmin=0, vmax=1, values=True)
+    # cells kept square by the figure's shape, not by a fixed aspect: constrained layout then places the axis labels
+    # (with a fixed aspect and a two-line title it left 'query (looking)' off the canvas from ~30 tokens on)
+    im = _heatmap(ax, pattern, mask, tokens, vmin=0, vmax=1, values=True, aspect="auto")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="attention weight (softmax)")
-    ax.set_title(title + "\ngrey hatched = masked (not allowed), white = allowed but ~0 weight", fontsize=9)
+    fig.suptitle(title + "\ngrey hatched = masked (not allowed), white = allowed but ~0 weight", fontsize=9)
     return save_figure(fig, path)
 
 
@@ -119,9 +121,11 @@ def patterns_figure(tokens: list[str], patterns, masks=None, layer_ids=None, hea
     head_ids = list(head_ids) if head_ids is not None else list(range(n_heads))
     labelled = t <= 24
     cell = 2.6 if labelled else 2.2
-    lines = (title.count("\n") + 1 if title else 0) + 1  # the suptitle's lines: room for each, and for each row's titles
+    width = cell * n_heads + 1.2
+    suptitle = wrapped((title + "\n" if title else "") + "rows: queries, columns: keys; grey hatched = masked", width, 9)
+    lines = suptitle.count("\n") + 1  # the suptitle's lines: room for each, and for each row's titles
     # constrained layout: it makes room for the colour bar's ticks and label and for the title's lines
-    fig = ShownFigure(figsize=(cell * n_heads + 1.2, (cell + 0.3) * n_layers + 0.5 + 0.2 * lines), layout="constrained")
+    fig = ShownFigure(figsize=(width, (cell + 0.3) * n_layers + 0.5 + 0.2 * lines), layout="constrained")
     axes = fig.subplots(n_layers, n_heads, squeeze=False)
     for i in range(n_layers):
         for j in range(n_heads):
@@ -134,7 +138,7 @@ def patterns_figure(tokens: list[str], patterns, masks=None, layer_ids=None, hea
             if layer_notes is not None and layer_notes[i] not in ("", "causal"):
                 name += f" · {layer_notes[i]}"
             ax.set_title(name, fontsize=8)
-    fig.suptitle((title + "\n" if title else "") + "rows: queries, columns: keys; grey hatched = masked", fontsize=9)
+    fig.suptitle(suptitle, fontsize=9)
     fig.colorbar(im, ax=axes, fraction=0.02 if n_heads > 2 else 0.05, pad=0.01, label="attention weight (softmax)")
     return fig
 
