@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -245,11 +246,23 @@ def preset_shares() -> list[dict]:
     return sorted(rows, key=lambda r: r["total_params"])
 
 
+_SIZE = re.compile(r"(\d+x)?\d+[bm]\d*|a\d+b|small|medium|large|xl")
+
+
+def preset_family(name: str) -> str:
+    """A preset's family: its name without the size parts at its end (gpt_oss_20b -> gpt_oss, qwen3_30b_a3b ->
+    qwen3, gpt3_1b3 -> gpt3, deepseek_v3 and tiny_moe as they are)."""
+    parts = name.split("_")
+    while len(parts) > 1 and _SIZE.fullmatch(parts[-1]):
+        parts.pop()
+    return "_".join(parts)
+
+
 def shares_table(rows: list[dict], markdown: bool = False) -> str:
-    """One row per preset: its family (the name's first part), width, depth, query/key-value heads, size, share."""
+    """One row per preset: its family (its name less the size), width, depth, query/key-value heads, size, share."""
     return table(["preset", "family", "d_model", "n_layers", "heads q/kv", "total", "attention share", "active",
                   "of active"],
-                  [[r["model"], r["model"].split("_")[0], str(r["d_model"]), str(r["n_layers"]),
+                  [[r["model"], preset_family(r["model"]), str(r["d_model"]), str(r["n_layers"]),
                     f"{r['n_heads']}/{r.get('n_kv_heads', r['n_heads'])}", human(r["total_params"]),
                     f"{100 * r['attention_share']:.1f}%", human(r.get("active_params", r["total_params"])),
                     f"{100 * r.get('active_attention_share', r['attention_share']):.1f}%"] for r in rows], markdown)

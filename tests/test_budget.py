@@ -46,6 +46,15 @@ def test_preset_shares_table_agrees_with_each_budget():
         assert rows[name]["attention_share"] == pytest.approx(b["attention_share"])
 
 
+def test_the_shares_table_names_each_presets_family():
+    from builder.report import preset_family
+
+    assert {name: preset_family(name) for name in ("gpt_oss_20b", "qwen3_30b_a3b", "gpt3_1b3", "mixtral_8x7b",
+                                                   "gpt2_xl", "deepseek_v3", "tiny_moe", "tinyllama_1b")} == {
+        "gpt_oss_20b": "gpt_oss", "qwen3_30b_a3b": "qwen3", "gpt3_1b3": "gpt3", "mixtral_8x7b": "mixtral",
+        "gpt2_xl": "gpt2", "deepseek_v3": "deepseek_v3", "tiny_moe": "tiny_moe", "tinyllama_1b": "tinyllama"}
+
+
 def test_importing_and_counting_stay_light():
     """`import builder` and a meta-device count pull in none of the heavy libraries (start-up time)."""
     heavy = ["wandb", "matplotlib", "transformers", "pytorch_lightning", "torch._dynamo"]
