@@ -157,8 +157,9 @@ class AttentionProbe(pl.Callback):
         log_image(trainer.loggers, "attention/patterns", path, step=step, caption=f"step {step}")
         loads = getattr(pl_module, "val_expert_loads", None)  # (a LitGPT; another module has none)
         if loads is not None:  # a mixture of experts: the choices per expert over this validation's batches
+            whose = " (process 0's share of them)" if trainer.world_size > 1 else ""
             path = save_png(load_figure(dict(zip(moe_layers(model), loads)), title=f"step {step}: load per expert "
-                                        "over the validation batches (this process's)"),
+                                        f"over the validation batches{whose}"),
                             self.out_dir / "attention" / f"expert_load_step{step}.png")
             self.paths.append(path)
             log_image(trainer.loggers, "attention/expert_load", path, step=step, caption=f"step {step}")
