@@ -157,7 +157,7 @@ class AttentionProbe(pl.Callback):
         log_image(trainer.loggers, "attention/patterns", path, step=step, caption=f"step {step}")
         loads = getattr(pl_module, "val_expert_loads", None)  # (a LitGPT; another module has none)
         if loads is not None:  # a mixture of experts: the choices per expert over this validation's batches
-            whose = " (process 0's share of them)" if trainer.world_size > 1 else ""
+            whose = " (one process's share of them)" if trainer.world_size > 1 else ""
             path = save_png(load_figure(dict(zip(moe_layers(model), loads)), title=f"step {step}: load per expert "
                                         f"over the validation batches{whose}"),
                             self.out_dir / "attention" / f"expert_load_step{step}.png")
