@@ -121,7 +121,7 @@ class Tensor:
 
 @dataclass(frozen=True, kw_only=True)
 class Rope:
-    """How a family's config.json writes rotary positions."""
+    """How a family's config.json writes rotary positions: ``read`` as our embedding settings, ``write`` back."""
 
     #: rope_theta when config.json has none
     theta: float = 10000.0
@@ -135,6 +135,80 @@ class Rope:
     legacy_fraction: str | None = None
     #: whether the family's rotary is read with rope_type yarn (transformers' YaRN, as model.embedding.scaling=yarn)
     yarn: bool = False
+
+    def read(self, hf: dict, model_type: str, refuse) -> dict:
+        """embedding.base / fraction / llama3 scaling from rope_parameters (transformers 5), or rope_scaling, rope_theta,
+        partial_rotary_factor and GPT-NeoX's rotary_emb_base / rotary_pct (older config.json files)."""
+        params = hf.get("rope_scaling") or hf.get("rope_parameters") or {}  # transformers 5 prefers rope_scaling too
+        if not isinstance(params, dict):
+            refuse("rope_parameters", params, "a mapping (rope_type, rope_theta, ...)")
+        if params and all(isinstance(v, dict) for v in params.values()):  # one set per layer type
+            sets = list(params.values())
+            if any(s != sets[0] for s in sets):
+                refuse("rope_parameters", params, "one rotary setting for every layer (model.embedding=rotary has one)")
+            params = sets[0]
+        base = params.get("rope_theta", hf.get("rope_theta", _legacy(hf, self.legacy_theta, self.theta)))
+        fraction = params.get("partial_rotary_factor",
+                              hf.get("partial_rotary_factor", _legacy(hf, self.legacy_fraction, self.fraction)))
+        kind = params.get("rope_type", params.get("type", "default"))
+        out = {"embedding.base": float(base), "embedding.fraction": float(fraction)}
+        if fraction != 1.0 and not self.partial:
+            refuse("partial_rotary_factor", fraction, f"1.0: {model_type} in transformers rotates every channel")
+        if kind == "llama3":
+            out.update({"embedding.scale_factor": float(params["factor"]),
+                        "embedding.low_freq_factor": float(params.get("low_freq_factor", 1.0)),
+                        "embedding.high_freq_factor": float(params.get("high_freq_factor", 4.0)),
+                        "embedding.original_context": int(params.get("original_max_position_embeddings", 8192))})
+        elif kind == "yarn" and self.yarn:
+            if params.get("attention_factor") is not None:
+                refuse("attention_factor", params["attention_factor"], "absent: model.embedding=rotary derives YaRN's "
+                       "cos/sin factor from factor, mscale and mscale_all_dim")
+            out.update({"embedding.scaling": "yarn", "embedding.scale_factor": float(params["factor"]),
+                        "embedding.original_context": int(params["original_max_position_embeddings"]),
+                        "embedding.beta_fast": float(params.get("beta_fast") or 32.0),
+                        "embedding.beta_slow": float(params.get("beta_slow") or 1.0),
+                        "embedding.truncate": bool(params.get("truncate", True))})
+            for key in ("mscale", "mscale_all_dim"):
+                out[f"embedding.{key}"] = float(params[key]) if params.get(key) is not None else None
+        elif kind != "default":
+            kinds = "default, llama3 or yarn" if self.yarn else "default or llama3"
+            refuse("rope_type", kind, f"{kinds} (model.embedding=rotary computes those frequencies; no "
+                                      f"hydraformer component computes {kind!r} ones)")
+        return out
+
+    def write(self, flat: dict, hf: dict, miss) -> None:
+        """rope_parameters (and transformers 4's rope_theta, rope_scaling, the legacy keys) for our rotary settings."""
+        fraction = flat["embedding.fraction"]
+        params = {"rope_type": "default", "rope_theta": flat["embedding.base"]}
+        if self.partial:
+            params["partial_rotary_factor"] = fraction
+        elif fraction != 1.0:
+            miss("embedding.fraction", fraction, 1.0)
+        if flat["embedding.scale_factor"] is not None and flat["embedding.scaling"] == "yarn":
+            if not self.yarn:
+                miss("embedding.scaling", "yarn", "no YaRN rotary in hydraformer's reading of it")
+            params.update({"rope_type": "yarn", "factor": flat["embedding.scale_factor"],
+                           "original_max_position_embeddings": flat["embedding.original_context"],
+                           "beta_fast": flat["embedding.beta_fast"], "beta_slow": flat["embedding.beta_slow"],
+                           "truncate": flat["embedding.truncate"]})
+            params.update({k: flat[f"embedding.{k}"] for k in ("mscale", "mscale_all_dim")
+                           if flat[f"embedding.{k}"] is not None})
+        elif flat["embedding.scale_factor"] is not None:
+            params.update({"rope_type": "llama3", "factor": flat["embedding.scale_factor"],
+                           "low_freq_factor": flat["embedding.low_freq_factor"],
+                           "high_freq_factor": flat["embedding.high_freq_factor"],
+                           "original_max_position_embeddings": flat["embedding.original_context"]})
+            hf["rope_scaling"] = dict(params)  # transformers 4
+        hf["rope_parameters"] = params
+        hf["rope_theta"] = flat["embedding.base"]  # transformers 4
+        if self.legacy_theta is not None:
+            hf[self.legacy_theta] = params["rope_theta"]
+        if self.legacy_fraction is not None:
+            hf[self.legacy_fraction] = fraction
+
+
+def _legacy(hf: dict, key: str | None, default):
+    return hf[key] if key is not None and hf.get(key) is not None else default
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -842,52 +916,6 @@ def _value(hf: dict, key: str, default, ours: str = "", read: dict | None = None
     return value
 
 
-def _rope_in(fam: Family, hf: dict, refuse) -> dict:
-    """embedding.base / fraction / llama3 scaling from rope_parameters (transformers 5), or rope_scaling, rope_theta,
-    partial_rotary_factor and GPT-NeoX's rotary_emb_base / rotary_pct (older config.json files)."""
-    rope = fam.rope
-    params = hf.get("rope_scaling") or hf.get("rope_parameters") or {}  # transformers 5 prefers rope_scaling too
-    if not isinstance(params, dict):
-        refuse("rope_parameters", params, "a mapping (rope_type, rope_theta, ...)")
-    if params and all(isinstance(v, dict) for v in params.values()):  # one set per layer type
-        sets = list(params.values())
-        if any(s != sets[0] for s in sets):
-            refuse("rope_parameters", params, "one rotary setting for every layer (model.embedding=rotary has one)")
-        params = sets[0]
-    base = params.get("rope_theta", hf.get("rope_theta", _legacy(hf, rope.legacy_theta, rope.theta)))
-    fraction = params.get("partial_rotary_factor",
-                          hf.get("partial_rotary_factor", _legacy(hf, rope.legacy_fraction, rope.fraction)))
-    kind = params.get("rope_type", params.get("type", "default"))
-    out = {"embedding.base": float(base), "embedding.fraction": float(fraction)}
-    if fraction != 1.0 and not rope.partial:
-        refuse("partial_rotary_factor", fraction, f"1.0: {fam.model_type} in transformers rotates every channel")
-    if kind == "llama3":
-        out.update({"embedding.scale_factor": float(params["factor"]),
-                    "embedding.low_freq_factor": float(params.get("low_freq_factor", 1.0)),
-                    "embedding.high_freq_factor": float(params.get("high_freq_factor", 4.0)),
-                    "embedding.original_context": int(params.get("original_max_position_embeddings", 8192))})
-    elif kind == "yarn" and rope.yarn:
-        if params.get("attention_factor") is not None:
-            refuse("attention_factor", params["attention_factor"], "absent: model.embedding=rotary derives YaRN's "
-                   "cos/sin factor from factor, mscale and mscale_all_dim")
-        out.update({"embedding.scaling": "yarn", "embedding.scale_factor": float(params["factor"]),
-                    "embedding.original_context": int(params["original_max_position_embeddings"]),
-                    "embedding.beta_fast": float(params.get("beta_fast") or 32.0),
-                    "embedding.beta_slow": float(params.get("beta_slow") or 1.0),
-                    "embedding.truncate": bool(params.get("truncate", True))})
-        for key in ("mscale", "mscale_all_dim"):
-            out[f"embedding.{key}"] = float(params[key]) if params.get(key) is not None else None
-    elif kind != "default":
-        kinds = "default, llama3 or yarn" if rope.yarn else "default or llama3"
-        refuse("rope_type", kind, f"{kinds} (model.embedding=rotary computes those frequencies; no "
-                                  f"hydraformer component computes {kind!r} ones)")
-    return out
-
-
-def _legacy(hf: dict, key: str | None, default):
-    return hf[key] if key is not None and hf.get(key) is not None else default
-
-
 def family_of(hf_cfg: dict) -> Family | None:
     """The family a config.json describes (its model_type, else its architectures), or None."""
     fam = FAMILIES.get(hf_cfg.get("model_type"))
@@ -935,7 +963,7 @@ def hf_to_flat(fam: Family, hf: dict, refuse=None) -> dict:
     else:
         flat["d_head"] = None
     if fam.rope is not None:
-        flat.update(_rope_in(fam, hf, refuse))
+        flat.update(fam.rope.read(hf, fam.model_type, refuse))
     flat.update(fam.mask.read(hf, flat["n_layers"], refuse))
     fam.read_odd(hf, flat, refuse)
     flat["dropout"] = 0.0
@@ -1006,38 +1034,6 @@ def _differences(a: dict, b: dict) -> list[str]:
 # our model config → config.json
 
 
-def _rope_out(fam: Family, flat: dict, hf: dict, miss) -> None:
-    if fam.rope is None:
-        return
-    fraction = flat["embedding.fraction"]
-    params = {"rope_type": "default", "rope_theta": flat["embedding.base"]}
-    if fam.rope.partial:
-        params["partial_rotary_factor"] = fraction
-    elif fraction != 1.0:
-        miss("embedding.fraction", fraction, 1.0)
-    if flat["embedding.scale_factor"] is not None and flat["embedding.scaling"] == "yarn":
-        if not fam.rope.yarn:
-            miss("embedding.scaling", "yarn", "no YaRN rotary in hydraformer's reading of it")
-        params.update({"rope_type": "yarn", "factor": flat["embedding.scale_factor"],
-                       "original_max_position_embeddings": flat["embedding.original_context"],
-                       "beta_fast": flat["embedding.beta_fast"], "beta_slow": flat["embedding.beta_slow"],
-                       "truncate": flat["embedding.truncate"]})
-        params.update({k: flat[f"embedding.{k}"] for k in ("mscale", "mscale_all_dim")
-                       if flat[f"embedding.{k}"] is not None})
-    elif flat["embedding.scale_factor"] is not None:
-        params.update({"rope_type": "llama3", "factor": flat["embedding.scale_factor"],
-                       "low_freq_factor": flat["embedding.low_freq_factor"],
-                       "high_freq_factor": flat["embedding.high_freq_factor"],
-                       "original_max_position_embeddings": flat["embedding.original_context"]})
-        hf["rope_scaling"] = dict(params)  # transformers 4
-    hf["rope_parameters"] = params
-    hf["rope_theta"] = flat["embedding.base"]  # transformers 4
-    if fam.rope.legacy_theta is not None:
-        hf[fam.rope.legacy_theta] = params["rope_theta"]
-    if fam.rope.legacy_fraction is not None:
-        hf[fam.rope.legacy_fraction] = fraction
-
-
 def flat_to_hf(fam: Family, flat: dict) -> tuple[dict, list[str]]:
     """``fam``'s config.json for a canonical model config, and what ``fam`` cannot express of it (then the
     config is not to be used)."""
@@ -1075,7 +1071,8 @@ def flat_to_hf(fam: Family, flat: dict) -> tuple[dict, list[str]]:
         hf[fam.head_dim] = flat["d_head"]
     elif flat["d_head"] * flat["n_heads"] != flat["d_model"]:
         miss("d_head", flat["d_head"], f"d_head = d_model / n_heads = {flat['d_model'] / flat['n_heads']:g}")
-    _rope_out(fam, flat, hf, miss)
+    if fam.rope is not None:
+        fam.rope.write(flat, hf, miss)
     fam.mask.write(flat, hf, miss)
     fam.write_odd(flat, hf, miss)
     hf.update(fam.extra)
