@@ -332,3 +332,18 @@ def test_a_table_row_that_is_not_its_type_is_refused_at_import():
         Key("hidden_size", "d_model", 4096)  # fields are named where they are declared
     with pytest.raises(TypeError, match="tuple of tensor names"):
         Tensor(names="model.embed_tokens.weight")
+
+
+@pytest.mark.parametrize("one,other", [
+    (["model/attention=multi_head"], ["model/attention=grouped_query", "model.attention.n_kv_heads=4"]),
+    (["model/embedding=rotary"], ["model/embedding=rotary", "model.embedding.beta_fast=5", "model.embedding.scaling=yarn"]),
+    (["model/mlp=swiglu"], ["model/mlp=swiglu", "model.mlp.hidden=344"]),  # SwiGLU's default width for d_model 128
+    (["model=tiny_moe"], ["model=tiny_moe", "model.mlp.aux_loss=0.5", "model.mlp.limit=3.0", "model.mlp.dense_hidden=8"]),
+])
+def test_each_component_says_which_spellings_are_the_same_model(one, other):
+    """canonical() asks each component (Settings.canonical): an equivalent spelling, an option the choice does not
+    read, a null width and a training-only loss weight leave the model what it is; a setting it reads does not."""
+    base = ["model.n_heads=4"]
+    assert canonical(builder.compose([*base, *one]).model) == canonical(builder.compose([*base, *other]).model)
+    assert canonical(builder.compose([*base, *one]).model) != canonical(builder.compose([*base, *one,
+                                                                                          "model.bias=false"]).model)
