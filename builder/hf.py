@@ -3,15 +3,18 @@
     model, tokenizer, model_cfg = builder.hf.load_hf("path/to/llama")      # or builder.load_model(DIR)
     builder.hf.save_hf(model, tokenizer, model_cfg, "out/dir")             # task=export format=hf
 
-Each family (``FAMILIES``) is a ``Family``: which of our model-config settings every model of the family has
-(``ours``; the components read from the family's preset where there is one), which ``config.json`` keys copy onto
-which of ours (``keys``), which keys choose a setting (``choices``), which values we cannot run (``requires``), how
-rotary positions and the attention band are written (a ``Rope``; ``Causal``, ``SlidingWindow``, ``QwenWindow`` or
-``LayerTypes``), which tensor names are ours (``tensors``: our name → the family's names, ``{e}`` for each expert,
-and a ``Transform``: ``Transposed`` GPT-2 Conv1D, ``SplitQKV``, ``NeoxHeads``, ``PerExpert``, ``GateUpPairs``,
-``ExpertsTransposed``, ``RotaryRows``), and methods for what a table cannot say (``DeepseekV3``'s query scale and
-its multi-token-prediction layers). Both directions read the same family; an export is checked by reading its config
-back, so a model is written only in a family that expresses every setting it has.
+Each family (``FAMILIES``) is a ``Family`` whose every field is named: the preset that is a model of it
+(``preset``: its components are read from ``conf/model/<preset>.yaml``, written nowhere else), the rest of our
+settings every model of it has (``ours``), which ``config.json`` keys copy onto which of ours (``Key``s), which choose
+a setting (``Choice``s), which values we cannot run (``Require``s), how rotary positions and the attention band are
+written (a ``Rope``; ``Causal``, ``SlidingWindow``, ``QwenWindow`` or ``LayerTypes``), and which of the family's
+tensors hold each of ours (``Tensor``s: names, ``{e}`` for each expert, and a ``Transform``: ``Transposed`` GPT-2
+Conv1D, ``SplitQKV``, ``NeoxHeads``, ``PerExpert``, ``GateUpPairs``, ``ExpertsTransposed``, ``RotaryRows``); a
+subclass's methods say what a table cannot (``GPT2``'s n_inner, ``DeepseekV3``'s query scale and its
+multi-token-prediction layers). A table row that is not of its type is refused at import. Both directions read the
+same family; an export is checked by reading its config back and comparing the two ``canonical`` configs (each
+component says which of its settings matter: ``Settings.canonical`` / ``neutral`` in components/), so a model is
+written only in a family that expresses every setting it has.
 
 Everything stays local and safe: weights come from safetensors or from ``torch.load(weights_only=True)``, so a
 ``pytorch_model.bin`` whose unpickling would run code is refused. Before the model is built, every tensor's name and
@@ -26,10 +29,12 @@ import json
 import math
 import re
 import zipfile
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import yaml
@@ -51,56 +56,46 @@ PYTORCH_BIN_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFETENSORS, SAFETENSORS_INDEX, PYTORCH_BIN, PYTORCH_BIN_INDEX)
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", TOKENIZER_JSON)
+PRESETS = files("conf") / "model"
 
 #: GPT-2's activation names that are the tanh-approximated GELU our ``gelu`` MLP computes
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 
 
-class _Ref(str):
-    """A default that is another config.json key's value (``num_key_value_heads`` defaults to the head count)."""
+@dataclass(frozen=True, kw_only=True)
+class SameAs:
+    """A default that is another config.json key's value (``num_key_value_heads`` defaults to the head count), or
+    ``default`` when that key is absent too."""
+
+    hf: str
+    default: Any = None
 
 
-# component options, with the value that changes nothing: what a component without the option computes
-NEUTRAL = {
-    "attention.qkv_bias": None, "attention.qk_norm": False, "attention.qk_norm_eps": 1e-6,
-    "attention.query_scale": None, "attention.softcap": None,
-    "embedding.base": 10000.0, "embedding.fraction": 1.0, "embedding.scale_factor": None,
-    "embedding.low_freq_factor": 1.0, "embedding.high_freq_factor": 4.0, "embedding.original_context": 8192,
-    "norm.unit_offset": False, "mask.window": None, "mask.band_layers": "odd", "mlp.approximate": "tanh",
-    "embedding.scaling": "llama3", "embedding.beta_fast": 32.0, "embedding.beta_slow": 1.0, "embedding.truncate": True,
-    "embedding.mscale": None, "embedding.mscale_all_dim": None, "attention.sinks": False,
-}
-_LLAMA3 = ("scale_factor", "low_freq_factor", "high_freq_factor", "original_context")
-_YARN = ("beta_fast", "beta_slow", "truncate", "mscale", "mscale_all_dim")
-#: settings of a mixture of experts that only training reads, or that no expert layer uses
-_MOE_TRAINING = ("mlp.aux_loss", "mlp.z_loss", "mlp.bias_update_rate")
-
-
-class Tensor(NamedTuple):
-    """The family's tensors that hold one of ours, and how (None: as it is)."""
-
-    names: tuple
-    transform: Transform | None = None
-
-
-class Key(NamedTuple):
+@dataclass(frozen=True, kw_only=True)
+class Key:
     """A config.json key copied onto one of ours."""
 
     hf: str
     ours: str
-    #: when the key is absent (or null where null is not a value of ours): a value or ``_Ref(other key)``
+    #: when the key is absent (or null where null is not a value of ours): a value or a ``SameAs``
     default: Any
+    #: config.json's value → ours, and back, where it is not copied as it is (Gemma 2's query_pre_attn_scalar)
+    read: Callable[[Any], Any] | None = None
+    write: Callable[[Any], Any] | None = None
 
 
-class Choice(NamedTuple):
+@dataclass(frozen=True, kw_only=True)
+class Choice:
     """A config.json key whose values choose settings of ours; export writes the first value whose settings match."""
 
     hf: str
     default: Any
+    #: config.json's value → our settings (flat keys) it stands for
     options: dict
 
 
-class Require(NamedTuple):
+@dataclass(frozen=True, kw_only=True)
+class Require:
     """A config.json key with values we cannot run: the accepted ones (export writes the first), and what
     hydraformer lacks for the others."""
 
@@ -110,9 +105,23 @@ class Require(NamedTuple):
     lacks: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class Tensor:
+    """The family's tensors that hold one of ours (``{e}``: each expert, in order), and how (None: as it is)."""
+
+    names: tuple[str, ...]
+    transform: Transform | None = None
+
+    def __post_init__(self):
+        if not (isinstance(self.names, tuple) and self.names and all(isinstance(n, str) for n in self.names)):
+            raise TypeError(f"Tensor(names=...) takes a tuple of tensor names; got {self.names!r}")
+        if self.transform is not None and not isinstance(self.transform, Transform):
+            raise TypeError(f"Tensor(transform=...) takes a Transform or None; got {self.transform!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Rope:
-    """How a family's config.json writes rotary positions."""
+    """How a family's config.json writes rotary positions: ``read`` as our embedding settings, ``write`` back."""
 
     #: rope_theta when config.json has none
     theta: float = 10000.0
@@ -120,10 +129,86 @@ class Rope:
     fraction: float = 1.0
     #: whether the family rotates part of each head (a fraction below 1 is read, else refused)
     partial: bool = False
-    #: older config.json keys (GPT-NeoX's rotary_emb_base / rotary_pct) → theta / fraction
-    legacy: dict = field(default_factory=dict)
+    #: older config.json keys of theta and fraction (GPT-NeoX's rotary_emb_base, rotary_pct), read when the
+    #: newer ones are absent and written beside them
+    legacy_theta: str | None = None
+    legacy_fraction: str | None = None
     #: whether the family's rotary is read with rope_type yarn (transformers' YaRN, as model.embedding.scaling=yarn)
     yarn: bool = False
+
+    def read(self, hf: dict, model_type: str, refuse) -> dict:
+        """embedding.base / fraction / llama3 scaling from rope_parameters (transformers 5), or rope_scaling, rope_theta,
+        partial_rotary_factor and GPT-NeoX's rotary_emb_base / rotary_pct (older config.json files)."""
+        params = hf.get("rope_scaling") or hf.get("rope_parameters") or {}  # transformers 5 prefers rope_scaling too
+        if not isinstance(params, dict):
+            refuse("rope_parameters", params, "a mapping (rope_type, rope_theta, ...)")
+        if params and all(isinstance(v, dict) for v in params.values()):  # one set per layer type
+            sets = list(params.values())
+            if any(s != sets[0] for s in sets):
+                refuse("rope_parameters", params, "one rotary setting for every layer (model.embedding=rotary has one)")
+            params = sets[0]
+        base = params.get("rope_theta", hf.get("rope_theta", _legacy(hf, self.legacy_theta, self.theta)))
+        fraction = params.get("partial_rotary_factor",
+                              hf.get("partial_rotary_factor", _legacy(hf, self.legacy_fraction, self.fraction)))
+        kind = params.get("rope_type", params.get("type", "default"))
+        out = {"embedding.base": float(base), "embedding.fraction": float(fraction)}
+        if fraction != 1.0 and not self.partial:
+            refuse("partial_rotary_factor", fraction, f"1.0: {model_type} in transformers rotates every channel")
+        if kind == "llama3":
+            out.update({"embedding.scale_factor": float(params["factor"]),
+                        "embedding.low_freq_factor": float(params.get("low_freq_factor", 1.0)),
+                        "embedding.high_freq_factor": float(params.get("high_freq_factor", 4.0)),
+                        "embedding.original_context": int(params.get("original_max_position_embeddings", 8192))})
+        elif kind == "yarn" and self.yarn:
+            if params.get("attention_factor") is not None:
+                refuse("attention_factor", params["attention_factor"], "absent: model.embedding=rotary derives YaRN's "
+                       "cos/sin factor from factor, mscale and mscale_all_dim")
+            out.update({"embedding.scaling": "yarn", "embedding.scale_factor": float(params["factor"]),
+                        "embedding.original_context": int(params["original_max_position_embeddings"]),
+                        "embedding.beta_fast": float(params.get("beta_fast") or 32.0),
+                        "embedding.beta_slow": float(params.get("beta_slow") or 1.0),
+                        "embedding.truncate": bool(params.get("truncate", True))})
+            for key in ("mscale", "mscale_all_dim"):
+                out[f"embedding.{key}"] = float(params[key]) if params.get(key) is not None else None
+        elif kind != "default":
+            kinds = "default, llama3 or yarn" if self.yarn else "default or llama3"
+            refuse("rope_type", kind, f"{kinds} (model.embedding=rotary computes those frequencies; no "
+                                      f"hydraformer component computes {kind!r} ones)")
+        return out
+
+    def write(self, flat: dict, hf: dict, miss) -> None:
+        """rope_parameters (and transformers 4's rope_theta, rope_scaling, the legacy keys) for our rotary settings."""
+        fraction = flat["embedding.fraction"]
+        params = {"rope_type": "default", "rope_theta": flat["embedding.base"]}
+        if self.partial:
+            params["partial_rotary_factor"] = fraction
+        elif fraction != 1.0:
+            miss("embedding.fraction", fraction, 1.0)
+        if flat["embedding.scale_factor"] is not None and flat["embedding.scaling"] == "yarn":
+            if not self.yarn:
+                miss("embedding.scaling", "yarn", "no YaRN rotary in hydraformer's reading of it")
+            params.update({"rope_type": "yarn", "factor": flat["embedding.scale_factor"],
+                           "original_max_position_embeddings": flat["embedding.original_context"],
+                           "beta_fast": flat["embedding.beta_fast"], "beta_slow": flat["embedding.beta_slow"],
+                           "truncate": flat["embedding.truncate"]})
+            params.update({k: flat[f"embedding.{k}"] for k in ("mscale", "mscale_all_dim")
+                           if flat[f"embedding.{k}"] is not None})
+        elif flat["embedding.scale_factor"] is not None:
+            params.update({"rope_type": "llama3", "factor": flat["embedding.scale_factor"],
+                           "low_freq_factor": flat["embedding.low_freq_factor"],
+                           "high_freq_factor": flat["embedding.high_freq_factor"],
+                           "original_max_position_embeddings": flat["embedding.original_context"]})
+            hf["rope_scaling"] = dict(params)  # transformers 4
+        hf["rope_parameters"] = params
+        hf["rope_theta"] = flat["embedding.base"]  # transformers 4
+        if self.legacy_theta is not None:
+            hf[self.legacy_theta] = params["rope_theta"]
+        if self.legacy_fraction is not None:
+            hf[self.legacy_fraction] = fraction
+
+
+def _legacy(hf: dict, key: str | None, default):
+    return hf[key] if key is not None and hf.get(key) is not None else default
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -208,19 +293,48 @@ class LayerTypes(Causal):
         hf["sliding_window"] = window if window is not None else self.window
 
 
-@dataclass(frozen=True)
+def _components_of(preset: str) -> dict:
+    """The components ``conf/model/<preset>.yaml`` chooses, as our flat keys (``mlp.name``): its parents' choices,
+    then its own, then its ``override`` entries, as Hydra composes them; the mask aside (a family's band is its
+    ``mask``). Plain YAML, so reading a Hugging Face directory imports no Hydra; tests/test_hf_families.py checks it
+    against the composed preset."""
+    entries = yaml.safe_load((PRESETS / f"{preset}.yaml").read_text())["defaults"]
+    chosen: dict = {}
+    for entry in entries:
+        if isinstance(entry, str) and entry not in ("schema", "_self_"):
+            chosen.update(_components_of(entry))
+    groups = [(group, option) for entry in entries if isinstance(entry, dict) for group, option in entry.items()]
+    for group, option in sorted(groups, key=lambda g: g[0].startswith("override ")):
+        kind = group.removeprefix("override ")
+        if kind in components.KINDS and kind != "mask":
+            chosen[f"{kind}.name"] = option
+    return chosen
+
+
+def _typed(fam: str, field_name: str, rows, kind: type) -> None:
+    """A table written as anything but ``kind`` (a plain tuple) is a programming error: refused at import."""
+    bad = [row for row in (rows.values() if isinstance(rows, dict) else rows) if not isinstance(row, kind)]
+    if bad or not isinstance(rows, dict if kind is Tensor else tuple):
+        raise TypeError(f"family {fam}: {field_name} holds {kind.__name__}s (named fields), in a "
+                        f"{'dict' if kind is Tensor else 'tuple'}; got {(bad or [rows])[0]!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Family:
     """How one Hugging Face family's ``config.json`` and tensors map onto our model config and state dict."""
 
     model_type: str
     architecture: str
-    #: our model config (flat keys, ``attention.n_kv_heads``) that every model of the family has
-    ours: dict
-    #: config.json keys copied onto ours (``Key``s; plain tuples are read as such)
+    #: the preset that is a model of the family (``conf/model/<preset>.yaml``): every model of the family has its
+    #: components; they are written there, not here
+    preset: str
+    #: the rest of our model config (flat keys, ``norm.layout``) that every model of the family has
+    ours: dict = field(default_factory=dict)
+    #: config.json keys copied onto ours
     keys: tuple[Key, ...]
-    #: config.json keys that choose settings of ours (``Choice``s)
+    #: config.json keys that choose settings of ours
     choices: tuple[Choice, ...] = ()
-    #: config.json values we cannot run (``Require``s)
+    #: config.json values we cannot run
     requires: tuple[Require, ...] = ()
     #: the config.json key of d_head, or None: d_head is d_model // n_heads
     head_dim: str | None = None
@@ -230,8 +344,8 @@ class Family:
     mask: Causal = Causal()
     #: the base model's prefix in tensor names (lm_head / embed_out have none); files without it load too
     prefix: str = "model."
-    #: our name ({i}: the block) → (the family's names ({e}: each expert, in order), a Transform or None)
-    tensors: dict = field(default_factory=dict)
+    #: our tensor name ({i}: the block) → the family's
+    tensors: dict[str, Tensor] = field(default_factory=dict)
     #: regexes of what files hold besides weights (causal-mask buffers, rotary tables)
     ignore: tuple = ()
     #: written as they are on export
@@ -242,9 +356,21 @@ class Family:
     dropouts: tuple = ("attention_dropout",)
 
     def __post_init__(self):
-        for name, kind in (("keys", Key), ("choices", Choice), ("requires", Require)):
-            object.__setattr__(self, name, tuple(kind(*row) for row in getattr(self, name)))
-        object.__setattr__(self, "tensors", {ours: Tensor(*row) for ours, row in self.tensors.items()})
+        for name, kind in (("keys", Key), ("choices", Choice), ("requires", Require), ("tensors", Tensor)):
+            _typed(self.model_type, name, getattr(self, name), kind)
+        if not isinstance(self.mask, Causal) or not isinstance(self.rope, Rope | None):
+            raise TypeError(f"family {self.model_type}: mask is a band class (Causal, ...), rope a Rope or None; got "
+                            f"{self.mask!r}, {self.rope!r}")
+        if not (PRESETS / f"{self.preset}.yaml").is_file():
+            raise TypeError(f"family {self.model_type}: preset {self.preset!r} is not a file in {PRESETS}")
+        if chosen := [key for key in self.ours if key.endswith(".name")]:
+            raise TypeError(f"family {self.model_type}: {', '.join(chosen)} in ours; the components are the "
+                            f"preset's ({self.preset}.yaml)")
+
+    @cached_property
+    def settings(self) -> dict:
+        """Our model config (flat keys) that every model of the family has: the preset's components and ``ours``."""
+        return {**_components_of(self.preset), **self.ours}
 
     def read_odd(self, hf: dict, flat: dict, refuse) -> None:
         """What the tables cannot say about reading this family's config.json (none by default)."""
@@ -380,21 +506,32 @@ class RotaryRows(Transform):
         return ts[0].index_select(0, _rope_rows(self.latent, flat, ts[0].device)).contiguous()
 
 
+
 T, QKV, NEOX = Transposed(), SplitQKV(), NeoxHeads()
 
 
-def _linear(ours: str, theirs: str, transform=None, bias: bool = True) -> dict:
-    rows = {f"{ours}.weight": ((f"{theirs}.weight",), transform)}
+def _as_is(name: str) -> Tensor:
+    return Tensor(names=(name,))
+
+
+def _linear(ours: str, theirs: str, transform: Transform | None = None, bias: bool = True) -> dict[str, Tensor]:
+    """A linear map's weight (through ``transform``) and bias (as it is)."""
+    rows = {f"{ours}.weight": Tensor(names=(f"{theirs}.weight",), transform=transform)}
     if bias:
-        rows[f"{ours}.bias"] = ((f"{theirs}.bias",), None)
+        rows[f"{ours}.bias"] = _as_is(f"{theirs}.bias")
     return rows
 
 
+def _without(tensors: dict, part: str) -> dict:
+    """A table less our tensors under ``part`` (``.mlp.``: a family with its own MLP tensors)."""
+    return {ours: t for ours, t in tensors.items() if part not in ours}
+
+
 _GPT2_TENSORS = {
-    "token_embedding.weight": (("transformer.wte.weight",), None),
-    "positions.table.weight": (("transformer.wpe.weight",), None),
+    "token_embedding.weight": _as_is("transformer.wte.weight"),
+    "positions.table.weight": _as_is("transformer.wpe.weight"),
     **_linear("final_norm", "transformer.ln_f"),
-    "unembedding.weight": (("lm_head.weight",), None),
+    "unembedding.weight": _as_is("lm_head.weight"),
     **_linear("blocks.{i}.norm_1", "transformer.h.{i}.ln_1"),
     **_linear("blocks.{i}.attention.qkv", "transformer.h.{i}.attn.c_attn", T),
     **_linear("blocks.{i}.attention.o", "transformer.h.{i}.attn.c_proj", T),
@@ -404,111 +541,119 @@ _GPT2_TENSORS = {
 }
 _L = "model.layers.{i}"
 _LLAMA_TENSORS = {
-    "token_embedding.weight": (("model.embed_tokens.weight",), None),
-    "final_norm.weight": (("model.norm.weight",), None),
-    "unembedding.weight": (("lm_head.weight",), None),
-    "blocks.{i}.norm_1.weight": ((f"{_L}.input_layernorm.weight",), None),
-    "blocks.{i}.norm_2.weight": ((f"{_L}.post_attention_layernorm.weight",), None),
-    "blocks.{i}.attention.qkv.weight": (tuple(f"{_L}.self_attn.{p}_proj.weight" for p in "qkv"), QKV),
-    "blocks.{i}.attention.qkv.bias": (tuple(f"{_L}.self_attn.{p}_proj.bias" for p in "qkv"), QKV),
+    "token_embedding.weight": _as_is("model.embed_tokens.weight"),
+    "final_norm.weight": _as_is("model.norm.weight"),
+    "unembedding.weight": _as_is("lm_head.weight"),
+    "blocks.{i}.norm_1.weight": _as_is(f"{_L}.input_layernorm.weight"),
+    "blocks.{i}.norm_2.weight": _as_is(f"{_L}.post_attention_layernorm.weight"),
+    **{f"blocks.{{i}}.attention.qkv.{p}": Tensor(names=tuple(f"{_L}.self_attn.{x}_proj.{p}" for x in "qkv"),
+                                                 transform=QKV) for p in ("weight", "bias")},
     **_linear("blocks.{i}.attention.o", f"{_L}.self_attn.o_proj"),
-    "blocks.{i}.attention.q_norm.weight": ((f"{_L}.self_attn.q_norm.weight",), None),
-    "blocks.{i}.attention.k_norm.weight": ((f"{_L}.self_attn.k_norm.weight",), None),
+    "blocks.{i}.attention.q_norm.weight": _as_is(f"{_L}.self_attn.q_norm.weight"),
+    "blocks.{i}.attention.k_norm.weight": _as_is(f"{_L}.self_attn.k_norm.weight"),
     **_linear("blocks.{i}.mlp.gate", f"{_L}.mlp.gate_proj"),
     **_linear("blocks.{i}.mlp.up", f"{_L}.mlp.up_proj"),
     **_linear("blocks.{i}.mlp.proj", f"{_L}.mlp.down_proj"),
 }
 _GEMMA2_TENSORS = {
     **_LLAMA_TENSORS,
-    "blocks.{i}.post_norm_1.weight": ((f"{_L}.post_attention_layernorm.weight",), None),
-    "blocks.{i}.norm_2.weight": ((f"{_L}.pre_feedforward_layernorm.weight",), None),
-    "blocks.{i}.post_norm_2.weight": ((f"{_L}.post_feedforward_layernorm.weight",), None),
+    "blocks.{i}.post_norm_1.weight": _as_is(f"{_L}.post_attention_layernorm.weight"),
+    "blocks.{i}.norm_2.weight": _as_is(f"{_L}.pre_feedforward_layernorm.weight"),
+    "blocks.{i}.post_norm_2.weight": _as_is(f"{_L}.post_feedforward_layernorm.weight"),
 }
 _N = "gpt_neox.layers.{i}"
 _NEOX_TENSORS = {
-    "token_embedding.weight": (("gpt_neox.embed_in.weight",), None),
+    "token_embedding.weight": _as_is("gpt_neox.embed_in.weight"),
     **_linear("final_norm", "gpt_neox.final_layer_norm"),
-    "unembedding.weight": (("embed_out.weight",), None),
+    "unembedding.weight": _as_is("embed_out.weight"),
     **_linear("blocks.{i}.norm_1", f"{_N}.input_layernorm"),
     **_linear("blocks.{i}.norm_2", f"{_N}.post_attention_layernorm"),
-    "blocks.{i}.attention.qkv.weight": ((f"{_N}.attention.query_key_value.weight",), NEOX),
-    "blocks.{i}.attention.qkv.bias": ((f"{_N}.attention.query_key_value.bias",), NEOX),
+    **{f"blocks.{{i}}.attention.qkv.{p}": Tensor(names=(f"{_N}.attention.query_key_value.{p}",), transform=NEOX)
+       for p in ("weight", "bias")},
     **_linear("blocks.{i}.attention.o", f"{_N}.attention.dense"),
     **_linear("blocks.{i}.mlp.fc", f"{_N}.mlp.dense_h_to_4h"),
     **_linear("blocks.{i}.mlp.proj", f"{_N}.mlp.dense_4h_to_h"),
 }
 _ROTARY_BUFFERS = (r"\.rotary_emb\.inv_freq$",)
-_E = f"{_L}.mlp.experts.{{e}}"
-# Qwen3-MoE and DeepSeek-V3 files hold one gate/up/down per expert (transformers fuses them in memory only)
-_EXPERT_TENSORS = {
-    "blocks.{i}.mlp.router.weight": ((f"{_L}.mlp.gate.weight",), None),
-    "blocks.{i}.mlp.w_in": ((f"{_E}.gate_proj.weight", f"{_E}.up_proj.weight"), PerExpert(2)),
-    "blocks.{i}.mlp.w_out": ((f"{_E}.down_proj.weight",), PerExpert()),
-}
+
+
+def _experts(router: str, experts: str, gate: str, up: str, down: str) -> dict[str, Tensor]:
+    """A router and one gate/up/down matrix per expert (``{e}``; transformers fuses them in memory only), stacked
+    as ours."""
+    return {"blocks.{i}.mlp.router.weight": _as_is(f"{router}.weight"),
+            "blocks.{i}.mlp.w_in": Tensor(names=(f"{experts}.{{e}}.{gate}.weight", f"{experts}.{{e}}.{up}.weight"),
+                                          transform=PerExpert(parts=2)),
+            "blocks.{i}.mlp.w_out": Tensor(names=(f"{experts}.{{e}}.{down}.weight",), transform=PerExpert())}
+
+
+_EXPERT_TENSORS = _experts(f"{_L}.mlp.gate", f"{_L}.mlp.experts", "gate_proj", "up_proj", "down_proj")
 _MIXTRAL_TENSORS = {
-    **{k: v for k, v in _LLAMA_TENSORS.items() if ".mlp." not in k},
-    "blocks.{i}.mlp.router.weight": ((f"{_L}.block_sparse_moe.gate.weight",), None),
-    "blocks.{i}.mlp.w_in": ((f"{_L}.block_sparse_moe.experts.{{e}}.w1.weight",
-                             f"{_L}.block_sparse_moe.experts.{{e}}.w3.weight"), PerExpert(2)),
-    "blocks.{i}.mlp.w_out": ((f"{_L}.block_sparse_moe.experts.{{e}}.w2.weight",), PerExpert()),
+    **_without(_LLAMA_TENSORS, ".mlp."),
+    **_experts(f"{_L}.block_sparse_moe.gate", f"{_L}.block_sparse_moe.experts", "w1", "w3", "w2"),
 }
 _A = f"{_L}.self_attn"
 _DEEPSEEK_TENSORS = {
-    **{k: v for k, v in _LLAMA_TENSORS.items() if ".attention." not in k},  # the first dense layers' gated MLPs
+    **_without(_LLAMA_TENSORS, ".attention."),  # the first dense layers' gated MLPs
     **_EXPERT_TENSORS,
-    "blocks.{i}.mlp.selection_bias": ((f"{_L}.mlp.gate.e_score_correction_bias",), None),
-    **{f"blocks.{{i}}.mlp.shared.{ours}.weight": ((f"{_L}.mlp.shared_experts.{theirs}.weight",), None)
+    "blocks.{i}.mlp.selection_bias": _as_is(f"{_L}.mlp.gate.e_score_correction_bias"),
+    **{f"blocks.{{i}}.mlp.shared.{ours}.weight": _as_is(f"{_L}.mlp.shared_experts.{theirs}.weight")
        for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("proj", "down_proj"))},
-    "blocks.{i}.attention.q.weight": ((f"{_A}.q_proj.weight",), RotaryRows()),
-    "blocks.{i}.attention.q_a.weight": ((f"{_A}.q_a_proj.weight",), None),
-    "blocks.{i}.attention.q_norm.weight": ((f"{_A}.q_a_layernorm.weight",), None),
-    "blocks.{i}.attention.q_b.weight": ((f"{_A}.q_b_proj.weight",), RotaryRows()),
-    "blocks.{i}.attention.kv_a.weight": ((f"{_A}.kv_a_proj_with_mqa.weight",), RotaryRows(latent=True)),
-    "blocks.{i}.attention.kv_norm.weight": ((f"{_A}.kv_a_layernorm.weight",), None),
-    "blocks.{i}.attention.kv_b.weight": ((f"{_A}.kv_b_proj.weight",), None),
-    "blocks.{i}.attention.o.weight": ((f"{_A}.o_proj.weight",), None),
+    "blocks.{i}.attention.q.weight": Tensor(names=(f"{_A}.q_proj.weight",), transform=RotaryRows()),
+    "blocks.{i}.attention.q_a.weight": _as_is(f"{_A}.q_a_proj.weight"),
+    "blocks.{i}.attention.q_norm.weight": _as_is(f"{_A}.q_a_layernorm.weight"),
+    "blocks.{i}.attention.q_b.weight": Tensor(names=(f"{_A}.q_b_proj.weight",), transform=RotaryRows()),
+    "blocks.{i}.attention.kv_a.weight": Tensor(names=(f"{_A}.kv_a_proj_with_mqa.weight",),
+                                               transform=RotaryRows(latent=True)),
+    "blocks.{i}.attention.kv_norm.weight": _as_is(f"{_A}.kv_a_layernorm.weight"),
+    "blocks.{i}.attention.kv_b.weight": _as_is(f"{_A}.kv_b_proj.weight"),
+    "blocks.{i}.attention.o.weight": _as_is(f"{_A}.o_proj.weight"),
 }
 _M = f"{_L}.mlp"
 _GPT_OSS_TENSORS = {
-    **{k: v for k, v in _LLAMA_TENSORS.items() if ".mlp." not in k},
-    "blocks.{i}.attention.sinks": ((f"{_A}.sinks",), None),
+    **_without(_LLAMA_TENSORS, ".mlp."),
+    "blocks.{i}.attention.sinks": _as_is(f"{_A}.sinks"),
     **_linear("blocks.{i}.mlp.router", f"{_M}.router"),
-    "blocks.{i}.mlp.w_in": ((f"{_M}.experts.gate_up_proj",), GateUpPairs(matrix=True)),
-    "blocks.{i}.mlp.in_bias": ((f"{_M}.experts.gate_up_proj_bias",), GateUpPairs()),
-    "blocks.{i}.mlp.w_out": ((f"{_M}.experts.down_proj",), ExpertsTransposed()),
-    "blocks.{i}.mlp.out_bias": ((f"{_M}.experts.down_proj_bias",), None),
+    "blocks.{i}.mlp.w_in": Tensor(names=(f"{_M}.experts.gate_up_proj",), transform=GateUpPairs(matrix=True)),
+    "blocks.{i}.mlp.in_bias": Tensor(names=(f"{_M}.experts.gate_up_proj_bias",), transform=GateUpPairs()),
+    "blocks.{i}.mlp.w_out": Tensor(names=(f"{_M}.experts.down_proj",), transform=ExpertsTransposed()),
+    "blocks.{i}.mlp.out_bias": _as_is(f"{_M}.experts.down_proj_bias"),
 }
 
 # the keys every Llama-like config.json has (defaults: LlamaConfig's)
 _LLAMA_KEYS = (
-    ("hidden_size", "d_model", 4096), ("num_hidden_layers", "n_layers", 32), ("num_attention_heads", "n_heads", 32),
-    ("num_key_value_heads", "attention.n_kv_heads", _Ref("num_attention_heads")), ("vocab_size", "vocab_size", 32000),
-    ("max_position_embeddings", "context_length", 2048), ("intermediate_size", "mlp.hidden", 11008),
-    ("rms_norm_eps", "norm.eps", 1e-6), ("tie_word_embeddings", "tie_embeddings", False),
-    ("initializer_range", "init_std", 0.02),
+    Key(hf="hidden_size", ours="d_model", default=4096),
+    Key(hf="num_hidden_layers", ours="n_layers", default=32),
+    Key(hf="num_attention_heads", ours="n_heads", default=32),
+    Key(hf="num_key_value_heads", ours="attention.n_kv_heads", default=SameAs(hf="num_attention_heads")),
+    Key(hf="vocab_size", ours="vocab_size", default=32000),
+    Key(hf="max_position_embeddings", ours="context_length", default=2048),
+    Key(hf="intermediate_size", ours="mlp.hidden", default=11008),
+    Key(hf="rms_norm_eps", ours="norm.eps", default=1e-6),
+    Key(hf="tie_word_embeddings", ours="tie_embeddings", default=False),
+    Key(hf="initializer_range", ours="init_std", default=0.02),
 )
 
 
-def _components_of(preset: str) -> dict:
-    """The components a model preset chooses (the defaults list of ``conf/model/<preset>.yaml``; the mask aside: a
-    family's band is its ``mask``), as our flat keys: written once, there, for the family the preset is a model of."""
-    defaults = yaml.safe_load((files("conf") / "model" / f"{preset}.yaml").read_text())["defaults"]
-    return {f"{kind}.name": option for entry in defaults if isinstance(entry, dict)
-            for kind, option in entry.items() if kind in components.KINDS and kind != "mask"}
+def _keys(*keys: Key, without: tuple = (), **defaults) -> tuple[Key, ...]:
+    """_LLAMA_KEYS with other defaults (by config.json key: ``vocab_size=151936``), less those ``without`` names, then
+    ``keys``: each in the place of the Llama key of the same setting of ours (Qwen3-MoE's moe_intermediate_size for
+    intermediate_size), or added."""
+    if unknown := (defaults.keys() | set(without)) - {k.hf for k in _LLAMA_KEYS}:
+        raise TypeError(f"not keys of a Llama config.json: {sorted(unknown)}")
+    instead = {k.ours: k for k in keys}
+    llama = tuple(instead.pop(k.ours, replace(k, default=defaults.get(k.hf, k.default)))
+                  for k in _LLAMA_KEYS if k.hf not in without)
+    return llama + tuple(instead.values())
 
 
-_LLAMA_OURS = {**_components_of("llama2_7b"), "norm.layout": "pre"}
-_SILU = (("hidden_act", "silu", {"silu": {}}),)
+_SILU = (Choice(hf="hidden_act", default="silu", options={"silu": {}}),)
 _ROPE = Rope()
+_NO_ATTENTION_BIAS = ("{}'s attention_bias puts biases on q, k, v and o with none on the MLP: model.attention.qkv_bias "
+                      "covers q, k, v only, model.bias every layer")
+_GEMMA_ATTENTION_BIAS = "{}'s attention_bias puts biases on q, k, v and o with none on the MLP: model.bias sets every layer's"
 
 
-def _keys(*overrides) -> tuple:
-    """_LLAMA_KEYS with the defaults of some of our keys changed, and keys added."""
-    changed = {k[1]: k for k in overrides}
-    return tuple(changed.pop(k[1], k) for k in _LLAMA_KEYS) + tuple(changed.values())
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GPT2(Family):
     """GPT-2: n_inner null means 4 d_model, and n_ctx repeats n_positions."""
 
@@ -521,16 +666,16 @@ class GPT2(Family):
 
 
 # a mixture of experts with none of the options some families add
-_MOE_PLAIN = {"mlp.name": "moe", "mlp.scoring": "softmax", "mlp.routed_scale": 1.0, "mlp.router_bias": False,
-              "mlp.selection_bias": False, "mlp.n_groups": 1, "mlp.shared_experts": 0, "mlp.first_dense": 0,
-              "mlp.activation": "silu", "mlp.expert_bias": False}
+_MOE_PLAIN = {"mlp.scoring": "softmax", "mlp.routed_scale": 1.0, "mlp.router_bias": False, "mlp.selection_bias": False,
+              "mlp.n_groups": 1, "mlp.shared_experts": 0, "mlp.first_dense": 0, "mlp.activation": "silu",
+              "mlp.expert_bias": False}
 
 
 def _yarn_mscale(factor: float, m: float) -> float:
     return 0.1 * m * math.log(factor) + 1.0 if factor > 1 else 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DeepseekV3(Family):
     """DeepSeek-V3: d_head is the rotary width (qk_rope_head_dim), the scores' scale follows from the head widths and
     YaRN's mscale_all_dim, and a file's multi-token-prediction layers (model.layers.N and on) are left out."""
@@ -553,179 +698,199 @@ class DeepseekV3(Family):
         return super().ignored(name, n_layers) or (layer is not None and int(layer[1]) >= n_layers)
 
 
+def _tidy(x: float):
+    """An integer when ``x`` is one up to rounding (query_pre_attn_scalar written back as 256, not 255.99999999999997)."""
+    return round(x) if abs(x - round(x)) < 1e-6 * max(1.0, abs(x)) else x
+
+
 FAMILIES = {f.model_type: f for f in (
     GPT2(
-        "gpt2", "GPT2LMHeadModel",
-        ours={"embedding.name": "learned", "attention.name": "multi_head", "mlp.name": "gelu",
-              "mlp.approximate": "tanh", "norm.name": "layernorm", "norm.layout": "pre", "bias": True},
-        keys=(("n_embd", "d_model", 768), ("n_layer", "n_layers", 12), ("n_head", "n_heads", 12),
-              ("vocab_size", "vocab_size", 50257),
-              ("n_positions", "context_length", _Ref("n_ctx")), ("n_inner", "mlp.hidden", None),
-              ("layer_norm_epsilon", "norm.eps", 1e-5), ("tie_word_embeddings", "tie_embeddings", True),
-              ("initializer_range", "init_std", 0.02)),
-        choices=(("activation_function", "gelu_new", {g: {} for g in TANH_GELUS}),),
-        requires=(("scale_attn_weights", True, (True,), "scores divided by sqrt(d_head) is the only scale of "
-                   "model.attention (scale_attn_weights=false leaves them unscaled)"),
-                  ("scale_attn_by_inverse_layer_idx", False, (False,), "no model.attention option divides layer i's "
-                   "scores by i + 1"),
-                  ("add_cross_attention", False, (False,), "hydraformer builds decoder-only models: no cross-attention "
-                   "component")),
+        model_type="gpt2", architecture="GPT2LMHeadModel", preset="gpt2_small",
+        ours={"mlp.approximate": "tanh", "norm.layout": "pre", "bias": True},
+        keys=(Key(hf="n_embd", ours="d_model", default=768),
+              Key(hf="n_layer", ours="n_layers", default=12),
+              Key(hf="n_head", ours="n_heads", default=12),
+              Key(hf="vocab_size", ours="vocab_size", default=50257),
+              Key(hf="n_positions", ours="context_length", default=SameAs(hf="n_ctx", default=1024)),
+              Key(hf="n_inner", ours="mlp.hidden", default=None),
+              Key(hf="layer_norm_epsilon", ours="norm.eps", default=1e-5),
+              Key(hf="tie_word_embeddings", ours="tie_embeddings", default=True),
+              Key(hf="initializer_range", ours="init_std", default=0.02)),
+        choices=(Choice(hf="activation_function", default="gelu_new", options={g: {} for g in TANH_GELUS}),),
+        requires=(Require(hf="scale_attn_weights", default=True, accepted=(True,),
+                          lacks="scores divided by sqrt(d_head) is the only scale of model.attention "
+                                "(scale_attn_weights=false leaves them unscaled)"),
+                  Require(hf="scale_attn_by_inverse_layer_idx", default=False, accepted=(False,),
+                          lacks="no model.attention option divides layer i's scores by i + 1"),
+                  Require(hf="add_cross_attention", default=False, accepted=(False,),
+                          lacks="hydraformer builds decoder-only models: no cross-attention component")),
         prefix="transformer.", tensors=_GPT2_TENSORS, ignore=(r"\.attn\.(bias|masked_bias)$",),
     ),
     Family(
-        "llama", "LlamaForCausalLM", ours={**_LLAMA_OURS}, head_dim="head_dim", rope=_ROPE,
-        keys=(*_LLAMA_KEYS, ("attention_bias", "bias", False), ("mlp_bias", "bias", False)),
+        model_type="llama", architecture="LlamaForCausalLM", preset="llama2_7b", ours={"norm.layout": "pre"},
+        head_dim="head_dim", rope=_ROPE,
+        keys=(*_LLAMA_KEYS, Key(hf="attention_bias", ours="bias", default=False),
+              Key(hf="mlp_bias", ours="bias", default=False)),
         choices=_SILU, tensors=_LLAMA_TENSORS, ignore=_ROTARY_BUFFERS, extra={"pretraining_tp": 1},
     ),
     Family(
-        "mistral", "MistralForCausalLM", ours={**_LLAMA_OURS, "bias": False}, head_dim="head_dim", rope=_ROPE,
-        mask=SlidingWindow(),
-        keys=_keys(("intermediate_size", "mlp.hidden", 14336), ("max_position_embeddings", "context_length", 131072),
-                   ("num_key_value_heads", "attention.n_kv_heads", 8)),
+        model_type="mistral", architecture="MistralForCausalLM", preset="mistral_7b",
+        ours={"norm.layout": "pre", "bias": False}, head_dim="head_dim", rope=_ROPE, mask=SlidingWindow(),
+        keys=_keys(intermediate_size=14336, max_position_embeddings=131072, num_key_value_heads=8),
         choices=_SILU, tensors=_LLAMA_TENSORS, ignore=_ROTARY_BUFFERS,
     ),
     Family(
-        "qwen2", "Qwen2ForCausalLM", ours={**_LLAMA_OURS, "bias": False, "attention.qkv_bias": True}, rope=_ROPE,
-        mask=QwenWindow(), head_dim="head_dim",  # not a Qwen2Config field, but Qwen2's attention reads it when it is there
-        keys=_keys(("vocab_size", "vocab_size", 151936), ("intermediate_size", "mlp.hidden", 22016),
-                   ("max_position_embeddings", "context_length", 32768)),
+        model_type="qwen2", architecture="Qwen2ForCausalLM", preset="qwen2_7b",
+        ours={"norm.layout": "pre", "bias": False, "attention.qkv_bias": True}, rope=_ROPE, mask=QwenWindow(),
+        head_dim="head_dim",  # not a Qwen2Config field, but Qwen2's attention reads it when it is there
+        keys=_keys(vocab_size=151936, intermediate_size=22016, max_position_embeddings=32768),
         choices=_SILU, tensors=_LLAMA_TENSORS, ignore=_ROTARY_BUFFERS,
     ),
     Family(
-        "qwen3", "Qwen3ForCausalLM", ours={**_LLAMA_OURS, "attention.qk_norm": True, "bias": False},
-        head_dim="head_dim",
-        rope=_ROPE, mask=QwenWindow(),
-        keys=_keys(("vocab_size", "vocab_size", 151936), ("intermediate_size", "mlp.hidden", 22016),
-                   ("max_position_embeddings", "context_length", 32768), ("rms_norm_eps", "attention.qk_norm_eps", 1e-6)),
-        requires=(("attention_bias", False, (False,), "Qwen3's attention_bias puts biases on q, k, v and o with none on "
-                   "the MLP: model.attention.qkv_bias covers q, k, v only, model.bias every layer"),),
+        model_type="qwen3", architecture="Qwen3ForCausalLM", preset="qwen3_8b",
+        ours={"norm.layout": "pre", "attention.qk_norm": True, "bias": False},
+        head_dim="head_dim", rope=_ROPE, mask=QwenWindow(),
+        keys=_keys(Key(hf="rms_norm_eps", ours="attention.qk_norm_eps", default=1e-6),
+                   vocab_size=151936, intermediate_size=22016, max_position_embeddings=32768),
+        requires=(Require(hf="attention_bias", default=False, accepted=(False,),
+                          lacks=_NO_ATTENTION_BIAS.format("Qwen3")),),
         choices=_SILU, tensors=_LLAMA_TENSORS, ignore=_ROTARY_BUFFERS, extra={"attention_bias": False},
     ),
     Family(
-        "gpt_neox", "GPTNeoXForCausalLM",
-        ours={"embedding.name": "rotary", "attention.name": "multi_head", "mlp.name": "gelu",
-              "norm.name": "layernorm", "bias": True},
-        keys=(("hidden_size", "d_model", 6144), ("num_hidden_layers", "n_layers", 44),
-              ("num_attention_heads", "n_heads", 64),
-              ("vocab_size", "vocab_size", 50432), ("max_position_embeddings", "context_length", 2048),
-              ("intermediate_size", "mlp.hidden", 24576), ("layer_norm_eps", "norm.eps", 1e-5),
-              ("tie_word_embeddings", "tie_embeddings", False), ("initializer_range", "init_std", 0.02)),
-        choices=(("hidden_act", "gelu", {"gelu": {"mlp.approximate": "none"}, "gelu_new": {"mlp.approximate": "tanh"},
-                                         "gelu_pytorch_tanh": {"mlp.approximate": "tanh"}}),
-                 ("use_parallel_residual", True, {True: {"norm.layout": "parallel"}, False: {"norm.layout": "pre"}})),
-        requires=(("attention_bias", True, (True,), "GPT-NeoX's MLP and norms always have biases: attention without "
-                   "them has no model.bias setting"),),
-        rope=Rope(fraction=0.25, partial=True, legacy={"rotary_emb_base": "theta", "rotary_pct": "fraction"}),
+        model_type="gpt_neox", architecture="GPTNeoXForCausalLM", preset="pythia_160m", ours={"bias": True},
+        keys=(Key(hf="hidden_size", ours="d_model", default=6144),
+              Key(hf="num_hidden_layers", ours="n_layers", default=44),
+              Key(hf="num_attention_heads", ours="n_heads", default=64),
+              Key(hf="vocab_size", ours="vocab_size", default=50432),
+              Key(hf="max_position_embeddings", ours="context_length", default=2048),
+              Key(hf="intermediate_size", ours="mlp.hidden", default=24576),
+              Key(hf="layer_norm_eps", ours="norm.eps", default=1e-5),
+              Key(hf="tie_word_embeddings", ours="tie_embeddings", default=False),
+              Key(hf="initializer_range", ours="init_std", default=0.02)),
+        choices=(Choice(hf="hidden_act", default="gelu",
+                        options={"gelu": {"mlp.approximate": "none"}, "gelu_new": {"mlp.approximate": "tanh"},
+                                 "gelu_pytorch_tanh": {"mlp.approximate": "tanh"}}),
+                 Choice(hf="use_parallel_residual", default=True,
+                        options={True: {"norm.layout": "parallel"}, False: {"norm.layout": "pre"}})),
+        requires=(Require(hf="attention_bias", default=True, accepted=(True,),
+                          lacks="GPT-NeoX's MLP and norms always have biases: attention without them has no "
+                                "model.bias setting"),),
+        rope=Rope(fraction=0.25, partial=True, legacy_theta="rotary_emb_base", legacy_fraction="rotary_pct"),
         prefix="gpt_neox.", tensors=_NEOX_TENSORS,
         ignore=(r"\.attention\.(bias|masked_bias)$", *_ROTARY_BUFFERS),
     ),
     Family(
-        "gemma", "GemmaForCausalLM",
-        ours={**_LLAMA_OURS, "mlp.name": "geglu", "norm.unit_offset": True, "scale_embeddings": True, "bias": False},
+        model_type="gemma", architecture="GemmaForCausalLM", preset="gemma_2b",
+        ours={"norm.layout": "pre", "norm.unit_offset": True, "scale_embeddings": True, "bias": False},
         head_dim="head_dim", rope=_ROPE,
-        keys=_keys(("vocab_size", "vocab_size", 256000), ("hidden_size", "d_model", 3072),
-                   ("intermediate_size", "mlp.hidden", 24576), ("num_hidden_layers", "n_layers", 28),
-                   ("num_attention_heads", "n_heads", 16), ("max_position_embeddings", "context_length", 8192),
-                   ("tie_word_embeddings", "tie_embeddings", True)),
+        keys=_keys(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
+                   num_attention_heads=16, max_position_embeddings=8192, tie_word_embeddings=True),
         # transformers reads Gemma's legacy "gelu" as the tanh approximation too
-        choices=(("hidden_act", "gelu_pytorch_tanh", {"gelu_pytorch_tanh": {}, "gelu": {}}),),
-        requires=(("attention_bias", False, (False,), "Gemma's attention_bias puts biases on q, k, v and o with none "
-                   "on the MLP: model.bias sets every layer's"),),
+        choices=(Choice(hf="hidden_act", default="gelu_pytorch_tanh", options={"gelu_pytorch_tanh": {}, "gelu": {}}),),
+        requires=(Require(hf="attention_bias", default=False, accepted=(False,),
+                          lacks=_GEMMA_ATTENTION_BIAS.format("Gemma")),),
         tensors=_LLAMA_TENSORS, ignore=_ROTARY_BUFFERS,
     ),
     Family(
-        "gemma2", "Gemma2ForCausalLM",
-        ours={**_components_of("gemma2_2b"), "norm.unit_offset": True, "norm.layout": "sandwich",
-              "scale_embeddings": True, "bias": False},
+        model_type="gemma2", architecture="Gemma2ForCausalLM", preset="gemma2_2b",
+        ours={"norm.unit_offset": True, "norm.layout": "sandwich", "scale_embeddings": True, "bias": False},
         head_dim="head_dim", rope=_ROPE, mask=LayerTypes(),
-        keys=_keys(("vocab_size", "vocab_size", 256000), ("hidden_size", "d_model", 2304),
-                   ("intermediate_size", "mlp.hidden", 9216), ("num_hidden_layers", "n_layers", 26),
-                   ("num_attention_heads", "n_heads", 8), ("num_key_value_heads", "attention.n_kv_heads", 4),
-                   ("max_position_embeddings", "context_length", 8192), ("tie_word_embeddings", "tie_embeddings", True),
-                   ("attn_logit_softcapping", "attention.softcap", 50.0),
-                   ("final_logit_softcapping", "final_softcap", 30.0),
-                   ("query_pre_attn_scalar", "attention.query_scale", 256)),
-        choices=(("hidden_activation", "gelu_pytorch_tanh", {"gelu_pytorch_tanh": {}}),),
-        requires=(("attention_bias", False, (False,), "Gemma 2's attention_bias puts biases on q, k, v and o with none "
-                   "on the MLP: model.bias sets every layer's"),
-                  ("use_bidirectional_attention", None, (None, False), "bidirectional attention with sliding windows")),
+        keys=_keys(Key(hf="attn_logit_softcapping", ours="attention.softcap", default=50.0),
+                   Key(hf="final_logit_softcapping", ours="final_softcap", default=30.0),
+                   Key(hf="query_pre_attn_scalar", ours="attention.query_scale", default=256,
+                       read=lambda q: float(q) ** -0.5, write=lambda s: _tidy(s ** -2)),
+                   vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                   num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=8192,
+                   tie_word_embeddings=True),
+        choices=(Choice(hf="hidden_activation", default="gelu_pytorch_tanh", options={"gelu_pytorch_tanh": {}}),),
+        requires=(Require(hf="attention_bias", default=False, accepted=(False,),
+                          lacks=_GEMMA_ATTENTION_BIAS.format("Gemma 2")),
+                  Require(hf="use_bidirectional_attention", default=None, accepted=(None, False),
+                          lacks="bidirectional attention with sliding windows")),
         tensors=_GEMMA2_TENSORS, ignore=_ROTARY_BUFFERS,
     ),
     Family(
-        "mixtral", "MixtralForCausalLM", ours={**_LLAMA_OURS, **_MOE_PLAIN, "bias": False, "mlp.normalize": True},
+        model_type="mixtral", architecture="MixtralForCausalLM", preset="mixtral_8x7b",
+        ours={"norm.layout": "pre", **_MOE_PLAIN, "bias": False, "mlp.normalize": True},
         head_dim="head_dim", rope=Rope(theta=1e6), mask=SlidingWindow(),
-        keys=_keys(("intermediate_size", "mlp.hidden", 14336), ("max_position_embeddings", "context_length", 131072),
-                   ("num_key_value_heads", "attention.n_kv_heads", 8), ("num_local_experts", "mlp.n_experts", 8),
-                   ("num_experts_per_tok", "mlp.top_k", 2)),
+        keys=_keys(Key(hf="num_local_experts", ours="mlp.n_experts", default=8),
+                   Key(hf="num_experts_per_tok", ours="mlp.top_k", default=2),
+                   intermediate_size=14336, max_position_embeddings=131072, num_key_value_heads=8),
         aliases={"num_local_experts": "num_experts"},
         choices=_SILU, tensors=_MIXTRAL_TENSORS, ignore=_ROTARY_BUFFERS,
     ),
     Family(
-        "qwen3_moe", "Qwen3MoeForCausalLM", ours={**_LLAMA_OURS, **_MOE_PLAIN, "attention.qk_norm": True, "bias": False},
+        model_type="qwen3_moe", architecture="Qwen3MoeForCausalLM", preset="qwen3_30b_a3b",
+        ours={"norm.layout": "pre", **_MOE_PLAIN, "attention.qk_norm": True, "bias": False},
         head_dim="head_dim", rope=_ROPE, mask=QwenWindow(),
-        keys=_keys(("vocab_size", "vocab_size", 151936), ("moe_intermediate_size", "mlp.hidden", 768),
-                   ("max_position_embeddings", "context_length", 32768), ("rms_norm_eps", "attention.qk_norm_eps", 1e-6),
-                   ("num_experts", "mlp.n_experts", 128), ("num_experts_per_tok", "mlp.top_k", 8),
-                   ("norm_topk_prob", "mlp.normalize", False)),
+        keys=_keys(Key(hf="moe_intermediate_size", ours="mlp.hidden", default=768),
+                   Key(hf="rms_norm_eps", ours="attention.qk_norm_eps", default=1e-6),
+                   Key(hf="num_experts", ours="mlp.n_experts", default=128),
+                   Key(hf="num_experts_per_tok", ours="mlp.top_k", default=8),
+                   Key(hf="norm_topk_prob", ours="mlp.normalize", default=False),
+                   vocab_size=151936, max_position_embeddings=32768),
         aliases={"num_experts": "num_local_experts"},
-        requires=(("attention_bias", False, (False,), "Qwen3's attention_bias puts biases on q, k, v and o with none "
-                   "on the MLP: model.attention.qkv_bias covers q, k, v only, model.bias every layer"),
-                  ("decoder_sparse_step", 1, (1,), "model.mlp=moe puts experts in every layer (first_dense aside)"),
-                  ("mlp_only_layers", [], ([],), "model.mlp=moe has dense layers only first (first_dense)")),
-        choices=_SILU, tensors={**{k: v for k, v in _LLAMA_TENSORS.items() if ".mlp." not in k}, **_EXPERT_TENSORS},
-        ignore=_ROTARY_BUFFERS,
+        requires=(Require(hf="attention_bias", default=False, accepted=(False,),
+                          lacks=_NO_ATTENTION_BIAS.format("Qwen3")),
+                  Require(hf="decoder_sparse_step", default=1, accepted=(1,),
+                          lacks="model.mlp=moe puts experts in every layer (first_dense aside)"),
+                  Require(hf="mlp_only_layers", default=[], accepted=([],),
+                          lacks="model.mlp=moe has dense layers only first (first_dense)")),
+        choices=_SILU, tensors={**_without(_LLAMA_TENSORS, ".mlp."), **_EXPERT_TENSORS}, ignore=_ROTARY_BUFFERS,
     ),
     DeepseekV3(
-        "deepseek_v3", "DeepseekV3ForCausalLM",
-        ours={**_components_of("deepseek_v3"), "norm.layout": "pre", "mlp.scoring": "sigmoid",
-              "mlp.selection_bias": True, "mlp.router_bias": False, "mlp.activation": "silu", "mlp.expert_bias": False,
-              "bias": False},
+        model_type="deepseek_v3", architecture="DeepseekV3ForCausalLM", preset="deepseek_v3",
+        ours={"norm.layout": "pre", "mlp.scoring": "sigmoid", "mlp.selection_bias": True, "mlp.router_bias": False,
+              "mlp.activation": "silu", "mlp.expert_bias": False, "bias": False},
         head_dim="qk_rope_head_dim", rope=Rope(yarn=True),
-        keys=(("hidden_size", "d_model", 7168), ("num_hidden_layers", "n_layers", 61),
-              ("num_attention_heads", "n_heads", 128), ("vocab_size", "vocab_size", 129280),
-              ("max_position_embeddings", "context_length", 4096), ("rms_norm_eps", "norm.eps", 1e-6),
-              ("tie_word_embeddings", "tie_embeddings", False), ("initializer_range", "init_std", 0.02),
-              ("q_lora_rank", "attention.q_lora_rank", 1536), ("kv_lora_rank", "attention.kv_lora_rank", 512),
-              ("qk_nope_head_dim", "attention.qk_nope_head_dim", 128), ("v_head_dim", "attention.v_head_dim", 128),
-              ("moe_intermediate_size", "mlp.hidden", 2048), ("intermediate_size", "mlp.dense_hidden", 18432),
-              ("n_routed_experts", "mlp.n_experts", 256), ("num_experts_per_tok", "mlp.top_k", 8),
-              ("n_shared_experts", "mlp.shared_experts", 1), ("routed_scaling_factor", "mlp.routed_scale", 2.5),
-              ("n_group", "mlp.n_groups", 8), ("topk_group", "mlp.top_groups", 4),
-              ("first_k_dense_replace", "mlp.first_dense", 3), ("norm_topk_prob", "mlp.normalize", True)),
-        requires=(("attention_bias", False, (False,), "biases in latent attention's projections"),
-                  ("rope_interleave", True, (True,), "DeepSeek's rotary over channel halves (rope_interleave=false); "
-                   "the rotary pairs of adjacent channels are what is read"),
-                  ("scoring_func", "sigmoid", ("sigmoid",), "DeepSeek-V3's router scores by sigmoid"),
-                  ("topk_method", "noaux_tc", ("noaux_tc",), "DeepSeek-V3's routing (noaux_tc) only")),
+        keys=_keys(Key(hf="q_lora_rank", ours="attention.q_lora_rank", default=1536),
+                   Key(hf="kv_lora_rank", ours="attention.kv_lora_rank", default=512),
+                   Key(hf="qk_nope_head_dim", ours="attention.qk_nope_head_dim", default=128),
+                   Key(hf="v_head_dim", ours="attention.v_head_dim", default=128),
+                   Key(hf="moe_intermediate_size", ours="mlp.hidden", default=2048),
+                   Key(hf="intermediate_size", ours="mlp.dense_hidden", default=18432),
+                   Key(hf="n_routed_experts", ours="mlp.n_experts", default=256),
+                   Key(hf="num_experts_per_tok", ours="mlp.top_k", default=8),
+                   Key(hf="n_shared_experts", ours="mlp.shared_experts", default=1),
+                   Key(hf="routed_scaling_factor", ours="mlp.routed_scale", default=2.5),
+                   Key(hf="n_group", ours="mlp.n_groups", default=8),
+                   Key(hf="topk_group", ours="mlp.top_groups", default=4),
+                   Key(hf="first_k_dense_replace", ours="mlp.first_dense", default=3),
+                   Key(hf="norm_topk_prob", ours="mlp.normalize", default=True),
+                   without=("num_key_value_heads",),  # latent attention: every head its own keys and values
+                   hidden_size=7168, num_hidden_layers=61, num_attention_heads=128, vocab_size=129280,
+                   max_position_embeddings=4096),
+        requires=(Require(hf="attention_bias", default=False, accepted=(False,),
+                          lacks="biases in latent attention's projections"),
+                  Require(hf="rope_interleave", default=True, accepted=(True,),
+                          lacks="DeepSeek's rotary over channel halves (rope_interleave=false); the rotary pairs of "
+                                "adjacent channels are what is read"),
+                  Require(hf="scoring_func", default="sigmoid", accepted=("sigmoid",),
+                          lacks="DeepSeek-V3's router scores by sigmoid"),
+                  Require(hf="topk_method", default="noaux_tc", accepted=("noaux_tc",),
+                          lacks="DeepSeek-V3's routing (noaux_tc) only")),
         choices=_SILU, tensors=_DEEPSEEK_TENSORS, ignore=_ROTARY_BUFFERS,
         extra={"num_nextn_predict_layers": 0},
     ),
     Family(
-        "gpt_oss", "GptOssForCausalLM",
-        ours={**_MOE_PLAIN, **_components_of("gpt_oss_20b"), "norm.layout": "pre", "bias": True, "mlp.normalize": True,
-              "attention.sinks": True,
+        model_type="gpt_oss", architecture="GptOssForCausalLM", preset="gpt_oss_20b",
+        ours={**_MOE_PLAIN, "norm.layout": "pre", "bias": True, "mlp.normalize": True, "attention.sinks": True,
               "mlp.router_bias": True, "mlp.expert_bias": True, "mlp.activation": "clamped"},
-        head_dim="head_dim", rope=Rope(theta=150000.0, yarn=True), mask=LayerTypes(128),
-        keys=_keys(("vocab_size", "vocab_size", 201088), ("hidden_size", "d_model", 2880),
-                   ("intermediate_size", "mlp.hidden", 2880), ("num_hidden_layers", "n_layers", 36),
-                   ("num_attention_heads", "n_heads", 64), ("num_key_value_heads", "attention.n_kv_heads", 8),
-                   ("max_position_embeddings", "context_length", 131072), ("rms_norm_eps", "norm.eps", 1e-5),
-                   ("num_local_experts", "mlp.n_experts", 128), ("num_experts_per_tok", "mlp.top_k", 4),
-                   ("swiglu_limit", "mlp.limit", 7.0), ("swiglu_alpha", "mlp.alpha", 1.702)),
+        head_dim="head_dim", rope=Rope(theta=150000.0, yarn=True), mask=LayerTypes(window=128),
+        keys=_keys(Key(hf="num_local_experts", ours="mlp.n_experts", default=128),
+                   Key(hf="num_experts_per_tok", ours="mlp.top_k", default=4),
+                   Key(hf="swiglu_limit", ours="mlp.limit", default=7.0),
+                   Key(hf="swiglu_alpha", ours="mlp.alpha", default=1.702),
+                   vocab_size=201088, hidden_size=2880, intermediate_size=2880, num_hidden_layers=36,
+                   num_attention_heads=64, num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5),
         aliases={"num_local_experts": "num_experts"},
-        requires=(("attention_bias", True, (True,), "gpt-oss's MLP experts and router always have biases: attention "
-                   "without them has no model.bias setting"),),
+        requires=(Require(hf="attention_bias", default=True, accepted=(True,),
+                          lacks="gpt-oss's MLP experts and router always have biases: attention without them has "
+                                "no model.bias setting"),),
         choices=_SILU, tensors=_GPT_OSS_TENSORS, ignore=_ROTARY_BUFFERS,
     ),
 )}
-#: config.json values that are not copied as they are: (to ours, to config.json)
-CONVERT = {"query_pre_attn_scalar": (lambda q: float(q) ** -0.5, lambda s: _tidy(s ** -2))}
 SUPPORTED = ", ".join(FAMILIES)
-
-
-def _tidy(x: float):
-    """An integer when ``x`` is one up to rounding (query_pre_attn_scalar written back as 256, not 255.99999999999997)."""
-    return round(x) if abs(x - round(x)) < 1e-6 * max(1.0, abs(x)) else x
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -738,61 +903,17 @@ class _Refused(Exception):
 
 #: our keys whose null in config.json means "none" (no cap, no window, the default width), not "the default value"
 NULLABLE = ("mlp.hidden", "d_head", "attention.softcap", "final_softcap", "mask.window", "attention.q_lora_rank")
-#: defaults of keys that are only ever the target of a _Ref
-_REF_DEFAULTS = {"n_ctx": 1024}
 
 
 def _value(hf: dict, key: str, default, ours: str = "", read: dict | None = None):
     """config.json's value of ``key``: its default when it is absent, or null where null is not a value of ours;
-    a ``_Ref`` default is the other key's value (``read``: the keys read so far, their defaults applied)."""
+    a ``SameAs`` default is the other key's value (``read``: the keys read so far, their defaults applied)."""
     value = hf[key] if key in hf else default
     if value is None and ours not in NULLABLE:
         value = default
-    if isinstance(value, _Ref):
-        value = hf.get(value) if hf.get(value) is not None else (read or {}).get(value, _REF_DEFAULTS.get(value))
+    if isinstance(value, SameAs):
+        value = hf[value.hf] if hf.get(value.hf) is not None else (read or {}).get(value.hf, value.default)
     return value
-
-
-def _rope_in(fam: Family, hf: dict, refuse) -> dict:
-    """embedding.base / fraction / llama3 scaling from rope_parameters (transformers 5), or rope_scaling, rope_theta,
-    partial_rotary_factor and GPT-NeoX's rotary_emb_base / rotary_pct (older config.json files)."""
-    rope = fam.rope
-    params = hf.get("rope_scaling") or hf.get("rope_parameters") or {}  # transformers 5 prefers rope_scaling too
-    if not isinstance(params, dict):
-        refuse("rope_parameters", params, "a mapping (rope_type, rope_theta, ...)")
-    if params and all(isinstance(v, dict) for v in params.values()):  # one set per layer type
-        sets = list(params.values())
-        if any(s != sets[0] for s in sets):
-            refuse("rope_parameters", params, "one rotary setting for every layer (model.embedding=rotary has one)")
-        params = sets[0]
-    legacy = {ours: hf[key] for key, ours in rope.legacy.items() if hf.get(key) is not None}
-    base = params.get("rope_theta", hf.get("rope_theta", legacy.get("theta", rope.theta)))
-    fraction = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", legacy.get("fraction", rope.fraction)))
-    kind = params.get("rope_type", params.get("type", "default"))
-    out = {"embedding.base": float(base), "embedding.fraction": float(fraction)}
-    if fraction != 1.0 and not rope.partial:
-        refuse("partial_rotary_factor", fraction, f"1.0: {fam.model_type} in transformers rotates every channel")
-    if kind == "llama3":
-        out.update({"embedding.scale_factor": float(params["factor"]),
-                    "embedding.low_freq_factor": float(params.get("low_freq_factor", 1.0)),
-                    "embedding.high_freq_factor": float(params.get("high_freq_factor", 4.0)),
-                    "embedding.original_context": int(params.get("original_max_position_embeddings", 8192))})
-    elif kind == "yarn" and rope.yarn:
-        if params.get("attention_factor") is not None:
-            refuse("attention_factor", params["attention_factor"], "absent: model.embedding=rotary derives YaRN's "
-                   "cos/sin factor from factor, mscale and mscale_all_dim")
-        out.update({"embedding.scaling": "yarn", "embedding.scale_factor": float(params["factor"]),
-                    "embedding.original_context": int(params["original_max_position_embeddings"]),
-                    "embedding.beta_fast": float(params.get("beta_fast") or 32.0),
-                    "embedding.beta_slow": float(params.get("beta_slow") or 1.0),
-                    "embedding.truncate": bool(params.get("truncate", True))})
-        for key in ("mscale", "mscale_all_dim"):
-            out[f"embedding.{key}"] = float(params[key]) if params.get(key) is not None else None
-    elif kind != "default":
-        kinds = "default, llama3 or yarn" if rope.yarn else "default or llama3"
-        refuse("rope_type", kind, f"{kinds} (model.embedding=rotary computes those frequencies; no "
-                                  f"hydraformer component computes {kind!r} ones)")
-    return out
 
 
 def family_of(hf_cfg: dict) -> Family | None:
@@ -813,13 +934,13 @@ def hf_to_flat(fam: Family, hf: dict, refuse=None) -> dict:
         refuse("quantization_config", method or hf["quantization_config"], "absent: hydraformer reads unquantized "
                "floating-point weights (dequantize them first)")
     hf = {**{k: hf[alt] for k, alt in fam.aliases.items() if k not in hf and alt in hf}, **hf}
-    flat = dict(fam.ours)
+    flat = dict(fam.settings)
     seen, read = {}, {}
     for key in fam.keys:
         hf_key, ours = key.hf, key.ours
         value = read[hf_key] = _value(hf, hf_key, key.default, ours, read)
-        if hf_key in CONVERT and value is not None:
-            value = CONVERT[hf_key][0](value)
+        if key.read is not None and value is not None:
+            value = key.read(value)
         if ours in seen and seen[ours][1] != value:
             other = seen[ours][0]
             refuse(hf_key, value, f"the value of {other} ({seen[ours][1]!r}): both are model.{ours} in hydraformer, "
@@ -842,7 +963,7 @@ def hf_to_flat(fam: Family, hf: dict, refuse=None) -> dict:
     else:
         flat["d_head"] = None
     if fam.rope is not None:
-        flat.update(_rope_in(fam, hf, refuse))
+        flat.update(fam.rope.read(hf, fam.model_type, refuse))
     flat.update(fam.mask.read(hf, flat["n_layers"], refuse))
     fam.read_odd(hf, flat, refuse)
     flat["dropout"] = 0.0
@@ -853,12 +974,27 @@ def _refuse_plain(key, value, accepted):
     raise _Refused(key, value, accepted)
 
 
+def neutral() -> dict:
+    """Every registered component's options with the value that changes nothing (``attention.qk_norm``: False), as
+    our flat keys: what a model whose component lacks an option computes, for comparing it with one that has it."""
+    out: dict = {}
+    for kind in components.KINDS:
+        for name in components.names(kind):
+            for option, value in components.get(kind, name).component_settings.neutral().items():
+                key = f"{kind}.{option}"
+                if out.get(key, value) != value:
+                    raise TypeError(f"{kind} components disagree on {option}'s neutral value: {out[key]!r}, {value!r}")
+                out[key] = value
+    return out
+
+
 def nest(flat: dict) -> dict:
     """A flat model config as the nested dict ``build_model`` takes; options at their neutral value are left out, so
     a model that needs none of a component's newer options builds with any version of it."""
+    neutral_values = neutral()
     out: dict = {}
     for key, value in flat.items():
-        if key in NEUTRAL and NEUTRAL[key] == value and type(NEUTRAL[key]) is type(value):
+        if key in neutral_values and neutral_values[key] == value and type(neutral_values[key]) is type(value):
             continue
         if key in ("scale_embeddings", "final_softcap") and getattr(ModelConfig, key) == value:
             continue
@@ -873,57 +1009,15 @@ def nest(flat: dict) -> dict:
 
 
 def canonical(model_cfg) -> dict:
-    """Every setting of a model config, flat, with defaults filled in and equivalent spellings made one
-    (multi_head = grouped_query with n_kv_heads = n_heads, qkv_bias null = bias, ...): equal dicts, equal models."""
+    """Every setting of a model config, flat, spelled one way per computation (each component's ``canonical``:
+    multi_head = grouped_query with n_kv_heads = n_heads, qkv_bias null = bias, ...) and every option of the other
+    components at its ``neutral`` value: equal dicts, equal models."""
     mc = model_config(model_cfg)
     flat = {k: v for k, v in vars(mc).items() if k not in components.KINDS}
     flat["d_head"] = mc.head_dim
     for kind in components.KINDS:
-        for key, value in vars(getattr(mc, kind)).items():
-            flat[f"{kind}.{key}"] = value
-    for key, value in NEUTRAL.items():
-        flat.setdefault(key, value)
-    if flat["attention.name"] == "multi_head":
-        flat["attention.name"], flat["attention.n_kv_heads"] = "grouped_query", flat["n_heads"]
-    if flat["attention.qkv_bias"] is None:
-        flat["attention.qkv_bias"] = flat["bias"]
-    if flat["attention.name"] == "latent":
-        flat["attention.qk_rope_head_dim"] = flat["attention.qk_rope_head_dim"] or flat["d_head"]
-        if flat["attention.query_scale"] is None:
-            flat["attention.query_scale"] = (flat["attention.qk_nope_head_dim"] + flat["d_head"]) ** -0.5
-    if flat["attention.query_scale"] is None:
-        flat["attention.query_scale"] = flat["d_head"] ** -0.5
-    mlp_cls = components.get("mlp", flat["mlp.name"])
-    swiglu = components.get("mlp", "swiglu")
-    if flat.get("mlp.hidden") is None and hasattr(mlp_cls, "default_hidden"):
-        flat["mlp.hidden"] = mlp_cls.default_hidden(flat["d_model"])
-    irrelevant = []
-    if flat["mlp.name"] == "moe":
-        for key in ("mlp.hidden", "mlp.dense_hidden"):
-            flat[key] = flat[key] or swiglu.default_hidden(flat["d_model"])
-        flat.update(dict.fromkeys(_MOE_TRAINING))
-        if not flat["mlp.first_dense"]:
-            flat["mlp.dense_hidden"] = None
-        if flat["mlp.activation"] != "clamped":
-            flat["mlp.limit"] = flat["mlp.alpha"] = None
-    if flat["embedding.name"] != "rotary":
-        irrelevant += [k for k in NEUTRAL if k.startswith("embedding.")]
-    elif flat["embedding.scale_factor"] is None:
-        irrelevant += [f"embedding.{k}" for k in (*_LLAMA3[1:], "scaling", *_YARN)]
-    elif flat["embedding.scaling"] == "yarn":
-        irrelevant += [f"embedding.{k}" for k in ("low_freq_factor", "high_freq_factor")]
-    else:
-        irrelevant += [f"embedding.{k}" for k in _YARN]
-    if not flat["attention.qk_norm"]:
-        irrelevant.append("attention.qk_norm_eps")
-    if flat["mask.name"] not in ("sliding_window", "alternating"):
-        irrelevant.append("mask.window")
-    if flat["mask.name"] != "alternating":
-        irrelevant.append("mask.band_layers")
-    if flat["mlp.name"] != "gelu":
-        irrelevant.append("mlp.approximate")
-    for key in irrelevant:
-        flat[key] = NEUTRAL[key]
+        flat.update({f"{kind}.{key}": value for key, value in getattr(mc, kind).canonical(mc).items()})
+    flat = {**neutral(), **flat}
     return {k: v for k, v in flat.items() if not k.endswith("dropout")}
 
 
@@ -940,36 +1034,6 @@ def _differences(a: dict, b: dict) -> list[str]:
 # our model config → config.json
 
 
-def _rope_out(fam: Family, flat: dict, hf: dict, miss) -> None:
-    if fam.rope is None:
-        return
-    fraction = flat["embedding.fraction"]
-    params = {"rope_type": "default", "rope_theta": flat["embedding.base"]}
-    if fam.rope.partial:
-        params["partial_rotary_factor"] = fraction
-    elif fraction != 1.0:
-        miss("embedding.fraction", fraction, 1.0)
-    if flat["embedding.scale_factor"] is not None and flat["embedding.scaling"] == "yarn":
-        if not fam.rope.yarn:
-            miss("embedding.scaling", "yarn", "no YaRN rotary in hydraformer's reading of it")
-        params.update({"rope_type": "yarn", "factor": flat["embedding.scale_factor"],
-                       "original_max_position_embeddings": flat["embedding.original_context"],
-                       "beta_fast": flat["embedding.beta_fast"], "beta_slow": flat["embedding.beta_slow"],
-                       "truncate": flat["embedding.truncate"]})
-        params.update({k: flat[f"embedding.{k}"] for k in ("mscale", "mscale_all_dim")
-                       if flat[f"embedding.{k}"] is not None})
-    elif flat["embedding.scale_factor"] is not None:
-        params.update({"rope_type": "llama3", "factor": flat["embedding.scale_factor"],
-                       "low_freq_factor": flat["embedding.low_freq_factor"],
-                       "high_freq_factor": flat["embedding.high_freq_factor"],
-                       "original_max_position_embeddings": flat["embedding.original_context"]})
-        hf["rope_scaling"] = dict(params)  # transformers 4
-    hf["rope_parameters"] = params
-    hf["rope_theta"] = flat["embedding.base"]  # transformers 4
-    for key, ours in fam.rope.legacy.items():
-        hf[key] = params["rope_theta"] if ours == "theta" else fraction
-
-
 def flat_to_hf(fam: Family, flat: dict) -> tuple[dict, list[str]]:
     """``fam``'s config.json for a canonical model config, and what ``fam`` cannot express of it (then the
     config is not to be used)."""
@@ -979,17 +1043,17 @@ def flat_to_hf(fam: Family, flat: dict) -> tuple[dict, list[str]]:
         problems.append(f"model.{key}={here!r} (a {fam.model_type} has {there})")
 
     hf = {"architectures": [fam.architecture], "model_type": fam.model_type}
-    for ours, value in fam.ours.items():
+    for ours, value in fam.settings.items():
         want = "grouped_query" if (ours, value) == ("attention.name", "multi_head") else value
         if flat.get(ours) != want:
             miss(ours, flat.get(ours), repr(value))
-    if fam.ours.get("attention.name") == "multi_head" and flat.get("attention.n_kv_heads") != flat["n_heads"]:
+    if fam.settings.get("attention.name") == "multi_head" and flat.get("attention.n_kv_heads") != flat["n_heads"]:
         miss("attention.n_kv_heads", flat.get("attention.n_kv_heads"), "one key/value head per query head")
     for key in fam.keys:
         hf_key, ours = key.hf, key.ours
         value = flat.get(ours)
-        if hf_key in CONVERT and value is not None:
-            value = CONVERT[hf_key][1](value)
+        if key.write is not None and value is not None:
+            value = key.write(value)
         if hf_key in hf and hf[hf_key] != value:
             miss(ours, value, f"one {hf_key}, here also {hf[hf_key]!r}")
         hf[hf_key] = value
@@ -1007,7 +1071,8 @@ def flat_to_hf(fam: Family, flat: dict) -> tuple[dict, list[str]]:
         hf[fam.head_dim] = flat["d_head"]
     elif flat["d_head"] * flat["n_heads"] != flat["d_model"]:
         miss("d_head", flat["d_head"], f"d_head = d_model / n_heads = {flat['d_model'] / flat['n_heads']:g}")
-    _rope_out(fam, flat, hf, miss)
+    if fam.rope is not None:
+        fam.rope.write(flat, hf, miss)
     fam.mask.write(flat, hf, miss)
     fam.write_odd(flat, hf, miss)
     hf.update(fam.extra)
@@ -1053,11 +1118,11 @@ def _from_hf_tensors(transform: Transform | None, ts: list[torch.Tensor], flat: 
 def _rows(fam: Family, flat: dict):
     """(our name, the family's names, transform) for every tensor the table knows, blocks and experts unrolled."""
     experts = range(flat.get("mlp.n_experts") or 0)
-    for ours, (theirs, transform) in fam.tensors.items():
+    for ours, tensor in fam.tensors.items():
         for i in range(flat["n_layers"]) if "{i}" in ours else [0]:
-            names = tuple(n for t in theirs for n in ([t.format(i=i, e=e) for e in experts] if "{e}" in t
-                                                      else [t.format(i=i)]))
-            yield ours.format(i=i), names, transform
+            names = tuple(n for t in tensor.names for n in ([t.format(i=i, e=e) for e in experts] if "{e}" in t
+                                                            else [t.format(i=i)]))
+            yield ours.format(i=i), names, tensor.transform
 
 
 def to_hf_state(fam: Family, state: dict, flat: dict) -> dict:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hooks import HookPoint, hooked
-from .registry import Annotated, Gt, Settings, doc, register
+from .registry import Annotated, Gt, Settings, defaults_of, doc, register
 
 HOOKS = ("hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_attn_scores_unmasked", "hook_attn_scores",
          "hook_pattern", "hook_z", "hook_result")
@@ -45,6 +45,22 @@ class MultiHeadSettings(Settings):
     sinks: Annotated[bool, doc("a learned logit per head joins each softmax as a key with no value (gpt-oss)")] = False
     SHARED = ("d_model", "n_heads", "d_head", "bias", "dropout")
 
+    @classmethod
+    def neutral(cls):
+        return defaults_of(cls, "qkv_bias", "qk_norm", "qk_norm_eps", "query_scale", "softcap", "sinks")
+
+    def canonical(self, model):
+        """As grouped_query with n_heads key/value heads, the biases and the scale spelled out."""
+        s = super().canonical(model)
+        s.update(name="grouped_query", n_kv_heads=model.n_heads)
+        if s["qkv_bias"] is None:
+            s["qkv_bias"] = model.bias
+        if s["query_scale"] is None:
+            s["query_scale"] = model.head_dim ** -0.5
+        if not s["qk_norm"]:
+            s["qk_norm_eps"] = self.neutral()["qk_norm_eps"]
+        return s
+
 
 @dataclass
 class GroupedQuerySettings(MultiHeadSettings):
@@ -56,6 +72,9 @@ class GroupedQuerySettings(MultiHeadSettings):
     def problems(self, model):
         if model.n_heads % self.n_kv_heads:
             yield "n_kv_heads", self.n_kv_heads, f"a positive divisor of model.n_heads={model.n_heads}"
+
+    def canonical(self, model):
+        return {**super().canonical(model), "n_kv_heads": self.n_kv_heads}
 
 
 @dataclass

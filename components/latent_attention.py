@@ -22,7 +22,7 @@ from torch import nn
 
 from .attention import HOOKS, AttentionMask, KVCache, heads_out
 from .hooks import HookPoint, hooked
-from .registry import Annotated, Gt, Settings, doc, register
+from .registry import Annotated, Gt, Settings, defaults_of, doc, register
 
 
 @dataclass
@@ -49,6 +49,16 @@ class LatentSettings(Settings):
             yield "qk_rope_head_dim", self.qk_rope_head_dim, (
                 f"model.d_head={model.head_dim}: the positions turn d_head channels, so latent attention needs "
                 "model.d_head equal to its qk_rope_head_dim")
+
+    @classmethod
+    def neutral(cls):
+        return defaults_of(cls, "query_scale")
+
+    def canonical(self, model):
+        """The rotary width and the scale spelled out."""
+        rope = self.qk_rope_head_dim or model.head_dim
+        scale = self.query_scale or (self.qk_nope_head_dim + rope) ** -0.5
+        return {**super().canonical(model), "qk_rope_head_dim": rope, "query_scale": scale}
 
 
 @register("attention", "latent", LatentSettings)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .registry import Annotated, Ge, Gt, OneOf, Settings, doc, register
+from .registry import Annotated, Ge, Gt, OneOf, Settings, defaults_of, doc, register
 
 Window = Annotated[int, Gt(0), doc("the band's width: a token sees itself and window - 1 tokens before it")]
 
@@ -21,6 +21,10 @@ class SlidingWindowSettings(Settings):
     name: str = "sliding_window"
     window: Window = 64
 
+    @classmethod
+    def neutral(cls):
+        return {"window": None}  # no band
+
 
 @dataclass
 class AlternatingSettings(Settings):
@@ -28,6 +32,10 @@ class AlternatingSettings(Settings):
     window: Window = 64
     band_layers: Annotated[str, OneOf("odd", "even"), doc("which layers are banded: odd (GPT-3) or even (Gemma 2); "
                                                           "the others are dense causal")] = "odd"
+
+    @classmethod
+    def neutral(cls):
+        return {"window": None, **defaults_of(cls, "band_layers")}
 
 
 @dataclass

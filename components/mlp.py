@@ -7,37 +7,46 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import Annotated, Gt, OneOf, Settings, doc, register
+from .registry import Annotated, Gt, OneOf, Settings, defaults_of, doc, get, register
 
 Hidden = Annotated[int | None, Gt(0), doc("the hidden width; null: the MLP's default for d_model")]
 
 
 @dataclass
-class GeluSettings(Settings):
+class WidthSettings(Settings):
+    """An MLP of one hidden width; its class's ``default_hidden(d_model)`` when null."""
+
+    hidden: Hidden = None
+    SHARED = ("d_model", "bias")
+
+    def canonical(self, model):
+        return {**super().canonical(model), "hidden": self.hidden or get("mlp", self.name).default_hidden(model.d_model)}
+
+
+@dataclass
+class GeluSettings(WidthSettings):
     """d -> hidden -> d with GELU."""
 
     name: str = "gelu"
-    hidden: Hidden = None
     approximate: Annotated[str, OneOf("tanh", "none"), doc("GELU's form: tanh (GPT-2) or none (the exact erf)")] = "tanh"
-    SHARED = ("d_model", "bias")
+
+    @classmethod
+    def neutral(cls):
+        return defaults_of(cls, "approximate")
 
 
 @dataclass
-class ReluSettings(Settings):
+class ReluSettings(WidthSettings):
     """d -> hidden -> d with ReLU."""
 
     name: str = "relu"
-    hidden: Hidden = None
-    SHARED = ("d_model", "bias")
 
 
 @dataclass
-class SwiGLUSettings(Settings):
+class SwiGLUSettings(WidthSettings):
     """A gated linear unit: three matrices."""
 
     name: str = "swiglu"
-    hidden: Hidden = None
-    SHARED = ("d_model", "bias")
 
 
 @dataclass

@@ -93,6 +93,17 @@ class MoESettings(Settings):
         if self.first_dense > model.n_layers:
             yield "first_dense", self.first_dense, f"at most model.n_layers={model.n_layers}"
 
+    def canonical(self, model):
+        """The widths spelled out; the losses (training's alone) and what no layer reads (dense_hidden without dense
+        layers, limit and alpha without the clamped gate) at null."""
+        s = super().canonical(model)
+        width = SwiGLUMLP.default_hidden(model.d_model)
+        s.update(hidden=self.hidden or width, dense_hidden=(self.dense_hidden or width) if self.first_dense else None,
+                 aux_loss=None, z_loss=None, bias_update_rate=None)
+        if self.activation != "clamped":
+            s.update(limit=None, alpha=None)
+        return s
+
 
 def _count(weight: int, bias: int = 0) -> dict:
     return {"weight": weight, "bias": bias}

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import Annotated, Gt, OneOf, Settings, doc, register
+from .registry import Annotated, Gt, OneOf, Settings, defaults_of, doc, register
 from .transformer import LAYOUTS
 
 Layout = Annotated[str, OneOf(*LAYOUTS), doc("where the norms sit: pre (before each sublayer, plus a final norm), "
@@ -33,6 +33,10 @@ class RMSNormSettings(Settings):
     unit_offset: Annotated[bool, doc("the gain is 1 + weight, weight starting at 0 (Gemma)")] = False
     SHARED = ("d_model",)
     MODEL_ONLY = ("layout",)
+
+    @classmethod
+    def neutral(cls):
+        return defaults_of(cls, "unit_offset")
 
 
 @register("norm", "layernorm", LayerNormSettings)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .registry import Annotated, Gt, Interval, OneOf, Settings, doc, register
+from .registry import Annotated, Gt, Interval, OneOf, Settings, defaults_of, doc, register
 
 POSITION_ARGS = ("d_model", "context_length", "d_head")
 
@@ -56,6 +56,21 @@ class RotarySettings(Settings):
         if rotated % 2 or rotated == 0:
             yield "fraction", self.fraction, (f"a share of the head width {d_head} that turns an even, positive "
                                               f"number of channels (int({d_head} * {self.fraction}) = {rotated})")
+
+    @classmethod
+    def neutral(cls):
+        return defaults_of(cls)  # every default turns as plain RoPE at base 10,000
+
+    def canonical(self, model):
+        """The scaling options the chosen scaling (none, llama3 or yarn) does not read at their defaults."""
+        yarn = ("beta_fast", "beta_slow", "truncate", "mscale", "mscale_all_dim")
+        if self.scale_factor is None:
+            unread = ("low_freq_factor", "high_freq_factor", "original_context", "scaling", *yarn)
+        elif self.scaling == "yarn":
+            unread = ("low_freq_factor", "high_freq_factor")
+        else:
+            unread = yarn
+        return {**super().canonical(model), **defaults_of(type(self), *unread)}
 
 
 class Embedding(nn.Embedding):

@@ -30,7 +30,7 @@ from typing import Annotated, ClassVar
 from annotated_types import Ge, Gt, Interval, Le, Lt, doc  # the declaration vocabulary, re-exported for components
 
 __all__ = ["KINDS", "Annotated", "Ge", "Gt", "Interval", "Le", "Lt", "OneOf", "RegistryError", "Settings", "closest",
-           "doc", "get", "names", "register", "settings_class"]
+           "defaults_of", "doc", "get", "names", "register", "settings_class"]
 
 KINDS = ("embedding", "attention", "mask", "mlp", "norm")
 ENTRY_POINT_GROUP = "hydraformer.components"
@@ -59,7 +59,8 @@ class Settings:
     the model-level values (``d_model``, ``n_heads``, ``d_head``, ``context_length``, ``bias``, ``dropout``) the module
     is built with; ``MODEL_ONLY``: settings the model reads itself and does not pass to the module (a norm's
     ``layout``). ``problems(model)`` yields ``(setting, value, accepted)`` for a rule between keys that a range
-    cannot state (``n_kv_heads`` divides the model's ``n_heads``)."""
+    cannot state (``n_kv_heads`` divides the model's ``n_heads``). ``canonical(model)`` and ``neutral()`` say when two
+    models' settings are the same model (what the Hugging Face adapters compare an export by)."""
 
     name: str = "???"
     SHARED: ClassVar[tuple[str, ...]] = ()
@@ -75,6 +76,25 @@ class Settings:
 
     def problems(self, model):
         return ()
+
+    @classmethod
+    def neutral(cls) -> dict:
+        """Options that another component of the kind lacks, with the value that computes what it computes (a layer
+        with no q/k norms: ``qk_norm=False``): two models compare on them whichever component each has. None here."""
+        return {}
+
+    def canonical(self, model) -> dict:
+        """The settings spelled one way per computation, so that equal dicts mean equal modules: a null that stands
+        for a value (a default width) made that value, an equivalent spelling made one (multi_head is grouped_query
+        with n_heads key/value heads), options this choice does not read at their ``neutral`` values. ``model``: the
+        checked model config (``head_dim``, ``n_heads``, ``d_model``, ``bias``). Here: the settings as they are."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def defaults_of(settings: type[Settings], *names: str) -> dict:
+    """The declared defaults of ``names`` (all settings but ``name`` when none are named)."""
+    fields = {f.name: f.default for f in dataclasses.fields(settings) if f.name != "name"}
+    return {name: fields[name] for name in names or fields}
 
 
 def closest(word: str, choices) -> str:

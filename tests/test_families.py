@@ -23,6 +23,7 @@ FAMILY_TOTALS = {
     "qwen2_7b": 7_615_616_512,
     "qwen3_8b": 8_190_735_360,
     "pythia_160m": 162_322_944,
+    "gemma_2b": 2_506_172_416,
     "gemma2_2b": 2_614_341_888,
     "tinyllama_1b": 1_100_048_384,
 }
@@ -56,6 +57,8 @@ def _hf_configs():
         "pythia_160m": tf.GPTNeoXConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                         num_attention_heads=12, vocab_size=50304, rotary_pct=0.25,
                                         use_parallel_residual=True, tie_word_embeddings=False),
+        "gemma_2b": tf.GemmaConfig(hidden_size=2048, intermediate_size=16384, num_hidden_layers=18,
+                                   num_attention_heads=8, num_key_value_heads=1, head_dim=256, vocab_size=256000),
         "gemma2_2b": tf.Gemma2Config(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                                      num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=256000),
         "tinyllama_1b": tf.LlamaConfig(**{**llama2, "hidden_size": 2048, "intermediate_size": 5632,

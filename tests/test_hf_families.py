@@ -299,3 +299,51 @@ def test_attend_and_heads_on_every_family_directory(family, tmp_path):
         report = json.loads((tmp_path / "heads" / "heads.json").read_text())
         n_layers = shape.get("num_hidden_layers", shape.get("n_layer"))
         assert len(report["kv_heads"]) == n_layers and report["kv_heads"][0] == [heads, kv or heads]
+
+
+def test_every_family_is_its_preset_and_takes_its_components_from_it():
+    """A family's component choices are written once, in ``conf/model/<preset>.yaml``: read there as Hydra composes
+    the preset (parents and ``override`` entries followed), and the preset itself exports as that family."""
+    from builder.config.compose import preset_configs
+
+    presets = preset_configs([fam.preset for fam in FAMILIES.values()])
+    for fam in FAMILIES.values():
+        composed = presets[fam.preset]
+        chosen = {key: value for key, value in fam.settings.items() if key.endswith(".name")}
+        assert chosen == {f"{kind}.name": composed[kind].name for kind in ("embedding", "attention", "mlp", "norm")}
+        assert hf_config_for(composed)[0] is fam, fam.model_type
+
+
+def test_a_table_row_that_is_not_its_type_is_refused_at_import():
+    """Keys, choices, requirements and tensors are named types; a plain tuple (positional fields) is a programming
+    error, and so is a component choice written in a family rather than in its preset."""
+    from builder.hf import Family, Key, Tensor
+
+    llama = dict(model_type="x", architecture="XForCausalLM", preset="llama2_7b")
+    with pytest.raises(TypeError, match="keys holds Keys"):
+        Family(**llama, keys=(("hidden_size", "d_model", 4096),))
+    with pytest.raises(TypeError, match="tensors holds Tensors"):
+        Family(**llama, keys=(), tensors={"token_embedding.weight": (("model.embed_tokens.weight",), None)})
+    with pytest.raises(TypeError, match="mlp.name in ours; the components are the preset's"):
+        Family(**llama, keys=(), ours={"mlp.name": "swiglu"})
+    with pytest.raises(TypeError, match="not a file"):
+        Family(**{**llama, "preset": "llama9"}, keys=())
+    with pytest.raises(TypeError):
+        Key("hidden_size", "d_model", 4096)  # fields are named where they are declared
+    with pytest.raises(TypeError, match="tuple of tensor names"):
+        Tensor(names="model.embed_tokens.weight")
+
+
+@pytest.mark.parametrize("one,other", [
+    (["model/attention=multi_head"], ["model/attention=grouped_query", "model.attention.n_kv_heads=4"]),
+    (["model/embedding=rotary"], ["model/embedding=rotary", "model.embedding.beta_fast=5", "model.embedding.scaling=yarn"]),
+    (["model/mlp=swiglu"], ["model/mlp=swiglu", "model.mlp.hidden=344"]),  # SwiGLU's default width for d_model 128
+    (["model=tiny_moe"], ["model=tiny_moe", "model.mlp.aux_loss=0.5", "model.mlp.limit=3.0", "model.mlp.dense_hidden=8"]),
+])
+def test_each_component_says_which_spellings_are_the_same_model(one, other):
+    """canonical() asks each component (Settings.canonical): an equivalent spelling, an option the choice does not
+    read, a null width and a training-only loss weight leave the model what it is; a setting it reads does not."""
+    base = ["model.n_heads=4"]
+    assert canonical(builder.compose([*base, *one]).model) == canonical(builder.compose([*base, *other]).model)
+    assert canonical(builder.compose([*base, *one]).model) != canonical(builder.compose([*base, *one,
+                                                                                          "model.bias=false"]).model)
