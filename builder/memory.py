@@ -58,9 +58,13 @@ def block_params(budget: dict) -> int:
 
 
 def _split_params(budget: dict) -> int:
-    """The parameters tensor parallelism splits: the attention's and the MLP's (a budget of counts alone: all)."""
-    g = budget.get("groups")
-    return g["attention"]["total"] + g["mlp"]["total"] if g else budget["total_params"]
+    """The parameters tensor parallelism splits: the attention's and the MLP's but for the biases of the row-wise
+    W_o and MLP proj (whole on every process; q/k norms, 2·d_head a layer, are counted as split) — a budget of
+    counts alone: all."""
+    g, m = budget.get("groups"), budget["config"]
+    if not g:
+        return budget["total_params"]
+    return g["attention"]["total"] + g["mlp"]["total"] - (2 * m["n_layers"] * m["d_model"] if m.get("bias") else 0)
 
 
 def training_memory(budget: dict, batch_size: int, context_length: int | None = None, precision="32-true",

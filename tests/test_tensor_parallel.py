@@ -85,6 +85,52 @@ def test_a_llama_shaped_model_with_grouped_query_attention_trains_as_one(env):
                        weights(single / "checkpoints" / "last.ckpt", env["root"]), ATOL)
 
 
+def _count_held(rank: int, port: int, model_cfgs: list[dict], found) -> None:
+    """One of two gloo processes: each model built split over both (as configure_model builds it); the parameters
+    this process holds go into ``found[rank, i]``."""
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from builder.training.fsdp import build_sharded
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        mesh = init_device_mesh("cpu", (1, 2), mesh_dim_names=("data_parallel", "tensor_parallel"))
+        for i, model_cfg in enumerate(model_cfgs):
+            model = build_sharded(model_cfg, mesh["data_parallel"], torch.device("cpu"),
+                                  tp_mesh=mesh["tensor_parallel"])
+            found[rank, i] = sum(p.to_local().numel() for p in model.parameters())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_memory_estimate_holds_what_each_tensor_parallel_process_holds():
+    """builder/memory.py's weights (so gradients and AdamW's moments) under tensor_parallel=2: exactly the parameters
+    each of two real processes holds (attention and MLP split, embeddings, norms and row-wise biases whole)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from builder.budget import parameter_budget
+    from builder.config.plain import to_plain
+    from builder.memory import training_memory
+
+    cfgs = [to_plain(builder.compose(["model.d_model=32", "model.n_layers=2", *overrides]).model)
+            for overrides in (["model.n_heads=4"], LLAMA)]  # a gelu GPT with biases; the Llama-shaped model
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    found = mp.Manager().dict()
+    mp.spawn(_count_held, args=(port, cfgs, found), nprocs=2)
+    for i, model_cfg in enumerate(cfgs):
+        budget = parameter_budget(model_cfg)
+        estimate = training_memory(budget, 1, 16, "32-true", shards=1, tensor_parallel=2)
+        assert found[0, i] == found[1, i] == estimate["weights"] // 4 < budget["total_params"], i
+
+
 def test_split_rows_give_each_process_its_query_heads_and_the_key_value_heads_they_read():
     attention = GroupedQueryAttention(d_model=8, n_heads=4, d_head=2, n_kv_heads=2)
     rows = attention.split_rows(2).view(2, -1)  # the two processes' rows of the fused q/k/v weight
