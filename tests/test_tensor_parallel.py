@@ -65,9 +65,12 @@ def test_two_tensor_parallel_processes_train_as_one_and_checkpoint_as_one(env, t
     assert (out / "attention" / "patterns_step4.png").exists()
 
 
-def test_a_tensor_parallel_checkpoint_resumes_to_the_uninterrupted_run(env, tp_run):
+def test_a_tensor_parallel_checkpoint_resumes_to_the_uninterrupted_run_with_activation_checkpointing(env, tp_run):
+    """Resumed with each block recomputed in the backward pass (what task=plan's tensor-parallel command launches),
+    which changes no loss: the steps after the checkpoint are the uninterrupted run's."""
     out, _ = tp_run
-    resumed, proc = train(env, "resumed", *TP, "model.n_heads=4", f"ckpt_path={out / 'checkpoints' / 'step-2.ckpt'}")
+    resumed, proc = train(env, "resumed", *TP, "model.n_heads=4", "train.activation_checkpointing=true",
+                          f"ckpt_path={out / 'checkpoints' / 'step-2.ckpt'}")
     assert "Restoring states from the checkpoint path" in proc.stdout + proc.stderr
     a, r = losses(out), losses(resumed)
     assert sorted(r) == [2, 3]  # steps 3 and 4 only, as the uninterrupted run trained them

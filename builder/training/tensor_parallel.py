@@ -19,9 +19,9 @@ built (:func:`reorder`, applied by FullyShardedStrategy on save and resume): a c
 is the same as any other, and resumes under any layout. The random initial values are the ones a single process
 draws (they are drawn in the built order, then reordered).
 
-What is not split is refused before training (builder/config/parallel.py): a mixture of experts, latent attention, attention
-sinks, a tensor-parallel size that does not divide the heads, key/value heads, the MLP's hidden width or the
-processes.
+What is not split is refused before training (builder/config/parallel.py): a mixture of experts, latent
+attention, attention sinks, a tensor-parallel size that does not divide the heads, key/value heads, the MLP's hidden
+width or the processes.
 """
 
 from __future__ import annotations
