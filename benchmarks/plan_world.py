@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -21,7 +22,8 @@ import builder  # noqa: E402
 from builder.budget import parameter_budget  # noqa: E402
 from builder.config.checks import check_job  # noqa: E402
 from builder.config.plain import to_plain  # noqa: E402
-from builder.plan import make_plan  # noqa: E402
+from builder.errors import ConfigError  # noqa: E402
+from builder.plan import make_plan, training_flops  # noqa: E402
 from builder.tables import table  # noqa: E402
 
 LLAMA2_13B = ["model=llama2_7b", "model.d_model=5120", "model.n_layers=40", "model.n_heads=40",
@@ -68,8 +70,14 @@ def plan_of(overrides: list[str]) -> dict:
     cfg = builder.compose(["task=plan", *overrides])
     settings = check_job(cfg)
     name = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), None)
-    budget = parameter_budget(to_plain(cfg.model), name)
-    return make_plan(budget, settings.plan, settings.data.batch_size, settings.data.context_length)
+    model_cfg = to_plain(cfg.model)
+    budget = parameter_budget(model_cfg, name)
+    try:
+        return make_plan(budget, settings.plan, settings.data.batch_size, settings.data.context_length, model_cfg)
+    except ConfigError:  # no layout hydraformer trains fits (it has no pipeline, sequence or vocabulary parallelism)
+        flops = training_flops(budget, settings.data.context_length, settings.plan.tokens)
+        return {"params": budget["total_params"], **flops, "fits_nowhere": True,
+                "accelerator": asdict(settings.plan.accelerators[settings.plan.gpu])}
 
 
 def rows() -> list[dict]:
@@ -80,21 +88,24 @@ def rows() -> list[dict]:
                         "implied_mfu": None, "source": source, "layout": "", "params": CHINCHILLA_PARAMS[name]})
             continue
         p = plan_of(overrides)
-        chosen = p["layouts"][p["chosen"]]
+        chosen = p["layouts"][p["chosen"]] if "layouts" in p else None
         peak = p["accelerator"]["bf16_tflops"] * 1e12
-        value = p[key] if key in p else chosen[key]
+        value = p[key] if key in p else chosen[key] if chosen else None
         implied = None
         if key == "gpu_hours":
             implied = p["flops_total"] / (published * 3600 * peak)
         elif key == "tokens_per_s_per_gpu":
             implied = published * p["flops_per_token"] / peak
         out.append({"run": name, "key": key, "published": published, "plan": value, "implied_mfu": implied,
-                    "source": source, "layout": f"{p['gpus']} x {p['gpu']}, {chosen['layout']}",
+                    "source": source, "layout": f"{p['gpus']} x {p['gpu']}, {chosen['layout']}" if chosen else
+                    "fits none of task=plan's layouts (no pipeline or vocabulary parallelism)",
                     "params": p["params"], "flops_total": p["flops_total"]})
     return out
 
 
-def _fmt(key: str, v: float) -> str:
+def _fmt(key: str, v: float | None) -> str:
+    if v is None:
+        return "-"
     if key == "flops_total":
         return f"{v:.3g} FLOPs"
     if key == "gpu_hours":
@@ -105,7 +116,8 @@ def _fmt(key: str, v: float) -> str:
 
 
 def markdown(found: list[dict]) -> str:
-    body = [[r["run"], _fmt(r["key"], r["published"]), _fmt(r["key"], r["plan"]), f"{r['plan'] / r['published']:.2f}",
+    body = [[r["run"], _fmt(r["key"], r["published"]), _fmt(r["key"], r["plan"]),
+             "-" if r["plan"] is None else f"{r['plan'] / r['published']:.2f}",
              "" if r["implied_mfu"] is None else f"{r['implied_mfu']:.2f}", r["layout"] or "20 x parameters",
              SOURCES[r["source"]]] for r in found]
     return table(["published run", "published", "task=plan (MFU 0.4)", "plan / published", "implied MFU",

@@ -57,10 +57,21 @@ def block_params(budget: dict) -> int:
     return (g["attention"]["total"] + g["mlp"]["total"] + g["norms"]["total"]) // layers
 
 
+def _split_params(budget: dict) -> int:
+    """The parameters tensor parallelism splits: the attention's and the MLP's but for the biases of the row-wise
+    W_o and MLP proj (whole on every process; q/k norms, 2·d_head a layer, are counted as split) — a budget of
+    counts alone: all."""
+    g, m = budget.get("groups"), budget["config"]
+    if not g:
+        return budget["total_params"]
+    return g["attention"]["total"] + g["mlp"]["total"] - (2 * m["n_layers"] * m["d_model"] if m.get("bias") else 0)
+
+
 def training_memory(budget: dict, batch_size: int, context_length: int | None = None, precision="32-true",
                     shards: int = 1, checkpointing: bool = False, tensor_parallel: int = 1) -> dict:
     """The estimate (bytes) for one training process: ``states`` (``weights`` + ``gradients`` + ``optimizer``:
-    AdamW's two moments; divided over ``shards`` FSDP processes x ``tensor_parallel`` ones), ``activations`` (scores
+    AdamW's two moments; divided over ``shards`` FSDP processes, the attention's and MLP's also over
+    ``tensor_parallel`` ones), ``activations`` (scores
     left out), ``scores`` (the a·s² attention part), ``logits``, and ``working`` (FSDP, shards > 1: the parameters
     gathered at once, in the compute dtype — the root module's, kept through the step, and two blocks', the one
     running and the one prefetched — and one block's unsharded gradients in fp32); ``least`` = states + working +
@@ -68,20 +79,23 @@ def training_memory(budget: dict, batch_size: int, context_length: int | None = 
 
     ``checkpointing`` (per block, train.activation_checkpointing): each block keeps only its input (in the weights'
     dtype: the residual stream's) and one block's activations are recomputed at a time in the backward pass.
-    ``tensor_parallel`` t (Megatron-style within a node, no sequence parallelism): a block keeps s·b·h·(10 + 24/t)
-    at 16 bits (Korthikanti et al. §4.2) and the logits are split over the t processes."""
+    ``tensor_parallel`` t (Megatron-style within a node, no sequence parallelism, as trainer.tensor_parallel runs it:
+    builder/training/tensor_parallel.py): the attention and MLP parameters are split over the t processes, the
+    embeddings, norms and unembedding replicated (each then sharded over the ``shards`` data-parallel processes);
+    a block keeps s·b·h·(10 + 24/t) at 16 bits (Korthikanti et al. §4.2); the logits are whole on every process."""
     m = budget["config"]
     b, s = int(batch_size), int(context_length or m["context_length"])
     t = max(1, int(tensor_parallel))
     act_bytes, (w_bytes, g_bytes, o_bytes) = _precision_bytes(precision)
     params = budget["total_params"]
-    split = max(1, shards) * t
-    weights, gradients, optimizer = (n * params // split for n in (w_bytes, g_bytes, o_bytes))
+    split = _split_params(budget) if t > 1 else 0  # what the tensor-parallel processes divide between them
+    held = params - split + split // t  # one process's parameters before FSDP shards them
+    weights, gradients, optimizer = (n * held // max(1, shards) for n in (w_bytes, g_bytes, o_bytes))
     working = 0
     if shards > 1 and "groups" in budget:  # (a budget of counts alone: no working copies counted)
         compute = 2 if act_bytes == 2 else w_bytes  # FSDP2 gathers in param_dtype: bf16 under bf16-mixed
-        block = block_params(budget) // t
-        root = (params - m["n_layers"] * block_params(budget)) // t
+        block = block_params(budget) - (split - split // t) // m["n_layers"]
+        root = params - m["n_layers"] * block_params(budget)  # embeddings, final norm: replicated
         working = compute * (root + 2 * block) + 4 * block
     layer = int(s * m["d_model"] * (10 + 24 / t) * act_bytes) // 2  # one block's, one window (t = 1: 34·s·h)
     scores_layer = 5 * m["n_heads"] * s * s * act_bytes // 2 // t
@@ -90,7 +104,7 @@ def training_memory(budget: dict, batch_size: int, context_length: int | None = 
         scores = scores_layer
     else:
         activations, scores = m["n_layers"] * layer, m["n_layers"] * scores_layer
-    logits = 12 * s * m["vocab_size"] // t
+    logits = 12 * s * m["vocab_size"]
     states = weights + gradients + optimizer
     least = states + working + b * (activations + logits)
     return {"weights": weights, "gradients": gradients, "optimizer": optimizer, "states": states,
@@ -189,8 +203,11 @@ def check_training_memory(budget: dict, cfg) -> dict | None:
         return None
     precision = cfg["trainer"].get("precision", "32-true")
     data = cfg["data"]
-    est = training_memory(budget, data["batch_size"], data.get("context_length"), precision, device["shards"],
-                          checkpointing=bool(cfg["train"].get("activation_checkpointing", False)))
+    tp = int(cfg["trainer"].get("tensor_parallel") or 1)  # fsdp2's tensor-parallel groups: the rest shards the states
+    est = training_memory(budget, data["batch_size"], data.get("context_length"), precision,
+                          max(1, device["shards"] // tp), checkpointing=bool(cfg["train"].get("activation_checkpointing",
+                                                                                               False)),
+                          tensor_parallel=tp)
     est["available"], n = device["bytes"], device["processes"]
     if est["least"] * n <= device["bytes"]:
         return est

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 
+from .config import parallel
 from .errors import ConfigError
 from .memory import GIB, block_params, training_memory
 from .report import human
@@ -49,20 +50,21 @@ def training_flops(budget: dict, context_length: int, tokens: float) -> dict:
             "attention_share": attention_per_token / per_token, "context_length": context_length}
 
 
-def _tensor_parallel(n: int, per_node: int) -> int:
-    """The tensor-parallel degree on n GPUs: the largest power of two up to a node that divides n."""
+def _tensor_parallel(n: int, per_node: int, model_cfg: dict | None = None) -> int:
+    """The tensor-parallel degree on n GPUs: the largest power of two up to a node that divides n (and that the
+    trainer splits ``model_cfg`` by: its heads, key/value heads and hidden width; builder/config/parallel.py)."""
     t = 1
-    while t * 2 <= per_node and n % (t * 2) == 0:
+    while t * 2 <= per_node and n % (t * 2) == 0 and not (model_cfg and any(parallel.problems(model_cfg, t * 2))):
         t *= 2
     return t
 
 
 def layout_memory(layout: str, budget: dict, n: int, batch_size: int, context_length: int, precision: str,
-                  gpu, reserve: float) -> dict | None:
+                  gpu, reserve: float, model_cfg: dict | None = None) -> dict | None:
     """The memory per GPU of ``layout`` on ``n`` GPUs (bytes), with ``fits``; None where the layout does not apply
-    (tensor parallelism on an odd count). The estimate is ``training_memory``'s, attention's scores left out (the
-    fused kernels keep none)."""
-    t = _tensor_parallel(n, gpu.gpus_per_node) if layout == "tp" else 1
+    (tensor parallelism on an odd count, or on a model the trainer does not split: ``model_cfg``). The estimate is
+    ``training_memory``'s, attention's scores left out (the fused kernels keep none)."""
+    t = _tensor_parallel(n, gpu.gpus_per_node, model_cfg) if layout == "tp" else 1
     if layout == "tp" and t == 1:
         return None
     shards = {"ddp": 1, "fsdp": n, "fsdp_ac": n, "tp": n // t}[layout]
@@ -84,14 +86,14 @@ def _count(i: int, per_node: int, tp: bool) -> int:
 
 
 def min_gpus(layout: str, budget: dict, batch_size: int, context_length: int, precision: str, gpu,
-             reserve: float, limit: int = MAX_GPUS) -> int | None:
+             reserve: float, model_cfg: dict | None = None, limit: int = MAX_GPUS) -> int | None:
     """The fewest GPUs (up to ``limit``) on which ``layout`` fits; None when none does. Memory per GPU only falls
     as GPUs are added, so the counts are bisected."""
     per_node, tp = gpu.gpus_per_node, layout == "tp"
 
     def fits(i: int) -> bool:
         mem = layout_memory(layout, budget, _count(i, per_node, tp), batch_size, context_length, precision, gpu,
-                            reserve)
+                            reserve, model_cfg)
         return bool(mem and mem["fits"])
 
     if layout == "ddp":
@@ -157,15 +159,16 @@ def _gpus_asked(plan_cfg, gpu) -> int | None:
     return plan_cfg.nodes * gpu.gpus_per_node if plan_cfg.nodes is not None else None
 
 
-def make_plan(budget: dict, plan_cfg, batch_size: int, context_length: int) -> dict:
+def make_plan(budget: dict, plan_cfg, batch_size: int, context_length: int, model_cfg: dict | None = None) -> dict:
     """The plan (a JSON-ready dict) for the model of ``budget`` under ``plan_cfg`` (the checked PlanConfig), with
     ``data.batch_size`` windows of ``context_length`` tokens per GPU and micro-batch. ConfigError when the model
-    fits nowhere in the limits given."""
+    fits nowhere in the limits given. ``model_cfg`` (the plain model config): tensor parallelism only in a degree
+    the trainer splits it by (none for a mixture of experts or latent attention)."""
     gpu = plan_cfg.accelerators[plan_cfg.gpu]
     params = budget["total_params"]
     tokens = plan_cfg.tokens if plan_cfg.tokens is not None else CHINCHILLA_TOKENS_PER_PARAM * params
     flops = training_flops(budget, context_length, tokens)
-    args = (budget, batch_size, context_length, plan_cfg.precision, gpu, plan_cfg.reserve)
+    args = (budget, batch_size, context_length, plan_cfg.precision, gpu, plan_cfg.reserve, model_cfg)
     asked = _gpus_asked(plan_cfg, gpu)
     fewest = {name: min_gpus(name, *args) for name in LAYOUTS}
     possible = [v for v in fewest.values() if v is not None]
@@ -182,14 +185,17 @@ def make_plan(budget: dict, plan_cfg, batch_size: int, context_length: int) -> d
         mem = layout_memory(name, *args[:1], n, *args[1:])
         entry = {"layout": LAYOUTS[name], "min_gpus": fewest[name]}
         if mem is None:
-            entry.update(fits=False, note=f"tensor parallelism needs an even number of GPUs, not {n}")
+            refused = next(parallel.problems(model_cfg, 2), None) if model_cfg else None
+            entry.update(fits=False, note=f"the trainer does not split this model: {refused[0]}={refused[1]!r}"
+                         if refused else f"tensor parallelism needs an even number of GPUs, not {n}")
         else:
             entry.update(memory=mem, fits=mem["fits"], **step_time(name, mem, budget, flops, gpu, settings))
         layouts[name] = entry
     fitting = [k for k, v in layouts.items() if v["fits"]]
     if not fitting:
         raise fits_nowhere(budget, plan_cfg, gpu, batch_size, context_length, asked, fewest)
-    # the fastest that fits; tensor parallelism (which hydraformer cannot launch yet) only when nothing else does
+    # the fastest that fits; tensor parallelism (its all-reduces exposed, with activation checkpointing) only when
+    # nothing else does
     chosen = min(fitting, key=lambda k: (k == "tp", layouts[k]["days"]))
     nodes = plan_cfg.nodes or math.ceil(n / gpu.gpus_per_node)
     if "fsdp" in fitting or "ddp" in fitting:
@@ -270,12 +276,14 @@ SET_BY_PLAN = ("task", "plan", "trainer", "checkpoint", "hydra", "data.batch_siz
 def launch_command(plan: dict, kept: list[str]) -> dict:
     """The ``hydraformer`` arguments that train the chosen layout (``args``) and their SLURM form (``slurm``):
     ``kept``, the plan's overrides that describe the model and data, then the trainer, the batch, gradient
-    accumulation to the global batch, activation checkpointing, the precision and the steps to the token budget."""
+    accumulation to the global batch, activation checkpointing, the precision and the steps to the token budget; the
+    tensor-parallel layout with ``trainer.tensor_parallel`` (builder/training/tensor_parallel.py)."""
     layout = plan["layouts"][plan["chosen"]]
     n, nodes, per_node = plan["gpus"], plan["nodes"], plan["gpus_per_node"]
     trainer = "gpu" if n == 1 else ("ddp" if plan["chosen"] == "ddp" else "fsdp")
+    split = [f"trainer.tensor_parallel={layout['memory']['tensor_parallel']}"] if plan["chosen"] == "tp" else []
     args = ["task=train", *kept, f"trainer={trainer}", f"trainer.devices={per_node}", f"trainer.num_nodes={nodes}",
-            f"trainer.precision={plan['precision']}", f"data.batch_size={plan['batch_size']}",
+            *split, f"trainer.precision={plan['precision']}", f"data.batch_size={plan['batch_size']}",
             f"data.context_length={plan['context_length']}",
             f"trainer.accumulate_grad_batches={layout['accumulate_grad_batches']}",
             f"trainer.max_steps={layout['steps']}"]
@@ -283,11 +291,7 @@ def launch_command(plan: dict, kept: list[str]) -> dict:
         args.append("train.activation_checkpointing=true")
     slurm = ["-m", "hydra/launcher=slurm", f"hydra.launcher.nodes={nodes}", f"hydra.launcher.tasks_per_node={per_node}",
              f"hydra.launcher.gpus_per_node={per_node}", *args]
-    note = None
-    if plan["chosen"] == "tp":
-        note = ("hydraformer has no tensor-parallel trainer yet: this is the FSDP + activation checkpointing command "
-                "on the same GPUs, which the estimate says does not fit; it needs a tensor-parallel strategy")
-    return {"args": args, "slurm": slurm, "note": note}
+    return {"args": args, "slurm": slurm}
 
 
 def kept_overrides(overrides: list[str]) -> list[str]:
@@ -370,8 +374,6 @@ def markdown(plan: dict, command: dict) -> str:
              f"out (fused kernels keep none); allowance: {plan['reserve']:.0%} of the GPU's memory.",
              f"- Cost at ${plan['price_per_gpu_hour']:g} per GPU-hour.", "",
              f"## Launch ({plan['layouts'][plan['chosen']]['layout']})", ""]
-    if command["note"]:
-        lines += [command["note"], ""]
     lines += ["```", shell(command["args"]), "```", "", "On SLURM (the submitit launcher, conf/hydra/launcher/slurm.yaml):",
               "", "```", shell(command["slurm"]), "```", ""]
     return "\n".join(lines)

@@ -242,6 +242,24 @@ class GroupedQueryAttention(nn.Module):
     def split_sizes(self) -> list[int]:
         return [self.n_heads * self.d_head, self.n_kv_heads * self.d_head, self.n_kv_heads * self.d_head]
 
+    def split_rows(self, parts: int) -> torch.Tensor:
+        """The fused q/k/v projection's rows reordered so that ``parts`` equal consecutive chunks each hold whole
+        heads: chunk r is query heads r·n/parts .. (r+1)·n/parts - 1, then the key and value heads those queries
+        read (grouped-query: kv heads r·kv/parts ..). Stacked as built (all q, all k, all v), an even split would
+        give one part every query and half the keys. ``parts`` must divide n_heads and n_kv_heads."""
+        if self.n_heads % parts or self.n_kv_heads % parts:
+            raise ValueError(f"{parts} parts do not divide n_heads={self.n_heads} and n_kv_heads={self.n_kv_heads}")
+        rows = torch.arange(sum(self.split_sizes())).split(self.split_sizes())
+        return torch.cat([piece for r in range(parts) for part in rows for piece in part.chunk(parts)[r:r + 1]])
+
+    def keep_heads(self, parts: int) -> None:
+        """From now on this module computes 1/``parts`` of the heads (its q/k/v rows and W_o columns split over
+        ``parts`` tensor-parallel processes, :meth:`split_rows`): its head counts become the local ones."""
+        if self.sinks is not None:
+            raise ValueError("attention sinks (one logit per head) are not split over tensor-parallel processes")
+        self.split_rows(parts)  # (refuses counts that do not divide)
+        self.n_heads, self.n_kv_heads = self.n_heads // parts, self.n_kv_heads // parts
+
     def forward(self, x, mask: AttentionMask, positions, pos, cache: KVCache | None = None):
         b, t, _ = x.shape
         q, k, v = self.qkv(x).split(self.split_sizes(), dim=-1)

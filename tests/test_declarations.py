@@ -20,7 +20,7 @@ import builder
 import components
 from builder.config.checks import check_job
 from builder.config.plain import to_plain
-from builder.config.schema import CALLBACK_SCHEMAS, TRAINER_SET_BY_US, Config, TrainerConfig
+from builder.config.schema import CALLBACK_SCHEMAS, STRATEGY_KEYS, TRAINER_SET_BY_US, Config, TrainerConfig
 from builder.config.spec import Declared, check, declared
 from builder.errors import ConfigError
 from components.registry import OneOf, settings_class
@@ -163,10 +163,10 @@ def test_trainer_keys_are_lightnings_arguments_with_its_defaults():
     params = inspect.signature(pl.Trainer.__init__).parameters
     ours = {f.name: f for f in dataclasses.fields(TrainerConfig)}
     lightning = {name for name in params if name != "self"}
-    assert set(ours) - {"checkpoint_format"} <= lightning, set(ours) - lightning
+    assert set(ours) - set(STRATEGY_KEYS) <= lightning, set(ours) - lightning
     assert lightning - set(ours) == set(TRAINER_SET_BY_US), lightning - set(ours)
     for name, f in ours.items():
-        if name == "checkpoint_format":
+        if name in STRATEGY_KEYS:
             continue
         assert f.default == params[name].default, (name, f.default, params[name].default)
 

@@ -81,6 +81,25 @@ def test_gpt3_175b_flops_within_2_percent_of_the_paper_and_no_fewer_gpus_than_it
     for layout, v in p["layouts"].items():
         assert v["min_gpus"] is None or v["min_gpus"] >= math.ceil(states_need), layout
     assert not p["layouts"]["ddp"]["fits"] and p["layouts"][p["chosen"]]["fits"]
+    # FSDP alone does not fit at one window of 2048 on 40 GB: tensor parallelism within each node, launched as such
+    assert p["chosen"] == "tp" and not p["layouts"]["fsdp_ac"]["fits"]
+    args = p["command"]
+    assert {"trainer=fsdp", "trainer.devices=8", f"trainer.num_nodes={p['nodes']}", "trainer.tensor_parallel=8",
+            "train.activation_checkpointing=true"} <= set(args)
+    assert check_command(args, TASKS) == 1 and check_command(p["slurm_command"], TASKS) == 1
+    cfg = builder.compose(args[1:])
+    assert cfg.trainer.strategy == "fsdp2" and cfg.trainer.tensor_parallel == 8
+
+
+def test_tensor_parallelism_is_planned_only_where_the_trainer_splits_the_model(tmp_path):
+    """A mixture of experts is not split over tensor-parallel processes (the trainer refuses it): its plan says so
+    and keeps to FSDP; grouped-query attention's key/value heads bound the degree (llama3_70b's 8 on 8-GPU nodes)."""
+    moe = plan(tmp_path, "model=mixtral_8x7b", "data.batch_size=1", "data.context_length=4096", "plan.gpus=16",
+                name="moe")
+    assert moe["layouts"]["tp"]["note"].startswith("the trainer does not split this model: model.mlp='moe'")
+    assert moe["layouts"]["tp"]["min_gpus"] is None and "trainer.tensor_parallel" not in " ".join(moe["command"])
+    llama = plan(tmp_path, "model=llama3_70b", "data.batch_size=1", "plan.gpus=64", name="llama")
+    assert llama["layouts"]["tp"]["memory"]["tensor_parallel"] == 8
 
 
 def test_chinchilla_tokens_are_20_per_parameter_as_table_3_has_them(tmp_path):

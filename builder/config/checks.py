@@ -21,6 +21,7 @@ import components
 from components.registry import Settings, closest
 
 from ..errors import ConfigError, first_line
+from . import parallel
 from .plain import to_plain
 from .schema import CALLBACK_SCHEMAS, Config
 from .spec import check, unknown_key
@@ -119,6 +120,9 @@ def check_job(cfg) -> Config:
         processes = checked.trainer.processes()
         if checked.train.skip_nonfinite and processes is not None and processes > 1:
             raise skip_nonfinite_refusal(processes)
+        refused = next(parallel.problems(plain.get("model") or {}, checked.trainer.tensor_parallel, processes), None)
+        if refused is not None:
+            raise ConfigError(*refused)
     return checked
 
 

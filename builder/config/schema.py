@@ -159,10 +159,15 @@ FSDP2_PRECISIONS = ("32-true", "32", 32, "bf16-mixed")  # the ones build_sharded
 TRAINER_SET_BY_US = ("default_root_dir", "callbacks", "logger", "plugins", "use_distributed_sampler", "model_registry")
 
 
+# TrainerConfig's keys that are no Trainer arguments: builder/tasks/train.py make_strategy hands them to fsdp2's strategy
+STRATEGY_KEYS = ("checkpoint_format", "tensor_parallel")
+
+
 @dataclass
 class TrainerConfig:
     """pytorch_lightning.Trainer's arguments (names, types and defaults are Lightning's: tests/test_config.py holds
-    them to its signature), with the ranges Lightning itself does not refuse; plus ``checkpoint_format``."""
+    them to its signature), with the ranges Lightning itself does not refuse; plus ``checkpoint_format`` and
+    ``tensor_parallel``."""
 
     accelerator: Annotated[str, OneOf("auto", "cpu", "gpu", "cuda", "mps", "tpu", "xla", "hpu"),
                            doc("the device kind")] = "auto"
@@ -210,6 +215,9 @@ class TrainerConfig:
     enable_autolog_hparams: Annotated[bool, doc("Lightning logs the module's hyperparameters to the loggers")] = True
     checkpoint_format: Annotated[str | None, OneOf("sharded", "full"), doc("fsdp2 only: sharded (a directory of "
                                                                           "shards) or full (one file)")] = None
+    tensor_parallel: Annotated[int, Gt(0), doc("fsdp2 only: processes that split each block's attention heads and "
+                                               "MLP between them (Megatron-style, within a node); the rest of "
+                                               "devices x num_nodes is data parallel")] = 1
 
     def problems(self, context=None):
         devices = self._devices()
@@ -245,6 +253,9 @@ class TrainerConfig:
         if self.checkpoint_format is not None and self.strategy != "fsdp2":
             yield "checkpoint_format", self.checkpoint_format, "unset: only trainer.strategy=fsdp2 (trainer=fsdp, " \
                 f"fsdp_cpu) writes sharded or full checkpoints; this run's strategy is {self.strategy!r}"
+        if self.tensor_parallel > 1 and self.strategy != "fsdp2":
+            yield "tensor_parallel", self.tensor_parallel, "1: only trainer.strategy=fsdp2 (trainer=fsdp, fsdp_cpu) " \
+                f"splits blocks over processes; this run's strategy is {self.strategy!r}"
         if self.strategy == "fsdp2" and self.precision is not None and self.precision not in FSDP2_PRECISIONS:
             yield "precision", self.precision, "one of 32-true, bf16-mixed under trainer.strategy=fsdp2: fp16 " \
                 "(16-mixed) needs a loss scaler over the shards, which Lightning's ModelParallelStrategy does not " \

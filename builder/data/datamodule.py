@@ -44,7 +44,7 @@ from .tokenizers import (
     token_dtype,
     tokenizer_from_dict,
 )
-from .windows import EpochSampler, RandomWindowDataset, ValWindowDataset
+from .windows import EpochSampler, RandomWindowDataset, ValWindowDataset, data_parallel
 
 
 class ResumableDataLoader(DataLoader):
@@ -309,7 +309,7 @@ class TokenDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self._require_setup()
         trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        rank, world = data_parallel(trainer)
         return ResumableDataLoader(
             self.train_dataset,
             batch_size=self.batch_size,

@@ -74,6 +74,16 @@ class ValWindowDataset(Dataset):
         return window[:-1], window[1:]
 
 
+def data_parallel(trainer) -> tuple[int, int]:
+    """(this process's place among the data-parallel replicas, their number) under ``trainer`` (None: one process).
+    Each replica draws its own share of the batches; under tensor parallelism (fsdp2's ``trainer.tensor_parallel``)
+    the processes of one tensor-parallel group are one replica, and read the same batch."""
+    if trainer is None:
+        return 0, 1
+    split = getattr(trainer.strategy, "distributed_sampler_kwargs", None)
+    return (split["rank"], split["num_replicas"]) if split else (trainer.global_rank, trainer.world_size)
+
+
 class EpochSampler(Sampler[int]):
     """Yields ``epoch * n .. (epoch + 1) * n - 1``, every ``world_size``-th one from ``rank``.
 

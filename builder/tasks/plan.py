@@ -41,15 +41,13 @@ def run(cfg, out_dir: Path, model_name: str | None = None) -> int:
     budget = parameter_budget(model_cfg, model_name)
     written = OmegaConf.to_container(cfg.data, resolve=False).get("context_length")
     context = budget["config"]["context_length"] if written == "${model.context_length}" else settings.data.context_length
-    plan = make_plan(budget, settings.plan, settings.data.batch_size, context)
+    plan = make_plan(budget, settings.plan, settings.data.batch_size, context, model_cfg)
     inputs_checked(model_cfg, f"checkpoint={cfg.checkpoint}") if cfg.get("checkpoint") else inputs_checked()
     command = launch_command(plan, kept)
-    plan["command"], plan["slurm_command"], plan["command_note"] = command["args"], command["slurm"], command["note"]
+    plan["command"], plan["slurm_command"] = command["args"], command["slurm"]
     atomic_write(out_dir / "plan.json", json.dumps(plan, indent=2) + "\n")
     atomic_write(out_dir / "plan.md", markdown(plan, command))
     print(summary(plan))
-    if command["note"]:
-        print(f"\n{command['note']}")
     print(f"\nlaunch: {shell(command['args'])}\nSLURM:  {shell(command['slurm'])}")
     print(f"\nwrote {out_dir / 'plan.json'}, plan.md")
     return 0

@@ -33,6 +33,7 @@ from ..checkpoint import check_sharded_resumable as sharded_resumable
 from ..config.checks import checked, skip_nonfinite_refusal
 from ..config.plain import to_plain
 from ..config.printing import inputs_checked
+from ..config.schema import STRATEGY_KEYS
 from ..data.datamodule import TokenDataModule
 from ..errors import ConfigError, NonFiniteLossError, compile_refusal
 from ..files import atomic_write, temp_files
@@ -128,14 +129,15 @@ def make_strategy(trainer_kwargs: dict, checkpoint_io):
     """The Trainer's strategy: ``fsdp2`` (torch's fully_shard per Block, the model built sharded:
     builder/training/fsdp.py; trainer=fsdp and fsdp_cpu), ``fsdp`` (Lightning's FSDPStrategy, each Block a unit),
     else Lightning's own name. ``trainer.checkpoint_format``
-    (sharded | full; fsdp2 only) is taken out of ``trainer_kwargs``: it is not a Trainer argument. (The settings
+    (sharded | full; fsdp2 only) and ``trainer.tensor_parallel`` are taken out of ``trainer_kwargs``: they are not
+    Trainer arguments. (The settings
     were checked against TrainerConfig's declaration and rules: builder/config/schema.py.)"""
     strategy = trainer_kwargs.get("strategy", "auto")
-    checkpoint_format = trainer_kwargs.pop("checkpoint_format", None)
+    checkpoint_format, tensor_parallel = (trainer_kwargs.pop(key, None) for key in STRATEGY_KEYS)
     if strategy == "fsdp":
         return FSDPStrategy(auto_wrap_policy={Block}, sharding_strategy="FULL_SHARD", checkpoint_io=checkpoint_io)
     if strategy == "fsdp2":
-        fsdp2 = FullyShardedStrategy(checkpoint_format or "sharded")
+        fsdp2 = FullyShardedStrategy(checkpoint_format or "sharded", tensor_parallel or 1)
         fsdp2.checkpoint_io = checkpoint_io  # a full checkpoint is written atomically, as every other
         return fsdp2
     return strategy

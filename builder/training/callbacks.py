@@ -86,6 +86,18 @@ def _takes_part(trainer) -> bool:
     return trainer.is_global_zero or isinstance(trainer.strategy, ModelParallelStrategy)
 
 
+def _all_heads(trainer, patterns: torch.Tensor) -> torch.Tensor:
+    """Every head's patterns ``[layer, head, query, key]``: under tensor parallelism (fsdp2's trainer.tensor_parallel)
+    each process of a group computed its share of the heads, gathered here in order (every process calls this)."""
+    strategy = trainer.strategy
+    tp = getattr(strategy, "tensor_parallel", 1)
+    if tp == 1:
+        return patterns
+    parts = [torch.empty_like(patterns) for _ in range(tp)]
+    torch.distributed.all_gather(parts, patterns.contiguous(), group=strategy.device_mesh["tensor_parallel"].get_group())
+    return torch.cat(parts, dim=1)
+
+
 class SampleText(pl.Callback):
     """At every validation, continue a fixed prompt with a fixed seed; log it and append it to samples.txt."""
 
@@ -144,11 +156,12 @@ class AttentionProbe(pl.Callback):
         model = pl_module.model
         ids = torch.tensor([self.ids[-model.context_length:] if model.context_length else self.ids])
         rec = record(model, ids, fields=("pattern", "mask"))  # under fsdp2 every process runs the sharded forward
+        n = len(model.blocks)
+        patterns = _all_heads(trainer, torch.stack([rec.pattern(layer)[0] for layer in range(n)]))
         if not trainer.is_global_zero:
             return
-        n = len(model.blocks)
         t = ids.shape[1]
-        patterns = torch.stack([rec.pattern(layer)[0] for layer in range(n)]).float().cpu()
+        patterns = patterns.float().cpu()
         masks = torch.stack([head_mask(rec, layer, t) for layer in range(n)])
         step = trainer.global_step
         path = draw_patterns(self.out_dir / "attention" / f"patterns_step{step}.png", self.tokens[-t:], patterns, masks,

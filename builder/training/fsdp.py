@@ -42,8 +42,10 @@ from components import Block
 
 from .. import sharded
 from ..checkpoint import SHARDED, SHARDED_META, is_sharded_checkpoint
+from ..config.parallel import process_problem
 from ..errors import ConfigError
 from ..model import build_model
+from . import tensor_parallel
 
 CHECKPOINT_FORMATS = ("sharded", "full")
 # in-place initialisers that overwrite every value without reading any (the tensor's earlier values do not matter)
@@ -52,16 +54,48 @@ _OVERWRITE = {"uniform_", "normal_", "zero_", "fill_", "random_", "exponential_"
 
 
 class FullyShardedStrategy(ModelParallelStrategy):
-    """Lightning's ModelParallelStrategy as plain FSDP: one data-parallel mesh dimension over every process (no
-    tensor parallelism). The LightningModule shards itself in ``configure_model`` (:func:`build_sharded`)."""
+    """Lightning's ModelParallelStrategy as plain FSDP: one data-parallel mesh dimension over every process, or with
+    ``tensor_parallel`` N > 1 a data-parallel x tensor-parallel mesh (N consecutive processes split each block:
+    builder/training/tensor_parallel.py). The LightningModule shards itself in ``configure_model``
+    (:func:`build_sharded`)."""
 
-    def __init__(self, checkpoint_format: str = "sharded", **kwargs):
+    def __init__(self, checkpoint_format: str = "sharded", tensor_parallel: int = 1, **kwargs):
         if checkpoint_format not in CHECKPOINT_FORMATS:
             raise ConfigError("trainer.checkpoint_format", checkpoint_format,
                               f"one of {', '.join(CHECKPOINT_FORMATS)} (sharded: a directory of shards per checkpoint; "
                               "full: one file gathered on process 0)")
+        if tensor_parallel > 1 and checkpoint_format != "sharded":
+            raise ConfigError("trainer.checkpoint_format", checkpoint_format, f"sharded under trainer.tensor_parallel="
+                              f"{tensor_parallel}: a full checkpoint's optimizer state is keyed by parameter number on "
+                              "process 0, where the tensor-parallel q/k/v rows are not put back in their built order; "
+                              "a sharded one is (and task=sample / export / builder.load_model read it as a full one)")
         super().__init__(save_distributed_checkpoint=checkpoint_format == "sharded", **kwargs)
         self.checkpoint_format = checkpoint_format
+        self.tensor_parallel = int(tensor_parallel)
+        self._orders: dict | None = None
+
+    def _row_orders(self) -> dict:
+        """The parameters whose rows training holds reordered (tensor parallelism's q/k/v), by their names in the
+        LightningModule's state dict; empty without tensor parallelism."""
+        if self.tensor_parallel == 1:
+            return {}
+        if self._orders is None:
+            self._orders = tensor_parallel.row_orders(self.lightning_module.hparams["model"], self.tensor_parallel)
+        return self._orders
+
+    def lightning_module_state_dict(self) -> dict:
+        orders = self._row_orders()
+        if not orders:
+            return super().lightning_module_state_dict()
+        state = get_model_state_dict(self.model)  # (sharded: each process's shards, on its device)
+        return tensor_parallel.reorder(state, orders, "model.")
+
+    def optimizer_state(self, optimizer) -> dict:
+        orders = self._row_orders()
+        if not orders:
+            return super().optimizer_state(optimizer)
+        state = get_optimizer_state_dict(self.model, getattr(optimizer, "_optimizer", optimizer))
+        return tensor_parallel.reorder(state, orders, "model.")
 
     def save_checkpoint(self, checkpoint, filepath, storage_options=None) -> None:
         """A sharded checkpoint is written into a hidden ``.NAME.tmp`` directory beside its place, then renamed
@@ -99,13 +133,18 @@ class FullyShardedStrategy(ModelParallelStrategy):
         path = Path(self.broadcast(str(checkpoint_path)))
         if not is_sharded_checkpoint(path):
             return super().load_checkpoint(path, weights_only=True)
-        module = {"state_dict": get_model_state_dict(self.model)}
+        orders = self._row_orders()  # tensor parallelism: the q/k/v rows read as built, then put in training's order
+        module = {"state_dict": tensor_parallel.reorder(get_model_state_dict(self.model), orders, "model.")}
         sharded.load(module, path, "ckpt_path", SHARDED)
-        self.model.load_state_dict(module["state_dict"], strict=self.lightning_module.strict_loading)
+        self.model.load_state_dict(tensor_parallel.reorder(module["state_dict"], orders, "model.", back=True),
+                                   strict=self.lightning_module.strict_loading)
         for i, optimizer in enumerate(self.optimizers):
-            state = {f"optimizer_{i}": get_optimizer_state_dict(self.model, optimizer)}
+            state = {f"optimizer_{i}": tensor_parallel.reorder(get_optimizer_state_dict(self.model, optimizer), orders,
+                                                               "model.")}
             sharded.load(state, path, "ckpt_path", SHARDED)
-            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=state[f"optimizer_{i}"],
+            set_optimizer_state_dict(self.model, optimizer,
+                                     optim_state_dict=tensor_parallel.reorder(state[f"optimizer_{i}"], orders,
+                                                                              "model.", back=True),
                                      options=StateDictOptions(cpu_offload=True))
         return torch.load(path / SHARDED_META, map_location="cpu", weights_only=True)
 
@@ -115,7 +154,11 @@ class FullyShardedStrategy(ModelParallelStrategy):
         # and the process count is known only now (devices="auto"), so the two private sizes are set before its
         # set-up reads them (pyproject pins Lightning's minor version)
         if self._data_parallel_size == "auto" and self._tensor_parallel_size == "auto":
-            self._data_parallel_size, self._tensor_parallel_size = self.num_nodes * self.num_processes, 1
+            processes = self.num_nodes * self.num_processes
+            refused = process_problem(self.tensor_parallel, processes)
+            if refused is not None:  # (devices=auto / -1: the count is known only now)
+                raise ConfigError(*refused)
+            self._data_parallel_size, self._tensor_parallel_size = processes // self.tensor_parallel, self.tensor_parallel
         super().setup_environment()
 
 
@@ -209,13 +252,15 @@ def _is_fake(t: torch.Tensor) -> bool:
     return isinstance(t, FakeTensor) or t.is_meta
 
 
-def materialize(model: nn.Module, fake: nn.Module, calls: list[tuple], rng_state: torch.Tensor | None = None) -> None:
+def materialize(model: nn.Module, fake: nn.Module, calls: list[tuple], rng_state: torch.Tensor | None = None,
+                orders: dict[str, torch.Tensor] | None = None) -> None:
     """Fill ``model``'s parameters (already allocated, possibly sharded DTensors) with the values ``calls`` draw.
 
     The calls run in their order on full-size temporaries, from ``rng_state`` (the CPU generator's state when the
     single-process model would have been built; the current one if None), so the random stream is consumed exactly
     as a real build consumes it; a tensor's temporary lives from its last overwriting call to its last call, then its
-    slice of it is copied into this process's shard."""
+    slice of it is copied into this process's shard (``orders``: parameter name -> the order of its rows held, the
+    tensor-parallel q/k/v layout of builder/training/tensor_parallel.py)."""
 
     names: dict[int, list[str]] = {}
     for name, p in fake.named_parameters(remove_duplicate=False):
@@ -237,9 +282,10 @@ def materialize(model: nn.Module, fake: nn.Module, calls: list[tuple], rng_state
             func(*[tmp if a is target else a for a in args], **{k: tmp if v is target else v for k, v in kwargs.items()})
             if last[key] != i:
                 continue
-            full = live.pop(key)
+            built = live.pop(key)
             for name in names.get(key, []):
                 p = params[name]
+                full = built[orders[name]] if orders and name in orders else built
                 if isinstance(p.data, DTensor):
                     shard = distribute_tensor(full.to(p.device, p.dtype), p.device_mesh, p.placements, src_data_rank=None)
                     p.data.to_local().copy_(shard.to_local())
@@ -252,14 +298,19 @@ def materialize(model: nn.Module, fake: nn.Module, calls: list[tuple], rng_state
 
 
 def build_sharded(model_cfg: dict, mesh, device: torch.device, precision: str = "32-true",
-                  rng_state: torch.Tensor | None = None) -> nn.Module:
+                  rng_state: torch.Tensor | None = None, tp_mesh=None) -> nn.Module:
     """The model of ``model_cfg``: each Block then the whole model ``fully_shard``-ed over ``mesh``, its shards on
     ``device`` holding the values a single process builds from ``rng_state``. bf16-mixed: the shards stay fp32,
-    forward and backward run in bf16 (gathered in bf16), gradients are reduced in fp32."""
+    forward and backward run in bf16 (gathered in bf16), gradients are reduced in fp32. ``tp_mesh`` (of more than
+    one process): each block's linear maps split over it first (builder/training/tensor_parallel.py)."""
 
     fake, calls = record_init(model_cfg)
     with torch.device("meta"):
         model = build_model(model_cfg)
+    orders = None
+    if tp_mesh is not None and tp_mesh.size() > 1:
+        orders = tensor_parallel.row_orders(model_cfg, tp_mesh.size())
+        tensor_parallel.parallelize(model, tp_mesh)
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if str(precision).startswith("bf16-mixed") else MixedPrecisionPolicy()
     for module in model.modules():
@@ -267,18 +318,25 @@ def build_sharded(model_cfg: dict, mesh, device: torch.device, precision: str = 
             fully_shard(module, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)  # the root is used again at once
     model.to_empty(device=device)
-    materialize(model, fake, calls, rng_state)
+    materialize(model, fake, calls, rng_state, orders)
     return model
 
 
 def clip_sharded_gradients(parameters, max_value: float, algorithm: str = "norm") -> None:
-    """Clip gradients that may be DTensor shards: the norm is of the whole model (every process's shard)."""
+    """Clip gradients that may be DTensor shards: the norm is of the whole model (every process's shard). Under
+    tensor parallelism the shards live on two meshes (the data-parallel one; data x tensor parallel), which one
+    norm cannot mix: each mesh's gradients are measured apart, then combined."""
 
     params = [p for p in parameters if p.grad is not None]
     if algorithm != "norm":
-        torch.nn.utils.clip_grad_value_(params, max_value)
+        torch.nn.utils.clip_grad_value_(params, max_value, foreach=False)
         return
-    total = torch.nn.utils.get_total_norm([p.grad for p in params], 2.0)
-    if isinstance(total, DTensor):
-        total = total.full_tensor()
-    torch.nn.utils.clip_grads_with_norm_(params, max_value, total)
+    by_mesh: dict = {}
+    for p in params:
+        by_mesh.setdefault(getattr(p.grad, "device_mesh", None), []).append(p.grad)
+    norms = []
+    for grads in by_mesh.values():
+        norm = torch.nn.utils.get_total_norm(grads, 2.0)
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    total = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms), 2.0)
+    torch.nn.utils.clip_grads_with_norm_(params, max_value, total, foreach=len(norms) == 1 and None)

@@ -105,8 +105,9 @@ class LitGPT(pl.LightningModule):
         trainer = self._attached_trainer()
         strategy = trainer.strategy if trainer is not None else None
         if isinstance(strategy, ModelParallelStrategy):
-            mesh = strategy.device_mesh["data_parallel"]
-            self._set_model(build_sharded(cfg, mesh, strategy.root_device, str(trainer.precision), self._init_rng))
+            mesh = strategy.device_mesh
+            self._set_model(build_sharded(cfg, mesh["data_parallel"], strategy.root_device, str(trainer.precision),
+                                          self._init_rng, tp_mesh=mesh["tensor_parallel"]))
             return
         if self._init_rng is not None:
             torch.set_rng_state(self._init_rng)

@@ -17,6 +17,7 @@ from lightning_fabric.plugins.precision.precision import (
 )
 from lightning_fabric.utilities.throughput import get_available_flops
 
+from ..data.windows import data_parallel
 from ..errors import ConfigError
 
 # dense bf16/fp16 tensor-core peaks (FLOP/s) by device name, from the vendors' data sheets
@@ -112,7 +113,7 @@ class ThroughputMonitor(pl.Callback):
             self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._tokens += batch[0].numel() * trainer.world_size
+        self._tokens += batch[0].numel() * data_parallel(trainer)[1]  # (a tensor-parallel group: one batch)
         self._batches += 1  # counted here, not from batch_idx: a window may span epochs shorter than it
         if self._batches == self.window:
             _wait_for_device(pl_module)  # the window's kernels done: once a window, never once a step
