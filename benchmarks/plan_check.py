@@ -7,10 +7,11 @@ Each run is ``run.py task=train trainer=fsdp_cpu`` in a fresh process group, one
 set size is the largest of its processes' (getrusage of the children), less the peak of the same run with a
 one-block, 8-wide model (the interpreter, torch, Lightning and the data: what the estimate does not model).
 Predicted memory: builder/memory.py's ``training_memory`` (``least``: what task=plan's per-layout numbers are) with
-the states sharded over 2 and checkpointing on or off. Predicted step time: the model's training FLOPs per step and
-process (x 4/3 with checkpointing) at this machine's measured fp32 matmul rate (one thread), i.e. at MFU 1 of that
-rate, plus FSDP's traffic at a measured memory-copy rate; measured: from the run's perf/tokens_per_s (the median
-window after the first).
+the states sharded over 2 and checkpointing on or off, its activations measured on the model's blocks with
+attention as the CPU runs it (``kernel="cpu"``: builder/activations.py). Predicted step time: the model's
+training FLOPs per step and process (x 4/3 with checkpointing) at this machine's measured fp32 matmul rate (one
+thread), i.e. at MFU 1 of that rate, plus FSDP's traffic at a measured memory-copy rate; measured: from the run's
+perf/tokens_per_s (the median window after the first).
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ def main() -> None:
     rows = []
     for ac, run in runs.items():
         layout = "fsdp_ac" if ac else "fsdp"
-        est = training_memory(budget, args.batch, args.context, "32-true", shards=2, checkpointing=ac)
-        mem = layout_memory(layout, budget, 2, args.batch, args.context, "32-true", cpu, 0.0)
+        est = training_memory(budget, args.batch, args.context, "32-true", shards=2, checkpointing=ac, kernel="cpu")
+        mem = layout_memory(layout, budget, 2, args.batch, args.context, "32-true", cpu, 0.0, kernel="cpu")
         assert mem["total"] == est["least"]  # the plan's per-layout number is the estimate
         measured_mem = run["peak_rss"] - base["peak_rss"]
         timing = step_time(layout, mem, budget, flops, cpu, settings)
