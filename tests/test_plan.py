@@ -124,7 +124,7 @@ def test_an_accelerator_added_on_the_command_line_is_planned_for(tmp_path):
 
 @pytest.mark.parametrize("args,words", [
     (["plan.gpu=h100"], ["plan.gpu='h100'", "did you mean 'h100_80gb'", "a100_40gb, a100_80gb, h100_80gb, "
-                                                                         "h100_pcie, h200_141gb, b200, l40s"]),
+                                                                         "h100_pcie_80gb, h200_141gb, b200, l40s"]),
     (["plan.tokens=0"], ["plan.tokens=0", "a number > 0"]),
     (["plan.tokens=-1e9"], ["plan.tokens=-1000000000.0", "a number > 0"]),
     (["plan.gpus=0"], ["plan.gpus=0", "an integer > 0"]),

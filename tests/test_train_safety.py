@@ -110,11 +110,11 @@ def test_precision_is_read_in_every_form_lightning_accepts(value, name):
 
 
 @pytest.mark.parametrize("device,key,bf16,fp32,tf32", [
-    ("NVIDIA H100 80GB HBM3", "h100_80gb", 989.4, 66.9, 494.7), ("NVIDIA H100 PCIe", "h100_pcie", 756.5, 51.2, 378),
+    ("NVIDIA H100 80GB HBM3", "h100_80gb", 989.4, 66.9, 494.7), ("NVIDIA H100 PCIe", "h100_pcie_80gb", 756.5, 51.2, 378),
     ("NVIDIA H200", "h200_141gb", 989.4, 66.9, 494.7), ("NVIDIA A100-SXM4-40GB", "a100_40gb", 312, 19.5, 156),
     ("NVIDIA A100-SXM4-80GB", "a100_80gb", 312, 19.5, 156), ("NVIDIA B200", "b200", 2250, 75, 1100),
     ("NVIDIA L40S", "l40s", 362.05, 91.6, 183), ("NVIDIA A10G", "a10", 125, 31.2, 62.5),
-    ("Tesla V100-SXM2-32GB", "v100", 125, 15.7, None), ("NVIDIA GeForce RTX 4090", "rtx_4090", 165.2, 82.6, 82.6),
+    ("Tesla V100-SXM2-32GB", "v100_32gb", 125, 15.7, None), ("NVIDIA GeForce RTX 4090", "rtx_4090", 165.2, 82.6, 82.6),
     ("NVIDIA GeForce RTX 3090", "rtx_3090", 71, 35.6, 35.6), ("Tesla T4", "t4", 65, 8.1, None)])
 def test_the_mfu_peak_is_the_plans_data_sheet_for_the_gpu_torch_names(device, key, bf16, fp32, tf32):
     """One table of GPU peaks: conf/plan/default.yaml's, matched on torch.cuda.get_device_name() (the longest
