@@ -22,9 +22,9 @@ n_layers L and vocabulary V, in bytes:
 FSDP, FSDP with activation checkpointing, tensor parallel) on the GPUs it plans for.
 
 The run is refused only when even the least it needs (what the graph keeps, the logits, the states) exceeds what
-is available, so the check never stops a run that fits; attention's explicit path (``most``: its scores kept) is
-reported, not refused on. Measured with ``trainer=fsdp_cpu`` on 2 processes (benchmarks/plan_check.py, the peak of
-what is live), ``least`` is the peak to within 1-2 %, with activation checkpointing and without. ``train.check_memory=false`` skips the check.
+is available; attention's explicit path (``most``: its scores kept) is reported, not refused on. Measured with
+``trainer=fsdp_cpu`` on 2 processes (benchmarks/plan_check.py, the peak of what is live), ``least`` is the peak to
+within 1 %, with activation checkpointing (1 % above it) and without. ``train.check_memory=false`` skips the check.
 """
 
 from __future__ import annotations
