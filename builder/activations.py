@@ -10,14 +10,15 @@ does; parameters, buffers and the weights' casts are not activations). Per block
 
 * ``blocks``: what all ``n_layers`` blocks keep without activation checkpointing; ``largest``: the most one
   block keeps (what a checkpointed block holds again while it is recomputed); ``inputs``: what the blocks keep with
-  ``train.activation_checkpointing`` (each block's input, and its positions);
-* ``shared``: tensors several blocks keep once (a sliding window's mask);
+  ``train.activation_checkpointing``: each block's input, the residual stream (torch.utils.checkpoint holds it; its
+  own hooks hide it from a trace, so it is read at each block's entry);
+* ``shared``: tensors several blocks keep once (the rotation's cos and sin, a sliding window's mask);
 * ``scores``: what the explicit attention path (scores and pattern kept: hooks on them, soft-capping, sinks)
   keeps beyond the kernel measured.
 
 Precision: ``32-true`` traces fp32; ``bf16-mixed`` / ``16-mixed`` trace under autocast as Lightning runs them
 (fp32 weights and residual stream, the matmuls' inputs and outputs in 16 bits, norms and softmax in fp32);
-``*-true`` halves the weights themselves. Scaled-dot-product attention is where the CPU and a GPU differ:
+``*-true`` builds the weights themselves in 16 bits. Scaled-dot-product attention is where the CPU and a GPU differ:
 
 * ``kernel="fused"`` (what the plan assumes, and the refusal on CUDA): FlashAttention / memory-efficient
   attention as torch runs them on a GPU, which keep q, k, v, the output and an fp32 log-sum-exp per head and
@@ -25,8 +26,9 @@ Precision: ``32-true`` traces fp32; ``bf16-mixed`` / ``16-mixed`` trace under au
 * ``kernel="cpu"`` (the refusal on the CPU): torch's CPU dispatch as it is — its flash kernel without dropout
   (the same O(s) set), the math path with dropout (the s x s probabilities, and the dropout mask, kept).
 
-The count is exact for what the graph keeps; a peak adds what this leaves out (the logits and their gradient,
-the gradients of one block during its backward, the allocator's slack): builder/memory.py adds those.
+The count is exact for what the graph keeps (tests/test_activations.py holds it to a real forward pass on the
+CPU, byte for byte); builder/memory.py adds the logits and the states, and its estimate is the live peak of a real
+run to within about 1 % (benchmarks/plan_check.py).
 """
 
 from __future__ import annotations
