@@ -3,14 +3,16 @@
 
     python benchmarks/plan_check.py [--steps 8] [--d-model 384] [--layers 6] [--batch 8] [--context 256]
 
-Each run is ``run.py task=train trainer=fsdp_cpu`` in a fresh process group, one thread a process; its peak resident
-set size is the largest of its processes' (getrusage of the children), less the peak of the same run with a
-one-block, 8-wide model (the interpreter, torch, Lightning and the data: what the estimate does not model).
+Each run is ``run.py task=train trainer=fsdp_cpu`` in a fresh process group, one thread a process, glibc's malloc
+told to map each large block on its own (LIVE_RSS); its peak resident set size is the largest of its processes'
+(getrusage of the children), less the peak of the same run with a one-block, 8-wide model (the interpreter, torch,
+Lightning and the data: what the estimate does not model).
 Predicted memory: builder/memory.py's ``training_memory`` (``least``: what task=plan's per-layout numbers are) with
-the states sharded over 2 and checkpointing on or off. Predicted step time: the model's training FLOPs per step and
-process (x 4/3 with checkpointing) at this machine's measured fp32 matmul rate (one thread), i.e. at MFU 1 of that
-rate, plus FSDP's traffic at a measured memory-copy rate; measured: from the run's perf/tokens_per_s (the median
-window after the first).
+the states sharded over 2 and checkpointing on or off, its activations measured on the model's blocks with
+attention as the CPU runs it (``kernel="cpu"``: builder/activations.py). Predicted step time: the model's
+training FLOPs per step and process (x 4/3 with checkpointing) at this machine's measured fp32 matmul rate (one
+thread), i.e. at MFU 1 of that rate, plus FSDP's traffic at a measured memory-copy rate; measured: from the run's
+perf/tokens_per_s (the median window after the first).
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 MIB = 1 << 20
+# glibc's malloc keeps what a process frees on its heap (and raises its mmap threshold as large blocks are freed), so
+# a peak RSS is the heap's high-water mark, fragmentation included, not the most the process held at once: each
+# allocation of 64 KiB or more gets its own mapping here, returned when freed, so the peak RSS is the peak of what
+# was live (run to run, the default allocator's peaks scattered by +-60 MiB on this model)
+LIVE_RSS = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 WRAP = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
 
@@ -43,7 +50,7 @@ def train(args, out: Path, model: list[str], checkpointing: bool) -> dict:
            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "train.warmup_steps=0",
            "callbacks.model_checkpoint=null",
            f"train.activation_checkpointing={str(checkpointing).lower()}", f"hydra.run.dir={out}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), **LIVE_RSS}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode:
         raise SystemExit(f"run failed ({' '.join(cmd[3:])}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
@@ -116,8 +123,8 @@ def main() -> None:
     rows = []
     for ac, run in runs.items():
         layout = "fsdp_ac" if ac else "fsdp"
-        est = training_memory(budget, args.batch, args.context, "32-true", shards=2, checkpointing=ac)
-        mem = layout_memory(layout, budget, 2, args.batch, args.context, "32-true", cpu, 0.0)
+        est = training_memory(budget, args.batch, args.context, "32-true", shards=2, checkpointing=ac, kernel="cpu")
+        mem = layout_memory(layout, budget, 2, args.batch, args.context, "32-true", cpu, 0.0, kernel="cpu")
         assert mem["total"] == est["least"]  # the plan's per-layout number is the estimate
         measured_mem = run["peak_rss"] - base["peak_rss"]
         timing = step_time(layout, mem, budget, flops, cpu, settings)

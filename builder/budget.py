@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import torch
 from torch import nn
@@ -291,6 +291,7 @@ def parameter_budget(cfg_model, name: str | None = None) -> dict:
             "components": {kind: spec.name for kind, spec in specs.items()},
             "norm_layout": m["norm_layout"],
         },
+        "model_config": asdict(mc),  # the checked config: what builder/activations.py traces
         "total_params": total,
         "groups": groups,
         "attention_share": groups["attention"]["total"] / total,

@@ -8,19 +8,24 @@ n_layers L and vocabulary V, in bytes:
 
 * weights, gradients and AdamW's two moments: 16·P, all fp32 (Lightning's mixed precision keeps fp32 weights);
   8·P at ``trainer.precision`` 16-true / bf16-true, 32·P at 64-true;
-* activations kept for the backward pass: L · b·s·h·(34 + 5·a·s/h) at 16 bits (Korthikanti et al. 2022,
-  "Reducing Activation Recomputation in Large Transformer Models", §4.1), twice that at 32 bits; the 5·a·s/h
-  part is the a·s² attention scores, which fused attention (``scaled_dot_product_attention``) does not keep;
+* activations kept for the backward pass: measured, not assumed — builder/activations.py runs one window through
+  the model's own blocks on fake tensors and counts the bytes of every storage the autograd graph keeps (for GPT-2's
+  blocks in fp32 that is 68·s·h a block, Korthikanti et al.'s 34·s·h at 16 bits exactly; a SwiGLU block with
+  grouped-query attention keeps more, Gemma 2's soft-capped attention keeps its s x s scores). Attention as the
+  device runs it: a GPU's fused kernels (O(s)) under CUDA, torch's CPU dispatch on the CPU (its flash kernel
+  without dropout, the math path, s x s, with it);
 * the logits: b·s·V × 12 (the logits, their fp32 log-softmax and its gradient);
-* with ``train.activation_checkpointing``: each block's input (b·s·h in the weights' dtype) plus one block's
-  activations instead of L blocks'; under FSDP the parameters gathered at once (``training_memory``'s ``working``).
+* with ``train.activation_checkpointing``: each block's input plus the largest block's activations (recomputed one
+  block at a time); under FSDP the parameters gathered at once (``training_memory``'s ``working``).
 
 ``training_memory`` is the one estimate: ``task=plan`` (builder/plan.py) applies it to each parallel layout (DDP,
 FSDP, FSDP with activation checkpointing, tensor parallel) on the GPUs it plans for.
 
-The run is refused only when even the least it needs (the scores left out) exceeds what is available, so the
-check never stops a run that fits; measured on the CPU, the least is 15-20 % under the peak (allocator,
-optimizer temporaries) and the full estimate 0-60 % above it. ``train.check_memory=false`` skips the check.
+The run is refused only when even the least it needs (what the graph keeps, the logits, the states) exceeds what
+is available; attention's explicit path (``most``: its scores kept) is reported, not refused on. Measured with
+``trainer=fsdp_cpu`` on 2 processes (benchmarks/plan_check.py, the peak of what is live), ``least`` is the peak to
+within 1 %, with activation checkpointing (1 % above it) and without; the refusal allows MARGIN for that.
+``train.check_memory=false`` skips the check.
 """
 
 from __future__ import annotations
@@ -30,9 +35,13 @@ from pathlib import Path
 
 import torch
 
+from .activations import saved_activations
 from .errors import ConfigError
 
 GIB = 1 << 30
+# the refusal's tolerance: ``least`` is the measured peak to within 1-2 % (above it by up to 1.2 % with activation
+# checkpointing: benchmarks/plan_check.py), so a run is refused only past 5 % more than is available
+MARGIN = 1.05
 
 
 def _bytes_per_value(precision) -> tuple[int, int]:
@@ -68,21 +77,28 @@ def _split_params(budget: dict) -> int:
 
 
 def training_memory(budget: dict, batch_size: int, context_length: int | None = None, precision="32-true",
-                    shards: int = 1, checkpointing: bool = False, tensor_parallel: int = 1) -> dict:
+                    shards: int = 1, checkpointing: bool = False, tensor_parallel: int = 1,
+                    kernel: str = "fused") -> dict:
     """The estimate (bytes) for one training process: ``states`` (``weights`` + ``gradients`` + ``optimizer``:
     AdamW's two moments; divided over ``shards`` FSDP processes, the attention's and MLP's also over
-    ``tensor_parallel`` ones), ``activations`` (scores
-    left out), ``scores`` (the a·s² attention part), ``logits``, and ``working`` (FSDP, shards > 1: the parameters
-    gathered at once, in the compute dtype — the root module's, kept through the step, and two blocks', the one
-    running and the one prefetched — and one block's unsharded gradients in fp32); ``least`` = states + working +
-    activations + logits, ``most`` = least + scores; ``per_window`` is what one more window adds to ``least``.
+    ``tensor_parallel`` ones), ``activations`` (what the forward pass keeps for the backward, measured:
+    builder/activations.py), ``scores`` (what the explicit attention path would keep beyond that: the a·s² scores
+    and pattern), ``logits``, and ``working`` (FSDP, shards > 1: the parameters gathered at once, in the compute
+    dtype — the root module's, kept through the step, and two blocks', the one running and the one prefetched — and
+    one block's unsharded gradients in fp32); ``least`` = states + working + activations + logits, ``most`` = least
+    + scores; ``per_window`` is what one more window adds to ``least``.
 
-    ``checkpointing`` (per block, train.activation_checkpointing): each block keeps only its input (in the weights'
-    dtype: the residual stream's) and one block's activations are recomputed at a time in the backward pass.
-    ``tensor_parallel`` t (Megatron-style within a node, no sequence parallelism, as trainer.tensor_parallel runs it:
+    ``kernel``: attention's, as builder/activations.py traces it — ``fused`` (a GPU's FlashAttention /
+    memory-efficient kernels: what task=plan assumes) or ``cpu`` (torch's CPU dispatch). ``checkpointing`` (per
+    block, train.activation_checkpointing): each block keeps only its input, and one block's activations are
+    recomputed at a time in the backward pass (the largest block's, measured). ``tensor_parallel`` t
+    (Megatron-style within a node, no sequence parallelism, as trainer.tensor_parallel runs it:
     builder/training/tensor_parallel.py): the attention and MLP parameters are split over the t processes, the
-    embeddings, norms and unembedding replicated (each then sharded over the ``shards`` data-parallel processes);
-    a block keeps s·b·h·(10 + 24/t) at 16 bits (Korthikanti et al. §4.2); the logits are whole on every process."""
+    embeddings, norms and unembedding replicated (each then sharded over the ``shards`` data-parallel processes); a
+    block keeps (10 + 24/t)/34 of its activations (Korthikanti et al. 2022, §4.2: the norms' and dropouts' inputs
+    stay whole, the rest is split); the logits are whole on every process (no vocabulary parallelism). A budget
+    without ``model_config`` (counts alone) falls back on Korthikanti et al.'s 34·s·h bytes a block at 16 bits
+    (+ 5·a·s² for the scores)."""
     m = budget["config"]
     b, s = int(batch_size), int(context_length or m["context_length"])
     t = max(1, int(tensor_parallel))
@@ -97,21 +113,31 @@ def training_memory(budget: dict, batch_size: int, context_length: int | None = 
         block = block_params(budget) - (split - split // t) // m["n_layers"]
         root = params - m["n_layers"] * block_params(budget)  # embeddings, final norm: replicated
         working = compute * (root + 2 * block) + 4 * block
-    layer = int(s * m["d_model"] * (10 + 24 / t) * act_bytes) // 2  # one block's, one window (t = 1: 34·s·h)
-    scores_layer = 5 * m["n_heads"] * s * s * act_bytes // 2 // t
-    if checkpointing:  # each block's input kept, one block's activations (and scores) alive at a time
-        activations = m["n_layers"] * s * m["d_model"] * w_bytes + layer
-        scores = scores_layer
+    split_share = (10 + 24 / t) / 34  # of a block's activations, per tensor-parallel process
+    if budget.get("model_config") is not None:
+        saved = saved_activations(budget["model_config"], s, precision, kernel)
+        layer, inputs = saved["largest"], saved["inputs"]
+        blocks, shared, scores_all = saved["blocks"], saved["shared"], saved["scores"]
+        source = f"measured ({kernel} attention)"
     else:
-        activations, scores = m["n_layers"] * layer, m["n_layers"] * scores_layer
-    logits = 12 * s * m["vocab_size"]
+        layer = int(s * m["d_model"] * 34 * act_bytes) // 2  # one block's, one window: 34·s·h at 16 bits
+        inputs, blocks, shared = m["n_layers"] * s * m["d_model"] * w_bytes, m["n_layers"] * layer, 0
+        scores_all = m["n_layers"] * (5 * m["n_heads"] * s * s * act_bytes // 2)
+        source = "Korthikanti et al. 2022"
+    if checkpointing:  # each block's input kept, one block's activations (and scores) alive at a time
+        activations = inputs + int(layer * split_share) + shared
+        scores = int(scores_all / m["n_layers"] / t)
+    else:
+        activations, scores = int(blocks * split_share) + shared, int(scores_all / t)
+    logits = 12 * s * m["vocab_size"]  # whole on every tensor-parallel process
     states = weights + gradients + optimizer
     least = states + working + b * (activations + logits)
     return {"weights": weights, "gradients": gradients, "optimizer": optimizer, "states": states,
             "state_bytes_per_param": w_bytes + g_bytes + o_bytes, "working": working, "activations": b * activations,
             "logits": b * logits, "scores": b * scores, "per_window": activations + logits, "least": least,
             "most": least + b * scores, "batch_size": b, "context_length": s, "precision": str(precision),
-            "shards": max(1, shards), "tensor_parallel": t, "checkpointing": bool(checkpointing)}
+            "shards": max(1, shards), "tensor_parallel": t, "checkpointing": bool(checkpointing),
+            "activations_source": source}
 
 
 def _meminfo_available() -> int | None:
@@ -148,8 +174,9 @@ def _devices(trainer) -> list[int] | int | str:
 
 
 def available_memory(trainer) -> dict | None:
-    """Where training will run and what it has there: ``{"bytes", "where", "processes", "shards"}`` (processes:
-    training processes sharing that memory; shards: FSDP processes the states are divided over). None when it
+    """Where training will run and what it has there: ``{"bytes", "where", "processes", "shards", "kernel"}``
+    (processes: training processes sharing that memory; shards: FSDP processes the states are divided over;
+    kernel: attention's there, ``fused`` on CUDA, ``cpu`` on the CPU, as builder/activations.py reads it). None when it
     cannot be told (an accelerator other than CPU or CUDA; a fork-based strategy, which needs CUDA untouched)."""
     accelerator = str(trainer.get("accelerator", "auto")).lower()
     strategy = str(trainer.get("strategy", "auto")).lower()
@@ -164,7 +191,7 @@ def available_memory(trainer) -> dict | None:
             count = devices if isinstance(devices, int) and devices > 0 else torch.cuda.device_count()
         free, _ = torch.cuda.mem_get_info(index)  # the GPU rank 0 trains on: no context on any other
         return {"bytes": free, "where": f"GPU {index} ({torch.cuda.get_device_name(index)}) has", "processes": 1,
-                "shards": count if "fsdp" in strategy else 1}
+                "shards": count if "fsdp" in strategy else 1, "kernel": "fused"}
     if accelerator not in ("cpu", "auto"):
         return None
     host = _host_available()
@@ -172,7 +199,7 @@ def available_memory(trainer) -> dict | None:
         return None
     processes = devices if isinstance(devices, int) and devices > 0 else 1  # ddp_cpu: each process holds it all
     return {"bytes": host, "where": "this machine has", "processes": processes,
-            "shards": processes if "fsdp" in strategy else 1}  # fsdp_cpu: each holds its shard of the states
+            "shards": processes if "fsdp" in strategy else 1, "kernel": "cpu"}  # fsdp_cpu: each holds its shard
 
 
 def _host_available() -> int | None:
@@ -205,11 +232,11 @@ def check_training_memory(budget: dict, cfg) -> dict | None:
     data = cfg["data"]
     tp = int(cfg["trainer"].get("tensor_parallel") or 1)  # fsdp2's tensor-parallel groups: the rest shards the states
     est = training_memory(budget, data["batch_size"], data.get("context_length"), precision,
-                          max(1, device["shards"] // tp), checkpointing=bool(cfg["train"].get("activation_checkpointing",
-                                                                                               False)),
-                          tensor_parallel=tp)
+                          max(1, device["shards"] // tp),
+                          checkpointing=bool(cfg["train"].get("activation_checkpointing", False)),
+                          tensor_parallel=tp, kernel=device["kernel"])
     est["available"], n = device["bytes"], device["processes"]
-    if est["least"] * n <= device["bytes"]:
+    if est["least"] * n <= device["bytes"] * MARGIN:
         return est
     m = budget["config"]
     processes = f" × {n} processes" if n > 1 else ""
@@ -220,7 +247,7 @@ def check_training_memory(budget: dict, cfg) -> dict | None:
             f"up to {_gib(est['most'] * n)} with attention's scores kept), but {device['where']} "
             f"{_gib(device['bytes'])} available")
     skip = "or set train.check_memory=false to skip this check"
-    fits = (device["bytes"] // n - est["states"] - est["working"]) // est["per_window"]
+    fits = (int(device["bytes"] * MARGIN) // n - est["states"] - est["working"]) // est["per_window"]
     if fits >= 1:
         raise ConfigError("data.batch_size", est["batch_size"], f"a batch that fits in memory: {need}; use "
                           f"data.batch_size={fits} or less (trainer.accumulate_grad_batches keeps the effective "

@@ -60,16 +60,17 @@ def _tensor_parallel(n: int, per_node: int, model_cfg: dict | None = None) -> in
 
 
 def layout_memory(layout: str, budget: dict, n: int, batch_size: int, context_length: int, precision: str,
-                  gpu, reserve: float, model_cfg: dict | None = None) -> dict | None:
+                  gpu, reserve: float, model_cfg: dict | None = None, kernel: str = "fused") -> dict | None:
     """The memory per GPU of ``layout`` on ``n`` GPUs (bytes), with ``fits``; None where the layout does not apply
     (tensor parallelism on an odd count, or on a model the trainer does not split: ``model_cfg``). The estimate is
-    ``training_memory``'s, attention's scores left out (the fused kernels keep none)."""
+    ``training_memory``'s ``least``: the activations as the model's blocks keep them with a GPU's fused attention
+    (``kernel``; builder/activations.py)."""
     t = _tensor_parallel(n, gpu.gpus_per_node, model_cfg) if layout == "tp" else 1
     if layout == "tp" and t == 1:
         return None
     shards = {"ddp": 1, "fsdp": n, "fsdp_ac": n, "tp": n // t}[layout]
     est = training_memory(budget, batch_size, context_length, precision, shards=shards,
-                          checkpointing=layout in ("fsdp_ac", "tp"), tensor_parallel=t)
+                          checkpointing=layout in ("fsdp_ac", "tp"), tensor_parallel=t, kernel=kernel)
     capacity = int(gpu.memory_gib * GIB)
     parts = {k: est[k] for k in MEMORY_PARTS[:-1]}
     parts["allowance"] = int(reserve * capacity)
@@ -370,8 +371,9 @@ def markdown(plan: dict, command: dict) -> str:
              f"- Step time: the FLOPs at MFU {plan['mfu']} of the peak (x 4/3 with activation checkpointing), plus "
              "the communication that cannot overlap it (builder/plan.py). FLOPs: 6 x parameters x tokens + causal "
              "attention (6·L·s·a·d_head per token).",
-             "- Memory: builder/memory.py's estimate (the one that refuses a training run), attention's scores left "
-             f"out (fused kernels keep none); allowance: {plan['reserve']:.0%} of the GPU's memory.",
+             "- Memory: builder/memory.py's estimate (the one that refuses a training run), the activations measured "
+             "on the model's own blocks (builder/activations.py) with a GPU's fused attention; allowance: "
+             f"{plan['reserve']:.0%} of the GPU's memory.",
              f"- Cost at ${plan['price_per_gpu_hour']:g} per GPU-hour.", "",
              f"## Launch ({plan['layouts'][plan['chosen']]['layout']})", ""]
     lines += ["```", shell(command["args"]), "```", "", "On SLURM (the submitit launcher, conf/hydra/launcher/slurm.yaml):",

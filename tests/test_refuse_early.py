@@ -143,11 +143,13 @@ def test_on_cuda_the_gpus_free_memory_is_compared(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "Fake GPU")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: asked.append(i) or (10 << 30, 80 << 30))
     gpu = available_memory({"accelerator": "gpu", "devices": [2, 3], "strategy": "auto"})
-    assert gpu == {"bytes": 10 << 30, "where": "GPU 2 (Fake GPU) has", "processes": 1, "shards": 1} and asked == [2]
+    assert gpu == {"bytes": 10 << 30, "where": "GPU 2 (Fake GPU) has", "processes": 1, "shards": 1,
+                   "kernel": "fused"} and asked == [2]  # kernel: attention there (builder/activations.py)
     assert available_memory({"accelerator": "auto", "devices": -1, "strategy": "fsdp"})["shards"] == 4
     assert available_memory({"accelerator": "gpu", "devices": 2, "strategy": "ddp_fork"}) is None  # CUDA untouched
     assert available_memory({"accelerator": "mps", "devices": 1}) is None
     assert available_memory({"accelerator": "cpu", "devices": 2})["processes"] == 2  # ddp_cpu: two processes
+    assert available_memory({"accelerator": "cpu", "devices": 2})["kernel"] == "cpu"
     cfg = builder.compose(["model=gpt2_xl", "trainer=gpu"])
     with pytest.raises(ConfigError, match=r"GPU 0 \(Fake GPU\) has 10\.0 GiB available") as err:
         check_training_memory(parameter_budget(to_plain(cfg.model), "gpt2_xl"), cfg)

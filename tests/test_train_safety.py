@@ -109,6 +109,31 @@ def test_precision_is_read_in_every_form_lightning_accepts(value, name):
     assert peak == 5e12 and source == "callbacks.throughput.peak_flops"
 
 
+@pytest.mark.parametrize("device,key,bf16,fp32,tf32", [
+    ("NVIDIA H100 80GB HBM3", "h100_80gb", 989.4, 66.9, 494.7), ("NVIDIA H100 PCIe", "h100_pcie_80gb", 756.5, 51.2, 378),
+    ("NVIDIA H200", "h200_141gb", 989.4, 66.9, 494.7), ("NVIDIA A100-SXM4-40GB", "a100_40gb", 312, 19.5, 156),
+    ("NVIDIA A100-SXM4-80GB", "a100_80gb", 312, 19.5, 156), ("NVIDIA B200", "b200", 2250, 75, 1100),
+    ("NVIDIA L40S", "l40s", 362.05, 91.6, 183), ("NVIDIA A10G", "a10", 125, 31.2, 62.5),
+    ("Tesla V100-SXM2-32GB", "v100_32gb", 125, 15.7, None), ("NVIDIA GeForce RTX 4090", "rtx_4090", 165.2, 82.6, 82.6),
+    ("NVIDIA GeForce RTX 3090", "rtx_3090", 71, 35.6, 35.6), ("Tesla T4", "t4", 65, 8.1, None)])
+def test_the_mfu_peak_is_the_plans_data_sheet_for_the_gpu_torch_names(device, key, bf16, fp32, tf32):
+    """One table of GPU peaks: conf/plan/default.yaml's, matched on torch.cuda.get_device_name() (the longest
+    device_name the name contains: an A100 is not an A10, an H100 PCIe not an SXM5)."""
+    from builder.config.compose import accelerators
+    from builder.training.throughput import gpu_peak
+
+    assert gpu_peak(device, "bf16-mixed") == (bf16 * 1e12, f"{device}: plan.accelerators.{key}.bf16_tflops")
+    assert gpu_peak(device, 16)[0] == bf16 * 1e12 and accelerators()[key].bf16_tflops == bf16
+    previous = torch.get_float32_matmul_precision()
+    try:
+        assert gpu_peak(device, "32-true")[0] == pytest.approx(fp32 * 1e12)
+        torch.set_float32_matmul_precision("high")  # fp32 matmuls on TF32 tensor cores, where the GPU has them
+        assert gpu_peak(device, "32-true")[0] == pytest.approx((tf32 or fp32) * 1e12)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert gpu_peak("Some Other GPU", "bf16-mixed") is None
+
+
 @pytest.mark.parametrize("value", ["fp16", "bf32", 8, 32.0, True, None])
 def test_an_unknown_precision_lists_what_is_accepted(value):
     with pytest.raises(ConfigError) as err:

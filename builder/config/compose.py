@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import components
 
-from .schema import ModelConfig, register_schemas
+from .schema import AcceleratorConfig, ModelConfig, register_schemas
+from .spec import check
 
 CONF_DIR = Path(str(files("conf")))
 
@@ -35,6 +36,21 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
         return hydra_compose(config_name=config_name, overrides=overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+@functools.cache
+def accelerators() -> dict[str, AcceleratorConfig]:
+    """conf/plan/default.yaml's accelerators, each entry checked as an AcceleratorConfig: the one table of GPU data
+    sheets, which task=plan composes as ``plan.accelerators`` and a training run's MFU reads here (no composition)."""
+    table = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "plan" / "default.yaml"))["accelerators"]
+    return {name: check(AcceleratorConfig, entry, f"plan.accelerators.{name}") for name, entry in table.items()}
+
+
+def accelerator_named(device_name: str) -> tuple[str, AcceleratorConfig] | None:
+    """The entry of ``accelerators()`` whose ``device_name`` is the longest one ``device_name`` (what
+    ``torch.cuda.get_device_name()`` says: ``NVIDIA H100 80GB HBM3``) contains; None when none does."""
+    found = [(name, acc) for name, acc in accelerators().items() if acc.device_name and acc.device_name in device_name]
+    return max(found, key=lambda item: len(item[1].device_name), default=None)
 
 
 class _NotPlain(Exception):

@@ -292,6 +292,12 @@ class AcceleratorConfig:
     bf16_tflops: Annotated[float, Gt(0), doc("dense bf16 tensor-core peak, TFLOP/s (no sparsity)")] = MISSING
     fp8_tflops: Annotated[float | None, Gt(0), doc("dense fp8 peak, TFLOP/s; null: no fp8")] = None
     fp32_tflops: Annotated[float, Gt(0), doc("fp32 peak without tensor cores, TFLOP/s")] = MISSING
+    tf32_tflops: Annotated[float | None, Gt(0), doc("dense TF32 tensor-core peak, TFLOP/s: fp32 matmuls where torch "
+                                                    "allows TF32; null: none")] = None
+    device_name: Annotated[str | None, Len(1), doc("what torch.cuda.get_device_name() contains for this GPU: a "
+                                                   "training run's MFU takes its peak from the entry whose "
+                                                   "device_name is the longest one the name contains; null: none")] \
+        = None
     intra_node_gbps: Annotated[float, Gt(0), doc("each GPU's bandwidth to the GPUs of its node (NVLink), GB/s each "
                                                  "way")] = MISSING
     inter_node_gbps: Annotated[float, Gt(0), doc("each GPU's network bandwidth to other nodes, GB/s each "

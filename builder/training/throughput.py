@@ -17,12 +17,9 @@ from lightning_fabric.plugins.precision.precision import (
 )
 from lightning_fabric.utilities.throughput import get_available_flops
 
+from ..config.compose import accelerator_named
 from ..data.windows import data_parallel
 from ..errors import ConfigError
-
-# dense bf16/fp16 tensor-core peaks (FLOP/s) by device name, from the vendors' data sheets
-GPU_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12,
-             "4090": 165e12, "3090": 71e12, "T4": 65e12}
 
 
 def matmul_peak(dtype: torch.dtype = torch.float32, size: int = 1024, seconds: float = 0.3, device="cpu") -> float:
@@ -67,18 +64,35 @@ def peak_flops(precision, override: float | None = None) -> tuple[float, str]:
         return float(override), "callbacks.throughput.peak_flops"
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
-        for key, value in GPU_PEAKS.items():
-            if key in name:
-                return value if half_precision(precision) else value / 2, f"{name} data sheet"
+        found = gpu_peak(name, precision)
+        if found:
+            return found
         dtype = torch.bfloat16 if "bf16" in precision else torch.float32
         # Lightning's table next (it lists more devices; some of its entries are sparse or two-GPU figures,
-        # which is why the data sheets' dense ones above come first), else a measured matmul
+        # which is why conf/plan/default.yaml's dense data-sheet ones come first), else a measured matmul
         listed = get_available_flops(torch.device("cuda"), torch.bfloat16 if half_precision(precision) else dtype)
         if listed:
             return float(listed), f"{name}: Lightning's table"
         return matmul_peak(dtype, 4096, device="cuda"), f"{name} matmul probe"
     dtype = torch.bfloat16 if "bf16" in precision else torch.float32
     return matmul_peak(dtype), f"CPU {str(dtype).split('.')[-1]} matmul probe, {torch.get_num_threads()} threads"
+
+
+def gpu_peak(device_name: str, precision) -> tuple[float, str] | None:
+    """The data-sheet peak (FLOP/s) of the GPU ``torch.cuda.get_device_name()`` calls ``device_name``, from the one
+    table of accelerators (conf/plan/default.yaml, which task=plan reads too), and where it came from; None for a
+    GPU the table does not name. 16-bit precisions: the bf16/fp16 tensor-core peak; 32 bits: the TF32 tensor-core
+    peak where torch lets fp32 matmuls use TF32 (``torch.set_float32_matmul_precision("high")``) and the GPU has
+    one, else the fp32 peak."""
+    found = accelerator_named(device_name)
+    if found is None:
+        return None
+    key, acc = found
+    if half_precision(lightning_precision(precision)):
+        return acc.bf16_tflops * 1e12, f"{device_name}: plan.accelerators.{key}.bf16_tflops"
+    if acc.tf32_tflops and torch.get_float32_matmul_precision() != "highest":
+        return acc.tf32_tflops * 1e12, f"{device_name}: plan.accelerators.{key}.tf32_tflops"
+    return acc.fp32_tflops * 1e12, f"{device_name}: plan.accelerators.{key}.fp32_tflops"
 
 
 class ThroughputMonitor(pl.Callback):
