@@ -8,7 +8,8 @@
 # Steps: the gpu-marked tests (bf16-mixed run.py training with trainer=gpu, torch.compile, FSDP on one GPU,
 # capture and sampling on cuda), then benchmarks/train_throughput.py for gpt2_small (bf16, with and without
 # compile: tokens/s and MFU against the data sheet's dense bf16 peak) and the Llama-shaped tinyllama_1b, and beside
-# them task=plan's prediction for the same shapes on one of this GPU (at its default MFU, 0.4).
+# them task=plan's prediction for the same shapes on one of this GPU (at its default MFU, 0.4); and run.py's own
+# training of tiny_moe (the mixture of experts, issue 26): its tokens/s.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
@@ -52,6 +53,18 @@ for name in gpt2 llama; do
   done
   grep -qE "^(fp32|bf16)" "$OUT/throughput_$name.log" || echo "| train_throughput $name $args | failed: see throughput_$name.log |" >> "$TABLE"
 done
+# tiny_moe (issue 26): the mixture of experts trained by run.py itself, tokens/s from its summary.json
+if [ "$SMOKE" = 1 ]; then MOE="trainer=cpu trainer.max_steps=6 callbacks.throughput.window=2"; else
+  MOE="trainer=gpu trainer.max_steps=200 data.batch_size=32"; fi
+# shellcheck disable=SC2086
+timeout 150 python3 run.py model=tiny_moe $MOE trainer.val_check_interval=1000 trainer.enable_progress_bar=false \
+  logger=csv hydra.run.dir="$OUT/tiny_moe" > "$OUT/tiny_moe.log" 2>&1
+python3 - "$OUT/tiny_moe/summary.json" "$MOE" >> "$TABLE" <<'PY' || echo "| run.py model=tiny_moe | failed: see tiny_moe.log |" >> "$TABLE"
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(f"| run.py model=tiny_moe {sys.argv[2]} | {s['tokens_per_s']:,.0f} tokens/s over its last window, "
+      f"{s['steps']} steps, val/loss {s['val_loss']:.3f} |")
+PY
 GPU_KEY=$(python3 -c "import torch; n = torch.cuda.get_device_name() if torch.cuda.is_available() else ''; \
 print(next((k for w, k in (('H200', 'h200_141gb'), ('B200', 'b200'), ('A100', 'a100_80gb')) if w in n), 'h100_80gb'))")
 for name in gpt2 llama; do
