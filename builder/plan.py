@@ -337,9 +337,10 @@ def summary(plan: dict) -> str:
         if "memory" not in v:
             rows.append([v["layout"] + mark, "-", "no", v["min_gpus"] or "none", "-", "-", "-", "-"])
             continue
+        timing = [f"{v['tokens_per_s_per_gpu']:,.0f}", _days(v["days"]), f"{v['gpu_hours']:,.0f}",
+                  f"${v['cost']:,.0f}"] if v["fits"] else ["-"] * 4  # (a layout that does not fit never runs)
         rows.append([v["layout"] + mark, f"{_gib(v['memory']['total'])} / {acc['memory_gib']:g}",
-                     "yes" if v["fits"] else "no", v["min_gpus"] or "none", f"{v['tokens_per_s_per_gpu']:,.0f}",
-                     _days(v["days"]), f"{v['gpu_hours']:,.0f}", f"${v['cost']:,.0f}"])
+                     "yes" if v["fits"] else "no", v["min_gpus"] or "none", *timing])
     body = table(["layout", "GiB per GPU", "fits", "min GPUs", "tokens/s/GPU", "days", "GPU-hours", "cost"], rows)
     return "\n".join(head) + "\n\n" + body
 
@@ -354,6 +355,8 @@ def markdown(plan: dict, command: dict) -> str:
         m = v["memory"]
         mem_rows.append([v["layout"], m["gpus"], m["tensor_parallel"], *(_gib(m[k]) for k in MEMORY_PARTS),
                          _gib(m["total"]), "yes" if v["fits"] else "no", v["min_gpus"] or "none"])
+        if not v["fits"]:  # its time is of a run that cannot happen on these GPUs
+            continue
         time_rows.append([v["layout"], v["accumulate_grad_batches"], v["global_batch"], f"{v['compute_s']:.3g}",
                           f"{v['exposed_comm_s']:.3g}", f"{v['step_s']:.3g}", f"{v['tokens_per_s_per_gpu']:,.0f}",
                           f"{v['mfu_achieved']:.3f}", _days(v["days"]), f"{v['gpu_hours']:,.0f}", f"${v['cost']:,.0f}"])
