@@ -159,19 +159,23 @@ def check_sharded_resumable(path, model_cfg: dict, key: str = "ckpt_path") -> No
     check_same_model(meta["hyper_parameters"]["model"], model_cfg, key, path)
 
 
-def _sharded_weights(path: Path, key: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """A sharded checkpoint's weights, ``(name, tensor)`` one at a time: the largest tensor is the most held. Read
-    through builder/sharded.py (nothing in the folder runs code)."""
+def _sharded_weights(path: Path, key: str, optimizer: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """A sharded checkpoint's weights, ``(name, tensor)`` one at a time: the largest tensor is the most held; with
+    ``optimizer``, then its optimizers' states (``optimizer_0.state.model.blocks.0...exp_avg_sq``, as the index
+    names them). Read through builder/sharded.py (nothing in the folder runs code)."""
     from . import sharded  # (reason: as in _load_sharded)
 
     _sharded_meta(path, key)
-    tensors = sharded.stored_tensors(sharded.read_index(path, key, SHARDED), "state_dict.")
+    index = sharded.read_index(path, key, SHARDED)
+    tensors = {f"state_dict.{k}": v for k, v in sharded.stored_tensors(index, "state_dict.").items()}
     if not tensors:
         raise ConfigError(key, str(path), f"{SHARDED} holding the model's weights: its .metadata lists none")
-    for name, meta in tensors.items():
+    if optimizer:
+        tensors.update({f"optimizer_{k}": v for k, v in sharded.stored_tensors(index, "optimizer_").items()})
+    for full, meta in tensors.items():
         target = torch.empty(meta.shape, dtype=meta.dtype)
-        sharded.load({"state_dict": {name: target}}, path, key, SHARDED, no_dist=True)
-        yield name, target
+        sharded.load({full: target}, path, key, SHARDED, no_dist=True)
+        yield full.removeprefix("state_dict."), target
 
 
 def nonfinite_tensor(tensors: Mapping | Iterable[tuple[str, Any]]) -> str | None:
@@ -208,13 +212,13 @@ def training_state(ckpt: Mapping) -> Iterator[tuple[str, Any]]:
 
 
 def nonfinite_weights(path, key: str = "ckpt_path") -> str | None:
-    """The first weight or optimizer state of the training checkpoint at ``path`` (a file, or a sharded directory:
-    its weights) that is not finite, named as the checkpoint names it; None when all are. The tensors are mapped (a
+    """The first weight or optimizer state of the training checkpoint at ``path`` (a file, or a sharded directory)
+    that is not finite, named as the checkpoint names it; None when all are. The tensors are mapped (a
     file) or read one at a time (shards), never all held at once. ConfigError for what is not a readable
     checkpoint."""
     path = Path(str(path))
     if is_sharded_checkpoint(path):
-        return nonfinite_tensor(_sharded_weights(path, key))
+        return nonfinite_tensor(_sharded_weights(path, key, optimizer=True))
     return nonfinite_tensor(training_state(read_checkpoint(path, key, mmap=True)))
 
 

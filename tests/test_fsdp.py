@@ -157,14 +157,15 @@ def test_a_damaged_sharded_checkpoint_is_refused_by_name(env, fsdp_run, tmp_path
         builder.load_model(broken)
 
 
-def write_sharded(path: Path, state: dict, model_cfg: dict, step: int) -> Path:
+def write_sharded(path: Path, state: dict, model_cfg: dict, step: int, optimizer: dict | None = None) -> Path:
     """A sharded checkpoint as fsdp2 writes one (torch distributed checkpoint's shards and .metadata, Lightning's
-    meta.pt), from one process."""
+    meta.pt), from one process; ``optimizer``: its optimizer's state, {parameter name: {exp_avg: ..., ...}}."""
     from torch.distributed.checkpoint import FileSystemWriter, save
 
     with warnings.catch_warnings():  # torch warns that it writes from one process: what we ask of it
         warnings.simplefilter("ignore", UserWarning)
-        save({"state_dict": state}, storage_writer=FileSystemWriter(path), no_dist=True)
+        save({"state_dict": state, **({"optimizer_0": {"state": optimizer}} if optimizer else {})},
+             storage_writer=FileSystemWriter(path), no_dist=True)
     torch.save({"hyper_parameters": {"model": model_cfg}, "global_step": step}, path / "meta.pt")
     return path
 
@@ -189,6 +190,14 @@ def test_sharded_weights_that_are_not_finite_are_found_shard_by_shard(tmp_path):
                                                   r"weights and optimizer state are finite: "
                                                   r"model.blocks.1.mlp.proj.weight holds NaN"):
         check_sharded_resumable(bad, model_cfg, FullyShardedStrategy())
+    # an optimizer state that overflowed (the weights finite): refused too, named as the index names it
+    state["model.blocks.1.mlp.proj.weight"][3, 4] = 0.0
+    moments = {name: {"exp_avg": torch.zeros_like(v), "exp_avg_sq": torch.zeros_like(v)} for name, v in state.items()}
+    assert nonfinite_weights(write_sharded(tmp_path / "fine.ckpt", state, model_cfg, 4, moments)) is None
+    moments["model.blocks.0.mlp.fc.weight"]["exp_avg_sq"][1, 2] = float("inf")
+    overflowed = write_sharded(tmp_path / "overflowed.ckpt", state, model_cfg, 4, moments)
+    with pytest.raises(builder.ConfigError, match=r"optimizer_0.state.model.blocks.0.mlp.fc.weight.exp_avg_sq holds "):
+        check_sharded_resumable(overflowed, model_cfg, FullyShardedStrategy())
 
 
 def test_a_sharded_save_killed_between_its_renames_is_finished_and_other_staging_removed(tmp_path):
