@@ -12,6 +12,7 @@ refused before it is opened (reading a FIFO blocks until a writer comes; /dev/ze
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import stat
@@ -146,3 +147,20 @@ def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> Path
                 raise
             raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from err
     return path
+
+
+def quiet_log_files(logger: logging.Logger | None = None) -> None:
+    """A log file of ``logger`` (the root's: Hydra's ``hydraformer.log``) that cannot be written — a full disk —
+    says so once on stderr, naming the file and the reason, and is dropped; the lines go on to the console. Not
+    logging's "--- Logging error ---" traceback after every line. The run's own writes meet the same disk and are
+    refused by name (``named_errors``)."""
+    logger = logger or logging.getLogger()
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler):
+            def failed(record, handler=handler):
+                err = sys.exc_info()[1]
+                logger.removeHandler(handler)
+                reason = (err.strerror or str(err)).lower() if isinstance(err, OSError) else repr(err)
+                sys.stderr.write(f"cannot write the log file {handler.baseFilename} ({reason}): its lines go to the "
+                                 "console only from here\n")
+            handler.handleError = failed

@@ -204,3 +204,16 @@ def test_a_write_that_names_no_file_is_named_by_its_writer(tmp_path):
     assert raised.value.filename == "/elsewhere"
     atomic_write(target, "kept")
     assert target.read_text() == "kept" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_log_file_that_cannot_be_written_is_said_once_and_the_run_goes_on(env, tmp_path):
+    """hydraformer.log on a full disk (here /dev/full, every write "no space left on device"): one line naming the
+    file and the reason, the log lines on the console still, the run done; not logging's '--- Logging error ---'
+    traceback after every line."""
+    out = tmp_path / "run"
+    proc = run_cli(*SMALL, f"data.path={env['corpus']}", f"hydra.run.dir={out}", "trainer.max_steps=2",
+                   "hydra.job_logging.handlers.file.filename=/dev/full", env=env["env"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Logging error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.count("cannot write the log file /dev/full (no space left on device)") == 1
+    assert "Done: 2 steps" in proc.stdout and (out / "checkpoints" / "last.ckpt").is_file()

@@ -46,7 +46,7 @@ from ..config.preflight import reset as reset_preflight
 from ..config.printing import WRITTEN, ConfigDisplay, displaying
 from ..config.schema import TASK_NAMES, register_schemas
 from ..errors import ConfigError, DataError, NonFiniteLossError
-from ..files import file_being_written
+from ..files import file_being_written, quiet_log_files
 from .compare import OUTPUTS as SWEEP_OUTPUTS
 from .compare import PLAN_FILE, record_failure
 
@@ -191,6 +191,7 @@ def run_task(cfg):
     goes on with the next job.
     """
     _front.task_started = True
+    quiet_log_files()  # hydraformer.log on a full disk: one line saying so, not a traceback per log line
     with _front.users_environment():
         return _run_task(cfg)
 
