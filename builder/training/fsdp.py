@@ -339,4 +339,5 @@ def clip_sharded_gradients(parameters, max_value: float, algorithm: str = "norm"
         norm = torch.nn.utils.get_total_norm(grads, 2.0)
         norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
     total = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms), 2.0)
-    torch.nn.utils.clip_grads_with_norm_(params, max_value, total, foreach=len(norms) == 1 and None)
+    # torch's default (foreach where it can) for one mesh; one tensor at a time across two: foreach cannot mix meshes
+    torch.nn.utils.clip_grads_with_norm_(params, max_value, total, foreach=None if len(norms) == 1 else False)
